@@ -1,0 +1,31 @@
+# Two commands: `make demo` and `make test`. Both create .venv and install on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo_run
+
+.PHONY: install demo test test-all clean
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job on the embedded default data: phantom CTs -> TFRecords (and, as later
+# issues land, training, export and samples).
+demo: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m tools.demo --work_dir=$(DEMO_DIR)
+
+# Fast tier (what CI runs). `make test-all` adds the tests marked slow.
+test: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -m "not slow" tests
+
+test-all: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache build *.egg-info

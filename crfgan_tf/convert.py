@@ -1,0 +1,351 @@
+"""Offline conversion of LUNA16 / GSP / generic scan archives into sharded TFRecords.
+
+`run_conversion(config)` is the whole job; `data_prep/convert.py` only parses flags.
+
+Guarantees:
+- Deterministic split: cases are ordered by sha256(seed, case id) and the first
+  round(n * val_fraction) are validation; identical on every rerun.
+- Resumable: a shard is written to a temporary file and renamed when complete;
+  `manifest.json` (also written atomically) records complete shards, so a rerun of the
+  same command only does the missing work and never duplicates a case.
+- A scan that fails is reported by name with its reason; the others are converted; the
+  shard that held it is redone on the next run (so a fixed file gets picked up).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+from crfgan_tf import preprocess
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "crfgan-tf-volumes/1"
+LIBRARY_SIZES = (16, 32, 64, 128, 256, 512)
+DATASETS = ("luna16", "gsp", "generic")
+SUFFIXES = {"luna16": (".mhd", ".mha"), "gsp": (".nii", ".nii.gz"),
+            "generic": preprocess.SCAN_SUFFIXES}
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertConfig:
+    """Settings of one conversion (see data_prep/convert.py for the flags)."""
+
+    dataset: str
+    input_dir: str
+    output_dir: str
+    size: int = 256
+    num_shards: int = 16
+    num_val_shards: int = 0  # 0: max(1, round(num_shards * val_fraction))
+    val_fraction: float = 0.1
+    seed: int = 0
+    workers: int = 2
+    modality: str = ""  # generic only: "ct" or "mri"; luna16 -> ct, gsp -> mri
+    compression: str = "none"  # "none" or "gzip"
+    air_correction: bool = True
+    max_air_shift: float = 100.0
+    overwrite: bool = False
+
+    @property
+    def resolved_modality(self) -> str:
+        return {"luna16": "ct", "gsp": "mri"}.get(self.dataset, self.modality)
+
+    def validate(self) -> None:
+        """Raises ValueError naming the offending setting (the flag of the same name)."""
+        if self.dataset not in DATASETS:
+            raise ValueError(f"--dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.dataset == "generic" and self.modality not in ("ct", "mri"):
+            raise ValueError("--dataset=generic needs --modality=ct or --modality=mri")
+        if self.dataset != "generic" and self.modality not in ("", self.resolved_modality):
+            raise ValueError(f"--modality={self.modality} contradicts --dataset={self.dataset}")
+        if self.size not in LIBRARY_SIZES:  # the CLI allows 64-512; 16 and 32 serve tests
+            raise ValueError(f"--size must be one of {LIBRARY_SIZES}, got {self.size}")
+        if self.num_shards < 1:
+            raise ValueError(f"--num_shards must be >= 1, got {self.num_shards}")
+        if self.num_val_shards < 0:
+            raise ValueError(f"--num_val_shards must be >= 0, got {self.num_val_shards}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"--val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.compression not in ("none", "gzip"):
+            raise ValueError(f"--compression must be none or gzip, got {self.compression!r}")
+        if not os.path.isdir(self.input_dir):
+            raise ValueError(f"--input_dir {self.input_dir!r} is not a directory")
+
+    def preprocess_options(self) -> preprocess.PreprocessOptions:
+        return preprocess.PreprocessOptions(
+            size=self.size, modality=self.resolved_modality,
+            air_correction=self.air_correction, max_air_shift=self.max_air_shift)
+
+    def settings(self) -> dict:
+        """The settings that decide the output; a rerun must match them to resume."""
+        keys = ("dataset", "size", "num_shards", "num_val_shards", "val_fraction", "seed",
+                "compression", "air_correction", "max_air_shift")
+        out = {k: getattr(self, k) for k in keys}
+        out["modality"] = self.resolved_modality
+        out["input_dir"] = os.path.abspath(self.input_dir)
+        return out
+
+
+def discover_scans(input_dir: str, dataset: str) -> List[str]:
+    """All scan files under `input_dir` (recursively) for the dataset, sorted."""
+    suffixes = SUFFIXES[dataset]
+    found = []
+    for root, dirs, files in os.walk(input_dir):
+        dirs.sort()
+        for name in files:
+            if name.lower().endswith(suffixes):
+                found.append(os.path.join(root, name))
+    return sorted(found)
+
+
+def split_cases(case_ids: List[str], val_fraction: float, seed: int) -> Dict[str, str]:
+    """Deterministic train/val split: {case_id: "train" | "val"}.
+
+    Cases are ordered by sha256 of (seed, case id); the first round(n * val_fraction)
+    (at least one when val_fraction > 0 and n >= 2) are validation.
+    """
+    order = sorted(case_ids, key=lambda c: hashlib.sha256(f"{seed}:{c}".encode()).hexdigest())
+    n_val = int(round(len(order) * val_fraction))
+    if val_fraction > 0 and len(order) >= 2:
+        n_val = min(max(n_val, 1), len(order) - 1)
+    return {c: ("val" if i < n_val else "train") for i, c in enumerate(order)}
+
+
+@dataclasses.dataclass
+class Shard:
+    name: str
+    split: str
+    cases: List[tuple]  # (case_id, path)
+
+
+def plan_shards(cases: Dict[str, str], split: Dict[str, str], config: ConvertConfig) -> List[Shard]:
+    """Assigns cases (id -> path) to shards, round-robin in hash order within each split."""
+    shards = []
+    suffix = ".tfrecord.gz" if config.compression == "gzip" else ".tfrecord"
+    for name in ("train", "val"):
+        ids = sorted((c for c in cases if split[c] == name),
+                     key=lambda c: hashlib.sha256(f"{config.seed}:{c}".encode()).hexdigest())
+        if not ids:
+            continue
+        wanted = config.num_shards if name == "train" else (
+            config.num_val_shards or max(1, round(config.num_shards * config.val_fraction)))
+        count = min(wanted, len(ids))  # never write empty shards
+        for k in range(count):
+            members = sorted(ids[k::count])
+            shards.append(Shard(f"{name}-{k:05d}-of-{count:05d}{suffix}", name,
+                                [(c, cases[c]) for c in members]))
+    return shards
+
+
+def atomic_write_json(path: str, data: dict) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _init_worker(threads: int) -> None:
+    import SimpleITK as sitk
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
+
+
+def _process(task):
+    """Worker: (case_id, path, options) -> ("ok", result with int16 volume) | ("failed", reason)."""
+    case_id, path, options = task
+    start = time.time()
+    try:
+        result = preprocess.process_scan(path, options)
+        result.case_id = case_id
+        result.volume = preprocess.quantize(result.volume)  # half the bytes to ship back
+        return case_id, "ok", result, time.time() - start
+    except preprocess.ScanError as err:
+        return case_id, "failed", str(err), time.time() - start
+    except (MemoryError, ValueError, OSError, RuntimeError) as err:
+        return case_id, "failed", f"{type(err).__name__}: {err}", time.time() - start
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_conversion(config: ConvertConfig, log: Callable[[str], None] = _log) -> dict:
+    """Converts every scan of `config.input_dir`; returns the summary (also in the manifest).
+
+    Raises:
+      ValueError: invalid settings, no scans found, or an output directory holding a
+        conversion with other settings (unless `overwrite`).
+    """
+    import tensorflow as tf  # deferred: workers must not pay for it
+
+    from crfgan_tf import records
+
+    config.validate()
+    start = time.time()
+    paths = discover_scans(config.input_dir, config.dataset)
+    if not paths:
+        raise ValueError(f"no {'/'.join(SUFFIXES[config.dataset])} scans under "
+                         f"--input_dir {config.input_dir!r}")
+    cases: Dict[str, str] = {}
+    failures: Dict[str, dict] = {}
+    for path in paths:
+        cid = preprocess.case_id_from_path(path)
+        if cid in cases:
+            failures[f"{cid}@{path}"] = {"case_id": cid, "source": path,
+                                        "reason": f"duplicate case id (also {cases[cid]})"}
+            continue
+        cases[cid] = path
+    split = split_cases(list(cases), config.val_fraction, config.seed)
+    shards = plan_shards(cases, split, config)
+
+    os.makedirs(config.output_dir, exist_ok=True)
+    manifest_path = os.path.join(config.output_dir, MANIFEST)
+    manifest = {"format": MANIFEST_FORMAT, "settings": config.settings(), "shards": {},
+                "cases": {}}
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            old = json.load(f)
+        if old.get("settings") != config.settings():
+            if not config.overwrite:
+                diff = {k: (old.get("settings", {}).get(k), v) for k, v in config.settings().items()
+                        if old.get("settings", {}).get(k) != v}
+                raise ValueError(
+                    f"--output_dir {config.output_dir!r} holds a conversion with other settings "
+                    f"(old, new): {diff}; use another --output_dir or pass --overwrite")
+            for name in old.get("shards", {}):
+                _remove(os.path.join(config.output_dir, name))
+        else:
+            manifest["shards"] = old.get("shards", {})
+            manifest["cases"] = old.get("cases", {})
+    for name in os.listdir(config.output_dir):  # temporaries of a killed run
+        if ".tmp-" in name:
+            _remove(os.path.join(config.output_dir, name))
+
+    planned = {s.name for s in shards}
+    for name in list(manifest["shards"]):
+        if name not in planned:  # the case set changed: this shard is stale
+            _remove(os.path.join(config.output_dir, name))
+            del manifest["shards"][name]
+
+    todo = []
+    for shard in shards:
+        entry = manifest["shards"].get(shard.name)
+        path = os.path.join(config.output_dir, shard.name)
+        if (entry and entry.get("status") == "complete"
+                and entry.get("cases") == [c for c, _ in shard.cases]
+                and os.path.exists(path) and os.path.getsize(path) == entry.get("bytes")):
+            continue
+        todo.append(shard)
+    done_cases = sum(len(s.cases) for s in shards) - sum(len(s.cases) for s in todo)
+    total_todo = sum(len(s.cases) for s in todo)
+    log(f"convert: {len(cases)} scans found ({config.dataset}, {config.resolved_modality}) -> "
+        f"{len(shards)} shards of size {config.size}^3 in {config.output_dir}; "
+        f"{done_cases} already converted, {total_todo} to do, {config.workers} workers")
+
+    options = config.preprocess_options()
+    tasks = [(cid, path, options) for shard in todo for cid, path in shard.cases]
+    writer_options = tf.io.TFRecordOptions(
+        compression_type="GZIP" if config.compression == "gzip" else "")
+
+    def results():
+        if config.workers == 1 or len(tasks) <= 1:
+            _init_worker(os.cpu_count() or 1)
+            for task in tasks:
+                yield _process(task)
+            return
+        threads = max(1, (os.cpu_count() or 1) // config.workers)
+        ctx = multiprocessing.get_context("spawn")  # no forked TensorFlow state
+        with ctx.Pool(config.workers, initializer=_init_worker, initargs=(threads,)) as pool:
+            yield from pool.imap(_process, tasks, chunksize=1)
+
+    stream = results()
+    processed = 0
+    t0 = time.time()
+    for shard in todo:
+        final = os.path.join(config.output_dir, shard.name)
+        tmp = os.path.join(config.output_dir, f".{shard.name}.tmp-{os.getpid()}")
+        shard_failures = 0
+        with tf.io.TFRecordWriter(tmp, writer_options) as writer:
+            for cid, path in shard.cases:
+                got_id, status, payload, seconds = next(stream)
+                assert got_id == cid, (got_id, cid)  # imap keeps task order
+                processed += 1
+                rate = processed / max(time.time() - t0, 1e-9)
+                eta = (total_todo - processed) / rate if rate > 0 else 0.0
+                if status == "ok":
+                    writer.write(records.serialize_result(payload))
+                    manifest["cases"][cid] = {
+                        "split": shard.split, "shard": shard.name, "status": "ok",
+                        "source": path, "corrections": payload.corrections(),
+                        "original_size": list(payload.original_size),
+                        "original_spacing": list(payload.original_spacing),
+                        "output_spacing": list(payload.output_spacing)}
+                    log(f"[{done_cases + processed}/{len(cases)}] {cid}: ok ({seconds:.1f} s) | "
+                        f"{rate:.2f} scans/s | ETA {eta:.0f} s")
+                else:
+                    shard_failures += 1
+                    manifest["cases"][cid] = {"split": shard.split, "shard": shard.name,
+                                              "status": "failed", "source": path,
+                                              "reason": payload}
+                    log(f"[{done_cases + processed}/{len(cases)}] {cid}: FAILED {path}: {payload}")
+        os.replace(tmp, final)
+        manifest["shards"][shard.name] = {
+            "split": shard.split, "cases": [c for c, _ in shard.cases],
+            "num_records": len(shard.cases) - shard_failures,
+            "status": "complete" if shard_failures == 0 else "has_failures",
+            "bytes": os.path.getsize(final)}
+        _finish_manifest(manifest, failures, cases)
+        atomic_write_json(manifest_path, manifest)
+    stream.close()
+
+    _finish_manifest(manifest, failures, cases)
+    atomic_write_json(manifest_path, manifest)
+    summary = dict(manifest["counts"])
+    summary.update(seconds=round(time.time() - start, 2), processed=processed,
+                   scans_per_sec=round(processed / max(time.time() - t0, 1e-9), 4),
+                   output_dir=config.output_dir, failures=manifest["failures"])
+    log(f"convert: done in {summary['seconds']:.1f} s: {summary['train']} train, "
+        f"{summary['val']} val, {summary['failed']} failed "
+        f"({processed} processed now, {summary['scans_per_sec']:.3f} scans/s)")
+    for failure in manifest["failures"]:
+        log(f"  FAILED {failure['case_id']} ({failure['source']}): {failure['reason']}")
+    return summary
+
+
+def _finish_manifest(manifest: dict, failures: dict, cases: dict) -> None:
+    """Counts and the failure list, from the per-case entries of cases still present."""
+    manifest["cases"] = {c: e for c, e in manifest["cases"].items() if c in cases}
+    ok = [e for e in manifest["cases"].values() if e["status"] == "ok"]
+    failed = [{"case_id": c, "source": e["source"], "reason": e["reason"]}
+              for c, e in sorted(manifest["cases"].items()) if e["status"] == "failed"]
+    failed += list(failures.values())
+    manifest["failures"] = failed
+    manifest["counts"] = {"train": sum(e["split"] == "train" for e in ok),
+                          "val": sum(e["split"] == "val" for e in ok), "failed": len(failed)}
+    manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def records_in(output_dir: str, split: str) -> Optional[int]:
+    """Number of records of a split according to the manifest, or None without one."""
+    path = os.path.join(output_dir, MANIFEST)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        manifest = json.load(f)
+    return sum(s["num_records"] for s in manifest["shards"].values() if s["split"] == split)

@@ -1,0 +1,29 @@
+"""crfgan-tf: CRF-GAN (memory-efficient 3D GAN for 256^3 chest CT) in Keras 3 / TensorFlow."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="crfgan-tf",
+    version="0.1.0",
+    description="CRF-GAN for 3D chest CT synthesis in Keras 3 / TensorFlow",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["crfgan_tf", "crfgan_tf.*", "data_prep", "tools"]),
+    install_requires=[
+        "tensorflow>=2.21,<2.22",  # ships Keras 3; tensorflow-addons does not import under it
+        "keras>=3.10,<4",
+        "numpy>=1.26,<3",
+        "SimpleITK>=2.3,<3",
+        "scipy>=1.11,<2",
+        "absl-py>=2.0,<3",
+        "tensorboard>=2.21,<2.22",  # tf.summary needs it; TF 2.21 no longer installs it
+        "tensorboard-plugin-profile>=2.15",  # the profiler tab for --profile_steps traces
+        "pillow>=10",  # PNG previews and image summaries written without matplotlib
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        # The reference pipeline's resize, only for tools/bench_convert.py's comparison.
+        "bench": ["scikit-image>=0.22"],
+    },
+)

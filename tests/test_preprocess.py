@@ -1,0 +1,146 @@
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from crfgan_tf import phantom
+from crfgan_tf import preprocess as pp
+
+
+@pytest.fixture(scope="module")
+def scan():
+    spec = phantom.PhantomSpec(in_plane=48, num_slices=30, blank_slices=2, noise_hu=10.0)
+    return phantom.make_phantom(5, spec), spec
+
+
+@pytest.mark.parametrize("flips", [(0,), (1,), (2,), (0, 1, 2)])
+@pytest.mark.parametrize("suffix", [".mhd", ".nii.gz"])
+def test_flipped_storage_reads_back_identical(tmp_path, scan, flips, suffix):
+    vol, spec = scan
+    ref = phantom.write_scan(vol, str(tmp_path / f"ref{suffix}"), spec.spacing_zyx)
+    flipped = phantom.write_scan(vol, str(tmp_path / f"flip{suffix}"), spec.spacing_zyx,
+                                 flip_axes=flips)
+    a, sa, oa, code_a = pp.read_canonical(ref)
+    b, sb, ob, code_b = pp.read_canonical(flipped)
+    assert code_a == "LPS" and code_b != "LPS"
+    np.testing.assert_array_equal(a, vol)
+    np.testing.assert_array_equal(b, vol)
+    np.testing.assert_allclose(sb, spec.spacing_zyx, rtol=1e-5)
+    np.testing.assert_allclose(ob, oa, atol=1e-3)
+    opts = pp.PreprocessOptions(size=16)
+    np.testing.assert_array_equal(pp.process_scan(ref, opts).volume,
+                                  pp.process_scan(flipped, opts).volume)
+
+
+@pytest.mark.parametrize("pad", [-2000, -2048, -3024])
+def test_padding_becomes_floor(pad):
+    arr = np.array([[[pad, -1000, 40, 1200]]], dtype=np.int16)
+    hu, mask, shift = pp.calibrate_hu(arr)
+    assert shift == 0.0
+    np.testing.assert_array_equal(hu, [[[-1024, -1000, 40, 1200]]])
+    np.testing.assert_array_equal(mask, [[[True, False, False, False]]])
+
+
+def test_missing_intercept_is_detected_and_shifted():
+    stored = np.array([[[0, 24, 1064, 2224]]], dtype=np.uint16)  # HU + 1024
+    hu, mask, shift = pp.calibrate_hu(stored)
+    assert shift == -1024.0
+    np.testing.assert_array_equal(hu, [[[-1024, -1000, 40, 1200]]])
+    assert not mask.any()
+
+
+def test_air_estimate_and_correction(scan):
+    vol, spec = scan
+    drifted = phantom.make_phantom(5, phantom.PhantomSpec(
+        in_plane=48, num_slices=30, blank_slices=2, noise_hu=10.0, air_offset=25.0))
+    hu, pad, _ = pp.calibrate_hu(drifted)
+    est = pp.estimate_outside_air(hu, pad)
+    assert est == pytest.approx(-975.0, abs=3.0)
+    body_before = hu[15, 24, 24]
+    hu, shift = pp.correct_air(hu, pad, est)
+    assert shift == pytest.approx(-25.0, abs=3.0)
+    assert hu[15, 24, 24] == pytest.approx(body_before + shift)
+    assert np.all(hu[pad] == -1024.0)  # padding stays at the floor
+    assert pp.estimate_outside_air(hu, pad) == pytest.approx(-1000.0, abs=1.0)
+
+
+def test_air_correction_skips_implausible_shift():
+    hu = np.full((2, 4, 4), 50.0, np.float32)
+    out, shift = pp.correct_air(hu, np.zeros_like(hu, bool), -700.0, max_shift=100.0)
+    assert shift == 0.0 and np.all(out == 50.0)
+    assert pp.estimate_outside_air(hu, np.zeros_like(hu, bool)) is None
+
+
+def test_window_maps_hu_to_unit():
+    out = pp.window_to_unit(np.array([-3000, -1024, -212, 600, 2000], np.float32))
+    np.testing.assert_allclose(out, [-1, -1, 0, 1, 1], atol=1e-6)
+
+
+def test_mri_window_is_robust_to_bright_outliers():
+    rng = np.random.default_rng(0)
+    arr = np.zeros((4, 10, 10), np.float32)
+    arr[:, 2:8, 2:8] = rng.uniform(100, 200, (4, 6, 6))
+    arr[0, 2, 2] = 1e6  # one artefact voxel
+    unit, (lo, hi) = pp.mri_window(arr, 99.0)
+    assert lo == 0.0 and 190 < hi < 201
+    assert unit[1, 0, 0] == -1.0 and unit[0, 2, 2] == 1.0
+    with pytest.raises(pp.ScanError):
+        pp.mri_window(np.zeros((2, 2, 2)))
+
+
+def test_trim_removes_only_blank_end_slices():
+    arr = -np.ones((7, 3, 3), np.float32)
+    arr[2, 1, 1] = 0.2
+    arr[5, 0, 0] = 0.1  # slices 3, 4 are blank but interior: kept
+    out, trimmed = pp.trim_blank_slices(arr)
+    assert trimmed == (2, 1) and out.shape == (4, 3, 3)
+    with pytest.raises(pp.ScanError, match="blank"):
+        pp.trim_blank_slices(-np.ones((3, 2, 2), np.float32))
+
+
+def test_resize_keeps_extent_and_linear_values():
+    # a linear ramp along z is reproduced exactly by linear interpolation
+    z = np.linspace(-1, 1, 40, dtype=np.float32)[:, None, None]
+    arr = np.broadcast_to(z, (40, 20, 20)).copy()
+    out, spacing, origin = pp.resize_volume(arr, (2.0, 1.0, 1.0), (0.0, 0.0, 0.0), 16,
+                                            antialias=False)
+    assert out.shape == (16, 16, 16)
+    np.testing.assert_allclose(spacing, (5.0, 1.25, 1.25))
+    np.testing.assert_allclose(origin, (0.125, 0.125, 1.5))  # x, y, z
+    centers = origin[2] + 5.0 * np.arange(16)  # physical z of output slices
+    expected = np.interp(centers, 2.0 * np.arange(40), z.ravel())
+    np.testing.assert_allclose(out[:, 8, 8], expected, atol=1e-5)
+
+
+def test_process_scan_end_to_end(tmp_path, scan):
+    vol, spec = scan
+    path = phantom.write_scan(vol, str(tmp_path / "x.mhd"), spec.spacing_zyx)
+    res = pp.process_scan(path, pp.PreprocessOptions(size=32))
+    assert res.volume.shape == (32, 32, 32) and res.volume.dtype == np.float32
+    assert res.volume.min() >= -1.0 and res.volume.max() <= 1.0
+    assert res.trimmed_slices == (2, 2)
+    assert res.case_id == "x" and res.original_size == (30, 48, 48)
+    # extent kept: 26 slices * 2.5 mm over 32 output slices
+    assert res.output_spacing[0] == pytest.approx(26 * 2.5 / 32)
+
+
+def test_corrupt_scans_raise_scan_error(tmp_path, scan):
+    vol, spec = scan
+    path = phantom.write_scan(vol, str(tmp_path / "t.mhd"), spec.spacing_zyx)
+    raw = tmp_path / "t.raw"
+    raw.write_bytes(raw.read_bytes()[:1000])
+    with pytest.raises(pp.ScanError, match="unreadable"):
+        pp.read_canonical(path)
+    bad = tmp_path / "h.mhd"
+    bad.write_text("ObjectType = Image\nNDims = banana\n")
+    with pytest.raises(pp.ScanError):
+        pp.read_canonical(str(bad))
+    nan = np.full((4, 8, 8), np.nan, np.float32)
+    img = sitk.GetImageFromArray(nan)
+    sitk.WriteImage(img, str(tmp_path / "n.mha"))
+    with pytest.raises(pp.ScanError, match="non-finite"):
+        pp.read_canonical(str(tmp_path / "n.mha"))
+
+
+def test_case_id():
+    assert pp.case_id_from_path("/a/subset0/1.3.6.1.mhd") == "1.3.6.1"
+    assert pp.case_id_from_path("/g/sub-01_T1w.nii.gz") == "sub-01_T1w"
