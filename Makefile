@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEMO_DIR ?= demo_run
+# configs/demo.flags names the same directory
+DEMO_DIR := demo_run
 
 .PHONY: install demo test test-all clean
 
@@ -15,10 +16,11 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
-# The main job on the embedded default data: phantom CTs -> TFRecords (and, as later
-# issues land, training, export and samples).
+# The main job on the embedded default data: phantom CTs -> TFRecords -> a short CPU
+# training run (configs/demo.flags). Rerunning resumes / does nothing once finished.
 demo: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m tools.demo --work_dir=$(DEMO_DIR)
+	$(PY) -m crfgan_tf.train --flagfile=configs/demo.flags --model_dir=$(DEMO_DIR)/model
+	@echo "demo: TensorBoard: $(VENV)/bin/tensorboard --logdir $(DEMO_DIR)/model"
 
 # Fast tier (what CI runs). `make test-all` adds the tests marked slow.
 test: $(STAMP)

@@ -187,7 +187,7 @@ def run_conversion(config: ConvertConfig, log: Callable[[str], None] = _log) -> 
     """
     import tensorflow as tf  # deferred: workers must not pay for it
 
-    from crfgan_tf import records
+    from crfgan_tf import data as records
 
     config.validate()
     start = time.time()

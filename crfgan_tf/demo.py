@@ -1,12 +1,9 @@
-"""The embedded default job behind `make demo`: phantom CTs -> TFRecords -> ...
-
-Each stage is skipped when its output already exists, so `make demo` twice is cheap.
-"""
+"""The embedded default data behind `make demo` and configs/demo.flags: phantom chest CTs,
+converted to TFRecords. Each stage is skipped when its output exists."""
 
 from __future__ import annotations
 
 import os
-import sys
 
 from crfgan_tf import convert, phantom
 
@@ -17,7 +14,8 @@ DEMO_SCANS = 12
 
 
 def prepare_demo_data(work_dir: str, size: int = 64, log=print) -> str:
-    """Writes the phantom archive and converts it; returns the records directory."""
+    """Writes the phantom archive and converts it; returns the records directory
+    (`work_dir/records_{size}`)."""
     archive = os.path.join(work_dir, "phantoms")
     records_dir = os.path.join(work_dir, f"records_{size}")
     if not os.path.isdir(archive) or not convert.discover_scans(archive, "luna16"):
@@ -25,14 +23,7 @@ def prepare_demo_data(work_dir: str, size: int = 64, log=print) -> str:
         log(f"demo: wrote {len(paths)} phantom CT scans to {archive}")
     summary = convert.run_conversion(convert.ConvertConfig(
         dataset="luna16", input_dir=archive, output_dir=records_dir, size=size,
-        num_shards=4, val_fraction=0.17, workers=2))
+        num_shards=4, val_fraction=0.17, workers=2), log=log)
     if summary["failed"]:
         raise RuntimeError(f"demo conversion failed for {summary['failed']} scans")
     return records_dir
-
-
-def run_demo(work_dir: str) -> None:
-    os.makedirs(work_dir, exist_ok=True)
-    records_dir = prepare_demo_data(work_dir, log=lambda m: print(m, file=sys.stderr))
-    print(f"demo: records in {records_dir} (manifest: {records_dir}/manifest.json)",
-          file=sys.stderr)

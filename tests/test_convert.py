@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from crfgan_tf import convert, phantom, preprocess, records
+from crfgan_tf import convert, phantom, preprocess
+from crfgan_tf import data as records
 
 from conftest import TINY
 

@@ -167,3 +167,113 @@ def read_volumes(file_pattern: str) -> Iterator[VolumeRecord]:
             intercept_shift=float(p["intercept_shift"].numpy()),
             air_shift=float(p["air_shift"].numpy()),
             trimmed_slices=tuple(int(v) for v in p["trimmed_slices"].numpy()))
+
+
+# ---- training input pipeline ---------------------------------------------------------
+
+def count_records(files) -> int:
+    """Records in `files`: from the converter's manifest.json beside them when it lists
+    every file, otherwise by reading them once."""
+    import json
+    import os
+
+    by_dir = {}
+    for f in files:
+        by_dir.setdefault(os.path.dirname(f), []).append(os.path.basename(f))
+    total = 0
+    for directory, names in by_dir.items():
+        path = os.path.join(directory, "manifest.json")
+        shards = {}
+        if os.path.exists(path):
+            with open(path) as fh:
+                shards = json.load(fh).get("shards", {})
+        if all(n in shards for n in names):
+            total += sum(shards[n]["num_records"] for n in names)
+        else:
+            total += sum(1 for _ in raw_record_dataset([os.path.join(directory, n) for n in names]))
+    return total
+
+
+def training_example(volume: tf.Tensor, index: tf.Tensor, img_size: int, latent_dim: int,
+                     seed: int) -> dict:
+    """One training example from a volume and its global stream index.
+
+    The crop start r is a multiple of 4 drawn uniformly from 0..7S/8, so that the real
+    crop x[r : r + S/8] and the generator's embedding slab [r/4, r/4 + S/32) cover the same
+    slices (the reference draws any r and misaligns the two by up to 3 slices). r and the
+    two latents are stateless functions of (seed, index): a resumed run sees exactly the
+    stream an uninterrupted one would, and replicas need no shared random state.
+    """
+    key = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
+    k = tf.random.stateless_uniform([], seed=key, minval=0, maxval=7 * img_size // 32 + 1,
+                                    dtype=tf.int32)
+    r = 4 * k
+    z = tf.random.stateless_normal([2, latent_dim], seed=key + tf.constant([0, 1 << 40], tf.int64))
+    volume = volume[..., None]
+    return {"volume": volume, "crop": volume[r:r + img_size // 8], "position": r,
+            "z_d": z[0], "z_g": z[1]}
+
+
+def _epoch_records(files, seed: int, epoch: tf.Tensor, block: int) -> tf.data.Dataset:
+    """Epoch `epoch` of the raw records: file order permuted and every block of `block`
+    consecutive records permuted, both by stateless draws from (seed, epoch).
+
+    Stateless on purpose: Dataset.shuffle with a per-epoch tensor seed depends on (and
+    breaks with) TensorFlow's global seed; this order depends on nothing but its inputs.
+    """
+    key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    order = tf.random.experimental.stateless_shuffle(tf.constant(files), seed=key)
+    compression = "GZIP" if compression_of(files[0]) else ""
+    blocks = tf.data.TFRecordDataset(order, compression_type=compression).batch(block)
+
+    def permute(j, records):
+        keys = tf.random.stateless_uniform(tf.shape(records), seed=key + tf.stack([1, j]))
+        return tf.gather(records, tf.argsort(keys))
+
+    return blocks.enumerate().map(permute).unbatch()
+
+
+def make_train_dataset(file_pattern: str, img_size: int, batch_size: int, latent_dim: int,
+                       seed: int = 0, start_step: int = 0, shuffle_buffer: int = 8,
+                       num_records: Optional[int] = None) -> tf.data.Dataset:
+    """The training stream: parse, shuffle, repeat, crop, batch, prefetch (autotuned).
+
+    Epoch e visits every record once: the shard files in an order permuted by (seed, e),
+    and within them blocks of `shuffle_buffer` records permuted (see _epoch_records).
+    Elements are numbered globally; element i gets its crop position and latents from
+    (seed, i). Starting at `start_step` skips the first start_step * batch_size elements
+    (reading at most one epoch of raw records), which makes a resumed run identical to an
+    uninterrupted one.
+
+    Args:
+      file_pattern: glob(s) of training records of side `img_size`.
+      img_size: S.
+      batch_size: global batch size.
+      latent_dim: size of z.
+      seed: stream seed.
+      start_step: first step to produce.
+      shuffle_buffer: records permuted together (each is S^3 int16 in memory).
+      num_records: records per epoch (default: from manifest.json or by counting).
+
+    Returns:
+      Dataset of dicts: volume (B, S, S, S, 1), crop (B, S/8, S, S, 1), position (B,)
+      int32, z_d and z_g (B, latent_dim), float32.
+    """
+    files = list_record_files(file_pattern)
+    raw_record_dataset(files)  # rejects a mix of compressed and uncompressed files
+    n = num_records or count_records(files)
+    if n < 1:
+        raise ValueError(f"no records in {file_pattern!r}")
+    first = start_step * batch_size
+    first_epoch = first // n
+    records = tf.data.Dataset.range(first_epoch, 1 << 40).flat_map(
+        lambda e: _epoch_records(files, seed, e, shuffle_buffer))
+    records = records.skip(first - first_epoch * n)
+    stream = tf.data.Dataset.zip(records, tf.data.Dataset.range(first, 1 << 60))
+    stream = stream.map(
+        lambda s, i: training_example(parse_volume(s, img_size), i, img_size, latent_dim, seed),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    stream = stream.batch(batch_size, drop_remainder=True)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return stream.with_options(options).prefetch(tf.data.AUTOTUNE)

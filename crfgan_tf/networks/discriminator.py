@@ -1,0 +1,48 @@
+"""The sub-volume discriminator D (spectral norm on every layer)."""
+
+from __future__ import annotations
+
+import keras
+
+from crfgan_tf.networks.layers import SNConv3D, SNDense, check_size, scaled_channels
+
+# (filters, kernel, stride, padding) at 256^3; at 128^3 the first layer is dropped and at
+# 64^3 the first two, so the feature map always reaches 1^3 before the dense layers.
+LAYERS_256 = (
+    (16, 4, 2, 1),
+    (32, 4, 2, 1),
+    (64, 4, 2, 1),
+    (128, (2, 4, 4), 2, (0, 1, 1)),
+    (256, (2, 4, 4), 2, (0, 1, 1)),
+    (512, (1, 4, 4), (1, 2, 2), (0, 1, 1)),
+    (128, (1, 4, 4), 1, 0),
+)
+
+
+def build_discriminator(img_size: int = 256, width: float = 1.0,
+                        name: str = "discriminator") -> keras.Model:
+    """D: (sub-volume, crop position) -> real/fake logit.
+
+    Seven SN convolutions with LeakyReLU(0.2) bring the (S/8, S, S) sub-volume to 128
+    features; the crop position r / (7S/8) in [0, 1] is appended (129), then SN dense 64
+    + LeakyReLU and SN dense 1. Works at batch size 1 (the reference squeezes and breaks).
+
+    Returns:
+      Model mapping [(batch, S/8, S, S, 1), (batch, 1)] -> (batch, 1) float32 logits.
+    """
+    check_size(img_size)
+    drop = {256: 0, 128: 1, 64: 2}[img_size]
+    x_in = keras.Input((img_size // 8, img_size, img_size, 1), name="subvolume")
+    pos = keras.Input((1,), name="position")
+    x = x_in
+    for i, (filters, kernel, stride, pad) in enumerate(LAYERS_256[drop:]):
+        multiple = 1 if width == 1.0 else 4
+        x = SNConv3D(scaled_channels(filters, width, multiple), kernel, stride, pad,
+                     name=f"conv{i + 1}")(x)
+        x = keras.layers.LeakyReLU(0.2, name=f"lrelu{i + 1}")(x)
+    x = keras.layers.Flatten(name="features")(x)  # (batch, 128): the map is 1^3 here
+    x = keras.layers.Concatenate(name="with_position")([x, keras.ops.cast(pos, x.dtype)])
+    x = SNDense(scaled_channels(64, width, 4 if width != 1.0 else 1), name="fc1")(x)
+    x = keras.layers.LeakyReLU(0.2, name="lrelu_fc1")(x)
+    logit = SNDense(1, dtype="float32", name="logit")(x)
+    return keras.Model([x_in, pos], logit, name=name)

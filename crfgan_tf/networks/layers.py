@@ -1,0 +1,159 @@
+"""Shared building blocks: spectral-normalised conv / dense and width scaling."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+SUPPORTED_SIZES = (64, 128, 256)
+
+
+def scaled_channels(channels: int, width: float, multiple: int = 8) -> int:
+    """Channels of a layer at a width multiplier: round(channels * width) to a multiple of
+    `multiple` (GroupNorm uses 8 groups), at least `multiple`. width=1 keeps `channels`."""
+    if width == 1.0:
+        return channels
+    return max(multiple, int(round(channels * width / multiple)) * multiple)
+
+
+def check_size(img_size: int) -> None:
+    if img_size not in SUPPORTED_SIZES:
+        raise ValueError(f"img_size must be one of {SUPPORTED_SIZES}, got {img_size}")
+
+
+def _l2_normalize(x, eps=1e-12):
+    return x / ops.maximum(ops.sqrt(ops.sum(ops.square(x))), eps)
+
+
+class _SpectralNormMixin:
+    """Spectral normalisation with the semantics of PyTorch's `spectral_norm`.
+
+    Keras 3's `SpectralNormalization` wrapper overwrites the kernel variable with W / sigma
+    and so differentiates with respect to the normalised kernel, not through sigma. The
+    reference (and Miyato et al.) keep the raw kernel W as the parameter, use W / sigma(W)
+    in the forward pass and differentiate through sigma, with u and v held constant. We
+    implement the latter so that training dynamics match the reference. One power
+    iteration per training call updates u; inference (training=False) reuses the stored u.
+    The power iteration runs in float32 under every precision policy.
+    """
+
+    def _build_u(self, out_features: int):
+        self.u = self.add_weight(
+            name="sn_u", shape=(out_features,), trainable=False,
+            initializer=keras.initializers.RandomNormal(stddev=1.0, seed=0),
+            dtype="float32", aggregation="only_first_replica")
+
+    def _normalized_kernel(self, training):
+        kernel = ops.cast(self.kernel.value, "float32")
+        w = ops.reshape(kernel, (-1, kernel.shape[-1]))  # (fan_in, out)
+        u = _l2_normalize(ops.convert_to_tensor(self.u.value))
+        if training:
+            for _ in range(self.power_iterations):
+                v = _l2_normalize(ops.matmul(w, u))
+                u = _l2_normalize(ops.matmul(ops.transpose(w), v))
+            u = ops.stop_gradient(u)
+            self.u.assign(u)
+        v = ops.stop_gradient(_l2_normalize(ops.matmul(w, u)))
+        sigma = ops.sum(v * ops.matmul(w, u))
+        return ops.cast(kernel / sigma, self.compute_dtype)
+
+
+class SNConv3D(_SpectralNormMixin, keras.layers.Layer):
+    """Spectral-normalised 3D convolution, channels-last, with explicit symmetric padding.
+
+    Args:
+      filters: output channels.
+      kernel_size: int or 3-tuple.
+      strides: int or 3-tuple.
+      padding: int or 3-tuple of zero padding per side (PyTorch's `padding`).
+      power_iterations: power-iteration steps per training call.
+
+    Output side per axis: (n + 2 * padding - kernel) // stride + 1.
+    """
+
+    def __init__(self, filters, kernel_size, strides=1, padding=0, power_iterations=1,
+                 **kwargs):
+        super().__init__(autocast=False, **kwargs)
+        self.filters = filters
+        self.kernel_size = _triple(kernel_size)
+        self.strides = _triple(strides)
+        self.padding = _triple(padding)
+        self.power_iterations = power_iterations
+
+    def build(self, input_shape):
+        fan_in = input_shape[-1] * math.prod(self.kernel_size)
+        bound = 1.0 / math.sqrt(fan_in)  # PyTorch's default initialisation range
+        self.kernel = self.add_weight(
+            name="kernel", shape=(*self.kernel_size, input_shape[-1], self.filters),
+            initializer=keras.initializers.RandomUniform(-bound, bound))
+        self.bias = self.add_weight(name="bias", shape=(self.filters,),
+                                    initializer=keras.initializers.RandomUniform(-bound, bound))
+        self._build_u(self.filters)
+
+    def call(self, inputs, training=False):
+        kernel = self._normalized_kernel(training)
+        inputs = ops.cast(inputs, self.compute_dtype)  # autocast=False skips this too
+        if any(self.padding):
+            p = self.padding
+            inputs = ops.pad(inputs, [(0, 0), (p[0], p[0]), (p[1], p[1]), (p[2], p[2]), (0, 0)])
+        out = ops.conv(inputs, kernel, strides=self.strides, padding="valid")
+        return out + ops.cast(self.bias.value, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        dims = [None if n is None else (n + 2 * p - k) // s + 1
+                for n, k, s, p in zip(input_shape[1:4], self.kernel_size, self.strides,
+                                      self.padding)]
+        return (input_shape[0], *dims, self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters, kernel_size=self.kernel_size,
+                      strides=self.strides, padding=self.padding,
+                      power_iterations=self.power_iterations)
+        return config
+
+
+class SNDense(_SpectralNormMixin, keras.layers.Layer):
+    """Spectral-normalised dense layer (see SNConv3D for the normalisation)."""
+
+    def __init__(self, units, power_iterations=1, **kwargs):
+        super().__init__(autocast=False, **kwargs)
+        self.units = units
+        self.power_iterations = power_iterations
+
+    def build(self, input_shape):
+        bound = 1.0 / math.sqrt(input_shape[-1])
+        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units),
+                                      initializer=keras.initializers.RandomUniform(-bound, bound))
+        self.bias = self.add_weight(name="bias", shape=(self.units,),
+                                    initializer=keras.initializers.RandomUniform(-bound, bound))
+        self._build_u(self.units)
+
+    def call(self, inputs, training=False):
+        kernel = self._normalized_kernel(training)
+        inputs = ops.cast(inputs, self.compute_dtype)
+        return ops.matmul(inputs, kernel) + ops.cast(self.bias.value, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.units, power_iterations=self.power_iterations)
+        return config
+
+
+def _triple(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
+
+
+def conv_gn_relu(x, filters, kernel_size, strides, padding, name, dtype_policy=None):
+    """Conv3D (PyTorch-style symmetric padding, bias) -> GroupNorm(8) -> ReLU."""
+    if padding:
+        x = keras.layers.ZeroPadding3D(padding, name=f"{name}_pad")(x)
+    x = keras.layers.Conv3D(filters, kernel_size, strides=strides, padding="valid",
+                            name=f"{name}_conv")(x)
+    x = keras.layers.GroupNormalization(groups=8, epsilon=1e-5, name=f"{name}_gn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)

@@ -1,0 +1,111 @@
+"""Trains CRF-GAN.
+
+  python -m crfgan_tf.train --flagfile=configs/luna.flags --model_dir=runs/luna256
+
+Starting again with the same --model_dir resumes from its latest checkpoint; raising
+--train_steps continues a finished run. --dry_run prints the resolved config and exits.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from crfgan_tf import config as config_lib  # noqa: E402
+
+FLAGS = flags.FLAGS
+_D = config_lib.TrainConfig  # defaults live in one place: the dataclass
+_defaults = {f.name: f.default for f in __import__("dataclasses").fields(_D)}
+
+flags.DEFINE_string("model_dir", None, "Run directory: checkpoints, TensorBoard logs, config.json.")
+flags.DEFINE_string("train_records", _defaults["train_records"],
+                    "Glob(s) of training TFRecords (comma-separated), from data_prep.convert.")
+flags.DEFINE_enum("model", _defaults["model"], list(config_lib.MODELS), "Model type.")
+flags.DEFINE_integer("img_size", _defaults["img_size"], "Volume side S: 64, 128 or 256.")
+flags.DEFINE_integer("batch_size", _defaults["batch_size"], "Global batch size (all replicas).")
+flags.DEFINE_integer("train_steps", _defaults["train_steps"], "Total training iterations.")
+flags.DEFINE_integer("latent_dim", _defaults["latent_dim"], "Size of the latent z.")
+flags.DEFINE_float("width", _defaults["width"], "Channel multiplier (1 = the paper's networks).")
+flags.DEFINE_float("lr_g", _defaults["lr_g"], "Generator (G1, G2) learning rate.")
+flags.DEFINE_float("lr_d", _defaults["lr_d"], "Discriminator learning rate.")
+flags.DEFINE_float("lr_crf", _defaults["lr_crf"], "CRF learning rate (the reference code used 4e-4).")
+flags.DEFINE_float("lr_e", _defaults["lr_e"], "Half-encoder learning rate.")
+flags.DEFINE_float("beta_1", _defaults["beta_1"], "Adam beta_1 (all optimizers).")
+flags.DEFINE_float("beta_2", _defaults["beta_2"], "Adam beta_2 (all optimizers).")
+flags.DEFINE_float("adam_epsilon", _defaults["adam_epsilon"], "Adam epsilon.")
+flags.DEFINE_float("crf_weight_start", _defaults["crf_weight_start"], "w at step 0.")
+flags.DEFINE_integer("crf_weight_decay_steps", _defaults["crf_weight_decay_steps"],
+                     "w = max(start - start * step / this, 0).")
+flags.DEFINE_integer("crf_iterations", _defaults["crf_iterations"], "Mean-field iterations.")
+flags.DEFINE_enum("crf_nodes", _defaults["crf_nodes"], ["slices", "channels"],
+                  "CRF nodes: axial slices (paper) or channel groups (reference code).")
+flags.DEFINE_enum("mixed_precision", _defaults["mixed_precision"], list(config_lib.PRECISIONS),
+                  "Keras dtype policy.")
+flags.DEFINE_enum("strategy", _defaults["strategy"], list(config_lib.STRATEGIES),
+                  "tf.distribute strategy (multi_worker reads TF_CONFIG).")
+flags.DEFINE_integer("seed", _defaults["seed"], "Seed of the data order, crops and latents.")
+flags.DEFINE_integer("shuffle_buffer", _defaults["shuffle_buffer"], "Records in the shuffle buffer.")
+flags.DEFINE_integer("log_every", _defaults["log_every"], "Steps between progress lines and scalars.")
+flags.DEFINE_integer("checkpoint_every", _defaults["checkpoint_every"], "Steps between checkpoints.")
+flags.DEFINE_integer("image_every", _defaults["image_every"], "Steps between image summaries.")
+flags.DEFINE_integer("keep_checkpoints", _defaults["keep_checkpoints"], "Checkpoints kept.")
+flags.DEFINE_string("profile_steps", _defaults["profile_steps"],
+                    "'first,last': capture a TensorBoard profiler trace of these steps.")
+flags.DEFINE_bool("jit_compile", _defaults["jit_compile"], "XLA-compile the train step.")
+flags.DEFINE_bool("dry_run", False, "Print the resolved config and exit.")
+flags.DEFINE_string("demo_data_dir", "",
+                    "If set, first write and convert the phantom CT demo data there "
+                    "(skipped when present); configs/demo.flags sets it.")
+flags.mark_flag_as_required("model_dir")
+flags.register_validator("img_size", lambda v: v in config_lib.IMG_SIZES,
+                         message=f"--img_size must be one of {config_lib.IMG_SIZES}")
+flags.register_validator("batch_size", lambda v: v >= 1, message="--batch_size must be >= 1")
+flags.register_validator("train_steps", lambda v: v >= 0, message="--train_steps must be >= 0")
+flags.register_validator("width", lambda v: 0 < v <= 4, message="--width must be in (0, 4]")
+
+
+def config_from_flags() -> config_lib.TrainConfig:
+    names = [f.name for f in __import__("dataclasses").fields(config_lib.TrainConfig)]
+    return config_lib.TrainConfig(**{n: getattr(FLAGS, n) for n in names})
+
+
+def main(argv):
+    del argv
+    config = config_from_flags()
+    try:
+        config.validate()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if FLAGS.dry_run:
+        print(config.to_json())
+        return 0
+    from absl import logging
+
+    from crfgan_tf import train_lib  # TensorFlow loads only for real work
+
+    logging.set_verbosity(logging.WARNING)  # TF's checkpoint INFO lines drown the progress
+    if FLAGS.demo_data_dir:
+        from crfgan_tf import demo
+
+        demo.prepare_demo_data(FLAGS.demo_data_dir, size=config.img_size,
+                               log=lambda m: print(m, file=sys.stderr))
+
+    os.makedirs(config.model_dir, exist_ok=True)
+    train_lib.atomic_write(os.path.join(config.model_dir, "flags.txt"),
+                           FLAGS.flags_into_string())
+    try:
+        train_lib.train(config)
+    except train_lib.NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,257 @@
+"""The training driver: strategy, precision, input, checkpoints, TensorBoard, profiling.
+
+`train(config)` is what `python -m crfgan_tf.train` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+import time
+from typing import Callable, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from crfgan_tf import config as config_lib
+from crfgan_tf import data
+from crfgan_tf.model import CRFGAN, LOSS_PHASE, REPLICA_INVARIANT
+
+STATE_FILE = "trainer_state.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; nothing after the last checkpoint is kept."""
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def set_precision(policy: str) -> None:
+    """Sets the global Keras dtype policy (before any layer is built)."""
+    keras.mixed_precision.set_global_policy(policy)
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """default: one device; mirrored: all local GPUs (or the CPU); multi_worker: the
+    cluster in TF_CONFIG (see README)."""
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def make_optimizer(learning_rate: float, config: config_lib.TrainConfig, name: str):
+    opt = keras.optimizers.Adam(learning_rate, beta_1=config.beta_1, beta_2=config.beta_2,
+                                epsilon=config.adam_epsilon, name=name)
+    if config.mixed_precision == "mixed_float16":
+        # compile() only wraps its own optimizer; a GAN with four must wrap each.
+        opt = keras.optimizers.LossScaleOptimizer(opt, name=f"{name}_loss_scale")
+    return opt
+
+
+def build_model(config: config_lib.TrainConfig) -> CRFGAN:
+    """The model with its four optimizers, all slots built (call inside strategy.scope())."""
+    model = CRFGAN(img_size=config.img_size, latent_dim=config.latent_dim, width=config.width,
+                   crf_iterations=config.crf_iterations, crf_nodes=config.crf_nodes,
+                   crf_weight_start=config.crf_weight_start,
+                   crf_weight_decay_steps=config.crf_weight_decay_steps,
+                   global_batch_size=config.batch_size, name=config.model)
+    model.compile(d_optimizer=make_optimizer(config.lr_d, config, "adam_d"),
+                  g_optimizer=make_optimizer(config.lr_g, config, "adam_g"),
+                  crf_optimizer=make_optimizer(config.lr_crf, config, "adam_crf"),
+                  e_optimizer=make_optimizer(config.lr_e, config, "adam_e"))
+    model.build_optimizers()
+    return model
+
+
+def make_checkpoint(model: CRFGAN) -> tf.train.Checkpoint:
+    """Every network, every optimizer state and the step (the input stream and all
+    randomness are functions of the step, so that is the whole RNG state)."""
+    return tf.train.Checkpoint(
+        trunk=model.trunk, head=model.head, discriminator=model.discriminator,
+        encoder=model.encoder, crf=model.crf, step=model.step_counter,
+        d_optimizer=model.d_optimizer, g_optimizer=model.g_optimizer,
+        crf_optimizer=model.crf_optimizer, e_optimizer=model.e_optimizer)
+
+
+def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager,
+                   log: Callable[[str], None] = _log) -> Optional[str]:
+    """Restores the newest readable checkpoint; an unreadable one is skipped with a warning.
+
+    Returns:
+      The path restored, or None when there is none (a fresh start).
+    """
+    for path in reversed(manager.checkpoints):
+        try:
+            checkpoint.read(path).assert_existing_objects_matched()
+            return path
+        except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways
+            # (DataLossError, IndexError "read less bytes", ValueError ...); each is skipped.
+            log(f"WARNING: checkpoint {path} is unreadable ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:200]}); trying the previous one")
+    if manager.checkpoints:
+        raise RuntimeError(f"no readable checkpoint in {manager.directory}")
+    return None
+
+
+def atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def peak_memory_bytes() -> int:
+    """Peak accelerator memory when there is a GPU, else this process's peak RSS."""
+    if tf.config.list_physical_devices("GPU"):
+        return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _views(volume: np.ndarray) -> dict:
+    """Axial, coronal and sagittal mid-slices of a (D, H, W) volume as [1, h, w, 1] in [0, 1]."""
+    d, h, w = volume.shape
+    views = {"axial": volume[d // 2], "coronal": volume[:, h // 2, :][::-1],
+             "sagittal": volume[:, :, w // 2][::-1]}
+    return {k: np.clip((v + 1.0) / 2.0, 0, 1)[None, ..., None] for k, v in views.items()}
+
+
+class _Progress:
+    """One line per report: step, bar, it/s, ETA and the losses."""
+
+    def __init__(self, start_step: int, total: int, log):
+        self.start_step, self.total, self.log = start_step, total, log
+        self.t0 = time.time()
+
+    def report(self, step: int, values: dict) -> float:
+        rate = (step - self.start_step) / max(time.time() - self.t0, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        frac = step / max(self.total, 1)
+        bar = "=" * int(20 * frac) + ">" + "." * (20 - int(20 * frac))
+        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
+        parts = " ".join(f"{k} {v:.4f}" for k, v in values.items())
+        self.log(f"step {step}/{self.total} [{bar}] {rate:.2f} it/s ETA {eta_s} | {parts}")
+        return rate
+
+
+def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log) -> dict:
+    """Trains (or resumes) until `config.train_steps`; returns the last metrics and step.
+
+    Raises:
+      ValueError: invalid config (before any work).
+      NonFiniteLossError: a loss became NaN/inf (names the step and phase).
+    """
+    config.validate()
+    if not config.train_records and config.train_steps > 0:
+        raise ValueError("--train_records is required")
+    os.makedirs(config.model_dir, exist_ok=True)
+    atomic_write(os.path.join(config.model_dir, "config.json"), config.to_json())
+    set_precision(config.mixed_precision)
+    # Initial weights follow from the seed (a resumed run overwrites them anyway).
+    keras.utils.set_random_seed(config.seed)
+    strategy = make_strategy(config.strategy)
+    if config.batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(f"--batch_size={config.batch_size} is not divisible by the "
+                         f"{strategy.num_replicas_in_sync} replicas")
+    with strategy.scope():
+        model = build_model(config)
+        checkpoint = make_checkpoint(model)
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(config.model_dir, CHECKPOINT_DIR),
+        max_to_keep=config.keep_checkpoints)
+    restored = restore_latest(checkpoint, manager, log)
+    step = int(model.step_counter.numpy())
+    if restored:
+        log(f"train: resumed from {restored} at step {step}")
+    if step >= config.train_steps:
+        log(f"train: step {step} >= --train_steps={config.train_steps}; nothing to do")
+        return {"step": step, "metrics": {}, "model": model}
+
+    dataset = data.make_train_dataset(
+        config.train_records, config.img_size, config.batch_size, config.latent_dim,
+        seed=config.seed, start_step=step, shuffle_buffer=config.shuffle_buffer)
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+
+    @tf.function(jit_compile=config.jit_compile or None)
+    def replica_step(batch):
+        return model.train_step(batch)
+
+    @tf.function
+    def distributed_step(batch):
+        per_replica = strategy.run(replica_step, args=(batch,))
+        return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN if k in REPLICA_INVARIANT
+                                   else tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in per_replica.items()}
+
+    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
+    profile = config.profile_range()
+    progress = _Progress(step, config.train_steps, log)
+    log(f"train: {config.model} {config.img_size}^3, batch {config.batch_size} on "
+        f"{strategy.num_replicas_in_sync} replica(s), {config.mixed_precision}, "
+        f"steps {step} -> {config.train_steps}, model_dir {config.model_dir}")
+    metrics = {}
+    window_t0, window_step = time.time(), step
+    while step < config.train_steps:
+        if profile and step + 1 == profile[0]:
+            tf.profiler.experimental.start(config.model_dir)
+        metrics = {k: float(v) for k, v in distributed_step(next(iterator)).items()}
+        step += 1
+        if profile and step == profile[1]:
+            tf.profiler.experimental.stop()
+            log(f"train: profiler trace of steps {profile[0]}-{profile[1]} written to "
+                f"{config.model_dir}/plugins/profile (TensorBoard's Profile tab)")
+        bad = [k for k in LOSS_PHASE if not math.isfinite(metrics[k])]
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite {bad[0]} = {metrics[bad[0]]} at step {step} in the "
+                f"{LOSS_PHASE[bad[0]]}; stopped without checkpointing, the last checkpoint "
+                f"({manager.latest_checkpoint}) is intact")
+        if step % config.log_every == 0 or step == config.train_steps:
+            rate = (step - window_step) / max(time.time() - window_t0, 1e-9)
+            window_t0, window_step = time.time(), step
+            progress.report(step, {k: metrics[k] for k in LOSS_PHASE})
+            with writer.as_default(step=step):
+                for k, v in metrics.items():
+                    tf.summary.scalar(k, v)
+                for phase, opt in model.phase_optimizers().items():
+                    tf.summary.scalar(f"learning_rate/{phase}", float(opt.learning_rate))
+                tf.summary.scalar("iterations_per_sec", rate)
+                tf.summary.scalar("peak_memory_bytes", peak_memory_bytes())
+        if step % config.image_every == 0 or step == config.train_steps:
+            write_images(model, writer, step, config)
+        if step % config.checkpoint_every == 0 or step == config.train_steps:
+            path = manager.save(checkpoint_number=step)
+            atomic_write(os.path.join(config.model_dir, STATE_FILE), json.dumps(
+                {"step": step, "checkpoint": path, "train_steps": config.train_steps,
+                 "metrics": metrics, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+    writer.flush()
+    log(f"train: finished at step {step}; checkpoint {manager.latest_checkpoint}")
+    return {"step": step, "metrics": metrics, "model": model}
+
+
+def write_images(model: CRFGAN, writer, step: int, config: config_lib.TrainConfig) -> None:
+    """Mid-slices (axial, coronal, sagittal) of a real crop, a generated crop and a whole
+    generated volume, from a fixed z so that images are comparable across steps."""
+    records = data.raw_record_dataset(data.list_record_files(config.train_records)).take(1)
+    volume = data.parse_volume(next(iter(records)), config.img_size)
+    real_crop = volume[: config.img_size // 8].numpy()
+    z = tf.random.stateless_normal([1, config.latent_dim], seed=[config.seed, 7])
+    embedding = model.trunk(z, training=False)
+    fake_crop = model.head(embedding[:, : model.slab_depth], training=False)
+    whole = model.head(embedding, training=False)
+    with writer.as_default(step=step):
+        for name, vol in (("real_crop", real_crop),
+                          ("generated_crop", np.asarray(fake_crop)[0, ..., 0]),
+                          ("generated_volume", np.asarray(whole)[0, ..., 0])):
+            for view, img in _views(np.asarray(vol, np.float32)).items():
+                tf.summary.image(f"{name}/{view}", img)

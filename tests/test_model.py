@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+from crfgan_tf import train_lib
+from crfgan_tf.model import CRFGAN
+
+from conftest import tiny_batch, tiny_config
+
+
+def _build(tmp_path, **kw):
+    return train_lib.build_model(tiny_config(tmp_path, **kw))
+
+
+def _snapshot(model):
+    return {id(v): v.numpy().copy() for v in model.trainable_weights}
+
+
+def _changed(model, before):
+    return {id(v) for v in model.trainable_weights if not np.array_equal(v.numpy(), before[id(v)])}
+
+
+def test_each_phase_changes_exactly_its_variables(tmp_path):
+    model = _build(tmp_path)
+    batch = tiny_batch()
+    crop, pos = batch["crop"], batch["position"]
+    ids = lambda vs: {id(v) for v in vs}
+    weights = model.phase_weights()
+    # the CRF starts at W = 0, which makes G's loss independent of it; give W a value so
+    # that the G phase could (wrongly) move it if it differentiated the CRF too
+    model.crf.w.assign(tf.fill(model.crf.w.shape, 0.1))
+
+    before = _snapshot(model)
+    model.d_step(crop, pos, batch["z_d"])
+    assert _changed(model, before) == ids(weights["d"])
+
+    before = _snapshot(model)
+    g = model.g_step(pos, batch["z_g"])
+    assert _changed(model, before) == ids(weights["g"])
+
+    before = _snapshot(model)
+    model.crf_step(batch["volume"], crop, pos, g["fake_embedding"], g["fake_logits"])
+    assert _changed(model, before) == ids(weights["crf"])
+
+    before = _snapshot(model)
+    model.rec_step(crop)
+    assert _changed(model, before) == ids(weights["rec"])
+
+    all_ids = set().union(*(ids(v) for v in weights.values()))
+    assert all_ids == ids(model.trainable_weights)  # every weight belongs to one phase
+
+
+def test_train_step_outputs_and_step_counter(tmp_path):
+    model = _build(tmp_path)
+    out = model.train_step(tiny_batch())
+    assert set(out) == {"d_loss", "g_loss", "crf_loss", "rec_loss", "d_real", "d_fake",
+                        "crf_weight"}
+    assert all(np.isfinite(float(v)) for v in out.values())
+    assert float(out["crf_weight"]) == 0.5 and int(model.step_counter.numpy()) == 1
+    # W starts at 0: CRF(., D) = D, so the first CRF loss is the BCE of D's logits
+    assert float(out["crf_loss"]) > 0
+
+
+def test_batch_size_one(tmp_path):
+    model = _build(tmp_path, batch_size=1)
+    out = model.train_step(tiny_batch(batch=1))
+    assert np.isfinite(float(out["d_loss"])) and np.isfinite(float(out["g_loss"]))
+
+
+def test_slab_selects_per_example_positions(tmp_path):
+    model = _build(tmp_path)
+    emb = tf.reshape(tf.range(2 * 16 * 16 * 16 * 4, dtype=tf.float32), (2, 16, 16, 16, 4))
+    slab = model.slab(emb, tf.constant([0, 12]))
+    assert slab.shape == (2, 2, 16, 16, 4)
+    np.testing.assert_array_equal(slab[0], emb[0, 0:2])
+    np.testing.assert_array_equal(slab[1], emb[1, 3:5])
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16", "mixed_float16"])
+def test_one_step_under_each_precision_policy(tmp_path, policy):
+    train_lib.set_precision(policy)
+    try:
+        model = _build(tmp_path, mixed_precision=policy)
+        out = tf.function(model.train_step)(tiny_batch())
+        assert all(np.isfinite(float(v)) for v in out.values())
+        compute = {"float32": "float32", "mixed_bfloat16": "bfloat16",
+                   "mixed_float16": "float16"}[policy]
+        z = tf.zeros((1, 16))
+        emb = model.trunk(z)
+        assert emb.dtype == compute
+        assert model.head(emb).dtype == tf.float32  # the image is pinned to float32
+        logit = model.discriminator([tf.zeros((1, 8, 64, 64, 1)), tf.zeros((1, 1))])
+        assert logit.dtype == tf.float32
+        assert model.crf(emb, logit).dtype == tf.float32
+        assert all(v.dtype == "float32" for v in model.trainable_weights)
+        wrapped = isinstance(model.g_optimizer, keras.optimizers.LossScaleOptimizer)
+        assert wrapped == (policy == "mixed_float16")
+    finally:
+        train_lib.set_precision("float32")
+
+
+def test_generate_whole_volume(tmp_path):
+    model = _build(tmp_path)
+    vol = model.generate(tf.zeros((1, 16)))
+    assert vol.shape == (1, 64, 64, 64, 1)

@@ -1,0 +1,41 @@
+"""Learnable parameters per module, against the reference.
+
+  python -m tools.count_params --model=crfgan --img_size=256 --json
+"""
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from crfgan_tf import params  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("model", "crfgan", ["crfgan"], "Model type.")
+flags.DEFINE_integer("img_size", 256, "Volume side: 64, 128 or 256.")
+flags.DEFINE_integer("latent_dim", 1024, "Latent size.")
+flags.DEFINE_float("width", 1.0, "Channel multiplier.")
+flags.DEFINE_bool("json", False, "Print JSON {\"total\": N, \"modules\": {...}}.")
+flags.register_validator("img_size", lambda v: v in (64, 128, 256),
+                         message="--img_size must be 64, 128 or 256")
+
+
+def main(argv):
+    del argv
+    result = params.count_parameters(FLAGS.model, FLAGS.img_size, FLAGS.latent_dim, FLAGS.width)
+    if FLAGS.json:
+        print(json.dumps(result))
+        return
+    print(f"{result['model']} at {result['img_size']}^3")
+    for name, count in result["modules"].items():
+        print(f"  {name:16s} {count:>14,d}")
+    print(f"  {'total':16s} {result['total']:>14,d}")
+    if result["reference"] is not None:
+        same = "equal" if result["reference"] == result["total"] else "DIFFERENT"
+        print(f"  reference        {result['reference']:>14,d} ({same})")
+
+
+if __name__ == "__main__":
+    app.run(main)
