@@ -19,7 +19,6 @@ setup(
         "absl-py>=2.0,<3",
         "tensorboard>=2.21,<2.22",  # tf.summary needs it; TF 2.21 no longer installs it
         "tensorboard-plugin-profile>=2.15",  # the profiler tab for --profile_steps traces
-        "pillow>=10",  # PNG previews and image summaries written without matplotlib
     ],
     extras_require={
         "test": ["pytest>=8"],
