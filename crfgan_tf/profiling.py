@@ -1,0 +1,92 @@
+"""Speed and peak memory of full training iterations (all four phases), per configuration.
+
+Each configuration runs in its own fresh process (`python -m crfgan_tf.profiling`), so that
+one configuration's allocations do not inflate the next one's peak. Synthetic data: the
+input pipeline is not what is measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+@dataclasses.dataclass
+class ProfileRequest:
+    model: str = "crfgan"
+    img_size: int = 128
+    batch_size: int = 2
+    steps: int = 5
+    warmup: int = 2
+    precision: str = "float32"
+    width: float = 1.0
+    latent_dim: int = 1024
+    jit_compile: bool = False
+
+
+def _measure(req: ProfileRequest) -> dict:
+    """Runs in the child process: warm-up, then timed iterations."""
+    import tensorflow as tf
+
+    from crfgan_tf import config as config_lib
+    from crfgan_tf import params, train_lib
+
+    train_lib.set_precision(req.precision)
+    cfg = config_lib.TrainConfig(model_dir="/nonexistent", model=req.model,
+                                 img_size=req.img_size, batch_size=req.batch_size,
+                                 width=req.width, latent_dim=req.latent_dim,
+                                 mixed_precision=req.precision)
+    model = train_lib.build_model(cfg)
+    s, b = req.img_size, req.batch_size
+    g = tf.random.Generator.from_seed(0)
+    batch = {"volume": g.uniform((b, s, s, s, 1), -1, 1),
+             "position": tf.constant([4 * (i % (7 * s // 32 + 1)) for i in range(b)], tf.int32),
+             "z_d": g.normal((b, req.latent_dim)), "z_g": g.normal((b, req.latent_dim))}
+    batch["crop"] = batch["volume"][:, : s // 8]
+    step = tf.function(model.train_step, jit_compile=req.jit_compile or None)
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    for _ in range(req.warmup):
+        float(step(batch)["d_loss"])
+    if gpu:
+        tf.config.experimental.reset_memory_stats("GPU:0")
+    times = []
+    for _ in range(req.steps):
+        t = time.perf_counter()
+        float(step(batch)["d_loss"])  # the host read waits for the step to finish
+        times.append(time.perf_counter() - t)
+    device = (tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+              .get("device_name", "GPU") if gpu else f"CPU ({os.cpu_count()} cores)")
+    median = statistics.median(times)
+    return {"model": req.model, "img_size": s, "batch_size": b,
+            "peak_bytes": train_lib.peak_memory_bytes(),
+            "peak_kind": "gpu_allocator_peak" if gpu else "process_max_rss",
+            "iters_per_sec": round(1.0 / median, 4), "sec_per_iter": round(median, 4),
+            "params": params.count_parameters(req.model, s, req.latent_dim, req.width)["total"],
+            "device": device, "precision": req.precision, "width": req.width,
+            "steps": req.steps, "warmup": req.warmup}
+
+
+def profile(req: ProfileRequest, timeout: float = 3600) -> dict:
+    """Measures one configuration in a fresh process; out-of-memory becomes a row with
+    `"oom": true` (the paper's "-") instead of an exception."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-m", "crfgan_tf.profiling",
+                           json.dumps(dataclasses.asdict(req))],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    row = {"model": req.model, "img_size": req.img_size, "batch_size": req.batch_size,
+           "precision": req.precision}
+    if proc.returncode == 0:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    text = proc.stderr
+    if "ResourceExhausted" in text or "OOM" in text or proc.returncode in (-9, 137):
+        return dict(row, oom=True, peak_bytes=None, iters_per_sec=None)
+    raise RuntimeError(f"profiling {row} failed:\n{text[-3000:]}")
+
+
+if __name__ == "__main__":
+    print(json.dumps(_measure(ProfileRequest(**json.loads(sys.argv[1])))))

@@ -1,0 +1,57 @@
+"""Peak memory and iterations/s of full training iterations (the paper's Table 4 / 3.3).
+
+  python -m tools.profile_memory --models=crfgan --img_size=128 --batch_sizes=2,4,6 --steps=5 --json
+
+Each (model, size, batch) runs in its own fresh process. Peak memory: the GPU allocator's
+peak (reset after warm-up) on a GPU, the process's peak resident memory on CPU.
+"""
+
+import json
+
+from absl import app, flags
+
+from crfgan_tf import profiling
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["crfgan"], "Models to profile (crfgan; hagan comes with issue #4).")
+flags.DEFINE_integer("img_size", 128, "Volume side: 64, 128 or 256.")
+flags.DEFINE_list("batch_sizes", ["2"], "Batch sizes.")
+flags.DEFINE_integer("steps", 5, "Timed iterations (median reported).")
+flags.DEFINE_integer("warmup", 2, "Untimed iterations first (tracing, allocator warm-up).")
+flags.DEFINE_enum("precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
+                  "Keras dtype policy.")
+flags.DEFINE_float("width", 1.0, "Channel multiplier (1 = the paper's networks).")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
+flags.DEFINE_bool("json", False, "Print a JSON list of rows.")
+flags.register_validator("img_size", lambda v: v in (64, 128, 256),
+                         message="--img_size must be 64, 128 or 256")
+flags.register_validator("models", lambda v: all(m in ("crfgan",) for m in v),
+                         message="--models: only crfgan is implemented so far")
+flags.register_validator("batch_sizes", lambda v: all(x.isdigit() and int(x) >= 1 for x in v),
+                         message="--batch_sizes must be positive integers")
+
+
+def main(argv):
+    del argv
+    rows = []
+    for model in FLAGS.models:
+        for batch in FLAGS.batch_sizes:
+            rows.append(profiling.profile(profiling.ProfileRequest(
+                model=model, img_size=FLAGS.img_size, batch_size=int(batch), steps=FLAGS.steps,
+                warmup=FLAGS.warmup, precision=FLAGS.precision, width=FLAGS.width,
+                jit_compile=FLAGS.jit_compile)))
+            if not FLAGS.json:
+                r = rows[-1]
+                if r.get("oom"):
+                    print(f"{model:8s} {FLAGS.img_size}^3 batch {batch}: out of memory (-)")
+                else:
+                    print(f"{model:8s} {FLAGS.img_size}^3 batch {batch}: "
+                          f"{r['peak_bytes'] / 2**20:,.0f} MiB peak ({r['peak_kind']}), "
+                          f"{r['iters_per_sec']:.3f} it/s ({r['sec_per_iter']:.2f} s/it), "
+                          f"{r['params']:,} params, {r['device']}, {r['precision']}", flush=True)
+    if FLAGS.json:
+        print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    app.run(main)
