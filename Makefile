@@ -17,9 +17,14 @@ $(STAMP): setup.py
 install: $(STAMP)
 
 # The main job on the embedded default data: phantom CTs -> TFRecords -> a short CPU
-# training run (configs/demo.flags). Rerunning resumes / does nothing once finished.
+# training run (configs/demo.flags) -> SavedModel -> sample volumes with PNG previews.
+# Rerunning resumes / does nothing once training has finished.
 demo: $(STAMP)
 	$(PY) -m crfgan_tf.train --flagfile=configs/demo.flags --model_dir=$(DEMO_DIR)/model
+	$(PY) -m crfgan_tf.export --model_dir=$(DEMO_DIR)/model --export_dir=$(DEMO_DIR)/export
+	$(PY) -m crfgan_tf.sample --saved_model=$(DEMO_DIR)/export --num_samples=2 --seed=0 \
+		--output_dir=$(DEMO_DIR)/samples --format=nii.gz
+	@echo "demo: samples (NIfTI, HU, with PNG previews) in $(DEMO_DIR)/samples"
 	@echo "demo: TensorBoard: $(VENV)/bin/tensorboard --logdir $(DEMO_DIR)/model"
 
 # Fast tier (what CI runs). `make test-all` adds the tests marked slow.

@@ -72,7 +72,9 @@ def config_from_flags() -> config_lib.TrainConfig:
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]} (flags need --name=value)", file=sys.stderr)
+        return 2
     config = config_from_flags()
     try:
         config.validate()

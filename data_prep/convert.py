@@ -40,7 +40,9 @@ flags.register_validator("workers", lambda v: v >= 1, message="--workers must be
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]} (flags need --name=value)", file=sys.stderr)
+        return 2
     config = convert.ConvertConfig(
         dataset=FLAGS.dataset, input_dir=FLAGS.input_dir, output_dir=FLAGS.output_dir,
         size=FLAGS.size, num_shards=FLAGS.num_shards, num_val_shards=FLAGS.num_val_shards,

@@ -1,0 +1,42 @@
+"""Exports a trained generator as a TensorFlow SavedModel.
+
+  python -m crfgan_tf.export --model_dir=runs/luna256 --export_dir=exports/luna256
+
+The SavedModel loads with `tf.saved_model.load` alone. Signature `generate`:
+z float32 [batch, latent_dim] -> volume float32 [batch, S, S, S] in [-1, 1]. Variables
+`latent_dim`, `img_size`, `window`, `output_spacing` and `metadata_json` describe it.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", None, "Training run directory (config.json, checkpoints/).")
+flags.DEFINE_string("export_dir", None, "Where the SavedModel goes (replaced if present).")
+flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
+flags.DEFINE_integer("slab", 8, "Embedding slices per G2 slab: smaller = less memory, same result.")
+flags.mark_flags_as_required(["model_dir", "export_dir"])
+flags.register_validator("slab", lambda v: v >= 1, message="--slab must be >= 1")
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]} (flags need --name=value)", file=sys.stderr)
+        return 2
+    from crfgan_tf import export_lib
+
+    try:
+        export_lib.export(FLAGS.model_dir, FLAGS.export_dir, FLAGS.step, FLAGS.slab,
+                          log=lambda m: print(m, file=sys.stderr))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

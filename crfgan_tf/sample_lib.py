@@ -1,0 +1,111 @@
+"""Sampling volumes from an exported SavedModel and writing them as medical images."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import SimpleITK as sitk
+import tensorflow as tf
+
+FORMATS = {"nii.gz": ".nii.gz", "mha": ".mha", "nrrd": ".nrrd", "npy": ".npy"}
+LUNG_WINDOW = (-1350.0, 150.0)  # width 1500, level -600 HU
+
+
+class SavedModelError(Exception):
+    """A SavedModel that is missing or not a crfgan-tf generator."""
+
+
+def load(saved_model: str):
+    """Loads an export of crfgan_tf.export; returns (module, metadata dict)."""
+    if not tf.io.gfile.exists(os.path.join(saved_model, "saved_model.pb")):
+        raise SavedModelError(f"no SavedModel at {saved_model!r} (expected saved_model.pb)")
+    module = tf.saved_model.load(saved_model)
+    if "generate" not in module.signatures or not hasattr(module, "metadata_json"):
+        raise SavedModelError(f"{saved_model!r} is a SavedModel but not a crfgan-tf generator "
+                              "(no 'generate' signature or metadata); export it with "
+                              "python -m crfgan_tf.export")
+    return module, json.loads(module.metadata_json.numpy().decode())
+
+
+def latents(seed: int, first: int, count: int, latent_dim: int) -> tf.Tensor:
+    """z for samples first..first+count-1: sample i depends on (seed, i) alone, so a seed
+    gives the same volumes whatever the batch size (up to float rounding of batched
+    convolutions: at most 1 HU after rounding)."""
+    return tf.stack([tf.random.stateless_normal([latent_dim], seed=[seed, i])
+                     for i in range(first, first + count)])
+
+
+def to_intensity(volume: np.ndarray, window) -> np.ndarray:
+    """[-1, 1] -> the training window (HU for CT), rounded to int16."""
+    low, high = window
+    values = (np.clip(volume, -1.0, 1.0) + 1.0) / 2.0 * (high - low) + low
+    return np.round(values).astype(np.int16)
+
+
+def write_volume(array: np.ndarray, path: str, spacing_zyx, fmt: str) -> None:
+    """Writes (z, y, x) canonical LPS int16 with spacing, origin (centred at 0) and
+    identity direction; `npy` writes the array plus a `.json` sidecar with the geometry."""
+    spacing = [float(s) for s in spacing_zyx]
+    origin_xyz = [-(n - 1) / 2.0 * s for n, s in zip(reversed(array.shape), reversed(spacing))]
+    if fmt == "npy":
+        np.save(path, array)
+        with open(path[:-4] + ".json", "w") as f:
+            json.dump({"axes": "z (inferior->superior), y (anterior->posterior), "
+                               "x (right->left)", "spacing_zyx_mm": spacing,
+                       "origin_xyz_mm": origin_xyz, "units": "HU"}, f, indent=2)
+        return
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(list(reversed(spacing)))
+    image.SetOrigin(origin_xyz)
+    image.SetDirection([1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0])
+    sitk.WriteImage(image, path, useCompression=fmt != "mha")
+
+
+def preview_png(array: np.ndarray, path: str, window) -> None:
+    """Axial, coronal and sagittal mid-slices side by side (superior up)."""
+    low, high = window
+    d, h, w = array.shape
+    views = [array[d // 2], array[:, h // 2, :][::-1], array[:, :, w // 2][::-1]]
+    size = max(max(v.shape) for v in views)
+    tiles = []
+    for v in views:
+        tile = np.zeros((size, size), np.float32)
+        tile[: v.shape[0], : v.shape[1]] = np.clip((v - low) / (high - low), 0, 1)
+        tiles.append(tile)
+    image = (np.concatenate(tiles, axis=1) * 255).astype(np.uint8)[..., None]
+    tf.io.write_file(path, tf.io.encode_png(image))
+
+
+def sample(saved_model: str, num_samples: int, seed: int, output_dir: str, fmt: str = "nii.gz",
+           batch_size: int = 1, log=print) -> list:
+    """Generates `num_samples` volumes; returns the paths written."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {sorted(FORMATS)}, got {fmt!r}")
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError("--num_samples and --batch_size must be >= 1")
+    module, meta = load(saved_model)
+    latent_dim = int(module.latent_dim.numpy())
+    window = [float(v) for v in module.window.numpy()]
+    spacing = [float(v) for v in module.output_spacing.numpy()]
+    preview_window = LUNG_WINDOW if meta.get("modality", "ct") == "ct" else window
+    os.makedirs(output_dir, exist_ok=True)
+    paths, t0 = [], time.time()
+    for first in range(0, num_samples, batch_size):
+        count = min(batch_size, num_samples - first)
+        volumes = module.generate(z=latents(seed, first, count, latent_dim))["volume"].numpy()
+        for k in range(count):
+            i = first + k
+            name = f"sample_seed{seed}_{i:05d}"
+            array = to_intensity(volumes[k], window)
+            path = os.path.join(output_dir, name + FORMATS[fmt])
+            write_volume(array, path, spacing, fmt)
+            preview_png(array, os.path.join(output_dir, name + ".png"), preview_window)
+            paths.append(path)
+        done = first + count
+        rate = done / max(time.time() - t0, 1e-9)
+        log(f"sample: {done}/{num_samples} volumes | {rate:.2f} volumes/s | "
+            f"ETA {(num_samples - done) / rate:.0f} s")
+    return paths
