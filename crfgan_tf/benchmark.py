@@ -54,3 +54,70 @@ def convert_speed(in_plane: int = 512, num_slices: int = 300, size: int = 256,
             row["reference_s"] = round(statistics.median(ref), 3)
             row["speedup"] = round(row["reference_s"] / row["ours_s"], 2)
     return row
+
+
+def _child_generate(saved_model: str) -> dict:
+    """In a fresh process: load the SavedModel, generate one volume, report peak RSS."""
+    import resource
+
+    import tensorflow as tf
+
+    module = tf.saved_model.load(saved_model)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    t = time.perf_counter()
+    z = tf.random.stateless_normal([1, int(module.latent_dim.numpy())], seed=[0, 0])
+    volume = module.generate(z=z)["volume"].numpy()
+    seconds = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"shape": list(volume.shape), "seconds": round(seconds, 2),
+            "rss_after_load_bytes": before, "peak_rss_bytes": peak}
+
+
+def generate_memory(img_size: int = 256, slabs=(8, 64), work_dir: str = None, log=print) -> list:
+    """Peak CPU memory of generating one volume from an export, per slab size.
+
+    A full-width model with random weights is checkpointed and exported once per slab
+    size (weights do not change memory); each generation runs in a fresh process. A slab
+    of img_size / 4 embedding slices is the whole embedding: one-shot G2.
+    """
+    import json as _json
+    import subprocess
+    import sys
+
+    from crfgan_tf import config as config_lib
+    from crfgan_tf import export_lib
+    from crfgan_tf.model import CRFGAN
+
+    import tensorflow as tf
+
+    work = work_dir or tempfile.mkdtemp(prefix="crfgan_genmem_")
+    run = os.path.join(work, "run")
+    os.makedirs(os.path.join(run, "checkpoints"), exist_ok=True)
+    cfg = config_lib.TrainConfig(model_dir=run, img_size=img_size)
+    with open(os.path.join(run, "config.json"), "w") as f:
+        f.write(cfg.to_json())
+    model = CRFGAN(img_size=img_size)
+    tf.train.Checkpoint(trunk=model.trunk, head=model.head).write(
+        os.path.join(run, "checkpoints", "ckpt-1"))
+    with open(os.path.join(run, "checkpoints", "checkpoint"), "w") as f:
+        f.write('model_checkpoint_path: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-1"\n')
+    rows = []
+    for slab in slabs:
+        sm = os.path.join(work, f"export_slab{slab}")
+        export_lib.export(run, sm, slab=slab, log=log)
+        proc = subprocess.run(
+            [sys.executable, "-c", "import json, sys; from crfgan_tf import benchmark; "
+             "print(json.dumps(benchmark._child_generate(sys.argv[1])))", sm],
+            capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        if proc.returncode != 0:
+            reason = "out of memory" if "bad_alloc" in proc.stderr or proc.returncode in (
+                -9, 137) else proc.stderr.strip().splitlines()[-1][:300]
+            log(f"generate {img_size}^3 slab {slab}: FAILED ({reason})")
+            rows.append({"img_size": img_size, "slab": slab, "failed": reason})
+            continue
+        row = _json.loads(proc.stdout.strip().splitlines()[-1])
+        row.update(img_size=img_size, slab=slab)
+        log(f"generate {img_size}^3 slab {slab}: peak RSS {row['peak_rss_bytes'] / 2**20:,.0f} MiB "
+            f"(after load {row['rss_after_load_bytes'] / 2**20:,.0f} MiB), {row['seconds']} s")
+        rows.append(row)
+    return rows
