@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional
 
-from crfgan_tf import preprocess
+from crfgan_tf import fileio, preprocess
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "crfgan-tf-volumes/1"
@@ -146,12 +146,7 @@ def plan_shards(cases: Dict[str, str], split: Dict[str, str], config: ConvertCon
 
 
 def atomic_write_json(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fileio.atomic_write(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def _init_worker(threads: int) -> None:

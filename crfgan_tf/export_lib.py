@@ -22,7 +22,6 @@ import statistics
 from typing import Optional
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from crfgan_tf import config as config_lib

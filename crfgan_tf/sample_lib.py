@@ -10,6 +10,8 @@ import numpy as np
 import SimpleITK as sitk
 import tensorflow as tf
 
+from crfgan_tf import fileio
+
 FORMATS = {"nii.gz": ".nii.gz", "mha": ".mha", "nrrd": ".nrrd", "npy": ".npy"}
 LUNG_WINDOW = (-1350.0, 150.0)  # width 1500, level -600 HU
 
@@ -67,8 +69,7 @@ def write_volume(array: np.ndarray, path: str, spacing_zyx, fmt: str) -> None:
 def preview_png(array: np.ndarray, path: str, window) -> None:
     """Axial, coronal and sagittal mid-slices side by side (superior up)."""
     low, high = window
-    d, h, w = array.shape
-    views = [array[d // 2], array[:, h // 2, :][::-1], array[:, :, w // 2][::-1]]
+    views = list(fileio.mid_slices(array).values())
     size = max(max(v.shape) for v in views)
     tiles = []
     for v in views:

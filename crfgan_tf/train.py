@@ -86,7 +86,7 @@ def main(argv):
         return 0
     from absl import logging
 
-    from crfgan_tf import train_lib  # TensorFlow loads only for real work
+    from crfgan_tf import fileio, train_lib  # TensorFlow loads only for real work
 
     logging.set_verbosity(logging.WARNING)  # TF's checkpoint INFO lines drown the progress
     if FLAGS.demo_data_dir:
@@ -96,7 +96,7 @@ def main(argv):
                                log=lambda m: print(m, file=sys.stderr))
 
     os.makedirs(config.model_dir, exist_ok=True)
-    train_lib.atomic_write(os.path.join(config.model_dir, "flags.txt"),
+    fileio.atomic_write(os.path.join(config.model_dir, "flags.txt"),
                            FLAGS.flags_into_string())
     try:
         train_lib.train(config)

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from crfgan_tf import config as config_lib
-from crfgan_tf import data
+from crfgan_tf import data, fileio
 from crfgan_tf.model import CRFGAN, LOSS_PHASE, REPLICA_INVARIANT
 
 STATE_FILE = "trainer_state.json"
@@ -102,28 +102,11 @@ def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.Checkpoint
     return None
 
 
-def atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def peak_memory_bytes() -> int:
     """Peak accelerator memory when there is a GPU, else this process's peak RSS."""
     if tf.config.list_physical_devices("GPU"):
         return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def _views(volume: np.ndarray) -> dict:
-    """Axial, coronal and sagittal mid-slices of a (D, H, W) volume as [1, h, w, 1] in [0, 1]."""
-    d, h, w = volume.shape
-    views = {"axial": volume[d // 2], "coronal": volume[:, h // 2, :][::-1],
-             "sagittal": volume[:, :, w // 2][::-1]}
-    return {k: np.clip((v + 1.0) / 2.0, 0, 1)[None, ..., None] for k, v in views.items()}
 
 
 class _Progress:
@@ -155,7 +138,7 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log) -> 
     if not config.train_records and config.train_steps > 0:
         raise ValueError("--train_records is required")
     os.makedirs(config.model_dir, exist_ok=True)
-    atomic_write(os.path.join(config.model_dir, "config.json"), config.to_json())
+    fileio.atomic_write(os.path.join(config.model_dir, "config.json"), config.to_json())
     set_precision(config.mixed_precision)
     # Initial weights follow from the seed (a resumed run overwrites them anyway).
     keras.utils.set_random_seed(config.seed)
@@ -231,7 +214,7 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log) -> 
             write_images(model, writer, step, config)
         if step % config.checkpoint_every == 0 or step == config.train_steps:
             path = manager.save(checkpoint_number=step)
-            atomic_write(os.path.join(config.model_dir, STATE_FILE), json.dumps(
+            fileio.atomic_write(os.path.join(config.model_dir, STATE_FILE), json.dumps(
                 {"step": step, "checkpoint": path, "train_steps": config.train_steps,
                  "metrics": metrics, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
     writer.flush()
@@ -253,5 +236,5 @@ def write_images(model: CRFGAN, writer, step: int, config: config_lib.TrainConfi
         for name, vol in (("real_crop", real_crop),
                           ("generated_crop", np.asarray(fake_crop)[0, ..., 0]),
                           ("generated_volume", np.asarray(whole)[0, ..., 0])):
-            for view, img in _views(np.asarray(vol, np.float32)).items():
-                tf.summary.image(f"{name}/{view}", img)
+            for view, img in fileio.mid_slices(np.asarray(vol, np.float32)).items():
+                tf.summary.image(f"{name}/{view}", np.clip((img + 1.0) / 2.0, 0, 1)[None, ..., None])

@@ -10,7 +10,6 @@ import pytest
 from crfgan_tf import convert, phantom, preprocess
 from crfgan_tf import data as records
 
-from conftest import TINY
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

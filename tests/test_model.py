@@ -4,7 +4,6 @@ import keras
 import tensorflow as tf
 
 from crfgan_tf import train_lib
-from crfgan_tf.model import CRFGAN
 
 from conftest import tiny_batch, tiny_config
 

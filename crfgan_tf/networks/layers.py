@@ -149,7 +149,7 @@ def _triple(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
 
 
-def conv_gn_relu(x, filters, kernel_size, strides, padding, name, dtype_policy=None):
+def conv_gn_relu(x, filters, kernel_size, strides, padding, name):
     """Conv3D (PyTorch-style symmetric padding, bias) -> GroupNorm(8) -> ReLU."""
     if padding:
         x = keras.layers.ZeroPadding3D(padding, name=f"{name}_pad")(x)
