@@ -19,6 +19,7 @@ setup(
         "absl-py>=2.0,<3",
         "tensorboard>=2.21,<2.22",  # tf.summary needs it; TF 2.21 no longer installs it
         "tensorboard-plugin-profile>=2.15",  # the profiler tab for --profile_steps traces
+        "matplotlib>=3.7",  # the memory/batch-size plot of tools.profile_memory
     ],
     extras_require={
         "test": ["pytest>=8"],

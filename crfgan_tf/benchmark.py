@@ -97,7 +97,7 @@ def generate_memory(img_size: int = 256, slabs=(8, 64), work_dir: str = None, lo
     with open(os.path.join(run, "config.json"), "w") as f:
         f.write(cfg.to_json())
     model = CRFGAN(img_size=img_size)
-    tf.train.Checkpoint(trunk=model.trunk, head=model.head).write(
+    tf.train.Checkpoint(generator_trunk=model.trunk, generator_head=model.head).write(
         os.path.join(run, "checkpoints", "ckpt-1"))
     with open(os.path.join(run, "checkpoints", "checkpoint"), "w") as f:
         f.write('model_checkpoint_path: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-1"\n')

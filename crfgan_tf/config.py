@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-MODELS = ("crfgan",)
+MODELS = ("crfgan", "hagan")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 IMG_SIZES = (64, 128, 256)
@@ -59,6 +59,9 @@ class TrainConfig:
         need(self.model in MODELS, f"--model must be one of {MODELS}, got {self.model!r}")
         need(self.img_size in IMG_SIZES,
              f"--img_size must be one of {IMG_SIZES}, got {self.img_size}")
+        need(self.model != "hagan" or self.img_size in (128, 256),
+             f"--model=hagan needs --img_size 128 or 256 (the reference has no 64^3 HA-GAN), "
+             f"got {self.img_size}")
         need(self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}")
         need(self.train_steps >= 0, f"--train_steps must be >= 0, got {self.train_steps}")
         need(self.latent_dim >= 1, f"--latent_dim must be >= 1, got {self.latent_dim}")

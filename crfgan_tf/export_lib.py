@@ -143,7 +143,7 @@ def training_metadata(config: config_lib.TrainConfig) -> dict:
 def load_generator(model_dir: str, step: Optional[int] = None):
     """(config, trunk, head, checkpoint path) of a training run, weights restored."""
     from crfgan_tf import train_lib
-    from crfgan_tf.model import CRFGAN
+    from crfgan_tf.networks import build_head, build_trunk
 
     path = os.path.join(model_dir, "config.json")
     if not os.path.exists(path):
@@ -160,11 +160,12 @@ def load_generator(model_dir: str, step: Optional[int] = None):
         if not tf.io.gfile.exists(ckpt + ".index"):
             raise FileNotFoundError(f"no checkpoint for step {step} ({ckpt})")
     train_lib.set_precision("float32")  # export and sample in float32 whatever trained
-    model = CRFGAN(img_size=config.img_size, latent_dim=config.latent_dim, width=config.width,
-                   crf_iterations=config.crf_iterations, crf_nodes=config.crf_nodes)
-    tf.train.Checkpoint(trunk=model.trunk, head=model.head).read(ckpt).expect_partial() \
+    # G1 and G2 are all that generation needs, for CRF-GAN and HA-GAN alike.
+    trunk = build_trunk(config.img_size, config.latent_dim, config.width)
+    head = build_head(config.img_size, config.width)
+    tf.train.Checkpoint(generator_trunk=trunk, generator_head=head).read(ckpt).expect_partial() \
         .assert_existing_objects_matched()
-    return config, model.trunk, model.head, ckpt
+    return config, trunk, head, ckpt
 
 
 def export(model_dir: str, export_dir: str, step: Optional[int] = None, slab: int = 8,

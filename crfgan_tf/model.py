@@ -1,4 +1,4 @@
-"""CRFGAN: the keras.Model that owns the networks and the four-phase `train_step`."""
+"""CRF-GAN and its HA-GAN baseline: keras.Models owning the networks and `train_step`."""
 
 from __future__ import annotations
 
@@ -8,54 +8,42 @@ import tensorflow as tf
 from crfgan_tf import losses
 from crfgan_tf.networks import (SliceCRF, build_discriminator, build_encoder, build_head,
                                 build_trunk)
+from crfgan_tf.networks.hagan import (build_low_discriminator, build_low_generator,
+                                      build_sub_encoder)
 
-PHASES = ("d", "g", "crf", "rec")
 REPLICA_INVARIANT = ("crf_weight",)  # reduce with MEAN, not SUM, across replicas
-LOSS_PHASE = {"d_loss": "discriminator (phase 1)", "g_loss": "generator (phase 2)",
-              "crf_loss": "CRF (phase 3)", "rec_loss": "reconstruction (phase 4)"}
 
 
-class CRFGAN(keras.Model):
-    """CRF-GAN (trunk G1, head G2, discriminator D, half-encoder hE, CRF).
+class SubVolumeGAN(keras.Model):
+    """What CRF-GAN and HA-GAN share: trunk G1, head G2, sub-volume discriminator D,
+    half-encoder hE, the per-phase optimizers and the hE reconstruction phase.
 
-    One `train_step` runs the paper's four phases in order, each differentiating an
-    explicit list of weights and applying its own optimizer:
-
-    1. D:   BCE(D(x_crop, r), 1) + BCE(D(G2(G1(z_d)[r/4 : r/4 + S/32]), r), 0)
-    2. G:   y = w * CRF(G1(z_g), D(fake)) + (1 - w) * D(fake); BCE(y, 1) -> G1, G2
-    3. CRF: BCE(CRF(G1(z_g), D(fake)), 0) + BCE(CRF(hE(x), D(x_crop)), 1) -> W
-    4. hE:  L1(G2(hE(x_crop)), x_crop) -> hE
-
-    Phase 3 reuses phase 2's fake embedding and fake logit (the same z_g; stopped
-    gradients) rather than recomputing G1 and D on it.
+    Subclasses set PHASES (phase names, in train_step order), LEARNING_RATES (phase ->
+    TrainConfig field) and LOSS_PHASE (loss name -> phase description), build their extra
+    networks and implement train_step.
 
     Args:
       img_size: S (64, 128, 256).
       latent_dim: size of z.
       width: channel multiplier (1.0 = the reference).
-      crf_iterations, crf_nodes: see SliceCRF.
-      crf_weight_start, crf_weight_decay_steps: the schedule of w.
       global_batch_size: batch over all replicas (the losses divide by it).
     """
 
-    def __init__(self, img_size=256, latent_dim=1024, width=1.0, crf_iterations=10,
-                 crf_nodes="slices", crf_weight_start=0.5, crf_weight_decay_steps=60000,
-                 global_batch_size=2, **kwargs):
+    PHASES: tuple = ()
+    LEARNING_RATES: dict = {}
+    LOSS_PHASE: dict = {}
+
+    def __init__(self, img_size=256, latent_dim=1024, width=1.0, global_batch_size=2,
+                 **kwargs):
         super().__init__(**kwargs)
         self.img_size = img_size
         self.latent_dim = latent_dim
         self.width = width
-        self.crf_iterations = crf_iterations
-        self.crf_nodes = crf_nodes
-        self.crf_weight_start = crf_weight_start
-        self.crf_weight_decay_steps = crf_weight_decay_steps
         self.global_batch_size = global_batch_size
         self.trunk = build_trunk(img_size, latent_dim, width)
         self.head = build_head(img_size, width)
         self.discriminator = build_discriminator(img_size, width)
         self.encoder = build_encoder(img_size, width)
-        self.crf = SliceCRF(img_size // 4, crf_iterations, crf_nodes, name="crf")
-        self.crf.build()
         self.step_counter = self.add_weight(name="step", shape=(), dtype="int64",
                                             initializer="zeros", trainable=False,
                                             aggregation="only_first_replica")
@@ -74,10 +62,7 @@ class CRFGAN(keras.Model):
     def modules(self) -> dict:
         """name -> network, in the order of the reference's parameter table."""
         return {"generator_trunk": self.trunk, "generator_head": self.head,
-                "discriminator": self.discriminator, "encoder": self.encoder, "crf": self.crf}
-
-    def generator_weights(self):
-        return self.trunk.trainable_weights + self.head.trainable_weights
+                "discriminator": self.discriminator, "encoder": self.encoder}
 
     def slab(self, embedding, position):
         """Per-example embedding slab [r/4, r/4 + S/32) along depth; r = position (batch,)."""
@@ -93,42 +78,108 @@ class CRFGAN(keras.Model):
         """Whole volumes: G2 on the whole G1 embedding -> (batch, S, S, S, 1)."""
         return self.head(self.trunk(z, training=training), training=training)
 
-    def crf_weight(self):
-        return losses.crf_weight(self.step_counter, self.crf_weight_start,
-                                 self.crf_weight_decay_steps)
-
     def call(self, z, training=False):
         return self.generate(z, training=training)
 
     # ---- optimizers --------------------------------------------------------------------
-    def compile(self, d_optimizer, g_optimizer, crf_optimizer, e_optimizer, **kwargs):
-        """Takes one optimizer per phase (wrap each in LossScaleOptimizer for float16)."""
+    def compile(self, optimizers: dict, **kwargs):
+        """Takes one optimizer per phase, {phase: optimizer} (wrap each in
+        LossScaleOptimizer under mixed_float16: compile() only wraps its own)."""
         super().compile(**kwargs)
-        self.d_optimizer = d_optimizer
-        self.g_optimizer = g_optimizer
-        self.crf_optimizer = crf_optimizer
-        self.e_optimizer = e_optimizer
+        missing = set(self.PHASES) - set(optimizers)
+        if missing:
+            raise ValueError(f"no optimizer for phases {sorted(missing)}")
+        self._phase_optimizers = dict(optimizers)
+
+    def phase_optimizers(self) -> dict:
+        return dict(self._phase_optimizers)
 
     def phase_weights(self) -> dict:
         """Phase -> the trainable weights it updates."""
-        return {"d": self.discriminator.trainable_weights, "g": self.generator_weights(),
-                "crf": self.crf.trainable_weights, "rec": self.encoder.trainable_weights}
-
-    def phase_optimizers(self) -> dict:
-        return {"d": self.d_optimizer, "g": self.g_optimizer, "crf": self.crf_optimizer,
-                "rec": self.e_optimizer}
+        raise NotImplementedError
 
     def build_optimizers(self):
         """Creates every optimizer slot now (checkpoints restore into them)."""
-        for phase, opt in self.phase_optimizers().items():
-            opt.build(self.phase_weights()[phase])
+        weights = self.phase_weights()
+        for phase, opt in self._phase_optimizers.items():
+            opt.build(weights[phase])
 
-    @staticmethod
-    def _minimize(optimizer, tape, scaled_loss, variables):
-        """Applies the gradients of a loss scaled inside `tape` by `optimizer.scale_loss`
-        (LossScaleOptimizer multiplies by its scale, any other optimizer returns the loss
-        unchanged); LossScaleOptimizer.apply unscales and skips non-finite steps."""
-        optimizer.apply(tape.gradient(scaled_loss, variables), variables)
+    def checkpoint_items(self) -> dict:
+        """Everything a checkpoint holds: networks, optimizers (with their state), step."""
+        items = dict(self.modules())
+        items.update({f"{p}_optimizer": o for p, o in self._phase_optimizers.items()})
+        items["step"] = self.step_counter
+        return items
+
+    def _minimize(self, phase, tape, scaled_loss):
+        """Applies the gradients of a loss scaled inside `tape` by the phase optimizer's
+        scale_loss (LossScaleOptimizer multiplies by its scale, any other optimizer
+        returns the loss unchanged); LossScaleOptimizer.apply unscales and skips
+        non-finite steps."""
+        variables = self.phase_weights()[phase]
+        self._phase_optimizers[phase].apply(tape.gradient(scaled_loss, variables), variables)
+
+    def _scale(self, phase, loss):
+        return self._phase_optimizers[phase].scale_loss(loss)
+
+    def rec_step(self, crop):
+        """hE reconstruction: update hE so that G2(hE(x_crop)) reconstructs x_crop."""
+        with tf.GradientTape() as tape:
+            rec = self.head(self.encoder(crop, training=True), training=True)
+            loss = losses.reconstruction_loss(rec, crop, self.global_batch_size)
+            scaled = self._scale("rec", loss)
+        self._minimize("rec", tape, scaled)
+        return {"rec_loss": loss}
+
+
+class CRFGAN(SubVolumeGAN):
+    """CRF-GAN (trunk G1, head G2, discriminator D, half-encoder hE, CRF).
+
+    One `train_step` runs the paper's four phases in order, each differentiating an
+    explicit list of weights and applying its own optimizer:
+
+    1. D:   BCE(D(x_crop, r), 1) + BCE(D(G2(G1(z_d)[r/4 : r/4 + S/32]), r), 0)
+    2. G:   y = w * CRF(G1(z_g), D(fake)) + (1 - w) * D(fake); BCE(y, 1) -> G1, G2
+    3. CRF: BCE(CRF(G1(z_g), D(fake)), 0) + BCE(CRF(hE(x), D(x_crop)), 1) -> W
+    4. hE:  L1(G2(hE(x_crop)), x_crop) -> hE
+
+    Phase 3 reuses phase 2's fake embedding and fake logit (the same z_g; stopped
+    gradients) rather than recomputing G1 and D on it.
+
+    Args (besides SubVolumeGAN's):
+      crf_iterations, crf_nodes: see SliceCRF.
+      crf_weight_start, crf_weight_decay_steps: the schedule of w.
+    """
+
+    PHASES = ("d", "g", "crf", "rec")
+    LEARNING_RATES = {"d": "lr_d", "g": "lr_g", "crf": "lr_crf", "rec": "lr_e"}
+    LOSS_PHASE = {"d_loss": "discriminator (phase 1)", "g_loss": "generator (phase 2)",
+                  "crf_loss": "CRF (phase 3)", "rec_loss": "reconstruction (phase 4)"}
+
+    def __init__(self, img_size=256, latent_dim=1024, width=1.0, crf_iterations=10,
+                 crf_nodes="slices", crf_weight_start=0.5, crf_weight_decay_steps=60000,
+                 global_batch_size=2, **kwargs):
+        super().__init__(img_size, latent_dim, width, global_batch_size, **kwargs)
+        self.crf_iterations = crf_iterations
+        self.crf_nodes = crf_nodes
+        self.crf_weight_start = crf_weight_start
+        self.crf_weight_decay_steps = crf_weight_decay_steps
+        self.crf = SliceCRF(img_size // 4, crf_iterations, crf_nodes, name="crf")
+        self.crf.build()
+
+    def modules(self) -> dict:
+        return dict(super().modules(), crf=self.crf)
+
+    def generator_weights(self):
+        return self.trunk.trainable_weights + self.head.trainable_weights
+
+    def phase_weights(self) -> dict:
+        return {"d": self.discriminator.trainable_weights, "g": self.generator_weights(),
+                "crf": self.crf.trainable_weights, "rec": self.encoder.trainable_weights}
+
+    def crf_weight(self):
+        return losses.crf_weight(self.step_counter, self.crf_weight_start,
+                                 self.crf_weight_decay_steps)
 
     # ---- the four phases -----------------------------------------------------------------
     def d_step(self, crop, position, z_d):
@@ -142,15 +193,14 @@ class CRFGAN(keras.Model):
                                         training=True)
             real_logits, fake_logits = tf.split(logits, 2, axis=0)
             loss = losses.discriminator_loss(real_logits, fake_logits, self.global_batch_size)
-            scaled = self.d_optimizer.scale_loss(loss)
-        self._minimize(self.d_optimizer, tape, scaled, self.discriminator.trainable_weights)
+            scaled = self._scale("d", loss)
+        self._minimize("d", tape, scaled)
         share = lambda t: losses.per_replica_mean(tf.sigmoid(t), self.global_batch_size)
         return {"d_loss": loss, "d_real": share(real_logits), "d_fake": share(fake_logits)}
 
     def g_step(self, position, z_g):
         """Phase 2: update G1 and G2 through D and the CRF."""
         pos = self.normalized_position(position)
-        variables = self.generator_weights()
         weight = self.crf_weight()
         with tf.GradientTape() as tape:
             embedding = self.trunk(z_g, training=True)
@@ -158,8 +208,8 @@ class CRFGAN(keras.Model):
             fake_logits = self.discriminator([fake, pos], training=True)
             crf_logits = self.crf(embedding, fake_logits)
             loss = losses.generator_loss(fake_logits, crf_logits, weight, self.global_batch_size)
-            scaled = self.g_optimizer.scale_loss(loss)
-        self._minimize(self.g_optimizer, tape, scaled, variables)
+            scaled = self._scale("g", loss)
+        self._minimize("g", tape, scaled)
         return {"g_loss": loss, "crf_weight": weight,
                 "fake_embedding": tf.stop_gradient(embedding),
                 "fake_logits": tf.stop_gradient(fake_logits)}
@@ -172,18 +222,9 @@ class CRFGAN(keras.Model):
         with tf.GradientTape() as tape:
             loss = losses.crf_loss(self.crf(fake_embedding, fake_logits),
                                    self.crf(real_embedding, real_logits), self.global_batch_size)
-            scaled = self.crf_optimizer.scale_loss(loss)
-        self._minimize(self.crf_optimizer, tape, scaled, self.crf.trainable_weights)
+            scaled = self._scale("crf", loss)
+        self._minimize("crf", tape, scaled)
         return {"crf_loss": loss}
-
-    def rec_step(self, crop):
-        """Phase 4: update hE so that G2(hE(x_crop)) reconstructs x_crop."""
-        with tf.GradientTape() as tape:
-            rec = self.head(self.encoder(crop, training=True), training=True)
-            loss = losses.reconstruction_loss(rec, crop, self.global_batch_size)
-            scaled = self.e_optimizer.scale_loss(loss)
-        self._minimize(self.e_optimizer, tape, scaled, self.encoder.trainable_weights)
-        return {"rec_loss": loss}
 
     def train_step(self, data):
         """One iteration of all four phases.
@@ -217,3 +258,127 @@ class CRFGAN(keras.Model):
                     crf_weight_start=self.crf_weight_start,
                     crf_weight_decay_steps=self.crf_weight_decay_steps,
                     global_batch_size=self.global_batch_size)
+
+
+class HAGAN(SubVolumeGAN):
+    """HA-GAN (Sun et al. 2022), the baseline of the paper, on the same trunk, head, D and
+    hE: a low-resolution generator G^L on the whole embedding, a low-resolution
+    discriminator D^L on the S/4 volume (D's logit is the mean of D^H's and D^L's), and a
+    sub-encoder trained to reconstruct through G. Phases, in order:
+
+    1. D:      BCE(D(x_crop, x_low), 1) + BCE(D(G2(slab), G^L(G1(z_d))), 0) -> D^H, D^L
+    2. G:      BCE(D(G2(slab), G^L(G1(z_g))), 1) -> G1, G2, G^L
+    3. hE:     L1(G2(hE(x_crop)), x_crop) -> hE
+    4. sub-E:  z' = SubE(hE(x)); (L1(G2(G1(z')[slab]), x_crop) + L1(G^L(G1(z')), x_low)) / 2
+               -> SubE
+
+    x_low is the real volume average-pooled by 4 (S/4 per side): an anti-aliased
+    downsampling (the reference interpolates, nearest-neighbour by default).
+    """
+
+    PHASES = ("d", "g", "rec", "sub_rec")
+    LEARNING_RATES = {"d": "lr_d", "g": "lr_g", "rec": "lr_e", "sub_rec": "lr_e"}
+    LOSS_PHASE = {"d_loss": "discriminator (phase 1)", "g_loss": "generator (phase 2)",
+                  "rec_loss": "reconstruction (phase 3)",
+                  "sub_rec_loss": "sub-encoder reconstruction (phase 4)"}
+
+    def __init__(self, img_size=256, latent_dim=1024, width=1.0, global_batch_size=2,
+                 **kwargs):
+        if img_size not in (128, 256):
+            raise ValueError(f"HA-GAN is defined at 128 and 256 (the reference has no 64^3 "
+                             f"variant), got img_size={img_size}")
+        super().__init__(img_size, latent_dim, width, global_batch_size, **kwargs)
+        self.low_generator = build_low_generator(img_size, width)
+        self.low_discriminator = build_low_discriminator(img_size, width)
+        self.sub_encoder = build_sub_encoder(img_size, latent_dim, width)
+
+    def modules(self) -> dict:
+        return {"generator_trunk": self.trunk, "generator_head": self.head,
+                "low_generator": self.low_generator, "discriminator": self.discriminator,
+                "low_discriminator": self.low_discriminator, "encoder": self.encoder,
+                "sub_encoder": self.sub_encoder}
+
+    def phase_weights(self) -> dict:
+        return {"d": self.discriminator.trainable_weights
+                + self.low_discriminator.trainable_weights,
+                "g": self.trunk.trainable_weights + self.head.trainable_weights
+                + self.low_generator.trainable_weights,
+                "rec": self.encoder.trainable_weights,
+                "sub_rec": self.sub_encoder.trainable_weights}
+
+    @staticmethod
+    def low_resolution(volume):
+        """(batch, S, S, S, 1) -> (batch, S/4, S/4, S/4, 1) by 4^3 average pooling, in
+        float32 (there is no float16 AvgPool3D kernel on CPU)."""
+        return tf.nn.avg_pool3d(tf.cast(volume, tf.float32), 4, 4, "VALID")
+
+    def joint_logits(self, crop, low, pos):
+        """D's logit: the mean of the high- and low-resolution discriminators' logits."""
+        high = self.discriminator([crop, pos], training=True)
+        return 0.5 * (high + self.low_discriminator(low, training=True))
+
+    def d_step(self, crop, low, position, z_d):
+        pos = self.normalized_position(position)
+        embedding = self.trunk(z_d, training=True)
+        fake = tf.stop_gradient(tf.cast(self.head(self.slab(embedding, position), training=True),
+                                        crop.dtype))
+        fake_low = tf.stop_gradient(tf.cast(self.low_generator(embedding, training=True),
+                                            low.dtype))
+        with tf.GradientTape() as tape:
+            logits = self.joint_logits(tf.concat([crop, fake], 0), tf.concat([low, fake_low], 0),
+                                       tf.concat([pos, pos], 0))
+            real_logits, fake_logits = tf.split(logits, 2, axis=0)
+            loss = losses.discriminator_loss(real_logits, fake_logits, self.global_batch_size)
+            scaled = self._scale("d", loss)
+        self._minimize("d", tape, scaled)
+        share = lambda t: losses.per_replica_mean(tf.sigmoid(t), self.global_batch_size)
+        return {"d_loss": loss, "d_real": share(real_logits), "d_fake": share(fake_logits)}
+
+    def g_step(self, position, z_g):
+        pos = self.normalized_position(position)
+        with tf.GradientTape() as tape:
+            embedding = self.trunk(z_g, training=True)
+            fake = self.head(self.slab(embedding, position), training=True)
+            logits = self.joint_logits(fake, self.low_generator(embedding, training=True), pos)
+            loss = losses.per_replica_mean(losses.bce_with_logits(logits, 1.0),
+                                           self.global_batch_size)
+            scaled = self._scale("g", loss)
+        self._minimize("g", tape, scaled)
+        return {"g_loss": loss}
+
+    def sub_rec_step(self, volume, crop, low, position):
+        real_embedding = tf.stop_gradient(self.encoder(volume, training=True))
+        with tf.GradientTape() as tape:
+            embedding = self.trunk(self.sub_encoder(real_embedding, training=True), training=True)
+            rec = self.head(self.slab(embedding, position), training=True)
+            rec_low = self.low_generator(embedding, training=True)
+            loss = 0.5 * (losses.reconstruction_loss(rec, crop, self.global_batch_size)
+                          + losses.reconstruction_loss(rec_low, low, self.global_batch_size))
+            scaled = self._scale("sub_rec", loss)
+        self._minimize("sub_rec", tape, scaled)
+        return {"sub_rec_loss": loss}
+
+    def train_step(self, data):
+        """One iteration of the four HA-GAN phases; `data` as for CRFGAN.train_step.
+
+        Returns:
+          d_loss, g_loss, rec_loss, sub_rec_loss, d_real, d_fake: per-replica shares of
+          global-batch means (sum them over replicas).
+        """
+        volume = tf.cast(data["volume"], self.compute_dtype)
+        crop = tf.cast(data["crop"], self.compute_dtype)
+        low = tf.cast(self.low_resolution(data["volume"]), self.compute_dtype)
+        position = data["position"]
+        out = self.d_step(crop, low, position, data["z_d"])
+        out.update(self.g_step(position, data["z_g"]))
+        out.update(self.rec_step(crop))
+        out.update(self.sub_rec_step(volume, crop, low, position))
+        self.step_counter.assign_add(1)
+        return out
+
+    def get_config(self):
+        return dict(img_size=self.img_size, latent_dim=self.latent_dim, width=self.width,
+                    global_batch_size=self.global_batch_size)
+
+
+MODEL_CLASSES = {"crfgan": CRFGAN, "hagan": HAGAN}

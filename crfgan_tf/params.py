@@ -9,6 +9,8 @@ REFERENCE = {
     ("crfgan", 64): 57_079_938,
     ("crfgan", 128): 57_209_762,
     ("crfgan", 256): 57_244_594,
+    ("hagan", 128): 79_583_972,
+    ("hagan", 256): 79_744_884,
 }
 
 
@@ -24,14 +26,17 @@ def count_parameters(model: str = "crfgan", img_size: int = 256, latent_dim: int
     Returns:
       {"model", "img_size", "total", "modules": {name: count}, "reference": count or None}
     """
-    from crfgan_tf.model import CRFGAN
+    from crfgan_tf.model import MODEL_CLASSES
 
-    if model != "crfgan":
-        raise ValueError(f"unknown model {model!r}")
-    net = CRFGAN(img_size=img_size, latent_dim=latent_dim, width=width)
+    if model not in MODEL_CLASSES:
+        raise ValueError(f"unknown model {model!r}; one of {sorted(MODEL_CLASSES)}")
+    net = MODEL_CLASSES[model](img_size=img_size, latent_dim=latent_dim, width=width)
     modules = {name: trainable_count(m) for name, m in net.modules().items()}
-    modules["generator"] = modules["generator_trunk"] + modules["generator_head"]
-    total = sum(v for k, v in modules.items() if k != "generator")
+    total = sum(modules.values())
+    # the reference's grouping: G = G1 + G2 (+ G^L), D = D^H (+ D^L)
+    modules["generator"] = sum(modules.get(k, 0) for k in
+                               ("generator_trunk", "generator_head", "low_generator"))
+    modules["discriminator_total"] = modules["discriminator"] + modules.get("low_discriminator", 0)
     reference = REFERENCE.get((model, img_size)) if (latent_dim, width) == (1024, 1.0) else None
     return {"model": model, "img_size": img_size, "total": total, "modules": modules,
             "reference": reference}

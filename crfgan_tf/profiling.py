@@ -90,3 +90,49 @@ def profile(req: ProfileRequest, timeout: float = 3600) -> dict:
 
 if __name__ == "__main__":
     print(json.dumps(_measure(ProfileRequest(**json.loads(sys.argv[1])))))
+
+
+def comparison(rows: list) -> list:
+    """'CRF-GAN / HA-GAN' memory and speed ratios per (size, batch) measured for both."""
+    by_key = {(r["model"], r["img_size"], r["batch_size"]): r for r in rows if not r.get("oom")}
+    lines = []
+    for (model, size, batch), crf in sorted(by_key.items()):
+        ha = by_key.get(("hagan", size, batch))
+        if model != "crfgan" or ha is None:
+            continue
+        mem = crf["peak_bytes"] / ha["peak_bytes"]
+        speed = crf["iters_per_sec"] / ha["iters_per_sec"]
+        lines.append(f"{size}^3 batch {batch}: CRF-GAN uses {100 * (1 - mem):+.1f}% less memory "
+                     f"({mem:.3f}x HA-GAN's) and runs {100 * (speed - 1):+.1f}% faster "
+                     f"({speed:.3f}x HA-GAN's iterations/s)")
+    return lines
+
+
+def plot(rows: list, path: str) -> str:
+    """Peak memory against batch size, one line per (model, size); OOM rows as crosses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    groups = sorted({(r["model"], r["img_size"]) for r in rows})
+    for model, size in groups:
+        pts = sorted((r["batch_size"], r["peak_bytes"]) for r in rows
+                     if (r["model"], r["img_size"]) == (model, size) and not r.get("oom"))
+        label = f"{'CRF-GAN' if model == 'crfgan' else 'HA-GAN'} {size}^3"
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] / 2**20 for p in pts], marker="o", label=label)
+        for r in rows:
+            if (r["model"], r["img_size"]) == (model, size) and r.get("oom"):
+                ax.plot([r["batch_size"]], [ax.get_ylim()[1]], marker="x", color="red")
+    kinds = {r.get("peak_kind", "") for r in rows if not r.get("oom")}
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("peak memory (MiB)" + (" - process RSS" if kinds == {"process_max_rss"} else ""))
+    ax.set_title(f"Training memory ({rows[0].get('device', '') if rows else ''})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

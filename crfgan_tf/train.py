@@ -22,7 +22,8 @@ _defaults = {f.name: f.default for f in __import__("dataclasses").fields(_D)}
 flags.DEFINE_string("model_dir", None, "Run directory: checkpoints, TensorBoard logs, config.json.")
 flags.DEFINE_string("train_records", _defaults["train_records"],
                     "Glob(s) of training TFRecords (comma-separated), from data_prep.convert.")
-flags.DEFINE_enum("model", _defaults["model"], list(config_lib.MODELS), "Model type.")
+flags.DEFINE_enum("model", _defaults["model"], list(config_lib.MODELS),
+                  "crfgan (the paper) or hagan (the HA-GAN baseline, 128/256 only).")
 flags.DEFINE_integer("img_size", _defaults["img_size"], "Volume side S: 64, 128 or 256.")
 flags.DEFINE_integer("batch_size", _defaults["batch_size"], "Global batch size (all replicas).")
 flags.DEFINE_integer("train_steps", _defaults["train_steps"], "Total training iterations.")

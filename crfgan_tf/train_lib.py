@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from crfgan_tf import config as config_lib
 from crfgan_tf import data, fileio
-from crfgan_tf.model import CRFGAN, LOSS_PHASE, REPLICA_INVARIANT
+from crfgan_tf.model import MODEL_CLASSES, REPLICA_INVARIANT, SubVolumeGAN
 
 STATE_FILE = "trainer_state.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -57,29 +57,27 @@ def make_optimizer(learning_rate: float, config: config_lib.TrainConfig, name: s
     return opt
 
 
-def build_model(config: config_lib.TrainConfig) -> CRFGAN:
-    """The model with its four optimizers, all slots built (call inside strategy.scope())."""
-    model = CRFGAN(img_size=config.img_size, latent_dim=config.latent_dim, width=config.width,
-                   crf_iterations=config.crf_iterations, crf_nodes=config.crf_nodes,
-                   crf_weight_start=config.crf_weight_start,
-                   crf_weight_decay_steps=config.crf_weight_decay_steps,
-                   global_batch_size=config.batch_size, name=config.model)
-    model.compile(d_optimizer=make_optimizer(config.lr_d, config, "adam_d"),
-                  g_optimizer=make_optimizer(config.lr_g, config, "adam_g"),
-                  crf_optimizer=make_optimizer(config.lr_crf, config, "adam_crf"),
-                  e_optimizer=make_optimizer(config.lr_e, config, "adam_e"))
+def build_model(config: config_lib.TrainConfig) -> SubVolumeGAN:
+    """The model of `config.model` with one optimizer per phase, all slots built (call
+    inside strategy.scope())."""
+    common = dict(img_size=config.img_size, latent_dim=config.latent_dim, width=config.width,
+                  global_batch_size=config.batch_size, name=config.model)
+    if config.model == "crfgan":
+        common.update(crf_iterations=config.crf_iterations, crf_nodes=config.crf_nodes,
+                      crf_weight_start=config.crf_weight_start,
+                      crf_weight_decay_steps=config.crf_weight_decay_steps)
+    cls = MODEL_CLASSES[config.model]
+    model = cls(**common)
+    model.compile({phase: make_optimizer(getattr(config, field), config, f"adam_{phase}")
+                   for phase, field in cls.LEARNING_RATES.items()})
     model.build_optimizers()
     return model
 
 
-def make_checkpoint(model: CRFGAN) -> tf.train.Checkpoint:
+def make_checkpoint(model: SubVolumeGAN) -> tf.train.Checkpoint:
     """Every network, every optimizer state and the step (the input stream and all
     randomness are functions of the step, so that is the whole RNG state)."""
-    return tf.train.Checkpoint(
-        trunk=model.trunk, head=model.head, discriminator=model.discriminator,
-        encoder=model.encoder, crf=model.crf, step=model.step_counter,
-        d_optimizer=model.d_optimizer, g_optimizer=model.g_optimizer,
-        crf_optimizer=model.crf_optimizer, e_optimizer=model.e_optimizer)
+    return tf.train.Checkpoint(**model.checkpoint_items())
 
 
 def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager,
@@ -193,16 +191,16 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log) -> 
             tf.profiler.experimental.stop()
             log(f"train: profiler trace of steps {profile[0]}-{profile[1]} written to "
                 f"{config.model_dir}/plugins/profile (TensorBoard's Profile tab)")
-        bad = [k for k in LOSS_PHASE if not math.isfinite(metrics[k])]
+        bad = [k for k in model.LOSS_PHASE if not math.isfinite(metrics[k])]
         if bad:
             raise NonFiniteLossError(
                 f"non-finite {bad[0]} = {metrics[bad[0]]} at step {step} in the "
-                f"{LOSS_PHASE[bad[0]]}; stopped without checkpointing, the last checkpoint "
+                f"{model.LOSS_PHASE[bad[0]]}; stopped without checkpointing, the last checkpoint "
                 f"({manager.latest_checkpoint}) is intact")
         if step % config.log_every == 0 or step == config.train_steps:
             rate = (step - window_step) / max(time.time() - window_t0, 1e-9)
             window_t0, window_step = time.time(), step
-            progress.report(step, {k: metrics[k] for k in LOSS_PHASE})
+            progress.report(step, {k: metrics[k] for k in model.LOSS_PHASE})
             with writer.as_default(step=step):
                 for k, v in metrics.items():
                     tf.summary.scalar(k, v)
@@ -222,7 +220,7 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log) -> 
     return {"step": step, "metrics": metrics, "model": model}
 
 
-def write_images(model: CRFGAN, writer, step: int, config: config_lib.TrainConfig) -> None:
+def write_images(model: SubVolumeGAN, writer, step: int, config: config_lib.TrainConfig) -> None:
     """Mid-slices (axial, coronal, sagittal) of a real crop, a generated crop and a whole
     generated volume, from a fixed z so that images are comparable across steps."""
     records = data.raw_record_dataset(data.list_record_files(config.train_records)).take(1)

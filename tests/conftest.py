@@ -51,3 +51,16 @@ def tiny_batch(img_size=64, batch=2, latent_dim=16, seed=0):
     crop = tf.stack([vol[i, int(pos[i]):int(pos[i]) + img_size // 8] for i in range(batch)])
     return {"volume": vol, "crop": crop, "position": pos,
             "z_d": g.normal((batch, latent_dim)), "z_g": g.normal((batch, latent_dim))}
+
+
+@pytest.fixture(scope="session")
+def records_128(tmp_path_factory, tiny_archive):
+    """TFRecords of the tiny archive at 128^3 (HA-GAN has no 64^3 variant)."""
+    from crfgan_tf import convert
+
+    root, _ = tiny_archive
+    out = str(tmp_path_factory.mktemp("records128"))
+    convert.run_conversion(convert.ConvertConfig(
+        dataset="luna16", input_dir=root, output_dir=out, size=128, num_shards=1,
+        val_fraction=0.0, workers=1, seed=3), log=lambda m: None)
+    return out

@@ -93,8 +93,9 @@ def test_one_step_under_each_precision_policy(tmp_path, policy):
         assert logit.dtype == tf.float32
         assert model.crf(emb, logit).dtype == tf.float32
         assert all(v.dtype == "float32" for v in model.trainable_weights)
-        wrapped = isinstance(model.g_optimizer, keras.optimizers.LossScaleOptimizer)
-        assert wrapped == (policy == "mixed_float16")
+        for opt in model.phase_optimizers().values():
+            wrapped = isinstance(opt, keras.optimizers.LossScaleOptimizer)
+            assert wrapped == (policy == "mixed_float16")
     finally:
         train_lib.set_precision("float32")
 

@@ -5,6 +5,7 @@
 
 import json
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -13,7 +14,7 @@ from absl import app, flags  # noqa: E402
 from crfgan_tf import params  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("model", "crfgan", ["crfgan"], "Model type.")
+flags.DEFINE_enum("model", "crfgan", ["crfgan", "hagan"], "Model type.")
 flags.DEFINE_integer("img_size", 256, "Volume side: 64, 128 or 256.")
 flags.DEFINE_integer("latent_dim", 1024, "Latent size.")
 flags.DEFINE_float("width", 1.0, "Channel multiplier.")
@@ -24,7 +25,12 @@ flags.register_validator("img_size", lambda v: v in (64, 128, 256),
 
 def main(argv):
     del argv
-    result = params.count_parameters(FLAGS.model, FLAGS.img_size, FLAGS.latent_dim, FLAGS.width)
+    try:
+        result = params.count_parameters(FLAGS.model, FLAGS.img_size, FLAGS.latent_dim,
+                                         FLAGS.width)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if FLAGS.json:
         print(json.dumps(result))
         return

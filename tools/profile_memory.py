@@ -1,19 +1,20 @@
 """Peak memory and iterations/s of full training iterations (the paper's Table 4 / 3.3).
 
-  python -m tools.profile_memory --models=crfgan --img_size=128 --batch_sizes=2,4,6 --steps=5 --json
+  python -m tools.profile_memory --models=crfgan,hagan --img_size=128 --batch_sizes=2,4,6 --steps=5 --json
 
 Each (model, size, batch) runs in its own fresh process. Peak memory: the GPU allocator's
 peak (reset after warm-up) on a GPU, the process's peak resident memory on CPU.
 """
 
 import json
+import sys
 
 from absl import app, flags
 
 from crfgan_tf import profiling
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["crfgan"], "Models to profile (crfgan; hagan comes with issue #4).")
+flags.DEFINE_list("models", ["crfgan", "hagan"], "Models to profile: crfgan, hagan.")
 flags.DEFINE_integer("img_size", 128, "Volume side: 64, 128 or 256.")
 flags.DEFINE_list("batch_sizes", ["2"], "Batch sizes.")
 flags.DEFINE_integer("steps", 5, "Timed iterations (median reported).")
@@ -23,10 +24,11 @@ flags.DEFINE_enum("precision", "float32", ["float32", "mixed_float16", "mixed_bf
 flags.DEFINE_float("width", 1.0, "Channel multiplier (1 = the paper's networks).")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
 flags.DEFINE_bool("json", False, "Print a JSON list of rows.")
+flags.DEFINE_string("plot", "profile_memory.png", "PNG of memory against batch size ('' for none).")
 flags.register_validator("img_size", lambda v: v in (64, 128, 256),
                          message="--img_size must be 64, 128 or 256")
-flags.register_validator("models", lambda v: all(m in ("crfgan",) for m in v),
-                         message="--models: only crfgan is implemented so far")
+flags.register_validator("models", lambda v: all(m in ("crfgan", "hagan") for m in v),
+                         message="--models must be crfgan and/or hagan")
 flags.register_validator("batch_sizes", lambda v: all(x.isdigit() and int(x) >= 1 for x in v),
                          message="--batch_sizes must be positive integers")
 
@@ -51,6 +53,11 @@ def main(argv):
                           f"{r['params']:,} params, {r['device']}, {r['precision']}", flush=True)
     if FLAGS.json:
         print(json.dumps(rows))
+    else:
+        for line in profiling.comparison(rows):
+            print(line)
+    if FLAGS.plot:
+        print(f"plot: {profiling.plot(rows, FLAGS.plot)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,79 @@
+"""HA-GAN's extra networks (Sun et al. 2022), the baseline CRF-GAN replaces: the
+low-resolution generator G^L, the low-resolution discriminator D^L and the sub-encoder."""
+
+from __future__ import annotations
+
+import keras
+
+from crfgan_tf.networks.generator import embedding_channels
+from crfgan_tf.networks.layers import SNConv3D, check_size, conv_gn_relu, scaled_channels
+
+
+def build_low_generator(img_size: int = 256, width: float = 1.0,
+                        name: str = "low_generator") -> keras.Model:
+    """G^L: embedding -> low-resolution volume at S/4.
+
+    3^3 conv 32 + GroupNorm(8) + ReLU, 3^3 conv 16 + GroupNorm(8) + ReLU, 3^3 conv 1 + tanh.
+
+    Returns:
+      Model mapping (batch, S/4, S/4, S/4, C) -> (batch, S/4, S/4, S/4, 1) float32.
+    """
+    check_size(img_size)
+    n = img_size // 4
+    emb = keras.Input((n, n, n, embedding_channels(width)), name="embedding")
+    x = conv_gn_relu(emb, scaled_channels(32, width), 3, 1, 1, name="block1")
+    x = conv_gn_relu(x, scaled_channels(16, width), 3, 1, 1, name="block2")
+    x = keras.layers.ZeroPadding3D(1, name="out_pad")(x)
+    x = keras.layers.Conv3D(1, 3, padding="valid", name="out_conv")(x)
+    x = keras.layers.Activation("tanh", dtype="float32", name="tanh")(x)
+    return keras.Model(emb, x, name=name)
+
+
+def build_low_discriminator(img_size: int = 256, width: float = 1.0,
+                            name: str = "low_discriminator") -> keras.Model:
+    """D^L: the S/4 low-resolution volume -> logit.
+
+    SN convs 4^3/2 with 32, 64, 128, 256 channels (LeakyReLU 0.2), then an SN 4^3 valid conv
+    to 1. At 128^3 the first conv is dropped (the next takes 1 channel), so the map always
+    reaches 4^3 before the last conv.
+
+    Returns:
+      Model mapping (batch, S/4, S/4, S/4, 1) -> (batch, 1) float32 logits.
+    """
+    check_size(img_size)
+    if img_size == 64:
+        raise ValueError("HA-GAN has no 64^3 variant in the reference (D^L would need 4^3 "
+                         "input after dropping two layers); use 128 or 256")
+    n = img_size // 4
+    channels = (32, 64, 128, 256)[{256: 0, 128: 1}[img_size]:]
+    multiple = 1 if width == 1.0 else 4
+    x_in = keras.Input((n, n, n, 1), name="low_volume")
+    x = x_in
+    for i, c in enumerate(channels):
+        x = SNConv3D(scaled_channels(c, width, multiple), 4, 2, 1, name=f"conv{i + 1}")(x)
+        x = keras.layers.LeakyReLU(0.2, name=f"lrelu{i + 1}")(x)
+    x = SNConv3D(1, 4, 1, 0, dtype="float32", name="conv_out")(x)
+    return keras.Model(x_in, keras.layers.Flatten(dtype="float32", name="logit")(x), name=name)
+
+
+def build_sub_encoder(img_size: int = 256, latent_dim: int = 1024, width: float = 1.0,
+                      name: str = "sub_encoder") -> keras.Model:
+    """Sub-encoder: the whole hE embedding -> latent z (trained to reconstruct through G).
+
+    Convs 4^3/2 with 32, 64, 128, 256 channels, each + GroupNorm(8) + ReLU, then a 4^3
+    valid conv to the latent. At 128^3 the first two are replaced by one 64 -> 64 conv.
+
+    Returns:
+      Model mapping (batch, S/4, S/4, S/4, C) -> (batch, latent_dim).
+    """
+    check_size(img_size)
+    if img_size == 64:
+        raise ValueError("HA-GAN has no 64^3 variant in the reference; use 128 or 256")
+    n = img_size // 4
+    channels = (32, 64, 128, 256) if img_size == 256 else (64, 128, 256)
+    emb = keras.Input((n, n, n, embedding_channels(width)), name="embedding")
+    x = emb
+    for i, c in enumerate(channels):
+        x = conv_gn_relu(x, scaled_channels(c, width), 4, 2, 1, name=f"block{i + 1}")
+    x = keras.layers.Conv3D(latent_dim, 4, padding="valid", name="to_latent")(x)
+    return keras.Model(emb, keras.layers.Flatten(name="latent")(x), name=name)

@@ -1,0 +1,42 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from crfgan_tf import profiling
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_comparison_and_plot(tmp_path):
+    rows = [dict(model="crfgan", img_size=128, batch_size=2, peak_bytes=90 * 2**20,
+                 iters_per_sec=1.2, peak_kind="process_max_rss", device="CPU"),
+            dict(model="hagan", img_size=128, batch_size=2, peak_bytes=100 * 2**20,
+                 iters_per_sec=1.0, peak_kind="process_max_rss", device="CPU"),
+            dict(model="hagan", img_size=128, batch_size=6, oom=True, peak_bytes=None,
+                 iters_per_sec=None)]
+    lines = profiling.comparison(rows)
+    assert lines == ["128^3 batch 2: CRF-GAN uses +10.0% less memory (0.900x HA-GAN's) and "
+                     "runs +20.0% faster (1.200x HA-GAN's iterations/s)"]
+    path = profiling.plot(rows, str(tmp_path / "p.png"))
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow  # two fresh TensorFlow processes at 128^3: about a minute
+def test_profile_memory_cli_json(tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    res = subprocess.run([sys.executable, "-m", "tools.profile_memory", "--models=crfgan,hagan",
+                          "--img_size=128", "--batch_sizes=1", "--steps=1", "--warmup=1",
+                          "--width=0.0625", "--json", f"--plot={tmp_path}/m.png"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(res.stdout.strip().splitlines()[-1])
+    assert [r["model"] for r in rows] == ["crfgan", "hagan"]
+    for r in rows:
+        assert set(r) >= {"model", "img_size", "batch_size", "peak_bytes", "iters_per_sec",
+                          "params", "device", "precision"}
+        assert r["peak_bytes"] > 100 * 2**20 and r["iters_per_sec"] > 0
+    assert rows[0]["params"] < rows[1]["params"]
+    assert os.path.exists(tmp_path / "m.png")
