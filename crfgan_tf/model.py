@@ -122,6 +122,17 @@ class SubVolumeGAN(keras.Model):
     def _scale(self, phase, loss):
         return self._phase_optimizers[phase].scale_loss(loss)
 
+    def _discriminator_update(self, real_then_fake_logits):
+        """The "d" phase on logits of real examples followed by fake ones (one call of the
+        discriminator on both: the same per-example logits as two calls)."""
+        with tf.GradientTape() as tape:
+            real_logits, fake_logits = tf.split(real_then_fake_logits(), 2, axis=0)
+            loss = losses.discriminator_loss(real_logits, fake_logits, self.global_batch_size)
+            scaled = self._scale("d", loss)
+        self._minimize("d", tape, scaled)
+        share = lambda t: losses.per_replica_mean(tf.sigmoid(t), self.global_batch_size)
+        return {"d_loss": loss, "d_real": share(real_logits), "d_fake": share(fake_logits)}
+
     def rec_step(self, crop):
         """hE reconstruction: update hE so that G2(hE(x_crop)) reconstructs x_crop."""
         with tf.GradientTape() as tape:
@@ -187,16 +198,8 @@ class CRFGAN(SubVolumeGAN):
         pos = self.normalized_position(position)
         fake = self.head(self.slab(self.trunk(z_d, training=True), position), training=True)
         fake = tf.stop_gradient(tf.cast(fake, crop.dtype))
-        with tf.GradientTape() as tape:
-            # One D call on real and fake together: the same per-example logits as two calls.
-            logits = self.discriminator([tf.concat([crop, fake], 0), tf.concat([pos, pos], 0)],
-                                        training=True)
-            real_logits, fake_logits = tf.split(logits, 2, axis=0)
-            loss = losses.discriminator_loss(real_logits, fake_logits, self.global_batch_size)
-            scaled = self._scale("d", loss)
-        self._minimize("d", tape, scaled)
-        share = lambda t: losses.per_replica_mean(tf.sigmoid(t), self.global_batch_size)
-        return {"d_loss": loss, "d_real": share(real_logits), "d_fake": share(fake_logits)}
+        return self._discriminator_update(lambda: self.discriminator(
+            [tf.concat([crop, fake], 0), tf.concat([pos, pos], 0)], training=True))
 
     def g_step(self, position, z_g):
         """Phase 2: update G1 and G2 through D and the CRF."""
@@ -324,15 +327,8 @@ class HAGAN(SubVolumeGAN):
                                         crop.dtype))
         fake_low = tf.stop_gradient(tf.cast(self.low_generator(embedding, training=True),
                                             low.dtype))
-        with tf.GradientTape() as tape:
-            logits = self.joint_logits(tf.concat([crop, fake], 0), tf.concat([low, fake_low], 0),
-                                       tf.concat([pos, pos], 0))
-            real_logits, fake_logits = tf.split(logits, 2, axis=0)
-            loss = losses.discriminator_loss(real_logits, fake_logits, self.global_batch_size)
-            scaled = self._scale("d", loss)
-        self._minimize("d", tape, scaled)
-        share = lambda t: losses.per_replica_mean(tf.sigmoid(t), self.global_batch_size)
-        return {"d_loss": loss, "d_real": share(real_logits), "d_fake": share(fake_logits)}
+        return self._discriminator_update(lambda: self.joint_logits(
+            tf.concat([crop, fake], 0), tf.concat([low, fake_low], 0), tf.concat([pos, pos], 0)))
 
     def g_step(self, position, z_g):
         pos = self.normalized_position(position)

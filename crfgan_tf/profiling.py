@@ -126,6 +126,8 @@ def plot(rows: list, path: str) -> str:
         for r in rows:
             if (r["model"], r["img_size"]) == (model, size) and r.get("oom"):
                 ax.plot([r["batch_size"]], [ax.get_ylim()[1]], marker="x", color="red")
+    ax.set_xticks(sorted({r["batch_size"] for r in rows}))
+    ax.set_ylim(bottom=0)  # ratios read right only from zero
     kinds = {r.get("peak_kind", "") for r in rows if not r.get("oom")}
     ax.set_xlabel("batch size")
     ax.set_ylabel("peak memory (MiB)" + (" - process RSS" if kinds == {"process_max_rss"} else ""))

@@ -18,17 +18,19 @@ def tiny_archive(tmp_path_factory):
     return str(root), paths
 
 
+def _convert_archive(tiny_archive, out, size, num_shards, val_fraction):
+    from crfgan_tf import convert
+
+    convert.run_conversion(convert.ConvertConfig(
+        dataset="luna16", input_dir=tiny_archive[0], output_dir=out, size=size,
+        num_shards=num_shards, val_fraction=val_fraction, workers=1, seed=3), log=lambda m: None)
+    return out
+
+
 @pytest.fixture(scope="session")
 def records_64(tmp_path_factory, tiny_archive):
     """TFRecords of the tiny archive at 64^3 (4 train, 1 val)."""
-    from crfgan_tf import convert
-
-    root, _ = tiny_archive
-    out = str(tmp_path_factory.mktemp("records64"))
-    convert.run_conversion(convert.ConvertConfig(
-        dataset="luna16", input_dir=root, output_dir=out, size=64, num_shards=2,
-        val_fraction=0.2, workers=1, seed=3), log=lambda m: None)
-    return out
+    return _convert_archive(tiny_archive, str(tmp_path_factory.mktemp("records64")), 64, 2, 0.2)
 
 
 def tiny_config(model_dir, records="", **kw):
@@ -56,11 +58,4 @@ def tiny_batch(img_size=64, batch=2, latent_dim=16, seed=0):
 @pytest.fixture(scope="session")
 def records_128(tmp_path_factory, tiny_archive):
     """TFRecords of the tiny archive at 128^3 (HA-GAN has no 64^3 variant)."""
-    from crfgan_tf import convert
-
-    root, _ = tiny_archive
-    out = str(tmp_path_factory.mktemp("records128"))
-    convert.run_conversion(convert.ConvertConfig(
-        dataset="luna16", input_dir=root, output_dir=out, size=128, num_shards=1,
-        val_fraction=0.0, workers=1, seed=3), log=lambda m: None)
-    return out
+    return _convert_archive(tiny_archive, str(tmp_path_factory.mktemp("records128")), 128, 1, 0.0)

@@ -131,6 +131,8 @@ def test_cli_dry_run_prints_config(tmp_path):
     cfg = json.loads(res.stdout)
     assert cfg["img_size"] == 256 and cfg["lr_d"] == 4e-4 and cfg["beta_1"] == 0.0
     assert not os.path.exists(tmp_path / "run")
+    res = _cli(f"--model_dir={tmp_path}/run", "--model=hagan", "--img_size=64", "--dry_run")
+    assert res.returncode == 2 and "--model=hagan" in res.stderr
 
 
 def test_demo_flagfile_end_to_end(tmp_path):
@@ -197,3 +199,13 @@ def test_two_replica_mirrored_equals_one_device():
     # Adam turns into steps of up to lr (1e-4) in either direction.
     bad = np.flatnonzero(~np.isclose(two, one, rtol=1e-4, atol=1e-4))
     assert bad.size == 0, (bad, one[bad], two[bad])
+
+
+@pytest.mark.parametrize("flagfile,model", [("configs/luna.flags", "crfgan"),
+                                            ("configs/gsp.flags", "crfgan"),
+                                            ("configs/luna_hagan.flags", "hagan")])
+def test_shipped_flagfiles_resolve(tmp_path, flagfile, model):
+    res = _cli(f"--flagfile={flagfile}", f"--model_dir={tmp_path}/run", "--dry_run")
+    assert res.returncode == 0, res.stderr
+    cfg = json.loads(res.stdout)
+    assert cfg["model"] == model and cfg["img_size"] == 256 and cfg["train_steps"] == 80000
