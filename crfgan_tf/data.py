@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
+import os
 from typing import Iterator, Optional
 
 import numpy as np
@@ -174,9 +176,6 @@ def read_volumes(file_pattern: str) -> Iterator[VolumeRecord]:
 def count_records(files) -> int:
     """Records in `files`: from the converter's manifest.json beside them when it lists
     every file, otherwise by reading them once."""
-    import json
-    import os
-
     by_dir = {}
     for f in files:
         by_dir.setdefault(os.path.dirname(f), []).append(os.path.basename(f))
