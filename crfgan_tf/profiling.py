@@ -66,7 +66,7 @@ def _measure(req: ProfileRequest) -> dict:
             "peak_bytes": train_lib.peak_memory_bytes(),
             "peak_kind": "gpu_allocator_peak" if gpu else "process_max_rss",
             "iters_per_sec": round(1.0 / median, 4), "sec_per_iter": round(median, 4),
-            "params": params.count_parameters(req.model, s, req.latent_dim, req.width)["total"],
+            "params": sum(params.trainable_count(m) for m in model.modules().values()),
             "device": device, "precision": req.precision, "width": req.width,
             "steps": req.steps, "warmup": req.warmup}
 
