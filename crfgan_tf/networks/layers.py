@@ -39,6 +39,15 @@ class _SpectralNormMixin:
     The power iteration runs in float32 under every precision policy.
     """
 
+    def _build_weights(self, kernel_shape):
+        """Kernel and bias with PyTorch's default initialisation range (+-1/sqrt(fan_in)),
+        and the power-iteration vector u."""
+        bound = 1.0 / math.sqrt(math.prod(kernel_shape[:-1]))
+        init = keras.initializers.RandomUniform(-bound, bound)
+        self.kernel = self.add_weight(name="kernel", shape=tuple(kernel_shape), initializer=init)
+        self.bias = self.add_weight(name="bias", shape=(kernel_shape[-1],), initializer=init)
+        self._build_u(kernel_shape[-1])
+
     def _build_u(self, out_features: int):
         self.u = self.add_weight(
             name="sn_u", shape=(out_features,), trainable=False,
@@ -83,14 +92,7 @@ class SNConv3D(_SpectralNormMixin, keras.layers.Layer):
         self.power_iterations = power_iterations
 
     def build(self, input_shape):
-        fan_in = input_shape[-1] * math.prod(self.kernel_size)
-        bound = 1.0 / math.sqrt(fan_in)  # PyTorch's default initialisation range
-        self.kernel = self.add_weight(
-            name="kernel", shape=(*self.kernel_size, input_shape[-1], self.filters),
-            initializer=keras.initializers.RandomUniform(-bound, bound))
-        self.bias = self.add_weight(name="bias", shape=(self.filters,),
-                                    initializer=keras.initializers.RandomUniform(-bound, bound))
-        self._build_u(self.filters)
+        self._build_weights((*self.kernel_size, input_shape[-1], self.filters))
 
     def call(self, inputs, training=False):
         kernel = self._normalized_kernel(training)
@@ -124,12 +126,7 @@ class SNDense(_SpectralNormMixin, keras.layers.Layer):
         self.power_iterations = power_iterations
 
     def build(self, input_shape):
-        bound = 1.0 / math.sqrt(input_shape[-1])
-        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units),
-                                      initializer=keras.initializers.RandomUniform(-bound, bound))
-        self.bias = self.add_weight(name="bias", shape=(self.units,),
-                                    initializer=keras.initializers.RandomUniform(-bound, bound))
-        self._build_u(self.units)
+        self._build_weights((input_shape[-1], self.units))
 
     def call(self, inputs, training=False):
         kernel = self._normalized_kernel(training)
