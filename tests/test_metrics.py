@@ -1,0 +1,106 @@
+"""FID and MMD against closed forms and plain loop implementations."""
+
+import itertools
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from crfgan_tf import metrics
+
+
+def test_frechet_distance_of_commuting_gaussians_closed_form():
+    # Diagonal covariances commute: FD = |mu1-mu2|^2 + sum (sqrt(a) - sqrt(b))^2
+    a = np.array([1.0, 4.0, 9.0, 0.25])
+    b = np.array([4.0, 1.0, 9.0, 1.0])
+    mu1, mu2 = np.array([0.0, 1.0, 2.0, 3.0]), np.array([1.0, 1.0, 0.0, 3.0])
+    expected = 1.0 + 4.0 + (1 - 2) ** 2 + (2 - 1) ** 2 + 0.0 + (0.5 - 1) ** 2
+    assert metrics.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected,
+                                                                                       rel=1e-12)
+
+
+def test_frechet_distance_rotated_and_scaled_closed_form():
+    # sigma2 = c^2 sigma1: tr sqrt(s1 s2) = c tr(s1), so FD = (1 - c)^2 tr(s1)
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    s1 = q @ np.diag([5.0, 3.0, 2.0, 1.0, 0.5, 0.1]) @ q.T
+    fd = metrics.frechet_distance(np.zeros(6), s1, np.zeros(6), 9.0 * s1)
+    assert fd == pytest.approx(4.0 * 11.6, rel=1e-10)
+    assert metrics.frechet_distance(np.ones(6), s1, np.ones(6), s1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_distance_matches_scipy_sqrtm_on_full_rank():
+    rng = np.random.default_rng(2)
+    f1, f2 = rng.standard_normal((200, 8)), rng.standard_normal((150, 8)) * 1.5 + 0.3
+    mu1, s1 = metrics.feature_statistics(f1)
+    mu2, s2 = metrics.feature_statistics(f2)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    expected = (mu1 - mu2) @ (mu1 - mu2) + np.trace(s1 + s2 - 2 * covmean)
+    assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_distance_singular_covariances_fewer_samples_than_features():
+    # 5 samples in 40 dimensions: rank-4 covariances. The distance of a set to itself is 0
+    # and to a shifted copy is exactly the squared shift (covariances equal).
+    rng = np.random.default_rng(3)
+    f = rng.standard_normal((5, 40))
+    mu, s = metrics.feature_statistics(f)
+    assert np.linalg.matrix_rank(s) == 4
+    shift = np.full(40, 0.5)
+    assert metrics.frechet_distance(mu, s, mu + shift, s) == pytest.approx(10.0, rel=1e-7)
+    value = metrics.frechet_distance(mu, s, *metrics.feature_statistics(rng.standard_normal((5, 40))))
+    assert np.isfinite(value) and value > 0 and isinstance(value, float)
+
+
+def test_frechet_distance_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="covariances"):
+        metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(3), np.eye(4))
+    with pytest.raises(ValueError, match="non-finite"):
+        metrics.frechet_distance(np.zeros(2), np.eye(2) * np.nan, np.zeros(2), np.eye(2))
+
+
+def _mmd_loop(x, y, sigma):
+    k = lambda a, b: np.exp(-np.sum((a - b) ** 2) / (2 * sigma ** 2))  # noqa: E731
+    m, n = len(x), len(y)
+    kxx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    kyy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    kxy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    return kxx + kyy - 2 * kxy
+
+
+def test_mmd_matches_loop_implementation():
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((23, 5)), rng.standard_normal((17, 5)) + 0.7
+    for sigma in (0.5, 2.0):
+        assert metrics.mmd(x, y, sigma=sigma, block=4) == pytest.approx(_mmd_loop(x, y, sigma),
+                                                                        rel=1e-10)
+
+
+def test_mmd_median_heuristic_matches_loop():
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((12, 3)), rng.standard_normal((9, 3)) * 2
+    pooled = np.concatenate([x, y])
+    dists = [np.linalg.norm(a - b) for a, b in itertools.combinations(pooled, 2)]
+    sigma = float(np.median(dists))
+    assert metrics.median_pairwise_distance(pooled, block=5) == pytest.approx(sigma, rel=1e-12)
+    assert metrics.mmd(x, y) == pytest.approx(_mmd_loop(x, y, sigma), rel=1e-10)
+
+
+def test_mmd_is_unbiased_near_zero_for_equal_distributions_and_grows_with_shift():
+    rng = np.random.default_rng(6)
+    same = metrics.mmd(rng.standard_normal((500, 4)), rng.standard_normal((500, 4)))
+    shifted = metrics.mmd(rng.standard_normal((500, 4)), rng.standard_normal((500, 4)) + 1.0)
+    assert abs(same) < 0.01 and shifted > 0.1
+
+
+def test_mmd_thousands_of_samples_blocked():
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((3000, 64)), rng.standard_normal((2500, 64))
+    assert abs(metrics.mmd(x, y)) < 1e-3
+
+
+def test_mmd_rejects_too_few_samples_and_zero_width():
+    with pytest.raises(ValueError, match="at least 2"):
+        metrics.mmd(np.zeros((1, 3)), np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="sigma"):
+        metrics.mmd(np.zeros((3, 3)), np.zeros((4, 3)))
