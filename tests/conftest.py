@@ -59,3 +59,23 @@ def tiny_batch(img_size=64, batch=2, latent_dim=16, seed=0):
 def records_128(tmp_path_factory, tiny_archive):
     """TFRecords of the tiny archive at 128^3 (HA-GAN has no 64^3 variant)."""
     return _convert_archive(tiny_archive, str(tmp_path_factory.mktemp("records128")), 128, 1, 0.0)
+
+
+@pytest.fixture(scope="session")
+def trained_run(records_64, tmp_path_factory):
+    """A tiny CRF-GAN trained for one step: (model_dir, in-memory model)."""
+    from crfgan_tf import train_lib
+
+    run = tmp_path_factory.mktemp("run")
+    out = train_lib.train(tiny_config(run, os.path.join(records_64, "train-*.tfrecord"),
+                                      train_steps=1, checkpoint_every=1))
+    return str(run), out["model"]
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run, tmp_path_factory):
+    """That run exported as a SavedModel: (path, metadata)."""
+    from crfgan_tf import export_lib
+
+    sm = str(tmp_path_factory.mktemp("export") / "sm")
+    return sm, export_lib.export(trained_run[0], sm, log=lambda m: None)

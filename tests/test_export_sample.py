@@ -7,10 +7,8 @@ import pytest
 import SimpleITK as sitk
 import tensorflow as tf
 
-from crfgan_tf import export_lib, sample_lib, train_lib
+from crfgan_tf import export_lib, sample_lib
 from crfgan_tf.networks import build_head
-
-from conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,14 +25,6 @@ def test_slab_inference_equals_one_shot(slab):
                                atol=5e-5)
 
 
-@pytest.fixture(scope="module")
-def trained_run(records_64, tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    out = train_lib.train(tiny_config(run, os.path.join(records_64, "train-*.tfrecord"),
-                                      train_steps=1, checkpoint_every=1))
-    return str(run), out["model"]
-
-
 def test_export_load_generate_equals_in_memory_model(trained_run, tmp_path):
     run, model = trained_run
     meta = export_lib.export(run, str(tmp_path / "sm"), slab=4, log=lambda m: None)
@@ -48,12 +38,6 @@ def test_export_load_generate_equals_in_memory_model(trained_run, tmp_path):
     np.testing.assert_allclose(loaded.window.numpy(), [-1024, 600])
     assert meta["modality"] == "ct" and len(meta["output_spacing"]) == 3
     np.testing.assert_allclose(loaded.output_spacing.numpy(), meta["output_spacing"], rtol=1e-6)
-
-
-@pytest.fixture(scope="module")
-def exported(trained_run, tmp_path_factory):
-    sm = str(tmp_path_factory.mktemp("export") / "sm")
-    return sm, export_lib.export(trained_run[0], sm, log=lambda m: None)
 
 
 def test_export_errors(tmp_path, trained_run):

@@ -1,0 +1,123 @@
+"""tools.fid_mmd and crfgan_tf.evaluation: sources, feature cache, refusal without weights."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from crfgan_tf import data, evaluation, metrics, preprocess, sample_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _write(path, array):
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return evaluation.load_extractor(None, allow_random=True)
+
+
+@pytest.fixture(scope="module")
+def volume_dirs(tmp_path_factory):
+    """Two folders of 4 int16 HU volumes (16^3), the second brighter."""
+    rng = np.random.default_rng(0)
+    dirs = []
+    for k, offset in enumerate((0, 300)):
+        d = tmp_path_factory.mktemp(f"vols{k}")
+        for i in range(4):
+            hu = rng.integers(-1024, 200, (16, 16, 16)).astype(np.int16) + offset
+            _write(d / f"v{i}.nii.gz", hu)
+        dirs.append(str(d))
+    return dirs
+
+
+def test_volume_folder_source_windows_integer_hu(volume_dirs):
+    src = evaluation.open_source(volume_dirs[0])
+    assert (src.kind, src.count) == ("volumes", 4)
+    first = next(src.volumes())
+    hu = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(volume_dirs[0], "v0.nii.gz")))
+    np.testing.assert_array_equal(first, preprocess.window_to_unit(hu, -1024, 600))
+    assert first.dtype == np.float32 and first.min() >= -1 and first.max() <= 1
+
+
+def test_source_errors_name_the_problem(tmp_path, volume_dirs, records_64):
+    _write(tmp_path / "f.mha", np.full((8, 8, 8), 3.5, np.float32))
+    with pytest.raises(evaluation.EvaluationError, match=r"f.mha: floating-point .*\[-1, 1\]"):
+        next(evaluation.open_source(str(tmp_path / "f.mha")).volumes())
+    with pytest.raises(evaluation.EvaluationError, match="matches no TFRecord"):
+        evaluation.open_source(str(tmp_path / "nothing-*"))
+    mixed = f"{volume_dirs[0]}/*.nii.gz,{records_64}/*.tfrecord"
+    with pytest.raises(evaluation.EvaluationError, match="both TFRecords"):
+        evaluation.open_source(mixed)
+
+
+def test_load_extractor_refuses_without_weights(tmp_path):
+    with pytest.raises(evaluation.EvaluationError, match="import_medicalnet"):
+        evaluation.load_extractor(None)
+    with pytest.raises(evaluation.EvaluationError, match="no file"):
+        evaluation.load_extractor(str(tmp_path / "missing.npz"))
+
+
+def test_fid_mmd_records_vs_savedmodel_equals_direct_computation(records_64, exported, extractor,
+                                                                 tmp_path):
+    pattern = os.path.join(records_64, "*.tfrecord")
+    real = evaluation.open_source(pattern)
+    fake = evaluation.open_source(exported[0], num_samples=3, seed=7, batch_size=2)
+    assert (real.kind, real.count, fake.kind, fake.count) == ("tfrecord", 5, "savedmodel", 3)
+    cache = str(tmp_path / "cache")
+    result = evaluation.fid_mmd(real, fake, extractor, batch_size=2, cache_dir=cache,
+                                log=lambda m: None)
+
+    # The same numbers computed by hand from the same volumes.
+    real_vols = np.stack([r.volume for r in data.read_volumes(pattern)])
+    module, _ = sample_lib.load(exported[0])
+    fake_vols = module.generate(z=sample_lib.latents(7, 0, 3, 16))["volume"].numpy()
+    fr, ff = extractor(real_vols), extractor(fake_vols)
+    assert result["n_real"] == 5 and result["n_fake"] == 3 and result["feature_dim"] == 2048
+    assert result["fid"] == pytest.approx(metrics.fid_from_features(fr, ff), rel=1e-4)
+    assert result["mmd"] == pytest.approx(metrics.mmd(fr, ff), rel=1e-4, abs=1e-7)
+    assert result["real_cache"] == "miss" and not result["pretrained"]
+    assert result["extractor"] == "medicalnet-resnet50-random-seed0"
+
+    again = evaluation.fid_mmd(real, fake, extractor, batch_size=1, cache_dir=cache,
+                               log=lambda m: None)
+    assert again["real_cache"] == "hit" and again["fid"] == pytest.approx(result["fid"], rel=1e-5)
+    other = evaluation.load_extractor(None, allow_random=True, random_seed=1)
+    assert evaluation.cache_key(real, other) != evaluation.cache_key(real, extractor)
+
+
+def test_fid_of_a_set_with_itself_is_zero(volume_dirs, extractor):
+    src = evaluation.open_source(volume_dirs[0])
+    result = evaluation.fid_mmd(src, src, extractor, log=lambda m: None)
+    assert result["fid"] == pytest.approx(0.0, abs=1e-6 * max(1.0, result["mmd_sigma"] ** 2))
+
+
+def _cli(*args):
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "tools.fid_mmd", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_refuses_fid_without_weights_and_reports_labelled_fallback(volume_dirs, tmp_path):
+    res = _cli(f"--real={volume_dirs[0]}", f"--fake={volume_dirs[1]}", "--cache_dir=")
+    assert res.returncode == 2 and "import_medicalnet" in res.stderr
+    res = _cli(f"--real={volume_dirs[0]}", f"--fake={volume_dirs[1]}/*.nii.gz",
+               "--allow_random_features", f"--cache_dir={tmp_path}", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert {"fid", "mmd", "n_real", "n_fake", "extractor", "weights_sha256"} <= set(out)
+    assert out["n_real"] == out["n_fake"] == 4 and out["fid"] > 0 and not out["pretrained"]
+    assert "random" in out["extractor"] and len(out["weights_sha256"]) == 64
+    assert "features real: 4/4 volumes" in res.stderr
+    text = _cli(f"--real={volume_dirs[0]}", f"--fake={volume_dirs[1]}",
+                "--allow_random_features", f"--cache_dir={tmp_path}")
+    assert text.returncode == 0 and "RANDOM features (not FID)" in text.stdout
+    bad = _cli(f"--real={volume_dirs[0]}", f"--fake={volume_dirs[1]}", "--window=600,-1024",
+               "--allow_random_features")
+    assert bad.returncode == 2 and "--window" in bad.stderr
