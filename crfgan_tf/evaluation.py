@@ -102,8 +102,8 @@ def read_volume_file(path: str, window) -> np.ndarray:
 
 def _saved_model_source(spec: str, num_samples: int, seed: int, batch_size: int) -> Source:
     if num_samples < 2:
-        raise EvaluationError(f"{spec} is a SavedModel: pass --num_samples >= 2 volumes to "
-                              "generate")
+        raise EvaluationError(f"{spec} is a SavedModel: at least 2 volumes must be generated "
+                              f"from it, got {num_samples}")
     files = sorted(p for p in glob.glob(os.path.join(spec, "**"), recursive=True)
                    if os.path.isfile(p))
     fingerprint = hashlib.sha256(

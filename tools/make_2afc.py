@@ -1,0 +1,86 @@
+"""Builds the paper's 2AFC reader study (section 2.3.2) as one offline HTML page + a key.
+
+  python -m tools.make_2afc --real='data/luna/val-*.tfrecord' \
+      --model_a=exports/crfgan --model_a_name=CRF-GAN \
+      --model_b=exports/hagan --model_b_name=HA-GAN --output_dir=study --seed=0
+
+--real, --model_a and --model_b each take a TFRecord glob, a folder / glob of NIfTI,
+MetaImage or NRRD volumes, or a SavedModel (then --volumes_per_source volumes are generated
+from --seed). Section 1: --section1_pairs real-vs-model-A pairs with a difficulty rating;
+section 2: --section2_pairs model-A-vs-model-B pairs. Give readers `study/readers/study.html`
+only; `study/key/` holds the answer key for tools.analyze_2afc.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from crfgan_tf import evaluation, reader_study  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("real", None, "Real volumes (section 1).")
+flags.DEFINE_string("model_a", None, "Model A volumes or SavedModel (sections 1 and 2).")
+flags.DEFINE_string("model_b", None, "Model B volumes or SavedModel (section 2).")
+flags.DEFINE_string("model_a_name", "model A", "Name of model A in the key and the analysis.")
+flags.DEFINE_string("model_b_name", "model B", "Name of model B in the key and the analysis.")
+flags.DEFINE_string("output_dir", None, "Where readers/ and key/ are written.")
+flags.DEFINE_integer("section1_pairs", 10, "Real vs model A pairs (the paper: 10).")
+flags.DEFINE_integer("section2_pairs", 30, "Model A vs model B pairs (the paper: 30).")
+flags.DEFINE_integer("volumes_per_source", 10, "Volumes read or generated per source.")
+flags.DEFINE_integer("seed", 0, "Drives pairing, planes, positions, sides and generation.")
+flags.DEFINE_list("planes", list(reader_study.PLANES), "Planes to draw from.")
+flags.DEFINE_list("position_range", ["0.3", "0.7"],
+                  "Slice positions are drawn in this fraction of the axis.")
+flags.DEFINE_list("window", ["-1024", "600"],
+                  "Training window (HU for CT): [-1, 1] volumes map back to it; integer "
+                  "volume files are read in it.")
+flags.mark_flags_as_required(["output_dir"])
+for _name in ("section1_pairs", "section2_pairs"):
+    flags.register_validator(_name, lambda v: v >= 0, f"--{_name} must be >= 0")
+flags.register_validator("volumes_per_source", lambda v: v >= 1,
+                         "--volumes_per_source must be >= 1")
+
+
+def _pair(name):
+    try:
+        low, high = (float(v) for v in getattr(FLAGS, name))
+    except ValueError:
+        raise reader_study.StudyError(f"--{name} must be two numbers, got "
+                                      f"{getattr(FLAGS, name)}") from None
+    return low, high
+
+
+def main(argv):
+    del argv
+    try:
+        window = _pair("window")
+        position_range = _pair("position_range")
+        needed = {"real": FLAGS.section1_pairs > 0,
+                  "model_a": FLAGS.section1_pairs + FLAGS.section2_pairs > 0,
+                  "model_b": FLAGS.section2_pairs > 0}
+        volumes, specs = {}, {}
+        for name, need in needed.items():
+            spec = getattr(FLAGS, name)
+            if need and not spec:
+                raise reader_study.StudyError(f"--{name} is required for the sections asked for")
+            if not (need and spec):
+                continue
+            source = evaluation.open_source(spec, FLAGS.volumes_per_source, FLAGS.seed, 1, window)
+            count = min(FLAGS.volumes_per_source, source.count or FLAGS.volumes_per_source)
+            volumes[name] = reader_study.load_hu_volumes(source, count, window, name)
+            specs[name] = spec
+        reader_study.make_study(
+            volumes, FLAGS.output_dir, FLAGS.section1_pairs, FLAGS.section2_pairs,
+            (FLAGS.model_a_name, FLAGS.model_b_name), FLAGS.seed, tuple(FLAGS.planes),
+            position_range, sources=specs)
+    except (reader_study.StudyError, evaluation.EvaluationError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
