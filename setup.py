@@ -25,5 +25,7 @@ setup(
         "test": ["pytest>=8"],
         # The reference pipeline's resize, only for tools/bench_convert.py's comparison.
         "bench": ["scikit-image>=0.22"],
+        # Only tools/import_medicalnet.py (reading MedicalNet's .pth) and its equivalence test.
+        "medicalnet": ["torch>=2.1"],
     },
 )

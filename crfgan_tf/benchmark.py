@@ -121,3 +121,54 @@ def generate_memory(img_size: int = 256, slabs=(8, 64), work_dir: str = None, lo
             f"(after load {row['rss_after_load_bytes'] / 2**20:,.0f} MiB), {row['seconds']} s")
         rows.append(row)
     return rows
+
+
+def _child_features(img_size: int, batch_size: int, repeats: int) -> dict:
+    """In a fresh process: MedicalNet ResNet-50 features of random [-1, 1] volumes; peak RSS
+    and seconds per volume (median of `repeats` batches after one warm-up batch)."""
+    import resource
+
+    from crfgan_tf import evaluation
+
+    extractor = evaluation.load_extractor(None, allow_random=True)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    batch = np.random.default_rng(0).uniform(
+        -1, 1, (batch_size, img_size, img_size, img_size)).astype(np.float32)
+    extractor(batch)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        features = extractor(batch)
+        times.append(time.perf_counter() - t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"features": list(features.shape), "sec_per_volume":
+            round(statistics.median(times) / batch_size, 2),
+            "rss_after_build_bytes": before, "peak_rss_bytes": peak}
+
+
+def feature_memory(img_sizes=(128, 256), batch_sizes=(1,), repeats: int = 2, log=print) -> list:
+    """Peak CPU memory and speed of FID feature extraction, each configuration in a fresh
+    process (what tools.fid_mmd holds per batch, whatever the number of volumes)."""
+    import json as _json
+    import subprocess
+    import sys
+
+    rows = []
+    for size in img_sizes:
+        for batch in batch_sizes:
+            proc = subprocess.run(
+                [sys.executable, "-c", "import json, sys; from crfgan_tf import benchmark; "
+                 "print(json.dumps(benchmark._child_features(*map(int, sys.argv[1:]))))",
+                 str(size), str(batch), str(repeats)],
+                capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+            row = {"img_size": size, "batch_size": batch}
+            if proc.returncode != 0:
+                row["failed"] = "out of memory" if "bad_alloc" in proc.stderr or \
+                    proc.returncode in (-9, 137) else proc.stderr.strip().splitlines()[-1][:300]
+                log(f"features {size}^3 batch {batch}: FAILED ({row['failed']})")
+            else:
+                row.update(_json.loads(proc.stdout.strip().splitlines()[-1]))
+                log(f"features {size}^3 batch {batch}: peak RSS "
+                    f"{row['peak_rss_bytes'] / 2**20:,.0f} MiB, {row['sec_per_volume']} s/volume")
+            rows.append(row)
+    return rows

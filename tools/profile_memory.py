@@ -31,6 +31,9 @@ flags.register_validator("models", lambda v: all(m in ("crfgan", "hagan") for m 
                          message="--models must be crfgan and/or hagan")
 flags.register_validator("batch_sizes", lambda v: all(x.isdigit() and int(x) >= 1 for x in v),
                          message="--batch_sizes must be positive integers")
+flags.register_multi_flags_validator(
+    ["models", "img_size"], lambda f: "hagan" not in f["models"] or f["img_size"] in (128, 256),
+    message="--models=hagan needs --img_size 128 or 256 (HA-GAN has no 64^3 variant)")
 
 
 def main(argv):
@@ -42,15 +45,17 @@ def main(argv):
                 model=model, img_size=FLAGS.img_size, batch_size=int(batch), steps=FLAGS.steps,
                 warmup=FLAGS.warmup, precision=FLAGS.precision, width=FLAGS.width,
                 jit_compile=FLAGS.jit_compile)))
-            if not FLAGS.json:
-                r = rows[-1]
-                if r.get("oom"):
-                    print(f"{model:8s} {FLAGS.img_size}^3 batch {batch}: out of memory (-)")
-                else:
-                    print(f"{model:8s} {FLAGS.img_size}^3 batch {batch}: "
-                          f"{r['peak_bytes'] / 2**20:,.0f} MiB peak ({r['peak_kind']}), "
-                          f"{r['iters_per_sec']:.3f} it/s ({r['sec_per_iter']:.2f} s/it), "
-                          f"{r['params']:,} params, {r['device']}, {r['precision']}", flush=True)
+            r = rows[-1]
+            out = sys.stderr if FLAGS.json else sys.stdout  # progress stays off the JSON
+            if r.get("oom"):
+                print(f"{model:8s} {FLAGS.img_size}^3 batch {batch}: out of memory (-)",
+                      file=out, flush=True)
+            else:
+                print(f"{model:8s} {FLAGS.img_size}^3 batch {batch}: "
+                      f"{r['peak_bytes'] / 2**20:,.0f} MiB peak ({r['peak_kind']}), "
+                      f"{r['iters_per_sec']:.3f} it/s ({r['sec_per_iter']:.2f} s/it), "
+                      f"{r['params']:,} params, {r['device']}, {r['precision']}", file=out,
+                      flush=True)
     if FLAGS.json:
         print(json.dumps(rows))
     else:
