@@ -56,6 +56,25 @@ def convert_speed(in_plane: int = 512, num_slices: int = 300, size: int = 256,
     return row
 
 
+def _run_child(function: str, *args):
+    """Runs benchmark.<function>(*args) in a fresh Python process (so peak RSS is its own);
+    returns (its dict, None) or (None, why it failed: "out of memory" or the last error)."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "import json, sys; from crfgan_tf import benchmark; "
+         f"print(json.dumps(benchmark.{function}(*json.loads(sys.argv[1]))))", json.dumps(args)],
+        capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        oom = "bad_alloc" in proc.stderr or proc.returncode in (-9, 137)
+        return None, "out of memory" if oom else (lines[-1][:300] if lines else
+                                                  f"exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1]), None
+
+
 def _child_generate(saved_model: str) -> dict:
     """In a fresh process: load the SavedModel, generate one volume, report peak RSS."""
     import resource
@@ -80,10 +99,6 @@ def generate_memory(img_size: int = 256, slabs=(8, 64), work_dir: str = None, lo
     size (weights do not change memory); each generation runs in a fresh process. A slab
     of img_size / 4 embedding slices is the whole embedding: one-shot G2.
     """
-    import json as _json
-    import subprocess
-    import sys
-
     from crfgan_tf import config as config_lib
     from crfgan_tf import export_lib
     from crfgan_tf.model import CRFGAN
@@ -105,17 +120,11 @@ def generate_memory(img_size: int = 256, slabs=(8, 64), work_dir: str = None, lo
     for slab in slabs:
         sm = os.path.join(work, f"export_slab{slab}")
         export_lib.export(run, sm, slab=slab, log=log)
-        proc = subprocess.run(
-            [sys.executable, "-c", "import json, sys; from crfgan_tf import benchmark; "
-             "print(json.dumps(benchmark._child_generate(sys.argv[1])))", sm],
-            capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-        if proc.returncode != 0:
-            reason = "out of memory" if "bad_alloc" in proc.stderr or proc.returncode in (
-                -9, 137) else proc.stderr.strip().splitlines()[-1][:300]
+        row, reason = _run_child("_child_generate", sm)
+        if reason:
             log(f"generate {img_size}^3 slab {slab}: FAILED ({reason})")
             rows.append({"img_size": img_size, "slab": slab, "failed": reason})
             continue
-        row = _json.loads(proc.stdout.strip().splitlines()[-1])
         row.update(img_size=img_size, slab=slab)
         log(f"generate {img_size}^3 slab {slab}: peak RSS {row['peak_rss_bytes'] / 2**20:,.0f} MiB "
             f"(after load {row['rss_after_load_bytes'] / 2**20:,.0f} MiB), {row['seconds']} s")
@@ -149,25 +158,16 @@ def _child_features(img_size: int, batch_size: int, repeats: int) -> dict:
 def feature_memory(img_sizes=(128, 256), batch_sizes=(1,), repeats: int = 2, log=print) -> list:
     """Peak CPU memory and speed of FID feature extraction, each configuration in a fresh
     process (what tools.fid_mmd holds per batch, whatever the number of volumes)."""
-    import json as _json
-    import subprocess
-    import sys
-
     rows = []
     for size in img_sizes:
         for batch in batch_sizes:
-            proc = subprocess.run(
-                [sys.executable, "-c", "import json, sys; from crfgan_tf import benchmark; "
-                 "print(json.dumps(benchmark._child_features(*map(int, sys.argv[1:]))))",
-                 str(size), str(batch), str(repeats)],
-                capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+            result, reason = _run_child("_child_features", size, batch, repeats)
             row = {"img_size": size, "batch_size": batch}
-            if proc.returncode != 0:
-                row["failed"] = "out of memory" if "bad_alloc" in proc.stderr or \
-                    proc.returncode in (-9, 137) else proc.stderr.strip().splitlines()[-1][:300]
-                log(f"features {size}^3 batch {batch}: FAILED ({row['failed']})")
+            if reason:
+                row["failed"] = reason
+                log(f"features {size}^3 batch {batch}: FAILED ({reason})")
             else:
-                row.update(_json.loads(proc.stdout.strip().splitlines()[-1]))
+                row.update(result)
                 log(f"features {size}^3 batch {batch}: peak RSS "
                     f"{row['peak_rss_bytes'] / 2**20:,.0f} MiB, {row['sec_per_volume']} s/volume")
             rows.append(row)

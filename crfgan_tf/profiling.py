@@ -123,9 +123,12 @@ def plot(rows: list, path: str) -> str:
         label = f"{'CRF-GAN' if model == 'crfgan' else 'HA-GAN'} {size}^3"
         if pts:
             ax.plot([p[0] for p in pts], [p[1] / 2**20 for p in pts], marker="o", label=label)
-        for r in rows:
-            if (r["model"], r["img_size"]) == (model, size) and r.get("oom"):
-                ax.plot([r["batch_size"]], [ax.get_ylim()[1]], marker="x", color="red")
+        colour = ax.get_lines()[-1].get_color() if pts else "red"
+        ooms = [r["batch_size"] for r in rows
+                if (r["model"], r["img_size"]) == (model, size) and r.get("oom")]
+        if ooms:  # drawn at the top of the axis, in the model's colour
+            ax.plot(ooms, [ax.get_ylim()[1]] * len(ooms), marker="x", linestyle="none",
+                    markersize=9, color=colour, label=f"{label}: out of memory")
     ax.set_xticks(sorted({r["batch_size"] for r in rows}))
     ax.set_ylim(bottom=0)  # ratios read right only from zero
     kinds = {r.get("peak_kind", "") for r in rows if not r.get("oom")}

@@ -158,13 +158,15 @@ from conftest import tiny_batch, tiny_config
 from crfgan_tf import train_lib
 import keras
 
-batch = tiny_batch(batch=2)
+model_name, size = sys.argv[1], int(sys.argv[2])
+batch = tiny_batch(img_size=size, batch=2)
 results = {}
 for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
                        ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model = train_lib.build_model(tiny_config("/tmp/unused"))
+        model = train_lib.build_model(tiny_config("/tmp/unused", model=model_name,
+                                                  img_size=size))
     if name == "one":
         init = [v.numpy() for v in model.weights]
     else:
@@ -185,9 +187,12 @@ print(json.dumps(results))
 """
 
 
-def test_two_replica_mirrored_equals_one_device():
+@pytest.mark.parametrize("model,size", [
+    ("crfgan", 64), pytest.param("hagan", 128, marks=pytest.mark.slow)])
+def test_two_replica_mirrored_equals_one_device(model, size):
     env = dict(os.environ, PYTHONPATH=REPO)
-    res = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], cwd=REPO, env=env,
+    res = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, model, str(size)], cwd=REPO,
+                         env=env,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
