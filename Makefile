@@ -17,14 +17,22 @@ $(STAMP): setup.py
 install: $(STAMP)
 
 # The main job on the embedded default data: phantom CTs -> TFRecords -> a short CPU
-# training run (configs/demo.flags) -> SavedModel -> sample volumes with PNG previews.
+# training run (configs/demo.flags) -> SavedModel -> sample volumes with PNG previews ->
+# FID/MMD on the labelled random-feature fallback (no MedicalNet weights offline) and a
+# small 2AFC reader-study page.
 # Rerunning resumes / does nothing once training has finished.
 demo: $(STAMP)
 	$(PY) -m crfgan_tf.train --flagfile=configs/demo.flags --model_dir=$(DEMO_DIR)/model
 	$(PY) -m crfgan_tf.export --model_dir=$(DEMO_DIR)/model --export_dir=$(DEMO_DIR)/export
 	$(PY) -m crfgan_tf.sample --saved_model=$(DEMO_DIR)/export --num_samples=2 --seed=0 \
 		--output_dir=$(DEMO_DIR)/samples --format=nii.gz
+	$(PY) -m tools.fid_mmd --real='$(DEMO_DIR)/records_64/*.tfrecord' --fake=$(DEMO_DIR)/export \
+		--num_samples=8 --batch_size=4 --allow_random_features --cache_dir=$(DEMO_DIR)/fid_cache
+	$(PY) -m tools.make_2afc --real='$(DEMO_DIR)/records_64/val-*.tfrecord' \
+		--model_a=$(DEMO_DIR)/export --model_a_name=CRF-GAN --section1_pairs=4 \
+		--section2_pairs=0 --volumes_per_source=2 --output_dir=$(DEMO_DIR)/study
 	@echo "demo: samples (NIfTI, HU, with PNG previews) in $(DEMO_DIR)/samples"
+	@echo "demo: reader-study page $(DEMO_DIR)/study/readers/study.html (key in $(DEMO_DIR)/study/key)"
 	@echo "demo: TensorBoard: $(VENV)/bin/tensorboard --logdir $(DEMO_DIR)/model"
 
 # Fast tier (what CI runs). `make test-all` adds the tests marked slow.

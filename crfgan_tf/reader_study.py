@@ -118,6 +118,8 @@ def make_study(volumes: dict, output_dir: str, section1_pairs: int = 10,
     rng = np.random.default_rng(seed)
 
     def pairs(section, first, second, n):
+        if n == 0:
+            return []
         picks = (_pick(rng, len(volumes[first]), n), _pick(rng, len(volumes[second]), n))
         out = []
         for i, j in zip(*picks):

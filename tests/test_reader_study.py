@@ -62,6 +62,15 @@ def test_key_layout_and_randomisation(study):
     assert other["questions"] != qs
 
 
+def test_section_one_only_needs_no_model_b(tmp_path):
+    key = reader_study.make_study({"real": _volumes(1, n=1), "model_a": _volumes(2, n=1)},
+                                  str(tmp_path), 3, 0, seed=0, log=lambda m: None)
+    assert [q["section"] for q in key["questions"]] == [1, 1, 1]
+    with pytest.raises(reader_study.StudyError, match="section 2 needs"):
+        reader_study.make_study({"real": _volumes(1, n=1), "model_a": _volumes(2, n=1)},
+                                str(tmp_path), 3, 2, log=lambda m: None)
+
+
 def test_readers_page_is_self_contained_and_matches_the_key(study):
     out, key, vols = study
     page, data = _page_data(out)
