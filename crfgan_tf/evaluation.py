@@ -28,7 +28,7 @@ import tensorflow as tf
 from crfgan_tf import data, metrics, preprocess, sample_lib
 from crfgan_tf.networks import medicalnet
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".npy")
 CACHE_VERSION = 1
 WEIGHTS_HELP = (
     "3D FID needs the MedicalNet ResNet-50 weights: download resnet_50.pth from the "
@@ -64,10 +64,10 @@ def _file_fingerprint(paths) -> str:
     return digest.hexdigest()
 
 
-def _content_sha256(paths) -> str:
+def _content_sha256(paths, base: str) -> str:
     digest = hashlib.sha256()
     for p in paths:
-        digest.update(os.path.relpath(p, os.path.dirname(paths[0])).encode())
+        digest.update(os.path.relpath(p, base).encode())
         with open(p, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 22), b""):
                 digest.update(chunk)
@@ -83,11 +83,20 @@ def _is_record_file(path: str) -> bool:
 
 
 def read_volume_file(path: str, window) -> np.ndarray:
-    """One NIfTI/MetaImage/NRRD volume -> float32 [-1, 1], canonical LPS (z, y, x)."""
-    try:
-        array, _, _, _ = preprocess.read_canonical(path)
-    except preprocess.ScanError as err:
-        raise EvaluationError(f"{path}: {err}") from None
+    """One NIfTI/MetaImage/NRRD volume -> float32 [-1, 1], canonical LPS (z, y, x); a
+    `.npy` (crfgan_tf.sample --format=npy) is taken as already (z, y, x) canonical."""
+    if path.lower().endswith(".npy"):
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise EvaluationError(f"{path}: unreadable .npy: {err}") from None
+        if array.ndim != 3:
+            raise EvaluationError(f"{path}: expected a 3D array, got shape {array.shape}")
+    else:
+        try:
+            array, _, _, _ = preprocess.read_canonical(path)
+        except preprocess.ScanError as err:
+            raise EvaluationError(f"{path}: {err}") from None
     if array.dtype.kind in "iu":
         return preprocess.window_to_unit(array, *window)
     array = array.astype(np.float32)
@@ -107,7 +116,7 @@ def _saved_model_source(spec: str, num_samples: int, seed: int, batch_size: int)
     files = sorted(p for p in glob.glob(os.path.join(spec, "**"), recursive=True)
                    if os.path.isfile(p))
     fingerprint = hashlib.sha256(
-        f"savedmodel|{_content_sha256(files)}|{num_samples}|{seed}".encode()).hexdigest()
+        f"savedmodel|{_content_sha256(files, spec)}|{num_samples}|{seed}".encode()).hexdigest()
 
     def volumes():
         try:
@@ -263,6 +272,10 @@ def cached_features(source: Source, extractor: Extractor, cache_dir: Optional[st
 def fid_mmd(real: Source, fake: Source, extractor: Extractor, batch_size: int = 1,
             cache_dir: Optional[str] = None, log=print) -> dict:
     """FID and MMD between two sources; the real features are cached in `cache_dir`."""
+    for name, source in (("real", real), ("fake", fake)):
+        if source.count is not None and source.count < 2:
+            raise EvaluationError(f"--{name}: FID and MMD need at least 2 volumes, "
+                                  f"{source.spec} has {source.count}")
     t0 = time.time()
     real_features, real_shape, cache = cached_features(real, extractor, cache_dir, batch_size,
                                                        "real", log)

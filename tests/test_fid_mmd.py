@@ -52,6 +52,11 @@ def test_source_errors_name_the_problem(tmp_path, volume_dirs, records_64):
         next(evaluation.open_source(str(tmp_path / "f.mha")).volumes())
     with pytest.raises(evaluation.EvaluationError, match="matches no TFRecord"):
         evaluation.open_source(str(tmp_path / "nothing-*"))
+    np.save(tmp_path / "hu.npy", np.full((4, 4, 4), -1024, np.int16))
+    only = evaluation.open_source(str(tmp_path / "hu.npy"))
+    np.testing.assert_array_equal(next(only.volumes()), -np.ones((4, 4, 4), np.float32))
+    with pytest.raises(evaluation.EvaluationError, match="at least 2 volumes"):
+        evaluation.fid_mmd(only, only, None, log=lambda m: None)
     mixed = f"{volume_dirs[0]}/*.nii.gz,{records_64}/*.tfrecord"
     with pytest.raises(evaluation.EvaluationError, match="both TFRecords"):
         evaluation.open_source(mixed)
