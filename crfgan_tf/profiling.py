@@ -102,9 +102,12 @@ def comparison(rows: list) -> list:
             continue
         mem = crf["peak_bytes"] / ha["peak_bytes"]
         speed = crf["iters_per_sec"] / ha["iters_per_sec"]
-        lines.append(f"{size}^3 batch {batch}: CRF-GAN uses {100 * (1 - mem):+.1f}% less memory "
-                     f"({mem:.3f}x HA-GAN's) and runs {100 * (speed - 1):+.1f}% faster "
-                     f"({speed:.3f}x HA-GAN's iterations/s)")
+        memory = (f"{100 * (1 - mem):.1f}% less memory" if mem <= 1
+                  else f"{100 * (mem - 1):.1f}% MORE memory")
+        pace = (f"runs {100 * (speed - 1):.1f}% faster" if speed >= 1
+                else f"runs {100 * (1 - speed):.1f}% SLOWER")
+        lines.append(f"{size}^3 batch {batch}: CRF-GAN uses {memory} ({mem:.3f}x HA-GAN's) and "
+                     f"{pace} ({speed:.3f}x HA-GAN's iterations/s)")
     return lines
 
 
