@@ -185,18 +185,18 @@ def load_extractor(weights: Optional[str], allow_random: bool = False,
                    random_seed: int = 0) -> Extractor:
     """The MedicalNet ResNet-50 with `weights` (.npz from tools.import_medicalnet); without
     weights, a fixed-seed random network only when `allow_random`, else EvaluationError."""
+    if weights and not os.path.isfile(weights):
+        raise EvaluationError(f"--weights: no file {weights!r}. {WEIGHTS_HELP}")
+    if not weights and not allow_random:
+        raise EvaluationError(f"no feature-extractor weights given (--weights). {WEIGHTS_HELP}")
     model = medicalnet.build_resnet50()
     if weights:
-        if not os.path.isfile(weights):
-            raise EvaluationError(f"--weights: no file {weights!r}. {WEIGHTS_HELP}")
         try:
             state = medicalnet.load_state(weights)
             medicalnet.set_weights(model, state)
         except (ValueError, OSError) as err:
             raise EvaluationError(f"--weights {weights!r}: {err}") from None
         return Extractor(model, medicalnet.NAME, medicalnet.state_sha256(state), True)
-    if not allow_random:
-        raise EvaluationError(f"no feature-extractor weights given (--weights). {WEIGHTS_HELP}")
     state = medicalnet.random_state(model, random_seed)
     medicalnet.set_weights(model, state)
     return Extractor(model, f"{medicalnet.NAME}-random-seed{random_seed}",
@@ -204,7 +204,7 @@ def load_extractor(weights: Optional[str], allow_random: bool = False,
 
 
 def extract_features(source: Source, extractor: Extractor, batch_size: int = 1,
-                     label: str = "", log=print, log_every_s: float = 10.0) -> np.ndarray:
+                     label: str = "", log=print, log_every_s: float = 10.0) -> tuple:
     """Features of every volume of `source`, `batch_size` at a time: returns ((N, 2048)
     float32 features, the volume shape)."""
     rows, batch, shape = [], [], None
