@@ -2,25 +2,49 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
 
+PLANES = ("axial", "coronal", "sagittal")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str, suffix: str = ""):
+    """Yields a temporary path beside `path` for the caller to write; on success the file
+    is fsynced and renamed over `path`, on error removed: readers never see a half-written
+    file, a killed writer leaves the old file intact. `suffix` keeps the extension that
+    writers such as np.savez and matplotlib go by."""
+    tmp = f"{path}.tmp-{os.getpid()}{suffix}"
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
 
 def atomic_write(path: str, text: str) -> None:
-    """Writes `text` to a temporary file, fsyncs it and renames it over `path`: readers
-    never see a half-written file, a killed writer leaves the old file intact."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    """Writes `text` to `path` atomically (see atomic_output)."""
+    with atomic_output(path) as tmp, open(tmp, "w") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def slice_at(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
+    """Slice `index` along `plane` of a canonical (z, y, x) volume, superior at the top
+    (axis 0 runs inferior -> superior, so coronal and sagittal slices are flipped)."""
+    if plane == "axial":
+        return volume[index]
+    if plane == "coronal":
+        return volume[:, index, :][::-1]
+    if plane == "sagittal":
+        return volume[:, :, index][::-1]
+    raise ValueError(f"unknown plane {plane!r}; one of {PLANES}")
 
 
 def mid_slices(volume: np.ndarray) -> dict:
-    """Axial, coronal and sagittal mid-slices of a canonical (z, y, x) volume, each with
-    superior at the top (axis 0 runs inferior -> superior, so it is flipped)."""
-    d, h, w = volume.shape
-    return {"axial": volume[d // 2], "coronal": volume[:, h // 2, :][::-1],
-            "sagittal": volume[:, :, w // 2][::-1]}
+    """Axial, coronal and sagittal mid-slices of a canonical (z, y, x) volume (slice_at)."""
+    return {plane: slice_at(volume, plane, n // 2) for plane, n in zip(PLANES, volume.shape)}

@@ -24,7 +24,7 @@ from scipy import stats
 
 from crfgan_tf import evaluation, fileio, sample_lib
 
-PLANES = ("axial", "coronal", "sagittal")
+PLANES = fileio.PLANES
 DIFFICULTY = {1: "Extremely subtle", 2: "Moderately subtle", 3: "Fairly subtle",
               4: "Moderately obvious", 5: "Obvious"}
 ANSWER_COLUMNS = ("study_id", "reader", "question", "section", "choice", "difficulty",
@@ -38,18 +38,6 @@ class StudyError(Exception):
 
 
 # ---- building ------------------------------------------------------------------------
-
-def slice_of(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
-    """Slice `index` along `plane` of a canonical (z, y, x) volume, superior at the top
-    (as fileio.mid_slices)."""
-    if plane == "axial":
-        return volume[index]
-    if plane == "coronal":
-        return volume[:, index, :][::-1]
-    if plane == "sagittal":
-        return volume[:, :, index][::-1]
-    raise StudyError(f"unknown plane {plane!r}; one of {PLANES}")
-
 
 def plane_length(shape, plane: str) -> int:
     return shape[PLANES.index(plane)]
@@ -141,7 +129,7 @@ def make_study(volumes: dict, output_dir: str, section1_pairs: int = 10,
         item = {"id": q["id"], "section": q["section"]}
         for side in ("left", "right"):
             s = q[side]
-            png = render_png(slice_of(volumes[s["source"]][s["volume"]], q["plane"],
+            png = render_png(fileio.slice_at(volumes[s["source"]][s["volume"]], q["plane"],
                                       q["slice_index"]), display_window)
             digest.update(png)
             item[side] = "data:image/png;base64," + base64.b64encode(png).decode()
@@ -470,7 +458,6 @@ def plot_difficulty(result: dict, path: str) -> None:
     ax.set_title(f"2AFC section 1: {s1['answers']} answers, accuracy {100 * s1['accuracy']:.1f} %")
     ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120)
+    with fileio.atomic_output(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import tensorflow as tf
 from scipy import stats
 
-from crfgan_tf import reader_study
+from crfgan_tf import fileio, reader_study
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N1, N2 = 4, 6
@@ -84,7 +84,7 @@ def test_readers_page_is_self_contained_and_matches_the_key(study):
                                       .replace("/", "_")).numpy()
             shown = tf.io.decode_png(png).numpy()[..., 0]
             s = q[side]
-            hu = reader_study.slice_of(vols[s["source"]][s["volume"]], q["plane"], q["slice_index"])
+            hu = fileio.slice_at(vols[s["source"]][s["volume"]], q["plane"], q["slice_index"])
             expected = np.round(np.clip((hu + 1350.0) / 1500.0, 0, 1) * 255).astype(np.uint8)
             np.testing.assert_array_equal(shown, expected)
 

@@ -36,6 +36,7 @@ def main(argv):
         return 2
     import numpy as np
 
+    from crfgan_tf import fileio
     from crfgan_tf.networks import medicalnet
 
     try:
@@ -60,9 +61,8 @@ def main(argv):
     if not np.all(np.isfinite(features)):
         print("error: the converted network gives non-finite features", file=sys.stderr)
         return 1
-    tmp = f"{FLAGS.output}.tmp-{os.getpid()}"
-    medicalnet.save_state(state, tmp)
-    os.replace(tmp, FLAGS.output)
+    with fileio.atomic_output(FLAGS.output, ".npz") as tmp:
+        medicalnet.save_state(state, tmp)
     print(f"wrote {FLAGS.output}: {len(state)} tensors, "
           f"{sum(v.size for v in state.values()):,d} numbers")
     print(f"extractor {medicalnet.NAME} weights sha256 {medicalnet.state_sha256(state)}")
