@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import tensorflow as tf
 
-from crfgan_tf import data, metrics, preprocess, sample_lib
+from crfgan_tf import data, fileio, metrics, preprocess, sample_lib
 from crfgan_tf.networks import medicalnet
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".npy")
@@ -43,6 +43,17 @@ class EvaluationError(Exception):
     """Bad input for the evaluation: a source that cannot be read, missing weights."""
 
 
+def parse_range(values, flag: str) -> tuple:
+    """A LOW,HIGH flag value (a list of two strings) -> (low, high) floats, high > low."""
+    try:
+        low, high = (float(v) for v in values)
+    except ValueError:
+        raise EvaluationError(f"--{flag} must be two numbers LOW,HIGH, got {values}") from None
+    if not high > low:
+        raise EvaluationError(f"--{flag}: HIGH must exceed LOW, got {values}")
+    return low, high
+
+
 # ---- sources -------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -51,7 +62,7 @@ class Source:
 
     spec: str
     kind: str  # "tfrecord", "volumes" or "savedmodel"
-    count: Optional[int]
+    count: int
     fingerprint: str
     volumes: Callable[[], Iterator[np.ndarray]]
 
@@ -209,7 +220,6 @@ def extract_features(source: Source, extractor: Extractor, batch_size: int = 1,
     float32 features, the volume shape)."""
     rows, batch, shape = [], [], None
     done, t0, last = 0, time.time(), 0.0
-    total = f"/{source.count}" if source.count else ""
 
     def flush():
         nonlocal done, last
@@ -219,8 +229,8 @@ def extract_features(source: Source, extractor: Extractor, batch_size: int = 1,
         now = time.time()
         if now - last >= log_every_s or done == source.count:
             rate = done / max(now - t0, 1e-9)
-            eta = f" | ETA {(source.count - done) / rate:.0f} s" if source.count else ""
-            log(f"features {label}: {done}{total} volumes | {rate:.2f} volumes/s{eta}")
+            log(f"features {label}: {done}/{source.count} volumes | {rate:.2f} volumes/s | "
+                f"ETA {max(source.count - done, 0) / rate:.0f} s")
             last = now
 
     for volume in source.volumes():
@@ -259,11 +269,10 @@ def cached_features(source: Source, extractor: Extractor, cache_dir: Optional[st
             return cached["features"], tuple(int(v) for v in cached["shape"]), "hit"
     features, shape = extract_features(source, extractor, batch_size, label, log)
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, features=features, shape=np.array(shape),
-             meta=np.array(json.dumps({"spec": source.spec, "extractor": extractor.name,
-                                       "weights_sha256": extractor.weights_sha256})))
-    os.replace(tmp, path)
+    with fileio.atomic_output(path, ".npz") as tmp:
+        np.savez(tmp, features=features, shape=np.array(shape),
+                 meta=np.array(json.dumps({"spec": source.spec, "extractor": extractor.name,
+                                           "weights_sha256": extractor.weights_sha256})))
     return features, shape, "miss"
 
 
@@ -273,7 +282,7 @@ def fid_mmd(real: Source, fake: Source, extractor: Extractor, batch_size: int = 
             cache_dir: Optional[str] = None, log=print) -> dict:
     """FID and MMD between two sources; the real features are cached in `cache_dir`."""
     for name, source in (("real", real), ("fake", fake)):
-        if source.count is not None and source.count < 2:
+        if source.count < 2:
             raise EvaluationError(f"--{name}: FID and MMD need at least 2 volumes, "
                                   f"{source.spec} has {source.count}")
     t0 = time.time()
@@ -284,7 +293,7 @@ def fid_mmd(real: Source, fake: Source, extractor: Extractor, batch_size: int = 
         log(f"warning: real volumes are {real_shape}, generated ones {fake_shape}: features "
             "of different resolutions are rarely comparable")
     for name, f in (("real", real_features), ("fake", fake_features)):
-        if f.shape[0] < 2:
+        if f.shape[0] < 2:  # a manifest count can be stale; the features are what counts
             raise EvaluationError(f"--{name}: FID and MMD need at least 2 volumes, got "
                                   f"{f.shape[0]}")
         if not np.all(np.isfinite(f)):

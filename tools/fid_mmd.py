@@ -39,22 +39,11 @@ flags.register_validator("num_samples", lambda v: v >= 2, "--num_samples must be
 flags.register_validator("batch_size", lambda v: v >= 1, "--batch_size must be >= 1")
 
 
-def _window():
-    try:
-        low, high = (float(v) for v in FLAGS.window)
-    except ValueError:
-        raise evaluation.EvaluationError(f"--window must be two numbers LOW,HIGH, got "
-                                         f"{FLAGS.window}") from None
-    if not high > low:
-        raise evaluation.EvaluationError(f"--window: HIGH must exceed LOW, got {FLAGS.window}")
-    return low, high
-
-
 def main(argv):
     del argv
     log = (lambda m: print(m, file=sys.stderr)) if FLAGS.json else print
     try:
-        window = _window()
+        window = evaluation.parse_range(FLAGS.window, "window")
         sources = {name: evaluation.open_source(getattr(FLAGS, name), FLAGS.num_samples,
                                                 FLAGS.seed, FLAGS.batch_size, window)
                    for name in ("real", "fake")}

@@ -44,20 +44,11 @@ flags.register_validator("volumes_per_source", lambda v: v >= 1,
                          "--volumes_per_source must be >= 1")
 
 
-def _pair(name):
-    try:
-        low, high = (float(v) for v in getattr(FLAGS, name))
-    except ValueError:
-        raise reader_study.StudyError(f"--{name} must be two numbers, got "
-                                      f"{getattr(FLAGS, name)}") from None
-    return low, high
-
-
 def main(argv):
     del argv
     try:
-        window = _pair("window")
-        position_range = _pair("position_range")
+        window = evaluation.parse_range(FLAGS.window, "window")
+        position_range = evaluation.parse_range(FLAGS.position_range, "position_range")
         needed = {"real": FLAGS.section1_pairs > 0,
                   "model_a": FLAGS.section1_pairs + FLAGS.section2_pairs > 0,
                   "model_b": FLAGS.section2_pairs > 0}
