@@ -67,16 +67,26 @@ def build_resnet50(name: str = "medicalnet_resnet50") -> keras.Model:
     return keras.Model(inputs, features, name=name)
 
 
-def expected_state_keys(model: keras.Model) -> list:
-    """The state_dict keys `model` takes, in a fixed order."""
-    keys = []
+BN_KEYS = ("weight", "bias", "running_mean", "running_var")  # gamma, beta, moving stats
+TORCH_TO_KERAS_CONV = (2, 3, 4, 1, 0)  # (O, I, kD, kH, kW) -> (kD, kH, kW, I, O)
+
+
+def _state_variables(model: keras.Model):
+    """(state_dict key, Keras variable, is a conv kernel) for every weight, in layer order:
+    the one mapping between MedicalNet's names and this model."""
     for layer in model.layers:
         path = layer.name.replace("_", ".")
         if isinstance(layer, keras.layers.Conv3D):
-            keys.append(f"{path}.weight")
+            yield f"{path}.weight", layer.kernel, True
         elif isinstance(layer, keras.layers.BatchNormalization):
-            keys += [f"{path}.{k}" for k in ("weight", "bias", "running_mean", "running_var")]
-    return keys
+            variables = (layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance)
+            for key, variable in zip(BN_KEYS, variables):
+                yield f"{path}.{key}", variable, False
+
+
+def expected_state_keys(model: keras.Model) -> list:
+    """The state_dict keys `model` takes, in a fixed order."""
+    return [key for key, _, _ in _state_variables(model)]
 
 
 def clean_state_dict(state: dict) -> dict:
@@ -103,19 +113,12 @@ def set_weights(model: keras.Model, state: dict) -> None:
                          f"missing {missing[:5]}{'...' if len(missing) > 5 else ''} "
                          f"({len(missing)}), unexpected {unexpected[:5]}"
                          f"{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})")
-    for layer in model.layers:
-        path = layer.name.replace("_", ".")
-        if isinstance(layer, keras.layers.Conv3D):
-            arrays = [state[f"{path}.weight"].transpose(2, 3, 4, 1, 0)]
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            arrays = [state[f"{path}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")]
-        else:
-            continue
-        for variable, array in zip(layer.weights, arrays):
-            if tuple(variable.shape) != array.shape:
-                raise ValueError(f"{path}: weight shape {array.shape} does not fit "
-                                 f"{tuple(variable.shape)}")
-            variable.assign(array)
+    for key, variable, conv in _state_variables(model):
+        array = state[key].transpose(TORCH_TO_KERAS_CONV) if conv else state[key]
+        if tuple(variable.shape) != array.shape:
+            raise ValueError(f"{key.rsplit('.', 1)[0]}: weight shape {array.shape} does not fit "
+                             f"{tuple(variable.shape)}")
+        variable.assign(array)
 
 
 def random_state(model: keras.Model, seed: int = 0) -> dict:
@@ -124,19 +127,14 @@ def random_state(model: keras.Model, seed: int = 0) -> dict:
     as MedicalNet initialises them (Kaiming normal, fan_out), BN the identity."""
     rng = np.random.default_rng(seed)
     state = {}
-    for layer in model.layers:
-        path = layer.name.replace("_", ".")
-        if isinstance(layer, keras.layers.Conv3D):
-            kd, kh, kw, cin, cout = layer.kernel.shape
+    for key, variable, conv in _state_variables(model):
+        if conv:
+            kd, kh, kw, cin, cout = variable.shape
             std = np.sqrt(2.0 / (cout * kd * kh * kw))
-            state[f"{path}.weight"] = (rng.standard_normal((cout, cin, kd, kh, kw)) * std
-                                       ).astype(np.float32)
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            c = layer.gamma.shape[0]
-            state.update({f"{path}.weight": np.ones(c, np.float32),
-                          f"{path}.bias": np.zeros(c, np.float32),
-                          f"{path}.running_mean": np.zeros(c, np.float32),
-                          f"{path}.running_var": np.ones(c, np.float32)})
+            state[key] = (rng.standard_normal((cout, cin, kd, kh, kw)) * std).astype(np.float32)
+        else:  # gamma and running_var 1, beta and running_mean 0
+            one = key.endswith((".weight", ".running_var"))
+            state[key] = np.full(variable.shape, 1.0 if one else 0.0, np.float32)
     return state
 
 
