@@ -117,3 +117,43 @@ def test_spectral_norm_gradient_flows_through_sigma():
     # y = (3 + 4) / 5; dy/dw = 1/5 - (w . 1) w / 5^3
     expected = 1 / 5 - 7 * np.array([3.0, 4.0]) / 125
     np.testing.assert_allclose(grad, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel,stride,pad,shape", [
+    (3, 1, 1, (2, 6, 8, 8, 3)),                      # G1, G2, G^L, hE block2
+    (4, 2, 1, (2, 8, 16, 16, 3)),                    # hE, D, D^L, sub-encoder
+    ((2, 4, 4), 2, (0, 1, 1), (2, 4, 8, 8, 3)),      # D conv4/conv5 at 256
+    ((1, 4, 4), (1, 2, 2), (0, 1, 1), (2, 1, 8, 8, 3)),  # D conv6
+])
+def test_native_padding_equals_explicit_symmetric_padding(kernel, stride, pad, shape):
+    from crfgan_tf.networks.layers import _triple, native_padding
+    mode = native_padding(kernel, stride, pad, shape[1:4])
+    assert mode == "same"
+    x = tf.random.stateless_normal(shape, seed=[1, 2])
+    k = tf.random.stateless_normal((*_triple(kernel), 3, 5), seed=[3, 4])
+    s = (1, *_triple(stride), 1)
+    p = _triple(pad)
+    explicit = tf.nn.conv3d(tf.pad(x, [(0, 0), *[(q, q) for q in p], (0, 0)]), k, s, "VALID")
+    np.testing.assert_allclose(tf.nn.conv3d(x, k, s, "SAME").numpy(), explicit.numpy(),
+                               atol=1e-5)
+
+
+def test_native_padding_falls_back_where_same_differs():
+    from crfgan_tf.networks.layers import native_padding
+    assert native_padding(4, 2, 1, (7, 8, 8)) is None      # odd side: SAME pads 1 left, 2 right
+    assert native_padding(3, 1, 2, (8, 8, 8)) is None      # more padding than SAME
+    assert native_padding((1, 4, 4), 1, 0) == "valid"
+    assert native_padding(4, 2, 1) == "same"               # unknown sides: documented even
+
+
+def test_networks_make_no_padded_copies():
+    """Every reference layer pads inside its convolution: no Pad op runs in G1, G2, D, hE."""
+    for net, x in ((build_trunk(128, 1024, 0.125), tf.zeros((1, 1024))),
+                   (build_head(128, 0.125), tf.zeros((1, 2, 32, 32, 8))),
+                   (build_encoder(128, 0.125), tf.zeros((1, 16, 128, 128, 1))),
+                   (build_discriminator(128, 0.125), [tf.zeros((1, 16, 128, 128, 1)),
+                                                      tf.zeros((1, 1))])):
+        graph = tf.function(lambda v: net(v, training=True)).get_concrete_function(
+            tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), x)).graph
+        pads = [op.name for op in graph.get_operations() if op.type in ("Pad", "PadV2")]
+        assert not pads, (net.name, pads)

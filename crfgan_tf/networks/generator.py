@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import keras
 
-from crfgan_tf.networks.layers import check_size, conv_gn_relu, scaled_channels
+from crfgan_tf.networks.layers import check_size, conv3d, conv_gn_relu, scaled_channels
 
 TRUNK_CHANNELS = (512, 512, 256, 128, 64)
 HEAD_CHANNELS = 32
@@ -63,8 +63,7 @@ def build_head(img_size: int = 256, width: float = 1.0, name: str = "g2") -> ker
     x = keras.layers.UpSampling3D(2, name="up1")(emb)
     x = conv_gn_relu(x, scaled_channels(HEAD_CHANNELS, width), 3, 1, 1, name="block1")
     x = keras.layers.UpSampling3D(2, name="up2")(x)
-    x = keras.layers.ZeroPadding3D(1, name="out_pad")(x)
-    x = keras.layers.Conv3D(1, 3, padding="valid", name="out_conv")(x)
+    x = conv3d(x, 1, 3, 1, 1, name="out")
     # tanh and the output in float32 under mixed precision: it is the image itself.
     x = keras.layers.Activation("tanh", dtype="float32", name="tanh")(x)
     return keras.Model(emb, x, name=name)

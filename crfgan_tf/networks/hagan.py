@@ -6,7 +6,8 @@ from __future__ import annotations
 import keras
 
 from crfgan_tf.networks.generator import embedding_channels
-from crfgan_tf.networks.layers import SNConv3D, check_size, conv_gn_relu, scaled_channels
+from crfgan_tf.networks.layers import (SNConv3D, check_size, conv3d, conv_gn_relu,
+                                      scaled_channels)
 
 
 def build_low_generator(img_size: int = 256, width: float = 1.0,
@@ -23,8 +24,7 @@ def build_low_generator(img_size: int = 256, width: float = 1.0,
     emb = keras.Input((n, n, n, embedding_channels(width)), name="embedding")
     x = conv_gn_relu(emb, scaled_channels(32, width), 3, 1, 1, name="block1")
     x = conv_gn_relu(x, scaled_channels(16, width), 3, 1, 1, name="block2")
-    x = keras.layers.ZeroPadding3D(1, name="out_pad")(x)
-    x = keras.layers.Conv3D(1, 3, padding="valid", name="out_conv")(x)
+    x = conv3d(x, 1, 3, 1, 1, name="out")
     x = keras.layers.Activation("tanh", dtype="float32", name="tanh")(x)
     return keras.Model(emb, x, name=name)
 

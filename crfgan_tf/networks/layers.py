@@ -23,6 +23,27 @@ def check_size(img_size: int) -> None:
         raise ValueError(f"img_size must be one of {SUPPORTED_SIZES}, got {img_size}")
 
 
+def native_padding(kernel_size, strides, padding, spatial=(None, None, None)):
+    """The convolution `padding` argument that equals PyTorch-style symmetric zero padding,
+    or None where none does (then pad explicitly).
+
+    "valid" when no padding; "same" when, on every axis, TensorFlow's SAME padding (total
+    max(k - s, 0) on an input divisible by the stride, the odd voxel on the right) equals
+    `padding` on both sides. Where it does, the convolution pads inside the kernel: no
+    padded copy of the input is made in the forward pass or kept for the backward pass.
+    Every layer of the reference qualifies on the even sizes used here; `spatial` (static
+    input sides, None = unknown and taken to be a multiple of the stride, as documented
+    for the free depth of G2 and hE) guards the rest.
+    """
+    k, s, p = _triple(kernel_size), _triple(strides), _triple(padding)
+    if not any(p):
+        return "valid"
+    if all(ki - si == 2 * pi and (n is None or n % si == 0)
+           for ki, si, pi, n in zip(k, s, p, spatial)):
+        return "same"
+    return None
+
+
 def _l2_normalize(x, eps=1e-12):
     return x / ops.maximum(ops.sqrt(ops.sum(ops.square(x))), eps)
 
@@ -97,10 +118,12 @@ class SNConv3D(_SpectralNormMixin, keras.layers.Layer):
     def call(self, inputs, training=False):
         kernel = self._normalized_kernel(training)
         inputs = ops.cast(inputs, self.compute_dtype)  # autocast=False skips this too
-        if any(self.padding):
+        mode = native_padding(self.kernel_size, self.strides, self.padding, inputs.shape[1:4])
+        if mode is None:
             p = self.padding
             inputs = ops.pad(inputs, [(0, 0), (p[0], p[0]), (p[1], p[1]), (p[2], p[2]), (0, 0)])
-        out = ops.conv(inputs, kernel, strides=self.strides, padding="valid")
+            mode = "valid"
+        out = ops.conv(inputs, kernel, strides=self.strides, padding=mode)
         return out + ops.cast(self.bias.value, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
@@ -148,9 +171,18 @@ def _triple(v):
 
 def conv_gn_relu(x, filters, kernel_size, strides, padding, name):
     """Conv3D (PyTorch-style symmetric padding, bias) -> GroupNorm(8) -> ReLU."""
-    if padding:
-        x = keras.layers.ZeroPadding3D(padding, name=f"{name}_pad")(x)
-    x = keras.layers.Conv3D(filters, kernel_size, strides=strides, padding="valid",
-                            name=f"{name}_conv")(x)
+    x = conv3d(x, filters, kernel_size, strides, padding, name)
     x = keras.layers.GroupNormalization(groups=8, epsilon=1e-5, name=f"{name}_gn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def conv3d(x, filters, kernel_size, strides, padding, name, **kwargs):
+    """Keras Conv3D `{name}_conv` with PyTorch-style symmetric zero padding: padded inside
+    the convolution where SAME padding is the same thing (see native_padding), else by an
+    explicit ZeroPadding3D `{name}_pad`."""
+    mode = native_padding(kernel_size, strides, padding, x.shape[1:4])
+    if mode is None:
+        x = keras.layers.ZeroPadding3D(padding, name=f"{name}_pad")(x)
+        mode = "valid"
+    return keras.layers.Conv3D(filters, kernel_size, strides=strides, padding=mode,
+                               name=f"{name}_conv", **kwargs)(x)
