@@ -30,7 +30,7 @@ EXPORT_FORMAT = "crfgan-tf-generator/1"
 
 
 def _head_layers(head: keras.Model) -> dict:
-    names = ("up1", "block1_conv", "block1_gn", "up2", "out_conv")  # the convs pad (SAME)
+    names = ("block1_conv", "block1_gn", "out_conv")  # both convs up-sample and pad
     return {n: head.get_layer(n) for n in names}
 
 
@@ -54,8 +54,7 @@ def head_by_slabs(head: keras.Model, embedding: tf.Tensor, slab: int) -> tf.Tens
 
     def first_conv(a, b):
         lo, hi = max(a - 1, 0), min(b + 1, n)  # one embedding slice of halo each side
-        x = layers["up1"](embedding[:, lo:hi])
-        x = layers["block1_conv"](x)
+        x = layers["block1_conv"](embedding[:, lo:hi])
         return x, a - lo
 
     groups = gn.groups
@@ -84,7 +83,7 @@ def head_by_slabs(head: keras.Model, embedding: tf.Tensor, slab: int) -> tf.Tens
         x = tf.reshape((xg - m) * s, tf.shape(x))
         x = x * tf.cast(gn.gamma, tf.float32) + tf.cast(gn.beta, tf.float32)
         x = tf.nn.relu(tf.cast(x, dtype))
-        x = layers["out_conv"](layers["up2"](x))
+        x = layers["out_conv"](x)
         outputs.append(tf.tanh(tf.cast(x[:, 4 * off: 4 * off + 4 * (b - a)], tf.float32)))
     return tf.concat(outputs, axis=1)[..., 0]
 

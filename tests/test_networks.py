@@ -147,7 +147,10 @@ def test_native_padding_falls_back_where_same_differs():
 
 
 def test_networks_make_no_padded_copies():
-    """Every reference layer pads inside its convolution: no Pad op runs in G1, G2, D, hE."""
+    """Every reference layer pads inside its convolution: no Pad op runs in G1, G2, D, hE
+    except UpsampleConv3D's one-voxel pad of its input, before (1/8 the size of) the
+    up-sampling."""
+    from crfgan_tf.networks.layers import UpsampleConv3D
     for net, x in ((build_trunk(128, 1024, 0.125), tf.zeros((1, 1024))),
                    (build_head(128, 0.125), tf.zeros((1, 2, 32, 32, 8))),
                    (build_encoder(128, 0.125), tf.zeros((1, 16, 128, 128, 1))),
@@ -155,5 +158,34 @@ def test_networks_make_no_padded_copies():
                                                       tf.zeros((1, 1))])):
         graph = tf.function(lambda v: net(v, training=True)).get_concrete_function(
             tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), x)).graph
-        pads = [op.name for op in graph.get_operations() if op.type in ("Pad", "PadV2")]
-        assert not pads, (net.name, pads)
+        fused = tuple(f"/{l.name}_1/" for l in net.layers if isinstance(l, UpsampleConv3D))
+        pads = [op for op in graph.get_operations() if op.type in ("Pad", "PadV2")]
+        assert all(any(f in "/" + op.name for f in fused) for op in pads), (net.name, pads)
+        assert len(pads) == len(fused), (net.name, [op.name for op in pads])
+
+
+@pytest.mark.parametrize("shape,cout", [((2, 3, 4, 5, 6), 7), ((1, 1, 1, 1, 2), 3),
+                                        ((1, 4, 8, 8, 16), 8)])
+def test_upsample_conv_equals_conv_of_upsampled_input(shape, cout):
+    """The fused layer is F.interpolate(x2, nearest) + Conv3d(k=3, p=1): values and both
+    gradients agree with the two-step computation to float32 rounding."""
+    from crfgan_tf.networks.layers import upsample_conv3d
+
+    x = tf.random.stateless_normal(shape, seed=[1, 2])
+    k = tf.random.stateless_normal((3, 3, 3, shape[-1], cout), seed=[3, 4])
+    w = tf.random.stateless_normal([2 * n for n in shape[1:4]] + [cout], seed=[5, 6])
+
+    def two_step(x, k):
+        up = tf.repeat(tf.repeat(tf.repeat(x, 2, axis=1), 2, axis=2), 2, axis=3)
+        return tf.nn.conv3d(up, k, (1, 1, 1, 1, 1), "SAME")
+
+    results = []
+    for f in (two_step, upsample_conv3d):
+        with tf.GradientTape() as tape:
+            tape.watch([x, k])
+            y = f(x, k)
+            loss = tf.reduce_sum(y * w)
+        results.append([y.numpy()] + [g.numpy() for g in tape.gradient(loss, [x, k])])
+    for ref, got in zip(*results):
+        assert ref.shape == got.shape
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import keras
 
-from crfgan_tf.networks.layers import check_size, conv3d, conv_gn_relu, scaled_channels
+from crfgan_tf.networks.layers import (UpsampleConv3D, check_size, conv_gn_relu,
+                                      scaled_channels)
 
 TRUNK_CHANNELS = (512, 512, 256, 128, 64)
 HEAD_CHANNELS = 32
@@ -40,10 +41,8 @@ def build_trunk(img_size: int = 256, latent_dim: int = 1024, width: float = 1.0,
     z = keras.Input((latent_dim,), name="z")
     x = keras.layers.Dense(4 * 4 * 4 * ch[0], name="fc")(z)
     x = keras.layers.Reshape((4, 4, 4, ch[0]), name="reshape")(x)
-    for i, c in enumerate(ch):
-        if 1 <= i <= num_up:
-            x = keras.layers.UpSampling3D(2, name=f"up{i}")(x)
-        x = conv_gn_relu(x, c, 3, 1, 1, name=f"block{i}")
+    for i, c in enumerate(ch):  # up-sampling fused into the block's conv (UpsampleConv3D)
+        x = conv_gn_relu(x, c, 3, 1, 1, name=f"block{i}", upsample=1 <= i <= num_up)
     return keras.Model(z, x, name=name)
 
 
@@ -60,10 +59,9 @@ def build_head(img_size: int = 256, width: float = 1.0, name: str = "g2") -> ker
     check_size(img_size)
     n = img_size // 4
     emb = keras.Input((None, n, n, embedding_channels(width)), name="embedding")
-    x = keras.layers.UpSampling3D(2, name="up1")(emb)
-    x = conv_gn_relu(x, scaled_channels(HEAD_CHANNELS, width), 3, 1, 1, name="block1")
-    x = keras.layers.UpSampling3D(2, name="up2")(x)
-    x = conv3d(x, 1, 3, 1, 1, name="out")
+    x = conv_gn_relu(emb, scaled_channels(HEAD_CHANNELS, width), 3, 1, 1, name="block1",
+                     upsample=True)
+    x = UpsampleConv3D(1, name="out_conv")(x)
     # tanh and the output in float32 under mixed precision: it is the image itself.
     x = keras.layers.Activation("tanh", dtype="float32", name="tanh")(x)
     return keras.Model(emb, x, name=name)

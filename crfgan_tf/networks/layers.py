@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 SUPPORTED_SIZES = (64, 128, 256)
@@ -169,9 +170,16 @@ def _triple(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
 
 
-def conv_gn_relu(x, filters, kernel_size, strides, padding, name):
-    """Conv3D (PyTorch-style symmetric padding, bias) -> GroupNorm(8) -> ReLU."""
-    x = conv3d(x, filters, kernel_size, strides, padding, name)
+def conv_gn_relu(x, filters, kernel_size, strides, padding, name, upsample=False):
+    """Conv3D (PyTorch-style symmetric padding, bias) -> GroupNorm(8) -> ReLU; with
+    `upsample`, nearest x2 up-sampling first (a 3^3, padding-1 conv only), fused into the
+    convolution (UpsampleConv3D)."""
+    if upsample:
+        if (kernel_size, strides, padding) != (3, 1, 1):
+            raise ValueError("up-sampling is fused only into 3^3, stride-1, padding-1 convs")
+        x = UpsampleConv3D(filters, name=f"{name}_conv")(x)
+    else:
+        x = conv3d(x, filters, kernel_size, strides, padding, name)
     x = keras.layers.GroupNormalization(groups=8, epsilon=1e-5, name=f"{name}_gn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
@@ -186,3 +194,68 @@ def conv3d(x, filters, kernel_size, strides, padding, name, **kwargs):
         mode = "valid"
     return keras.layers.Conv3D(filters, kernel_size, strides=strides, padding=mode,
                                name=f"{name}_conv", **kwargs)(x)
+
+
+# Nearest-neighbour x2 up-sampling followed by a 3-tap convolution, per axis: output voxel
+# 2i + a sees u[2i+a-1], u[2i+a], u[2i+a+1] of the up-sampled u, i.e. x[i-1], x[i], x[i] for
+# a = 0 and x[i], x[i], x[i+1] for a = 1. So each parity a is a 2-tap convolution of x with
+# summed taps: _PHASE_TAPS[a] maps the 3 taps (k = 0, 1, 2) to the 2 taps on
+# x[i - 1 + a + t], t = 0, 1.
+_PHASE_TAPS = (((1, 0, 0), (0, 1, 1)),
+               ((1, 1, 0), (0, 0, 1)))
+
+
+def upsample_conv3d(x, kernel):
+    """conv3d(nearest_upsample_x2(x), kernel, SAME) without making the up-sampled tensor.
+
+    For a 3^3 kernel, the eight output parities (a, b, c) are 2^3 convolutions of x with
+    kernels whose taps are sums of the 3^3 kernel's taps (_PHASE_TAPS); one 2^3 convolution
+    with 8 x Cout channels on x padded by one voxel computes all eight, and an interleave
+    puts them in place. Same result up to float rounding (the kernel taps are summed before
+    the products), 64/216 of the multiply-adds (times (1 + 1/n)^3 for an n-voxel side),
+    and the backward pass keeps x instead of the 8x larger up-sampled tensor.
+
+    Args:
+      x: (batch, d, h, w, cin).
+      kernel: (3, 3, 3, cin, cout), same dtype as x.
+
+    Returns:
+      (batch, 2d, 2h, 2w, cout).
+    """
+    cin, cout = kernel.shape[3], kernel.shape[4]
+    taps = tf.constant(_PHASE_TAPS, kernel.dtype)  # (parity, tap, k)
+    phase_kernel = tf.einsum("api,bqj,crk,ijkxo->pqrxabco", taps, taps, taps, kernel)
+    phase_kernel = tf.reshape(phase_kernel, (2, 2, 2, cin, 8 * cout))
+    padded = tf.pad(x, [(0, 0), (1, 1), (1, 1), (1, 1), (0, 0)])
+    out = tf.nn.conv3d(padded, phase_kernel, (1, 1, 1, 1, 1), "VALID")  # sides n + 1
+    shape = tf.shape(x)
+    d, h, w = shape[1], shape[2], shape[3]
+    out = tf.reshape(out, tf.concat([tf.shape(out)[:4], [2, 2, 2, cout]], 0))
+    # parity a of an axis is the window [a, a + n) of that axis at parity index a
+    out = tf.stack([out[:, a:a + d, :, :, a] for a in (0, 1)], axis=2)  # (B,d,2,h+1,w+1,2,2,C)
+    out = tf.stack([out[:, :, :, b:b + h, :, b] for b in (0, 1)], axis=4)  # (B,d,2,h,2,w+1,2,C)
+    out = tf.stack([out[:, :, :, :, :, c:c + w, c] for c in (0, 1)], axis=6)  # (B,d,2,h,2,w,2,C)
+    return tf.reshape(out, tf.stack([shape[0], 2 * d, 2 * h, 2 * w, cout]))
+
+
+class UpsampleConv3D(keras.layers.Conv3D):
+    """Nearest-neighbour x2 up-sampling then a 3^3 SAME convolution with bias, as one layer
+    (upsample_conv3d): the reference's `F.interpolate(scale_factor=2)` + `Conv3d(k=3, p=1)`
+    with the same kernel and bias variables as a Conv3D on the up-sampled input."""
+
+    def __init__(self, filters, **kwargs):
+        kwargs.setdefault("kernel_size", 3)
+        kwargs.setdefault("padding", "same")
+        super().__init__(filters, **kwargs)
+        if self.kernel_size != (3, 3, 3) or self.strides != (1, 1, 1) or self.padding != "same":
+            raise ValueError("UpsampleConv3D is a 3^3, stride-1, SAME convolution")
+
+    def call(self, inputs):
+        out = upsample_conv3d(inputs, ops.cast(self.kernel, inputs.dtype))
+        if self.use_bias:
+            out = out + ops.cast(self.bias, out.dtype)
+        return self.activation(out) if self.activation is not None else out
+
+    def compute_output_shape(self, input_shape):
+        up = [None if n is None else 2 * n for n in input_shape[1:4]]
+        return (input_shape[0], *up, self.filters)
