@@ -31,8 +31,6 @@ from typing import Iterator, Optional
 import numpy as np
 import tensorflow as tf
 
-from crfgan_tf import preprocess
-
 VOLUME_SCALE = 32767.0
 
 
@@ -43,6 +41,8 @@ def compression_of(path: str) -> Optional[str]:
 
 def encode_volume(volume: np.ndarray) -> bytes:
     """float32 [-1, 1] (or already quantized int16) -> little-endian int16 bytes."""
+    from crfgan_tf import preprocess  # deferred: SimpleITK costs training ~90 MiB of RSS
+
     q = volume if volume.dtype == np.int16 else preprocess.quantize(volume)
     return np.ascontiguousarray(q, dtype="<i2").tobytes(order="C")
 

@@ -27,6 +27,7 @@ class ProfileRequest:
     width: float = 1.0
     latent_dim: int = 1024
     jit_compile: bool = False
+    lean_cpu_memory: bool = False  # crfgan_tf.lean_cpu_memory() in the child
 
 
 def _measure(req: ProfileRequest) -> dict:
@@ -68,13 +69,15 @@ def _measure(req: ProfileRequest) -> dict:
             "iters_per_sec": round(1.0 / median, 4), "sec_per_iter": round(median, 4),
             "params": sum(params.trainable_count(m) for m in model.modules().values()),
             "device": device, "precision": req.precision, "width": req.width,
-            "steps": req.steps, "warmup": req.warmup}
+            "steps": req.steps, "warmup": req.warmup,
+            "cpu_allocator": "lean" if req.lean_cpu_memory else "default"}
 
 
 def profile(req: ProfileRequest, timeout: float = 3600) -> dict:
     """Measures one configuration in a fresh process; out-of-memory becomes a row with
     `"oom": true` (the paper's "-") instead of an exception."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               CRFGAN_LEAN_CPU_MEMORY="1" if req.lean_cpu_memory else "0")
     proc = subprocess.run([sys.executable, "-m", "crfgan_tf.profiling",
                            json.dumps(dataclasses.asdict(req))],
                           capture_output=True, text=True, env=env, timeout=timeout)

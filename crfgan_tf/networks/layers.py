@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -205,6 +206,13 @@ _PHASE_TAPS = (((1, 0, 0), (0, 1, 1)),
                ((1, 1, 0), (0, 0, 1)))
 
 
+def _phase_matrix(dtype):
+    """(64, 27): row (a, b, c, p, q, r), column (i, j, k) of the 3^3 kernel taps."""
+    t = np.asarray(_PHASE_TAPS, np.float32)  # (parity, tap, k)
+    m = np.einsum("api,bqj,crk->abcpqrijk", t, t, t).reshape(8, 8, 27)  # (parity, tap, k)
+    return tf.constant(m.reshape(64, 27), dtype)
+
+
 def upsample_conv3d(x, kernel):
     """conv3d(nearest_upsample_x2(x), kernel, SAME) without making the up-sampled tensor.
 
@@ -223,8 +231,10 @@ def upsample_conv3d(x, kernel):
       (batch, 2d, 2h, 2w, cout).
     """
     cin, cout = kernel.shape[3], kernel.shape[4]
-    taps = tf.constant(_PHASE_TAPS, kernel.dtype)  # (parity, tap, k)
-    phase_kernel = tf.einsum("api,bqj,crk,ijkxo->pqrxabco", taps, taps, taps, kernel)
+    # (parity (a, b, c), tap (p, q, r), k (i, j, k)): the product of the per-axis maps;
+    # one (64 x 27) matmul, then (a, b, c, p, q, r, cin, cout) -> (p, q, r, cin, a, b, c, cout)
+    phase_kernel = tf.matmul(_phase_matrix(kernel.dtype), tf.reshape(kernel, (27, cin * cout)))
+    phase_kernel = tf.transpose(tf.reshape(phase_kernel, (8, 8, cin, cout)), (1, 2, 0, 3))
     phase_kernel = tf.reshape(phase_kernel, (2, 2, 2, cin, 8 * cout))
     padded = tf.pad(x, [(0, 0), (1, 1), (1, 1), (1, 1), (0, 0)])
     out = tf.nn.conv3d(padded, phase_kernel, (1, 1, 1, 1, 1), "VALID")  # sides n + 1
