@@ -42,5 +42,29 @@ def test_profile_memory_cli_json(tmp_path):
         assert set(r) >= {"model", "img_size", "batch_size", "peak_bytes", "iters_per_sec",
                           "params", "device", "precision"}
         assert r["peak_bytes"] > 100 * 2**20 and r["iters_per_sec"] > 0
+        assert r["cpu_allocator"] == "default"
     assert rows[0]["params"] < rows[1]["params"]
     assert os.path.exists(tmp_path / "m.png")
+
+
+def _python(code, **env):
+    env = dict(os.environ, PYTHONPATH=REPO, **env)
+    env.pop("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", None)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, check=True).stdout.split()[-1]
+
+
+def test_lean_cpu_memory_is_opt_in_and_applied_at_import():
+    """profile() runs its child with CRFGAN_LEAN_CPU_MEMORY=0/1; importing crfgan_tf with 1
+    routes oneDNN through malloc, with 0 it leaves TensorFlow's allocator alone."""
+    probe = "import os, crfgan_tf; print(os.environ.get('TF_ONEDNN_USE_SYSTEM_ALLOCATOR', '-'))"
+    assert _python(probe, CRFGAN_LEAN_CPU_MEMORY="0") == "-"
+    assert _python(probe, CRFGAN_LEAN_CPU_MEMORY="1") == "1"
+    # glibc accepts the fixed mmap threshold (this project's machines run glibc)
+    assert _python("import crfgan_tf; print(crfgan_tf.lean_cpu_memory())") == "True"
+
+
+def test_training_imports_no_simpleitk():
+    """SimpleITK (conversion, sample writing) costs a training process ~90 MiB of RSS."""
+    code = "import sys, crfgan_tf.train_lib, crfgan_tf.profiling; print('SimpleITK' in sys.modules)"
+    assert _python(code) == "False"

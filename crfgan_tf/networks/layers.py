@@ -181,7 +181,7 @@ def conv_gn_relu(x, filters, kernel_size, strides, padding, name, upsample=False
         x = UpsampleConv3D(filters, name=f"{name}_conv")(x)
     else:
         x = conv3d(x, filters, kernel_size, strides, padding, name)
-    x = keras.layers.GroupNormalization(groups=8, epsilon=1e-5, name=f"{name}_gn")(x)
+    x = GroupNorm(groups=8, epsilon=1e-5, name=f"{name}_gn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -197,31 +197,31 @@ def conv3d(x, filters, kernel_size, strides, padding, name, **kwargs):
                                name=f"{name}_conv", **kwargs)(x)
 
 
-# Nearest-neighbour x2 up-sampling followed by a 3-tap convolution, per axis: output voxel
-# 2i + a sees u[2i+a-1], u[2i+a], u[2i+a+1] of the up-sampled u, i.e. x[i-1], x[i], x[i] for
-# a = 0 and x[i], x[i], x[i+1] for a = 1. So each parity a is a 2-tap convolution of x with
-# summed taps: _PHASE_TAPS[a] maps the 3 taps (k = 0, 1, 2) to the 2 taps on
-# x[i - 1 + a + t], t = 0, 1.
-_PHASE_TAPS = (((1, 0, 0), (0, 1, 1)),
-               ((1, 1, 0), (0, 0, 1)))
+# Nearest-neighbour x2 up-sampling followed by a 3-tap SAME convolution is, per axis, a
+# stride-2 transposed convolution with 4 taps: output voxel 2m + a of conv(up(x)) sees
+# x[m-1], x[m], x[m] (a = 0) or x[m], x[m], x[m+1] (a = 1) through taps k = 0, 1, 2, and the
+# transposed convolution (TF SAME: output 2m + a = 2i + t - 1) puts tap t of input i there.
+# So tap t of the 4-tap kernel is the sum of the 3-tap kernel's taps _TRANSPOSED_TAPS[t].
+_TRANSPOSED_TAPS = ((0, 0, 1),   # t = 0: x[m+1] for a = 1 <- k = 2
+                    (0, 1, 1),   # t = 1: x[m]   for a = 0 <- k = 1, 2
+                    (1, 1, 0),   # t = 2: x[m]   for a = 1 <- k = 0, 1
+                    (1, 0, 0))   # t = 3: x[m-1] for a = 0 <- k = 0
 
 
-def _phase_matrix(dtype):
-    """(64, 27): row (a, b, c, p, q, r), column (i, j, k) of the 3^3 kernel taps."""
-    t = np.asarray(_PHASE_TAPS, np.float32)  # (parity, tap, k)
-    m = np.einsum("api,bqj,crk->abcpqrijk", t, t, t).reshape(8, 8, 27)  # (parity, tap, k)
-    return tf.constant(m.reshape(64, 27), dtype)
+def _transposed_tap_matrix(dtype):
+    """(64, 27): 4^3 transposed-kernel taps (t1, t2, t3) from 3^3 kernel taps (k1, k2, k3)."""
+    m = np.asarray(_TRANSPOSED_TAPS, np.float32)
+    return tf.constant(np.einsum("ai,bj,ck->abcijk", m, m, m).reshape(64, 27), dtype)
 
 
 def upsample_conv3d(x, kernel):
     """conv3d(nearest_upsample_x2(x), kernel, SAME) without making the up-sampled tensor.
 
-    For a 3^3 kernel, the eight output parities (a, b, c) are 2^3 convolutions of x with
-    kernels whose taps are sums of the 3^3 kernel's taps (_PHASE_TAPS); one 2^3 convolution
-    with 8 x Cout channels on x padded by one voxel computes all eight, and an interleave
-    puts them in place. Same result up to float rounding (the kernel taps are summed before
-    the products), 64/216 of the multiply-adds (times (1 + 1/n)^3 for an n-voxel side),
-    and the backward pass keeps x instead of the 8x larger up-sampled tensor.
+    Computed as one stride-2 transposed convolution of x with a 4^3 kernel whose taps are
+    sums of the 3^3 kernel's taps (_TRANSPOSED_TAPS). The same function up to float
+    rounding (taps are summed before the products); 64/216 of the multiply-adds; no
+    up-sampled input is made in the forward pass or kept for the backward pass (x is);
+    oneDNN runs it as a native deconvolution.
 
     Args:
       x: (batch, d, h, w, cin).
@@ -231,27 +231,19 @@ def upsample_conv3d(x, kernel):
       (batch, 2d, 2h, 2w, cout).
     """
     cin, cout = kernel.shape[3], kernel.shape[4]
-    # (parity (a, b, c), tap (p, q, r), k (i, j, k)): the product of the per-axis maps;
-    # one (64 x 27) matmul, then (a, b, c, p, q, r, cin, cout) -> (p, q, r, cin, a, b, c, cout)
-    phase_kernel = tf.matmul(_phase_matrix(kernel.dtype), tf.reshape(kernel, (27, cin * cout)))
-    phase_kernel = tf.transpose(tf.reshape(phase_kernel, (8, 8, cin, cout)), (1, 2, 0, 3))
-    phase_kernel = tf.reshape(phase_kernel, (2, 2, 2, cin, 8 * cout))
-    padded = tf.pad(x, [(0, 0), (1, 1), (1, 1), (1, 1), (0, 0)])
-    out = tf.nn.conv3d(padded, phase_kernel, (1, 1, 1, 1, 1), "VALID")  # sides n + 1
+    taps = tf.matmul(_transposed_tap_matrix(kernel.dtype), tf.reshape(kernel, (27, cin * cout)))
+    # conv3d_transpose takes (k, k, k, out_channels, in_channels)
+    taps = tf.transpose(tf.reshape(taps, (4, 4, 4, cin, cout)), (0, 1, 2, 4, 3))
     shape = tf.shape(x)
-    d, h, w = shape[1], shape[2], shape[3]
-    out = tf.reshape(out, tf.concat([tf.shape(out)[:4], [2, 2, 2, cout]], 0))
-    # parity a of an axis is the window [a, a + n) of that axis at parity index a
-    out = tf.stack([out[:, a:a + d, :, :, a] for a in (0, 1)], axis=2)  # (B,d,2,h+1,w+1,2,2,C)
-    out = tf.stack([out[:, :, :, b:b + h, :, b] for b in (0, 1)], axis=4)  # (B,d,2,h,2,w+1,2,C)
-    out = tf.stack([out[:, :, :, :, :, c:c + w, c] for c in (0, 1)], axis=6)  # (B,d,2,h,2,w,2,C)
-    return tf.reshape(out, tf.stack([shape[0], 2 * d, 2 * h, 2 * w, cout]))
+    out_shape = tf.stack([shape[0], 2 * shape[1], 2 * shape[2], 2 * shape[3], cout])
+    return tf.nn.conv3d_transpose(x, taps, out_shape, (1, 2, 2, 2, 1), "SAME")
 
 
 class UpsampleConv3D(keras.layers.Conv3D):
     """Nearest-neighbour x2 up-sampling then a 3^3 SAME convolution with bias, as one layer
-    (upsample_conv3d): the reference's `F.interpolate(scale_factor=2)` + `Conv3d(k=3, p=1)`
-    with the same kernel and bias variables as a Conv3D on the up-sampled input."""
+    (upsample_conv3d, a transposed convolution): the reference's
+    `F.interpolate(scale_factor=2)` + `Conv3d(k=3, p=1)`, with the same kernel and bias
+    variables as a Conv3D on the up-sampled input."""
 
     def __init__(self, filters, **kwargs):
         kwargs.setdefault("kernel_size", 3)
@@ -269,3 +261,41 @@ class UpsampleConv3D(keras.layers.Conv3D):
     def compute_output_shape(self, input_shape):
         up = [None if n is None else 2 * n for n in input_shape[1:4]]
         return (input_shape[0], *up, self.filters)
+
+
+class GroupNorm(keras.layers.GroupNormalization):
+    """keras GroupNormalization (channels last; same variables, same statistics: group
+    mean, then the mean squared difference from it, in float32) computed channel-wise.
+
+    Keras reshapes to (..., groups, channels / groups) and reduces over non-adjacent axes,
+    which on CPU copies the whole tensor into a transposed temporary for the variance and
+    keeps a second normalised copy. Here every reduction is over the leading (spatial)
+    axes to per-channel values, which are then averaged within groups (equal counts per
+    channel make that the group statistic), and the output is one multiply-add with
+    per-(example, channel) scale and shift.
+    """
+
+    def call(self, inputs):
+        if self.axis not in (-1, len(inputs.shape) - 1):
+            return super().call(inputs)
+        x = ops.cast(inputs, "float32")
+        channels, groups = x.shape[-1], self.groups
+        axes = list(range(1, len(x.shape) - 1))
+        per_channel_shape = [-1] + [1] * len(axes) + [channels]
+
+        def group_average(per_channel):  # (batch, C) -> (batch, C), each its group's mean
+            grouped = tf.reshape(per_channel, (-1, groups, channels // groups))
+            mean = tf.reduce_mean(grouped, axis=-1, keepdims=True)
+            return tf.reshape(tf.broadcast_to(mean, tf.shape(grouped)), (-1, channels))
+
+        mean = group_average(tf.reduce_mean(x, axis=axes))
+        variance = group_average(tf.reduce_mean(
+            tf.math.squared_difference(x, tf.reshape(mean, per_channel_shape)), axis=axes))
+        scale = tf.math.rsqrt(variance + self.epsilon)
+        if self.scale:
+            scale = scale * tf.cast(self.gamma, "float32")
+        shift = -mean * scale
+        if self.center:
+            shift = shift + tf.cast(self.beta, "float32")
+        out = x * tf.reshape(scale, per_channel_shape) + tf.reshape(shift, per_channel_shape)
+        return ops.cast(out, self.compute_dtype)
