@@ -21,8 +21,8 @@ def lean_cpu_memory(mmap_threshold: int = 256 * 1024) -> bool:
     transient memory of every phase. This makes oneDNN allocate through malloc
     (TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1) and fixes glibc's mmap threshold at
     `mmap_threshold` bytes, so large tensors are mapped and unmapped. On the 2-core CPU of
-    docs/benchmarks.md a 128^3 CRF-GAN iteration then peaks about 15-20 % lower and runs
-    about 25-35 % slower (the pages are faulted in again every iteration). Results are
+    docs/benchmarks.md a 128^3 CRF-GAN iteration then peaks about 20 % lower and runs
+    about 20 % slower (the pages are faulted in again every iteration). Results are
     unchanged. Call it before TensorFlow runs its first operation; importing crfgan_tf
     with CRFGAN_LEAN_CPU_MEMORY=1 in the environment does.
 
