@@ -96,7 +96,11 @@ def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.Checkpoint
             log(f"WARNING: checkpoint {path} is unreadable ({type(err).__name__}: "
                 f"{str(err).splitlines()[0][:200]}); trying the previous one")
     if manager.checkpoints:
-        raise RuntimeError(f"no readable checkpoint in {manager.directory}")
+        raise RuntimeError(
+            f"no readable checkpoint in {manager.directory} (nothing was changed there; "
+            "checkpoints written by crfgan-tf before 2026-11-25, when G1/G2's up-sampling and "
+            "padding layers were fused into their convolutions, have another layout and do "
+            "not restore into the current networks)")
     return None
 
 

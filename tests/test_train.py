@@ -214,3 +214,19 @@ def test_shipped_flagfiles_resolve(tmp_path, flagfile, model):
     assert res.returncode == 0, res.stderr
     cfg = json.loads(res.stdout)
     assert cfg["model"] == model and cfg["img_size"] == 256 and cfg["train_steps"] == 80000
+
+
+def test_no_readable_checkpoint_stops_and_leaves_the_files(tmp_path):
+    """Every checkpoint unreadable (e.g. another layout): stop with a message, never start
+    over silently, and leave the files as they were."""
+    old = tf.train.Checkpoint(w=tf.Variable(tf.zeros(3)))  # written with shape (3,)
+    manager = tf.train.CheckpointManager(old, str(tmp_path), max_to_keep=2)
+    path = manager.save()
+    new = tf.train.Checkpoint(w=tf.Variable(tf.zeros(4)))  # the current "network": (4,)
+    before = sorted(os.listdir(tmp_path))
+    logs = []
+    with pytest.raises(RuntimeError, match="no readable checkpoint .*another layout"):
+        train_lib.restore_latest(new, tf.train.CheckpointManager(new, str(tmp_path), 2),
+                                 log=logs.append)
+    assert any(path in m and "unreadable" in m for m in logs)
+    assert sorted(os.listdir(tmp_path)) == before
