@@ -78,6 +78,8 @@ def profile(req: ProfileRequest, timeout: float = 3600) -> dict:
     `"oom": true` (the paper's "-") instead of an exception."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
                CRFGAN_LEAN_CPU_MEMORY="1" if req.lean_cpu_memory else "0")
+    if not req.lean_cpu_memory and os.environ.get("CRFGAN_LEAN_CPU_MEMORY", "0") not in ("", "0"):
+        env.pop("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", None)  # set by this process's own lean mode
     proc = subprocess.run([sys.executable, "-m", "crfgan_tf.profiling",
                            json.dumps(dataclasses.asdict(req))],
                           capture_output=True, text=True, env=env, timeout=timeout)
