@@ -38,7 +38,12 @@ def lean_cpu_memory(mmap_threshold: int = 256 * 1024) -> bool:
         return False
 
 
-if os.environ.get("CRFGAN_LEAN_CPU_MEMORY", "0") not in ("", "0"):
+def lean_cpu_memory_requested(environ=os.environ) -> bool:
+    """Whether `environ` asks for lean_cpu_memory (CRFGAN_LEAN_CPU_MEMORY set, not 0)."""
+    return environ.get("CRFGAN_LEAN_CPU_MEMORY", "0") not in ("", "0")
+
+
+if lean_cpu_memory_requested():
     lean_cpu_memory()
 
 __version__ = "0.1.0"

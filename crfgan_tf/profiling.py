@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+import crfgan_tf
+
 
 @dataclasses.dataclass
 class ProfileRequest:
@@ -78,7 +80,7 @@ def profile(req: ProfileRequest, timeout: float = 3600) -> dict:
     `"oom": true` (the paper's "-") instead of an exception."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
                CRFGAN_LEAN_CPU_MEMORY="1" if req.lean_cpu_memory else "0")
-    if not req.lean_cpu_memory and os.environ.get("CRFGAN_LEAN_CPU_MEMORY", "0") not in ("", "0"):
+    if not req.lean_cpu_memory and crfgan_tf.lean_cpu_memory_requested():
         env.pop("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", None)  # set by this process's own lean mode
     proc = subprocess.run([sys.executable, "-m", "crfgan_tf.profiling",
                            json.dumps(dataclasses.asdict(req))],
