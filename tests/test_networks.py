@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from crfgan_tf import params
-from crfgan_tf.networks import (SNConv3D, build_discriminator, build_encoder, build_head,
+from crfgan_tf.networks import (SNConv3D, SNDense, build_discriminator, build_encoder, build_head,
                                 build_trunk)
 from crfgan_tf.networks.generator import embedding_channels
 
@@ -209,3 +209,56 @@ def test_group_norm_equals_keras_group_normalization(shape, groups):
         results.append([y.numpy()] + [g.numpy() for g in grads])
     for ref, got in zip(*results):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def _torch_style_sigma(w, u):
+    """PyTorch / BigGAN spectral norm by hand: w (fan_in, out), u (out,) the stored vector.
+    One power iteration v = normalise(w u), u' = normalise(w^T v); sigma = u'^T w^T v."""
+    v = w @ u
+    v = v / np.linalg.norm(v)
+    u_new = w.T @ v
+    u_new = u_new / np.linalg.norm(u_new)
+    return float(u_new @ (w.T @ v)), u_new, v
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_spectral_norm_is_pytorch_one_power_iteration(training):
+    # The reference's SN: sigma from one power iteration of the stored u (v from u, u' from
+    # v, sigma = u'^T W v); training stores u', inference leaves u alone but computes sigma
+    # the same way. A conv whose u is far from converged makes other formulas differ.
+    layer = SNConv3D(3, 2, 1, 0)
+    x = tf.random.stateless_normal((2, 3, 3, 3, 4), seed=[5, 6])
+    layer(x)
+    rng = np.random.default_rng(3)
+    kernel = rng.standard_normal((2, 2, 2, 4, 3)).astype("float32")
+    u0 = rng.standard_normal(3).astype("float32") * 5  # the reference's u is not unit length
+    layer.kernel.assign(kernel)
+    layer.u.assign(u0)
+    w = kernel.reshape(-1, 3).astype("float64")
+    sigma, u_new, _ = _torch_style_sigma(w, u0.astype("float64"))
+    out = layer(x, training=training).numpy()
+    expected = tf.nn.conv3d(x, kernel / sigma, (1, 1, 1, 1, 1), "VALID").numpy() \
+        + layer.bias.numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer.u.numpy(), u_new if training else u0, rtol=1e-5, atol=1e-6)
+
+
+def test_spectral_norm_gradient_is_pytorch_one():
+    # d sigma / dW = v u'^T with u', v held constant (they come from a no-grad power step)
+    layer = SNDense(3)
+    x = tf.random.stateless_normal((1, 5), seed=[1, 1])
+    layer(x)
+    rng = np.random.default_rng(4)
+    kernel = rng.standard_normal((5, 3)).astype("float32")
+    u0 = rng.standard_normal(3).astype("float32")
+    layer.kernel.assign(kernel)
+    layer.u.assign(u0)
+    with tf.GradientTape() as tape:
+        y = tf.reduce_sum(layer(x, training=True) - layer.bias)
+    grad = tape.gradient(y, layer.kernel).numpy()
+    w = kernel.astype("float64")
+    sigma, u_new, v = _torch_style_sigma(w, u0.astype("float64"))
+    xs = x.numpy().astype("float64")[0]
+    # y = sum_j (x^T W)_j / sigma -> dy/dW = x 1^T / sigma - (x^T W 1) v u'^T / sigma^2
+    expected = np.outer(xs, np.ones(3)) / sigma - (xs @ w).sum() * np.outer(v, u_new) / sigma**2
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6)

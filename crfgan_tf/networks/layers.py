@@ -57,9 +57,14 @@ class _SpectralNormMixin:
     and so differentiates with respect to the normalised kernel, not through sigma. The
     reference (and Miyato et al.) keep the raw kernel W as the parameter, use W / sigma(W)
     in the forward pass and differentiate through sigma, with u and v held constant. We
-    implement the latter so that training dynamics match the reference. One power
-    iteration per training call updates u; inference (training=False) reuses the stored u.
-    The power iteration runs in float32 under every precision policy.
+    implement the latter so that training dynamics match the reference.
+
+    sigma is the reference's (BigGAN's `SN`, as PyTorch's `spectral_norm`): from the stored
+    u, one power iteration v = normalise(W^T u), u' = normalise(W v) (W as (out, fan_in)),
+    and sigma = u'^T W v, with u' and v constants for the gradient. A training call stores
+    u' (so u advances once per call, as in the reference); an inference call computes the
+    same sigma from the stored u and leaves u alone. The power iteration runs in float32
+    under every precision policy.
     """
 
     def _build_weights(self, kernel_shape):
@@ -79,16 +84,15 @@ class _SpectralNormMixin:
 
     def _normalized_kernel(self, training):
         kernel = ops.cast(self.kernel.value, "float32")
-        w = ops.reshape(kernel, (-1, kernel.shape[-1]))  # (fan_in, out)
-        u = _l2_normalize(ops.convert_to_tensor(self.u.value))
+        w = ops.reshape(kernel, (-1, kernel.shape[-1]))  # (fan_in, out): W^T
+        u = ops.convert_to_tensor(self.u.value)
+        # inference repeats the same step from the stored u, so one step is enough there
+        for _ in range(self.power_iterations if training else 1):
+            v = ops.stop_gradient(_l2_normalize(ops.matmul(w, u)))
+            u = ops.stop_gradient(_l2_normalize(ops.matmul(ops.transpose(w), v)))
         if training:
-            for _ in range(self.power_iterations):
-                v = _l2_normalize(ops.matmul(w, u))
-                u = _l2_normalize(ops.matmul(ops.transpose(w), v))
-            u = ops.stop_gradient(u)
             self.u.assign(u)
-        v = ops.stop_gradient(_l2_normalize(ops.matmul(w, u)))
-        sigma = ops.sum(v * ops.matmul(w, u))
+        sigma = ops.sum(u * ops.matmul(ops.transpose(w), v))
         return ops.cast(kernel / sigma, self.compute_dtype)
 
 
