@@ -10,14 +10,20 @@ MODELS = ("crfgan", "hagan")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 IMG_SIZES = (64, 128, 256)
+ADAM_VARIANTS = ("pytorch", "keras")
+CRF_SAMPLES = ("fresh", "reuse")
+LOW_RES_MODES = ("nearest", "average")
 
 
 @dataclasses.dataclass
 class TrainConfig:
     """Everything a training run depends on; saved as `config.json` in the model dir.
 
-    Learning rates and Adam settings follow the paper (G 1e-4, D 4e-4, CRF 1e-4, hE 1e-4,
-    betas (0, 0.999)); the reference code used 4e-4 for the CRF.
+    Defaults are the reference code's training semantics (README, "Reference semantics and
+    deviations"): learning rates G 1e-4, D 4e-4, CRF 4e-4 (the reference trains the CRF with
+    lr_d; the paper states 1e-4), hE 1e-4; Adam with PyTorch's epsilon, betas (0, 0.999);
+    a fresh sample for the CRF phase; HA-GAN's low-resolution real volume by nearest
+    down-sampling. Each choice is one flag away.
     """
 
     model_dir: str
@@ -30,15 +36,18 @@ class TrainConfig:
     width: float = 1.0
     lr_g: float = 1e-4
     lr_d: float = 4e-4
-    lr_crf: float = 1e-4
+    lr_crf: float = 4e-4
     lr_e: float = 1e-4
     beta_1: float = 0.0
     beta_2: float = 0.999
     adam_epsilon: float = 1e-8
+    adam: str = "pytorch"  # where eps goes: "pytorch" (the reference) or "keras"
     crf_weight_start: float = 0.5
     crf_weight_decay_steps: int = 60000
     crf_iterations: int = 10
     crf_nodes: str = "slices"
+    crf_sample: str = "fresh"  # CRF phase: "fresh" z (the reference) or "reuse" phase 2's
+    hagan_low_res: str = "nearest"  # HA-GAN's S/4 real volume: "nearest" (ref.) or "average"
     mixed_precision: str = "float32"
     strategy: str = "default"
     seed: int = 0
@@ -74,6 +83,10 @@ class TrainConfig:
         need(self.crf_iterations >= 0, "--crf_iterations must be >= 0")
         need(self.crf_nodes in ("slices", "channels"),
              f"--crf_nodes must be slices or channels, got {self.crf_nodes!r}")
+        for name, allowed in (("adam", ADAM_VARIANTS), ("crf_sample", CRF_SAMPLES),
+                              ("hagan_low_res", LOW_RES_MODES)):
+            need(getattr(self, name) in allowed,
+                 f"--{name} must be one of {allowed}, got {getattr(self, name)!r}")
         need(self.mixed_precision in PRECISIONS,
              f"--mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
         need(self.strategy in STRATEGIES,

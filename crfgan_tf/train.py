@@ -31,17 +31,27 @@ flags.DEFINE_integer("latent_dim", _defaults["latent_dim"], "Size of the latent 
 flags.DEFINE_float("width", _defaults["width"], "Channel multiplier (1 = the paper's networks).")
 flags.DEFINE_float("lr_g", _defaults["lr_g"], "Generator (G1, G2) learning rate.")
 flags.DEFINE_float("lr_d", _defaults["lr_d"], "Discriminator learning rate.")
-flags.DEFINE_float("lr_crf", _defaults["lr_crf"], "CRF learning rate (the reference code used 4e-4).")
+flags.DEFINE_float("lr_crf", _defaults["lr_crf"],
+                   "CRF learning rate: 4e-4 as the reference code (lr_d); the paper states 1e-4.")
 flags.DEFINE_float("lr_e", _defaults["lr_e"], "Half-encoder learning rate.")
 flags.DEFINE_float("beta_1", _defaults["beta_1"], "Adam beta_1 (all optimizers).")
 flags.DEFINE_float("beta_2", _defaults["beta_2"], "Adam beta_2 (all optimizers).")
 flags.DEFINE_float("adam_epsilon", _defaults["adam_epsilon"], "Adam epsilon.")
+flags.DEFINE_enum("adam", _defaults["adam"], list(config_lib.ADAM_VARIANTS),
+                  "pytorch: epsilon after the bias correction (the reference's torch.optim.Adam); "
+                  "keras: keras.optimizers.Adam (epsilon before it, 31.6x larger at step 1).")
 flags.DEFINE_float("crf_weight_start", _defaults["crf_weight_start"], "w at step 0.")
 flags.DEFINE_integer("crf_weight_decay_steps", _defaults["crf_weight_decay_steps"],
                      "w = max(start - start * step / this, 0).")
 flags.DEFINE_integer("crf_iterations", _defaults["crf_iterations"], "Mean-field iterations.")
 flags.DEFINE_enum("crf_nodes", _defaults["crf_nodes"], ["slices", "channels"],
                   "CRF nodes: axial slices (paper) or channel groups (reference code).")
+flags.DEFINE_enum("crf_sample", _defaults["crf_sample"], list(config_lib.CRF_SAMPLES),
+                  "CRF phase: fresh = a new z, G and D run again on it (the reference); "
+                  "reuse = phase 2's embedding and D logit (one G and D forward less).")
+flags.DEFINE_enum("hagan_low_res", _defaults["hagan_low_res"], list(config_lib.LOW_RES_MODES),
+                  "HA-GAN's S/4 real volume: nearest (every 4th voxel, the reference) or "
+                  "average (4^3 average pooling, anti-aliased).")
 flags.DEFINE_enum("mixed_precision", _defaults["mixed_precision"], list(config_lib.PRECISIONS),
                   "Keras dtype policy.")
 flags.DEFINE_enum("strategy", _defaults["strategy"], list(config_lib.STRATEGIES),

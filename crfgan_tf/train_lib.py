@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from crfgan_tf import config as config_lib
-from crfgan_tf import data, fileio
+from crfgan_tf import data, fileio, optimizers
 from crfgan_tf.model import MODEL_CLASSES, REPLICA_INVARIANT, SubVolumeGAN
 
 STATE_FILE = "trainer_state.json"
@@ -49,8 +49,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
 
 def make_optimizer(learning_rate: float, config: config_lib.TrainConfig, name: str):
-    opt = keras.optimizers.Adam(learning_rate, beta_1=config.beta_1, beta_2=config.beta_2,
-                                epsilon=config.adam_epsilon, name=name)
+    opt = optimizers.make_adam(config.adam, learning_rate, config.beta_1, config.beta_2,
+                               config.adam_epsilon, name)
     if config.mixed_precision == "mixed_float16":
         # compile() only wraps its own optimizer; a GAN with four must wrap each.
         opt = keras.optimizers.LossScaleOptimizer(opt, name=f"{name}_loss_scale")

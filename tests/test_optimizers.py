@@ -1,0 +1,63 @@
+"""Adam with PyTorch's epsilon placement against the closed-form update."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from crfgan_tf import train_lib
+from crfgan_tf.optimizers import PyTorchAdam
+
+from conftest import tiny_config
+
+
+def _torch_adam_closed_form(w, grads, lr, b1, b2, eps):
+    """torch.optim.Adam (no weight decay, no amsgrad) written out, in float64."""
+    m = np.zeros_like(w)
+    v = np.zeros_like(w)
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        denom = np.sqrt(v) / np.sqrt(1 - b2 ** t) + eps
+        w = w - lr / (1 - b1 ** t) * m / denom
+    return w, m, v
+
+
+@pytest.mark.parametrize("b1", [0.0, 0.9])
+def test_pytorch_adam_matches_closed_form(b1):
+    rng = np.random.default_rng(0)
+    w0 = np.zeros(1000)  # the steps themselves, not rounded against O(1) weights
+    # gradients spanning 1e-10..1: where eps matters (|g| ~ 1e-8) and where it does not
+    grads = [(rng.standard_normal(1000) * 10.0 ** rng.uniform(-10, 0, 1000)).astype("float32")
+             .astype("float64") for _ in range(3)]
+    var = tf.Variable(w0.astype("float32"))
+    opt = PyTorchAdam(1e-3, beta_1=b1, beta_2=0.999, epsilon=1e-8)
+    for g in grads:
+        opt.apply([tf.constant(g, tf.float32)], [var])
+    expected, m, v = _torch_adam_closed_form(w0, grads, 1e-3, b1, 0.999, 1e-8)
+    step = var.numpy() - w0
+    np.testing.assert_allclose(step, expected - w0, rtol=1e-4, atol=1e-5 * 1e-3)  # 1e-5 lr
+    # the slots to float32 rounding of the largest gradient each element saw
+    scale = np.max(np.abs(grads), axis=0)
+    assert np.all(np.abs(opt._momentums[0].numpy() - m) <= 1e-5 * np.abs(m) + 1e-6 * scale)
+    assert np.all(np.abs(opt._velocities[0].numpy() - v) <= 1e-5 * v + 1e-6 * scale ** 2)
+
+
+def test_keras_adam_places_epsilon_elsewhere():
+    # Keras adds eps before the bias correction: at step 1 it acts as eps / sqrt(1 - b2),
+    # 31.6 times larger. On |g| = eps the PyTorch step is lr/2, Keras's about lr/32.6.
+    g = np.full(4, 1e-8)
+    for cls, expected in ((PyTorchAdam, 0.5e-3), (tf.keras.optimizers.Adam, 1e-3 / 32.62)):
+        var = tf.Variable(np.zeros(4, "float32"))
+        cls(1e-3, beta_1=0.0, beta_2=0.999, epsilon=1e-8).apply(
+            [tf.constant(g, tf.float32)], [var])
+        np.testing.assert_allclose(-var.numpy(), expected, rtol=1e-3)
+
+
+def test_training_uses_pytorch_adam_by_default_and_keras_on_request(tmp_path):
+    model = train_lib.build_model(tiny_config(tmp_path / "a"))
+    assert all(type(o) is PyTorchAdam for o in model.phase_optimizers().values())
+    model = train_lib.build_model(tiny_config(tmp_path / "b", adam="keras"))
+    assert all(type(o).__name__ == "Adam" for o in model.phase_optimizers().values())
+    model = train_lib.build_model(tiny_config(tmp_path / "c", mixed_precision="mixed_float16"))
+    assert all(type(o.inner_optimizer) is PyTorchAdam
+               for o in model.phase_optimizers().values())
