@@ -200,7 +200,7 @@ def training_example(volume: tf.Tensor, index: tf.Tensor, img_size: int, latent_
     The crop start r is a multiple of 4 drawn uniformly from 0..7S/8, so that the real
     crop x[r : r + S/8] and the generator's embedding slab [r/4, r/4 + S/32) cover the same
     slices (the reference draws any r and misaligns the two by up to 3 slices). r and the
-    two latents are stateless functions of (seed, index): a resumed run sees exactly the
+    three latents are stateless functions of (seed, index): a resumed run sees exactly the
     stream an uninterrupted one would, and replicas need no shared random state.
     """
     key = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
@@ -208,9 +208,11 @@ def training_example(volume: tf.Tensor, index: tf.Tensor, img_size: int, latent_
                                     dtype=tf.int32)
     r = 4 * k
     z = tf.random.stateless_normal([2, latent_dim], seed=key + tf.constant([0, 1 << 40], tf.int64))
+    # z_c (the CRF phase's) from its own key, so that z_d and z_g are those of earlier runs
+    z_c = tf.random.stateless_normal([latent_dim], seed=key + tf.constant([0, 2 << 40], tf.int64))
     volume = volume[..., None]
     return {"volume": volume, "crop": volume[r:r + img_size // 8], "position": r,
-            "z_d": z[0], "z_g": z[1]}
+            "z_d": z[0], "z_g": z[1], "z_c": z_c}
 
 
 def _epoch_records(files, seed: int, epoch: tf.Tensor, block: int) -> tf.data.Dataset:
@@ -256,7 +258,7 @@ def make_train_dataset(file_pattern: str, img_size: int, batch_size: int, latent
 
     Returns:
       Dataset of dicts: volume (B, S, S, S, 1), crop (B, S/8, S, S, 1), position (B,)
-      int32, z_d and z_g (B, latent_dim), float32.
+      int32, z_d, z_g and z_c (B, latent_dim), float32.
     """
     files = list_record_files(file_pattern)
     raw_record_dataset(files)  # rejects a mix of compressed and uncompressed files

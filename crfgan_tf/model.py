@@ -122,11 +122,12 @@ class SubVolumeGAN(keras.Model):
     def _scale(self, phase, loss):
         return self._phase_optimizers[phase].scale_loss(loss)
 
-    def _discriminator_update(self, real_then_fake_logits):
-        """The "d" phase on logits of real examples followed by fake ones (one call of the
-        discriminator on both: the same per-example logits as two calls)."""
+    def _discriminator_update(self, real_logits_fn, fake_logits_fn):
+        """The "d" phase: D called on the real examples, then on the fake ones (two calls,
+        as in the reference: each training call advances the spectral-norm u once)."""
         with tf.GradientTape() as tape:
-            real_logits, fake_logits = tf.split(real_then_fake_logits(), 2, axis=0)
+            real_logits = real_logits_fn()
+            fake_logits = fake_logits_fn()
             loss = losses.discriminator_loss(real_logits, fake_logits, self.global_batch_size)
             scaled = self._scale("d", loss)
         self._minimize("d", tape, scaled)
@@ -151,15 +152,18 @@ class CRFGAN(SubVolumeGAN):
 
     1. D:   BCE(D(x_crop, r), 1) + BCE(D(G2(G1(z_d)[r/4 : r/4 + S/32]), r), 0)
     2. G:   y = w * CRF(G1(z_g), D(fake)) + (1 - w) * D(fake); BCE(y, 1) -> G1, G2
-    3. CRF: BCE(CRF(G1(z_g), D(fake)), 0) + BCE(CRF(hE(x), D(x_crop)), 1) -> W
+    3. CRF: BCE(CRF(G1(z_c), D(fake_c)), 0) + BCE(CRF(hE(x), D(x_crop)), 1) -> W
     4. hE:  L1(G2(hE(x_crop)), x_crop) -> hE
 
-    Phase 3 reuses phase 2's fake embedding and fake logit (the same z_g; stopped
-    gradients) rather than recomputing G1 and D on it.
+    As in the reference, D is called once per sub-volume batch (phase 1: real, then fake;
+    phase 3: fake, then real), each call advancing its spectral-norm u, and phase 3 draws
+    a fresh z_c. With crf_sample="reuse" phase 3 instead takes phase 2's embedding and D
+    logit (z_g; stopped gradients): one G and one D forward less, a different estimate.
 
     Args (besides SubVolumeGAN's):
       crf_iterations, crf_nodes: see SliceCRF.
       crf_weight_start, crf_weight_decay_steps: the schedule of w.
+      crf_sample: "fresh" (the reference) or "reuse".
     """
 
     PHASES = ("d", "g", "crf", "rec")
@@ -169,8 +173,11 @@ class CRFGAN(SubVolumeGAN):
 
     def __init__(self, img_size=256, latent_dim=1024, width=1.0, crf_iterations=10,
                  crf_nodes="slices", crf_weight_start=0.5, crf_weight_decay_steps=60000,
-                 global_batch_size=2, **kwargs):
+                 global_batch_size=2, crf_sample="fresh", **kwargs):
         super().__init__(img_size, latent_dim, width, global_batch_size, **kwargs)
+        if crf_sample not in ("fresh", "reuse"):
+            raise ValueError(f"crf_sample must be fresh or reuse, got {crf_sample!r}")
+        self.crf_sample = crf_sample
         self.crf_iterations = crf_iterations
         self.crf_nodes = crf_nodes
         self.crf_weight_start = crf_weight_start
@@ -198,8 +205,9 @@ class CRFGAN(SubVolumeGAN):
         pos = self.normalized_position(position)
         fake = self.head(self.slab(self.trunk(z_d, training=True), position), training=True)
         fake = tf.stop_gradient(tf.cast(fake, crop.dtype))
-        return self._discriminator_update(lambda: self.discriminator(
-            [tf.concat([crop, fake], 0), tf.concat([pos, pos], 0)], training=True))
+        return self._discriminator_update(
+            lambda: self.discriminator([crop, pos], training=True),
+            lambda: self.discriminator([fake, pos], training=True))
 
     def g_step(self, position, z_g):
         """Phase 2: update G1 and G2 through D and the CRF."""
@@ -217,8 +225,19 @@ class CRFGAN(SubVolumeGAN):
                 "fake_embedding": tf.stop_gradient(embedding),
                 "fake_logits": tf.stop_gradient(fake_logits)}
 
+    def fake_for_crf(self, position, z_c):
+        """Phase 3's fake side (no gradients): G1's embedding of z_c and D's logit of the
+        generated sub-volume at `position`."""
+        pos = self.normalized_position(position)
+        embedding = self.trunk(z_c, training=True)
+        fake = self.head(self.slab(embedding, position), training=True)
+        logits = self.discriminator([fake, pos], training=True)
+        return tf.stop_gradient(embedding), tf.stop_gradient(logits)
+
     def crf_step(self, volume, crop, position, fake_embedding, fake_logits):
-        """Phase 3: update W to tell hE(x) embeddings from G1(z) embeddings."""
+        """Phase 3: update W to tell hE(x) embeddings from G1(z) embeddings.
+
+        fake_embedding, fake_logits: from fake_for_crf (fresh) or phase 2 (reuse)."""
         pos = self.normalized_position(position)
         real_embedding = tf.stop_gradient(self.encoder(volume, training=True))
         real_logits = tf.stop_gradient(self.discriminator([crop, pos], training=True))
@@ -234,8 +253,8 @@ class CRFGAN(SubVolumeGAN):
 
         Args:
           data: dict with `volume` (batch, S, S, S, 1), `crop` (batch, S/8, S, S, 1),
-            `position` (batch,) int32 crop start r (a multiple of 4), `z_d` and `z_g`
-            (batch, latent_dim).
+            `position` (batch,) int32 crop start r (a multiple of 4), `z_d`, `z_g` and
+            `z_c` (batch, latent_dim; z_c is used with crf_sample="fresh").
 
         Returns:
           dict of this replica's float32 scalars: d_loss, g_loss, crf_loss, rec_loss,
@@ -248,8 +267,10 @@ class CRFGAN(SubVolumeGAN):
         position = data["position"]
         out = self.d_step(crop, position, data["z_d"])
         g = self.g_step(position, data["z_g"])
-        out.update(self.crf_step(volume, crop, position, g.pop("fake_embedding"),
-                                 g.pop("fake_logits")))
+        fake = (g.pop("fake_embedding"), g.pop("fake_logits"))
+        if self.crf_sample == "fresh":
+            fake = self.fake_for_crf(position, data["z_c"])
+        out.update(self.crf_step(volume, crop, position, *fake))
         out.update(g)
         out.update(self.rec_step(crop))
         self.step_counter.assign_add(1)
@@ -260,7 +281,7 @@ class CRFGAN(SubVolumeGAN):
                     crf_iterations=self.crf_iterations, crf_nodes=self.crf_nodes,
                     crf_weight_start=self.crf_weight_start,
                     crf_weight_decay_steps=self.crf_weight_decay_steps,
-                    global_batch_size=self.global_batch_size)
+                    global_batch_size=self.global_batch_size, crf_sample=self.crf_sample)
 
 
 class HAGAN(SubVolumeGAN):
@@ -275,8 +296,11 @@ class HAGAN(SubVolumeGAN):
     4. sub-E:  z' = SubE(hE(x)); (L1(G2(G1(z')[slab]), x_crop) + L1(G^L(G1(z')), x_low)) / 2
                -> SubE
 
-    x_low is the real volume average-pooled by 4 (S/4 per side): an anti-aliased
-    downsampling (the reference interpolates, nearest-neighbour by default).
+    As in HA-GAN's train.py: D is called on the real pair, then on the fake pair; the
+    sub-encoder's input hE(x) is hE of the eight S/8 crops of x taken one at a time and
+    concatenated along depth (hE's GroupNorm sees one crop, as in its own training); x_low
+    is every 4th voxel of x (low_res="nearest", `F.interpolate(scale_factor=0.25)`) or,
+    with low_res="average", the 4^3 average (anti-aliased).
     """
 
     PHASES = ("d", "g", "rec", "sub_rec")
@@ -286,11 +310,14 @@ class HAGAN(SubVolumeGAN):
                   "sub_rec_loss": "sub-encoder reconstruction (phase 4)"}
 
     def __init__(self, img_size=256, latent_dim=1024, width=1.0, global_batch_size=2,
-                 **kwargs):
+                 low_res="nearest", **kwargs):
+        if low_res not in ("nearest", "average"):
+            raise ValueError(f"low_res must be nearest or average, got {low_res!r}")
         if img_size not in (128, 256):
             raise ValueError(f"HA-GAN is defined at 128 and 256 (the reference has no 64^3 "
                              f"variant), got img_size={img_size}")
         super().__init__(img_size, latent_dim, width, global_batch_size, **kwargs)
+        self.low_res = low_res
         self.low_generator = build_low_generator(img_size, width)
         self.low_discriminator = build_low_discriminator(img_size, width)
         self.sub_encoder = build_sub_encoder(img_size, latent_dim, width)
@@ -309,11 +336,20 @@ class HAGAN(SubVolumeGAN):
                 "rec": self.encoder.trainable_weights,
                 "sub_rec": self.sub_encoder.trainable_weights}
 
-    @staticmethod
-    def low_resolution(volume):
-        """(batch, S, S, S, 1) -> (batch, S/4, S/4, S/4, 1) by 4^3 average pooling, in
-        float32 (there is no float16 AvgPool3D kernel on CPU)."""
-        return tf.nn.avg_pool3d(tf.cast(volume, tf.float32), 4, 4, "VALID")
+    def low_resolution(self, volume):
+        """(batch, S, S, S, 1) -> (batch, S/4, S/4, S/4, 1) float32: every 4th voxel
+        (nearest) or the 4^3 average (there is no float16 AvgPool3D kernel on CPU)."""
+        volume = tf.cast(volume, tf.float32)
+        if self.low_res == "nearest":
+            return volume[:, ::4, ::4, ::4]
+        return tf.nn.avg_pool3d(volume, 4, 4, "VALID")
+
+    def crop_embeddings(self, volume):
+        """hE of the eight S/8 crops of `volume`, concatenated along depth: the whole
+        (batch, S/4, S/4, S/4, C) embedding as HA-GAN's sub-encoder phase builds it."""
+        d = self.crop_depth
+        return tf.concat([self.encoder(volume[:, i:i + d], training=True)
+                          for i in range(0, self.img_size, d)], axis=1)
 
     def joint_logits(self, crop, low, pos):
         """D's logit: the mean of the high- and low-resolution discriminators' logits."""
@@ -327,8 +363,8 @@ class HAGAN(SubVolumeGAN):
                                         crop.dtype))
         fake_low = tf.stop_gradient(tf.cast(self.low_generator(embedding, training=True),
                                             low.dtype))
-        return self._discriminator_update(lambda: self.joint_logits(
-            tf.concat([crop, fake], 0), tf.concat([low, fake_low], 0), tf.concat([pos, pos], 0)))
+        return self._discriminator_update(lambda: self.joint_logits(crop, low, pos),
+                                          lambda: self.joint_logits(fake, fake_low, pos))
 
     def g_step(self, position, z_g):
         pos = self.normalized_position(position)
@@ -343,7 +379,7 @@ class HAGAN(SubVolumeGAN):
         return {"g_loss": loss}
 
     def sub_rec_step(self, volume, crop, low, position):
-        real_embedding = tf.stop_gradient(self.encoder(volume, training=True))
+        real_embedding = tf.stop_gradient(self.crop_embeddings(volume))
         with tf.GradientTape() as tape:
             embedding = self.trunk(self.sub_encoder(real_embedding, training=True), training=True)
             rec = self.head(self.slab(embedding, position), training=True)
@@ -374,7 +410,7 @@ class HAGAN(SubVolumeGAN):
 
     def get_config(self):
         return dict(img_size=self.img_size, latent_dim=self.latent_dim, width=self.width,
-                    global_batch_size=self.global_batch_size)
+                    global_batch_size=self.global_batch_size, low_res=self.low_res)
 
 
 MODEL_CLASSES = {"crfgan": CRFGAN, "hagan": HAGAN}

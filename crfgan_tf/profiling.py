@@ -49,7 +49,7 @@ def _measure(req: ProfileRequest) -> dict:
     g = tf.random.Generator.from_seed(0)
     batch = {"volume": g.uniform((b, s, s, s, 1), -1, 1),
              "position": tf.constant([4 * (i % (7 * s // 32 + 1)) for i in range(b)], tf.int32),
-             "z_d": g.normal((b, req.latent_dim)), "z_g": g.normal((b, req.latent_dim))}
+             **{k: g.normal((b, req.latent_dim)) for k in ("z_d", "z_g", "z_c")}}
     batch["crop"] = batch["volume"][:, : s // 8]
     step = tf.function(model.train_step, jit_compile=req.jit_compile or None)
     gpu = bool(tf.config.list_physical_devices("GPU"))

@@ -65,7 +65,10 @@ def build_model(config: config_lib.TrainConfig) -> SubVolumeGAN:
     if config.model == "crfgan":
         common.update(crf_iterations=config.crf_iterations, crf_nodes=config.crf_nodes,
                       crf_weight_start=config.crf_weight_start,
-                      crf_weight_decay_steps=config.crf_weight_decay_steps)
+                      crf_weight_decay_steps=config.crf_weight_decay_steps,
+                      crf_sample=config.crf_sample)
+    else:
+        common.update(low_res=config.hagan_low_res)
     cls = MODEL_CLASSES[config.model]
     model = cls(**common)
     model.compile({phase: make_optimizer(getattr(config, field), config, f"adam_{phase}")

@@ -52,7 +52,8 @@ def tiny_batch(img_size=64, batch=2, latent_dim=16, seed=0):
     pos = tf.constant([4 * (i % (7 * img_size // 32 + 1)) for i in range(batch)], tf.int32)
     crop = tf.stack([vol[i, int(pos[i]):int(pos[i]) + img_size // 8] for i in range(batch)])
     return {"volume": vol, "crop": crop, "position": pos,
-            "z_d": g.normal((batch, latent_dim)), "z_g": g.normal((batch, latent_dim))}
+            "z_d": g.normal((batch, latent_dim)), "z_g": g.normal((batch, latent_dim)),
+            "z_c": g.normal((batch, latent_dim))}
 
 
 @pytest.fixture(scope="session")

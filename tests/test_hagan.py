@@ -55,7 +55,7 @@ def test_hagan_each_phase_changes_exactly_its_variables(tmp_path):
     crop, pos, vol = batch["crop"], batch["position"], batch["volume"]
     low = model.low_resolution(vol)
     assert low.shape == (2, 32, 32, 32, 1)
-    np.testing.assert_allclose(low[0, 0, 0, 0, 0], tf.reduce_mean(vol[0, :4, :4, :4]), rtol=1e-5)
+    np.testing.assert_array_equal(low, vol[:, ::4, ::4, ::4])  # F.interpolate(x, 0.25)
     ids = lambda vs: {id(v) for v in vs}
     weights = model.phase_weights()
 
@@ -103,3 +103,22 @@ def test_hagan_train_resume_and_export(records_128, tmp_path):
     z = tf.random.stateless_normal((1, 16), seed=[1, 1])
     got = loaded.signatures["generate"](z=z)["volume"].numpy()
     np.testing.assert_allclose(got, second["model"].generate(z)[..., 0].numpy(), atol=5e-5)
+
+
+def test_hagan_low_resolution_average_on_request(tmp_path):
+    model = _tiny_hagan(tmp_path, hagan_low_res="average")
+    vol = tiny_batch(img_size=128)["volume"]
+    low = model.low_resolution(vol)
+    np.testing.assert_allclose(low[0, 1, 2, 3, 0], tf.reduce_mean(vol[0, 4:8, 8:12, 12:16]),
+                               rtol=1e-5)
+
+
+def test_hagan_sub_encoder_input_is_per_crop_embeddings(tmp_path):
+    # HA-GAN's train.py: hE of each S/8 crop on its own, concatenated along depth. hE's
+    # GroupNorm statistics then come from one crop, so this differs from hE(whole volume).
+    model = _tiny_hagan(tmp_path)
+    vol = tiny_batch(img_size=128)["volume"]
+    emb = model.crop_embeddings(vol)
+    assert emb.shape == (2, 32, 32, 32, model.encoder.output_shape[-1])
+    np.testing.assert_allclose(emb[:, 12:16], model.encoder(vol[:, 48:64]), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(emb, model.encoder(vol), atol=1e-3)

@@ -104,3 +104,48 @@ def test_generate_whole_volume(tmp_path):
     model = _build(tmp_path)
     vol = model.generate(tf.zeros((1, 16)))
     assert vol.shape == (1, 64, 64, 64, 1)
+
+
+def _power_step(kernel, u):
+    """One reference power-iteration step of the stored u for a (..., out) kernel."""
+    w = kernel.reshape(-1, kernel.shape[-1]).astype("float64")
+    v = w @ u
+    v /= np.linalg.norm(v)
+    u = w.T @ v
+    return u / np.linalg.norm(u)
+
+
+def _first_sn(model):
+    return model.discriminator.get_layer("conv1")
+
+
+@pytest.mark.parametrize("crf_sample,calls_after_update", [("fresh", 3), ("reuse", 2)])
+def test_discriminator_called_per_phase_as_in_the_reference(tmp_path, crf_sample,
+                                                            calls_after_update):
+    # The reference calls D on real and fake crops separately in phase 1 (two u steps with
+    # the old W), once in phase 2 and, drawing a fresh sample, twice in phase 3 (with W as
+    # phase 1 left it). Reusing phase 2's sample leaves one call in phase 3.
+    model = _build(tmp_path, crf_sample=crf_sample)
+    layer = _first_sn(model)
+    kernel0, u = layer.kernel.numpy().copy(), layer.u.numpy().astype("float64")
+    model.train_step(tiny_batch())
+    kernel1 = layer.kernel.numpy()
+    assert not np.array_equal(kernel0, kernel1)
+    u = _power_step(kernel0, _power_step(kernel0, u))
+    for _ in range(calls_after_update):
+        u = _power_step(kernel1, u)
+    np.testing.assert_allclose(layer.u.numpy(), u, rtol=1e-4, atol=1e-6)
+
+
+def test_fresh_crf_sample_uses_z_c(tmp_path):
+    # fresh: the CRF loss depends on z_c; reuse: it does not
+    losses = {}
+    for mode in ("fresh", "reuse"):
+        for shift in (0.0, 1.0):
+            keras.utils.set_random_seed(0)
+            model = _build(tmp_path, crf_sample=mode)
+            model.crf.w.assign(tf.fill(model.crf.w.shape, 0.5))
+            batch = dict(tiny_batch(), z_c=tiny_batch()["z_c"] + shift)
+            losses[mode, shift] = float(model.train_step(batch)["crf_loss"])
+    assert losses["fresh", 0.0] != losses["fresh", 1.0]
+    assert losses["reuse", 0.0] == losses["reuse", 1.0]
