@@ -338,12 +338,13 @@ def _sha256(path: str) -> str:
 
 def import_checkpoint(model: str, checkpoint_dir: str, iteration: int, img_size: int,
                       model_dir: str, latent_dim: int = 1024, overwrite: bool = False,
-                      log: Callable[[str], None] = print) -> dict:
+                      train_records: str = "", log: Callable[[str], None] = print) -> dict:
     """Writes a run directory from the reference files `{prefix}_iter{iteration}.pth`.
 
     The run directory holds config.json (the architecture, the reference's learning rates
     and Adam settings where the files hold them, crf_nodes="channels": the reference CRF's
-    nodes, which its W was trained with), flags.txt (the same as flags, to continue
+    nodes, which its W was trained with; `train_records`, whose window, modality and
+    spacing export writes into the SavedModel's metadata), flags.txt (the same as flags, to continue
     training with --flagfile), a checkpoint at step `iteration` of every network with its
     spectral-norm u vectors and Adam state, and reference_import.json (the source files,
     their sha256 and what each held). It is written beside `model_dir` and renamed into
@@ -374,7 +375,8 @@ def import_checkpoint(model: str, checkpoint_dir: str, iteration: int, img_size:
         raise FileExistsError(f"--model_dir {model_dir!r} already holds checkpoints; choose a "
                               "new directory or pass --overwrite")
     config = config_lib.TrainConfig(model_dir=model_dir, model=model, img_size=img_size,
-                                    latent_dim=latent_dim, width=1.0, crf_nodes="channels")
+                                    latent_dim=latent_dim, width=1.0, crf_nodes="channels",
+                                    train_records=train_records)
     config.validate()
     raws = {f: load_pth(p) for f, p in paths.items()}
 

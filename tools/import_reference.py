@@ -27,6 +27,10 @@ flags.DEFINE_integer("iteration", None, "N of the files *_iter{N}.pth.")
 flags.DEFINE_integer("img_size", None, "Volume side the reference trained at (64, 128, 256).")
 flags.DEFINE_string("model_dir", None, "Run directory to write.")
 flags.DEFINE_integer("latent_dim", 1024, "Size of z (the reference's --latent-dim).")
+flags.DEFINE_string("train_records", "",
+                    "Optional: records (data_prep.convert) of the data the reference trained on; "
+                    "export takes the intensity window, modality and spacing from them "
+                    "(without: the CT window [-1024, 600] HU and 1 mm spacing).")
 flags.DEFINE_bool("overwrite", False, "Replace a --model_dir that already holds checkpoints.")
 for _name in ("model", "checkpoint_dir", "iteration", "img_size", "model_dir"):
     flags.mark_flag_as_required(_name)
@@ -45,6 +49,7 @@ def main(argv):
         reference.import_checkpoint(FLAGS.model, FLAGS.checkpoint_dir, FLAGS.iteration,
                                     FLAGS.img_size, FLAGS.model_dir,
                                     latent_dim=FLAGS.latent_dim, overwrite=FLAGS.overwrite,
+                                    train_records=FLAGS.train_records,
                                     log=lambda m: print(m, file=sys.stderr))
     except reference.ReferenceMismatch as err:
         print(f"error: {err}", file=sys.stderr)
