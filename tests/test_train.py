@@ -214,6 +214,9 @@ def test_shipped_flagfiles_resolve(tmp_path, flagfile, model):
     assert res.returncode == 0, res.stderr
     cfg = json.loads(res.stdout)
     assert cfg["model"] == model and cfg["img_size"] == 256 and cfg["train_steps"] == 80000
+    # the reference code's training semantics (README, "Reference semantics and deviations")
+    assert (cfg["adam"], cfg["crf_sample"], cfg["hagan_low_res"], cfg["lr_crf"]) == \
+        ("pytorch", "fresh", "nearest", 4e-4)
 
 
 def test_no_readable_checkpoint_stops_and_leaves_the_files(tmp_path):
