@@ -30,6 +30,8 @@ class ProfileRequest:
     latent_dim: int = 1024
     jit_compile: bool = False
     lean_cpu_memory: bool = False  # crfgan_tf.lean_cpu_memory() in the child
+    crf_sample: str = "fresh"  # TrainConfig.crf_sample (CRF-GAN)
+    adam: str = "pytorch"  # TrainConfig.adam
 
 
 def _measure(req: ProfileRequest) -> dict:
@@ -43,7 +45,8 @@ def _measure(req: ProfileRequest) -> dict:
     cfg = config_lib.TrainConfig(model_dir="/nonexistent", model=req.model,
                                  img_size=req.img_size, batch_size=req.batch_size,
                                  width=req.width, latent_dim=req.latent_dim,
-                                 mixed_precision=req.precision)
+                                 mixed_precision=req.precision, crf_sample=req.crf_sample,
+                                 adam=req.adam)
     model = train_lib.build_model(cfg)
     s, b = req.img_size, req.batch_size
     g = tf.random.Generator.from_seed(0)
@@ -72,7 +75,8 @@ def _measure(req: ProfileRequest) -> dict:
             "params": sum(params.trainable_count(m) for m in model.modules().values()),
             "device": device, "precision": req.precision, "width": req.width,
             "steps": req.steps, "warmup": req.warmup,
-            "cpu_allocator": "lean" if req.lean_cpu_memory else "default"}
+            "cpu_allocator": "lean" if req.lean_cpu_memory else "default",
+            "crf_sample": req.crf_sample, "adam": req.adam}
 
 
 def profile(req: ProfileRequest, timeout: float = 3600) -> dict:

@@ -32,7 +32,7 @@ import json
 import os
 import re
 import shutil
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import numpy as np
 

@@ -26,6 +26,9 @@ flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
 flags.DEFINE_bool("lean_cpu_memory", False,
                   "CPU: give freed tensor memory back to the system (crfgan_tf.lean_cpu_memory): "
                   "lower peak RSS, slower iterations.")
+flags.DEFINE_enum("crf_sample", "fresh", ["fresh", "reuse"],
+                  "CRF-GAN's CRF phase sample (crfgan_tf.train --crf_sample).")
+flags.DEFINE_enum("adam", "pytorch", ["pytorch", "keras"], "Adam variant (--adam).")
 flags.DEFINE_bool("json", False, "Print a JSON list of rows.")
 flags.DEFINE_string("plot", "profile_memory.png", "PNG of memory against batch size ('' for none).")
 flags.register_validator("img_size", lambda v: v in (64, 128, 256),
@@ -47,7 +50,8 @@ def main(argv):
             rows.append(profiling.profile(profiling.ProfileRequest(
                 model=model, img_size=FLAGS.img_size, batch_size=int(batch), steps=FLAGS.steps,
                 warmup=FLAGS.warmup, precision=FLAGS.precision, width=FLAGS.width,
-                jit_compile=FLAGS.jit_compile, lean_cpu_memory=FLAGS.lean_cpu_memory)))
+                jit_compile=FLAGS.jit_compile, lean_cpu_memory=FLAGS.lean_cpu_memory,
+                crf_sample=FLAGS.crf_sample, adam=FLAGS.adam)))
             r = rows[-1]
             out = sys.stderr if FLAGS.json else sys.stdout  # progress stays off the JSON
             if r.get("oom"):
