@@ -74,10 +74,8 @@ def to_keras(kind: str, value: np.ndarray) -> np.ndarray:
         return value.T[:, _permutation_g1(value.shape[0] // 64)]
     if kind == "vector_g1":
         return value[_permutation_g1(value.shape[0] // 64)]
-    if kind == "u":
-        return value.reshape(-1)
-    if kind == "crf":
-        return value.reshape(value.shape[-2:])
+    if kind in ("u", "crf"):  # u0 (1, out), W (1, N, N): a leading axis of 1 here dropped
+        return value.reshape(value.shape[1:])
     return value  # vector: biases, GroupNorm gamma / beta
 
 
@@ -91,10 +89,8 @@ def to_reference(kind: str, value: np.ndarray) -> np.ndarray:
     if kind in ("dense_g1", "vector_g1"):
         inverse = np.argsort(_permutation_g1(value.shape[-1] // 64))
         return value[..., inverse].T if kind == "dense_g1" else value[inverse]
-    if kind == "u":
-        return value.reshape(1, -1)
-    if kind == "crf":
-        return value.reshape(1, *value.shape)
+    if kind in ("u", "crf"):
+        return value[None]
     return value
 
 
@@ -105,9 +101,7 @@ def reference_shape(kind: str, shape) -> tuple:
         return (shape[4], shape[3], *shape[:3])
     if kind in ("dense", "dense_g1"):
         return shape[::-1]
-    if kind == "u":
-        return (1, *shape)
-    if kind == "crf":
+    if kind in ("u", "crf"):
         return (1, *shape)
     return shape
 

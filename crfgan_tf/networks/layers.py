@@ -59,8 +59,8 @@ class _SpectralNormMixin:
     in the forward pass and differentiate through sigma, with u and v held constant. We
     implement the latter so that training dynamics match the reference.
 
-    sigma is the reference's (BigGAN's `SN`, as PyTorch's `spectral_norm`): from the stored
-    u, one power iteration v = normalise(W^T u), u' = normalise(W v) (W as (out, fan_in)),
+    sigma is the reference's (BigGAN's `SN`; in training also PyTorch's `spectral_norm`): from
+    the stored u, one power iteration v = normalise(W^T u), u' = normalise(W v) (W as (out, fan_in)),
     and sigma = u'^T W v, with u' and v constants for the gradient. A training call stores
     u' (so u advances once per call, as in the reference); an inference call computes the
     same sigma from the stored u and leaves u alone. The power iteration runs in float32
