@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from crfgan_tf import losses
+from crfgan_tf.config import CRF_SAMPLES, LOW_RES_MODES
 from crfgan_tf.networks import (SliceCRF, build_discriminator, build_encoder, build_head,
                                 build_trunk)
 from crfgan_tf.networks.hagan import (build_low_discriminator, build_low_generator,
@@ -175,8 +176,8 @@ class CRFGAN(SubVolumeGAN):
                  crf_nodes="slices", crf_weight_start=0.5, crf_weight_decay_steps=60000,
                  global_batch_size=2, crf_sample="fresh", **kwargs):
         super().__init__(img_size, latent_dim, width, global_batch_size, **kwargs)
-        if crf_sample not in ("fresh", "reuse"):
-            raise ValueError(f"crf_sample must be fresh or reuse, got {crf_sample!r}")
+        if crf_sample not in CRF_SAMPLES:
+            raise ValueError(f"crf_sample must be one of {CRF_SAMPLES}, got {crf_sample!r}")
         self.crf_sample = crf_sample
         self.crf_iterations = crf_iterations
         self.crf_nodes = crf_nodes
@@ -311,8 +312,8 @@ class HAGAN(SubVolumeGAN):
 
     def __init__(self, img_size=256, latent_dim=1024, width=1.0, global_batch_size=2,
                  low_res="nearest", **kwargs):
-        if low_res not in ("nearest", "average"):
-            raise ValueError(f"low_res must be nearest or average, got {low_res!r}")
+        if low_res not in LOW_RES_MODES:
+            raise ValueError(f"low_res must be one of {LOW_RES_MODES}, got {low_res!r}")
         if img_size not in (128, 256):
             raise ValueError(f"HA-GAN is defined at 128 and 256 (the reference has no 64^3 "
                              f"variant), got img_size={img_size}")
