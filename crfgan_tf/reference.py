@@ -266,8 +266,10 @@ def available_iterations(checkpoint_dir: str, model: str) -> List[int]:
     """Iterations N for which every file of `model` exists in checkpoint_dir."""
     found = None
     for prefix in FILES[model]:
-        its = {int(m.group(1)) for p in glob.glob(os.path.join(checkpoint_dir, f"{prefix}_iter*.pth"))
-               if (m := re.search(rf"{re.escape(prefix)}_iter(\d+)\.pth$", os.path.basename(p)))}
+        pattern = re.compile(rf"{re.escape(prefix)}_iter(\d+)\.pth$")
+        names = (os.path.basename(p)
+                 for p in glob.glob(os.path.join(checkpoint_dir, f"{prefix}_iter*.pth")))
+        its = {int(m.group(1)) for n in names if (m := pattern.search(n))}
         found = its if found is None else found & its
     return sorted(found or ())
 
@@ -338,16 +340,17 @@ def import_checkpoint(model: str, checkpoint_dir: str, iteration: int, img_size:
     The run directory holds config.json (the architecture, the reference's learning rates
     and Adam settings where the files hold them, crf_nodes="channels": the reference CRF's
     nodes, which its W was trained with; `train_records`, whose window, modality and
-    spacing export writes into the SavedModel's metadata), flags.txt (the same as flags, to continue
-    training with --flagfile), a checkpoint at step `iteration` of every network with its
-    spectral-norm u vectors and Adam state, and reference_import.json (the source files,
-    their sha256 and what each held). It is written beside `model_dir` and renamed into
-    place whole.
+    spacing export writes into the SavedModel's metadata), flags.txt (the same as flags,
+    to continue training with --flagfile), a checkpoint at step `iteration` of every
+    network with its spectral-norm u vectors and Adam state, and reference_import.json
+    (the source files, their sha256 and what each held). It is written beside `model_dir`
+    and renamed into place whole; an existing non-empty `model_dir` is replaced only with
+    `overwrite`.
 
     Raises:
       FileNotFoundError: a file is missing (names it, and the iterations present).
       ReferenceMismatch: a tensor does not fit (names it, and the flag to change).
-      FileExistsError: model_dir has checkpoints and not `overwrite`.
+      FileExistsError: model_dir exists, is not empty, and not `overwrite`.
     """
     import tensorflow as tf
 
@@ -365,9 +368,10 @@ def import_checkpoint(model: str, checkpoint_dir: str, iteration: int, img_size:
             f"missing {', '.join(missing)}; {model} needs "
             f"{', '.join(f'{f}_iter{iteration}.pth' for f in FILES[model])}; iterations with "
             f"every file in {checkpoint_dir}: {present or 'none'}")
-    if os.path.isdir(os.path.join(model_dir, train_lib.CHECKPOINT_DIR)) and not overwrite:
-        raise FileExistsError(f"--model_dir {model_dir!r} already holds checkpoints; choose a "
-                              "new directory or pass --overwrite")
+    if os.path.exists(model_dir) and (not os.path.isdir(model_dir) or os.listdir(model_dir)) \
+            and not overwrite:  # --overwrite replaces the whole directory
+        raise FileExistsError(f"--model_dir {model_dir!r} already exists and is not empty; "
+                              "choose a new directory or pass --overwrite to replace it")
     config = config_lib.TrainConfig(model_dir=model_dir, model=model, img_size=img_size,
                                     latent_dim=latent_dim, width=1.0, crf_nodes="channels",
                                     train_records=train_records)
@@ -406,9 +410,10 @@ def import_checkpoint(model: str, checkpoint_dir: str, iteration: int, img_size:
         shutil.rmtree(model_dir)
     os.makedirs(os.path.dirname(os.path.abspath(model_dir)), exist_ok=True)
     os.rename(tmp, model_dir)  # CheckpointManager's state file holds relative paths
+    files = record["files"].values()
+    adam = "imported" if any(i["adam_step"] is not None for i in files) else "absent"
     log(f"import: {model} {img_size}^3 iteration {iteration} from {checkpoint_dir} -> "
-        f"{model_dir} ({sum(i['tensors'] for i in record['files'].values())} tensors; Adam "
-        f"state {'imported' if any(i['adam_step'] is not None for i in record['files'].values()) else 'absent'})")
+        f"{model_dir} ({sum(i['tensors'] for i in files)} tensors; Adam state {adam})")
     return record
 
 

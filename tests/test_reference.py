@@ -66,7 +66,8 @@ def _batch(size, seed=0, position=None):
     z = {k: rng.standard_normal((2, 1024)).astype("float32") for k in ("z_d", "z_g", "z_c")}
     keras_batch = dict(volume=tf.constant(vol[..., None]),
                        crop=tf.constant(vol[:, r:r + size // 8, ..., None]),
-                       position=tf.constant([r, r], tf.int32), **{k: tf.constant(v) for k, v in z.items()})
+                       position=tf.constant([r, r], tf.int32),
+                       **{k: tf.constant(v) for k, v in z.items()})
     torch_batch = dict(volume=torch.from_numpy(vol[:, None]), positions=torch.tensor([r, r]),
                        **{k: torch.from_numpy(v) for k, v in z.items()})
     return keras_batch, torch_batch

@@ -83,7 +83,8 @@ def test_check_state_names_tensor_and_flag(crfgan64, hagan128):
     lay = reference.layout(crfgan64)
     reference.check_state("D", d64, lay["D"], "crfgan", 64, 1024)  # fits
     # a 64^3 D read as 128^3: conv2 is missing, every conv shape is off by one layer
-    with pytest.raises(reference.ReferenceMismatch, match=r"missing tensors \['conv2.*--img_size=128"):
+    with pytest.raises(reference.ReferenceMismatch,
+                       match=r"missing tensors \['conv2.*--img_size=128"):
         reference.check_state("D", d64, reference.layout(hagan128)["D"], "crfgan", 128, 1024)
     with pytest.raises(reference.ReferenceMismatch, match="conditional.*3 classes"):
         reference.check_state("D", dict(d64, **{"fc2_class.weight": np.zeros((3, 64))}),
@@ -94,8 +95,8 @@ def test_check_state_names_tensor_and_flag(crfgan64, hagan128):
     with pytest.raises(reference.ReferenceMismatch, match="--model=hagan"):
         reference.check_state("G", g, lay["G"], "crfgan", 64, 1024)
     conv = dict(d64, **{"conv3.weight": np.zeros((64, 2, 4, 4, 4))})
-    with pytest.raises(reference.ReferenceMismatch,
-                       match=r"conv3.weight has shape \(64, 2, 4, 4, 4\).*needs \(64, 1, 4, 4, 4\)"):
+    shapes = r"conv3.weight has shape \(64, 2, 4, 4, 4\).*needs \(64, 1, 4, 4, 4\)"
+    with pytest.raises(reference.ReferenceMismatch, match=shapes):
         reference.check_state("D", conv, lay["D"], "crfgan", 64, 1024)
 
 
@@ -103,10 +104,27 @@ def test_import_names_missing_files_and_present_iterations(tmp_path):
     for f in ("G", "D", "E", "crf"):
         (tmp_path / f"{f}_iter500.pth").write_bytes(b"")
     (tmp_path / "G_iter1000.pth").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match=r"D_iter1000.pth.*iterations with every file.*\[500\]"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"D_iter1000.pth.*iterations with every file.*\[500\]"):
         reference.import_checkpoint("crfgan", str(tmp_path), 1000, 64, str(tmp_path / "run"),
                                     log=lambda m: None)
     with pytest.raises(FileNotFoundError, match="Sub_E_iter500.pth"):
         reference.import_checkpoint("hagan", str(tmp_path), 500, 128, str(tmp_path / "run"),
                                     log=lambda m: None)
     assert not (tmp_path / "run").exists()
+
+
+def test_import_never_replaces_an_existing_directory_without_overwrite(tmp_path):
+    # a --model_dir that exists with anything in it (not only checkpoints) is refused before
+    # any file is read, and left as it was
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    for f in ("G", "D", "E", "crf"):
+        (ckpts / f"{f}_iter5.pth").write_bytes(b"")
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        reference.import_checkpoint("crfgan", str(ckpts), 5, 64, str(target),
+                                    log=lambda m: None)
+    assert (target / "notes.txt").read_text() == "keep me"

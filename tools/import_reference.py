@@ -31,7 +31,7 @@ flags.DEFINE_string("train_records", "",
                     "Optional: records (data_prep.convert) of the data the reference trained on; "
                     "export takes the intensity window, modality and spacing from them "
                     "(without: the CT window [-1024, 600] HU and 1 mm spacing).")
-flags.DEFINE_bool("overwrite", False, "Replace a --model_dir that already holds checkpoints.")
+flags.DEFINE_bool("overwrite", False, "Replace a --model_dir that exists and is not empty.")
 for _name in ("model", "checkpoint_dir", "iteration", "img_size", "model_dir"):
     flags.mark_flag_as_required(_name)
 
