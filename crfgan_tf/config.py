@@ -50,6 +50,7 @@ class TrainConfig:
     hagan_low_res: str = "nearest"  # HA-GAN's S/4 real volume: "nearest" (ref.) or "average"
     mixed_precision: str = "float32"
     strategy: str = "default"
+    cpu_devices: int = 1  # logical CPU devices (mirrored on a machine without GPUs)
     seed: int = 0
     shuffle_buffer: int = 8
     log_every: int = 10
@@ -92,7 +93,7 @@ class TrainConfig:
         need(self.strategy in STRATEGIES,
              f"--strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         for name in ("log_every", "checkpoint_every", "image_every", "keep_checkpoints",
-                     "shuffle_buffer"):
+                     "shuffle_buffer", "cpu_devices"):
             need(getattr(self, name) >= 1, f"--{name} must be >= 1, got {getattr(self, name)}")
         self.profile_range()
 

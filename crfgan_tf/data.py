@@ -155,8 +155,12 @@ def read_volumes(file_pattern: str) -> Iterator[VolumeRecord]:
 
     Args:
       file_pattern: a glob, or several separated by commas.
+
+    Raises:
+      RecordsError: a damaged file (named).
     """
-    for serialized in raw_record_dataset(list_record_files(file_pattern)):
+    files = list_record_files(file_pattern)
+    for serialized in _named_errors(raw_record_dataset(files), files):
         p = parse_example(serialized)
         yield VolumeRecord(
             case_id=p["case_id"].numpy().decode(), volume=p["volume"].numpy(),
@@ -173,24 +177,140 @@ def read_volumes(file_pattern: str) -> Iterator[VolumeRecord]:
 
 # ---- training input pipeline ---------------------------------------------------------
 
-def count_records(files) -> int:
-    """Records in `files`: from the converter's manifest.json beside them when it lists
-    every file, otherwise by reading them once."""
-    by_dir = {}
+class RecordsError(ValueError):
+    """Training records that are missing, damaged or of another size; names the file."""
+
+
+def _manifest(directory: str) -> dict:
+    path = os.path.join(directory, "manifest.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def scan_record_lengths(path: str) -> list:
+    """Lengths of the records of an uncompressed TFRecord file, from their headers alone
+    (each record is length, crc, data, crc; the data is skipped, not read).
+
+    Raises:
+      RecordsError: the file ends inside a record (truncated), naming it.
+    """
+    lengths = []
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        pos = 0
+        while pos < size:
+            header = f.read(12)
+            if len(header) < 12:
+                raise RecordsError(f"{path} is truncated: it ends inside the header of record "
+                                   f"{len(lengths)} (byte {pos} of {size})")
+            n = int.from_bytes(header[:8], "little")
+            pos += 12 + n + 4
+            if pos > size:
+                raise RecordsError(f"{path} is truncated: record {len(lengths)} needs bytes up "
+                                   f"to {pos}, the file has {size}")
+            f.seek(pos)
+            lengths.append(n)
+    return lengths
+
+
+def records_per_file(files) -> list:
+    """Records in each of `files`: from the converter's manifest.json beside them, else
+    from the record headers (uncompressed) or by reading the file once (GZIP)."""
+    counts = []
     for f in files:
-        by_dir.setdefault(os.path.dirname(f), []).append(os.path.basename(f))
-    total = 0
-    for directory, names in by_dir.items():
-        path = os.path.join(directory, "manifest.json")
-        shards = {}
-        if os.path.exists(path):
-            with open(path) as fh:
-                shards = json.load(fh).get("shards", {})
-        if all(n in shards for n in names):
-            total += sum(shards[n]["num_records"] for n in names)
+        shards = _manifest(os.path.dirname(f)).get("shards", {})
+        entry = shards.get(os.path.basename(f))
+        if entry is not None and os.path.getsize(f) == entry.get("bytes", os.path.getsize(f)):
+            counts.append(int(entry["num_records"]))
+        elif compression_of(f):
+            counts.append(sum(1 for _ in _named_errors(raw_record_dataset([f]), [f])))
         else:
-            total += sum(1 for _ in raw_record_dataset([os.path.join(directory, n) for n in names]))
-    return total
+            counts.append(len(scan_record_lengths(f)))
+    return counts
+
+
+def count_records(files) -> int:
+    """Records in `files` (see records_per_file)."""
+    return sum(records_per_file(files))
+
+
+def _first_record(path: str) -> bytes:
+    """The first serialised record of a file, read without TensorFlow ops."""
+    import gzip
+
+    opener = gzip.open if compression_of(path) else open
+    with opener(path, "rb") as f:
+        header = f.read(12)
+        if len(header) < 12:
+            raise RecordsError(f"{path} holds no record (empty or truncated)")
+        n = int.from_bytes(header[:8], "little")
+        payload = f.read(n)
+    if len(payload) < n:
+        raise RecordsError(f"{path} is truncated inside its first record")
+    return payload
+
+
+def check_records(file_pattern: str, img_size: int) -> list:
+    """The training record files, checked before anything is built: they exist, and their
+    volumes are img_size^3 (from manifest.json's settings, else the first record).
+
+    Returns:
+      The sorted file list.
+
+    Raises:
+      RecordsError: no files match (with the command that makes them), or the size differs
+        (with both sizes and the two ways out).
+    """
+    try:
+        files = list_record_files(file_pattern)
+    except FileNotFoundError:
+        first = file_pattern.split(",")[0]
+        out = os.path.dirname(first) or "."
+        raise RecordsError(
+            f"--train_records: no TFRecord files match {file_pattern!r}. Convert the scans "
+            f"first: python -m data_prep.convert --dataset=luna16|gsp|generic "
+            f"--input_dir=<archive> --output_dir={out} --size={img_size}") from None
+    for f in files:
+        size = _manifest(os.path.dirname(f)).get("settings", {}).get("size")
+        source = "manifest.json"
+        if size is None:
+            example = tf.train.Example.FromString(_first_record(f))
+            shape = list(example.features.feature["shape"].int64_list.value)
+            size, source = (shape[0] if len(shape) == 3 and len(set(shape)) == 1 else shape), \
+                "its first record"
+        if size != img_size:
+            raise RecordsError(
+                f"--train_records: {f} holds {size}^3 volumes (from {source}) but "
+                f"--img_size={img_size}; train with --img_size={size}, or convert the scans "
+                f"again with --size={img_size}")
+    return files
+
+
+def _named_errors(dataset: tf.data.Dataset, files) -> Iterator:
+    """Iterates `dataset`; a read error is raised as RecordsError naming the damaged file."""
+    try:
+        yield from dataset
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError,
+            tf.errors.OutOfRangeError) as err:
+        raise RecordsError(describe_read_error(err, files)) from None
+
+
+def describe_read_error(err: Exception, files) -> str:
+    """The message for a read error of records from `files`: which file is damaged (found
+    by reading each of them again) and how to make it anew."""
+    first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    for f in files:
+        try:
+            for _ in raw_record_dataset([f]):
+                pass
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError,
+                tf.errors.OutOfRangeError) as one:
+            reason = str(one).strip().splitlines()[0][:200]
+            return (f"damaged record file {f}: {reason}. Delete it and run the same "
+                    "data_prep.convert command again: it rewrites missing shards only")
+    return f"reading the records failed ({type(err).__name__}: {first}); files: {list(files)}"
 
 
 def training_example(volume: tf.Tensor, index: tf.Tensor, img_size: int, latent_dim: int,
@@ -215,21 +335,43 @@ def training_example(volume: tf.Tensor, index: tf.Tensor, img_size: int, latent_
             "z_d": z[0], "z_g": z[1], "z_c": z_c}
 
 
-def _epoch_records(files, seed: int, epoch: tf.Tensor, block: int) -> tf.data.Dataset:
-    """Epoch `epoch` of the raw records: file order permuted and every block of `block`
-    consecutive records permuted, both by stateless draws from (seed, epoch).
+def epoch_order(num_records: int, seed: int, epoch: tf.Tensor) -> tf.Tensor:
+    """The record indices of epoch `epoch`: a full permutation of 0..n-1 drawn statelessly
+    from (seed, epoch) (Dataset.shuffle would depend on TensorFlow's global seed)."""
+    key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.experimental.stateless_shuffle(tf.range(num_records, dtype=tf.int64),
+                                                    seed=key)
 
-    Stateless on purpose: Dataset.shuffle with a per-epoch tensor seed depends on (and
-    breaks with) TensorFlow's global seed; this order depends on nothing but its inputs.
-    """
+
+def _records_by_index(files, counts, order: tf.data.Dataset) -> tf.data.Dataset:
+    """The serialised records of global indices `order` (files concatenated), read by
+    seeking: a record costs one read of itself whatever its position."""
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    file_names = tf.constant(files)
+    boundaries = tf.constant(starts[1:])
+
+    def read(index):
+        f = tf.searchsorted(boundaries, [index], side="right")[0]
+        local = index - tf.gather(tf.constant(starts), f)
+        return tf.data.TFRecordDataset(tf.gather(file_names, f)).skip(local).take(1)
+
+    return order.interleave(read, cycle_length=4, block_length=1,
+                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _records_interleaved(files, seed: int, epoch: tf.Tensor, buffer: int) -> tf.data.Dataset:
+    """GZIP records cannot be sought: epoch `epoch` reads every shard at once in a
+    permuted order, one record from each in turn, through a shuffle buffer."""
     key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
     order = tf.random.experimental.stateless_shuffle(tf.constant(files), seed=key)
-    compression = "GZIP" if compression_of(files[0]) else ""
-    blocks = tf.data.TFRecordDataset(order, compression_type=compression).batch(block)
+    records = tf.data.Dataset.from_tensor_slices(order).interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+        cycle_length=len(files), block_length=1, deterministic=True)
+    blocks = records.batch(buffer)
 
-    def permute(j, records):
-        keys = tf.random.stateless_uniform(tf.shape(records), seed=key + tf.stack([1, j]))
-        return tf.gather(records, tf.argsort(keys))
+    def permute(j, block):
+        keys = tf.random.stateless_uniform(tf.shape(block), seed=key + tf.stack([1, j]))
+        return tf.gather(block, tf.argsort(keys))
 
     return blocks.enumerate().map(permute).unbatch()
 
@@ -237,14 +379,15 @@ def _epoch_records(files, seed: int, epoch: tf.Tensor, block: int) -> tf.data.Da
 def make_train_dataset(file_pattern: str, img_size: int, batch_size: int, latent_dim: int,
                        seed: int = 0, start_step: int = 0, shuffle_buffer: int = 8,
                        num_records: Optional[int] = None) -> tf.data.Dataset:
-    """The training stream: parse, shuffle, repeat, crop, batch, prefetch (autotuned).
+    """The training stream: read, parse, crop, batch, prefetch (autotuned).
 
-    Epoch e visits every record once: the shard files in an order permuted by (seed, e),
-    and within them blocks of `shuffle_buffer` records permuted (see _epoch_records).
-    Elements are numbered globally; element i gets its crop position and latents from
-    (seed, i). Starting at `start_step` skips the first start_step * batch_size elements
-    (reading at most one epoch of raw records), which makes a resumed run identical to an
-    uninterrupted one.
+    Epoch e visits every record once, in a full permutation of all records across all
+    shards drawn from (seed, e); each record is read by seeking to it in its shard. (GZIP
+    shards cannot be sought: their epochs read all shards interleaved, in a permuted
+    order, through blocks of `shuffle_buffer` records permuted together.) Elements are
+    numbered globally; element i gets its crop position and latents from (seed, i).
+    Starting at `start_step` skips the first start_step * batch_size elements without
+    reading them, which makes a resumed run identical to an uninterrupted one.
 
     Args:
       file_pattern: glob(s) of training records of side `img_size`.
@@ -253,8 +396,8 @@ def make_train_dataset(file_pattern: str, img_size: int, batch_size: int, latent
       latent_dim: size of z.
       seed: stream seed.
       start_step: first step to produce.
-      shuffle_buffer: records permuted together (each is S^3 int16 in memory).
-      num_records: records per epoch (default: from manifest.json or by counting).
+      shuffle_buffer: GZIP records only: records permuted together (each S^3 int16).
+      num_records: records per epoch (default: from manifest.json or the files).
 
     Returns:
       Dataset of dicts: volume (B, S, S, S, 1), crop (B, S/8, S, S, 1), position (B,)
@@ -262,14 +405,20 @@ def make_train_dataset(file_pattern: str, img_size: int, batch_size: int, latent
     """
     files = list_record_files(file_pattern)
     raw_record_dataset(files)  # rejects a mix of compressed and uncompressed files
-    n = num_records or count_records(files)
+    counts = records_per_file(files)
+    n = num_records or sum(counts)
     if n < 1:
-        raise ValueError(f"no records in {file_pattern!r}")
+        raise RecordsError(f"no records in {file_pattern!r}")
     first = start_step * batch_size
     first_epoch = first // n
-    records = tf.data.Dataset.range(first_epoch, 1 << 40).flat_map(
-        lambda e: _epoch_records(files, seed, e, shuffle_buffer))
-    records = records.skip(first - first_epoch * n)
+    epochs = tf.data.Dataset.range(first_epoch, 1 << 40)
+    if compression_of(files[0]):
+        records = epochs.flat_map(lambda e: _records_interleaved(files, seed, e, shuffle_buffer))
+        records = records.skip(first - first_epoch * n)
+    else:
+        order = epochs.flat_map(
+            lambda e: tf.data.Dataset.from_tensor_slices(epoch_order(n, seed, e)))
+        records = _records_by_index(files, counts, order.skip(first - first_epoch * n))
     stream = tf.data.Dataset.zip(records, tf.data.Dataset.range(first, 1 << 60))
     stream = stream.map(
         lambda s, i: training_example(parse_volume(s, img_size), i, img_size, latent_dim, seed),

@@ -25,6 +25,7 @@ import keras
 import tensorflow as tf
 
 from crfgan_tf import config as config_lib
+from crfgan_tf import rundir
 
 EXPORT_FORMAT = "crfgan-tf-generator/1"
 
@@ -144,12 +145,11 @@ def load_generator(model_dir: str, step: Optional[int] = None):
     from crfgan_tf import train_lib
     from crfgan_tf.networks import build_head, build_trunk
 
-    path = os.path.join(model_dir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{model_dir!r} has no config.json: not a training run directory")
-    with open(path) as f:
-        config = config_lib.TrainConfig.from_json(f.read())
-    ckpt_dir = os.path.join(model_dir, train_lib.CHECKPOINT_DIR)
+    config = rundir.read_config(model_dir)
+    if config is None:
+        raise FileNotFoundError(f"{model_dir!r} has no {rundir.CONFIG_FILE}: not a training "
+                                "run directory")
+    ckpt_dir = os.path.join(model_dir, rundir.CHECKPOINT_DIR)
     if step is None:
         ckpt = tf.train.latest_checkpoint(ckpt_dir)
         if ckpt is None:

@@ -10,6 +10,48 @@ import numpy as np
 PLANES = ("axial", "coronal", "sagittal")
 
 
+class OutputError(ValueError):
+    """An output path that cannot be written; the message names it and says why."""
+
+
+def describe_os_error(err: OSError) -> str:
+    """'PATH: reason' of an OSError, in words a user can act on."""
+    path = err.filename or ""
+    if isinstance(err, (NotADirectoryError, FileExistsError)):
+        reason = "a file is in the way (a directory is needed there)"
+    elif isinstance(err, PermissionError):
+        reason = "permission denied (read-only?)"
+    else:
+        reason = err.strerror or str(err)
+    return f"{path}: {reason}" if path else reason
+
+
+def ensure_output_dir(path: str, flag: str) -> str:
+    """Creates directory `path` (and its parents) and checks that a file can be written
+    in it, so that a run fails before any work rather than when it first saves.
+
+    Raises:
+      OutputError: naming `flag`, the path and the reason.
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        raise OutputError(f"{flag}: cannot write {path!r}: {describe_os_error(err)}") from None
+    return path
+
+
+def ensure_output_file(path: str, flag: str) -> str:
+    """ensure_output_dir for the directory a file `path` goes in."""
+    ensure_output_dir(os.path.dirname(os.path.abspath(path)), flag)
+    if os.path.isdir(path):
+        raise OutputError(f"{flag}: cannot write {path!r}: it is a directory")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_output(path: str, suffix: str = ""):
     """Yields a temporary path beside `path` for the caller to write; on success the file

@@ -37,7 +37,7 @@ from typing import Callable, Dict, List
 import numpy as np
 
 from crfgan_tf import config as config_lib
-from crfgan_tf import fileio
+from crfgan_tf import fileio, rundir
 
 # file prefix -> the phase (optimizer) of ours that holds its parameters
 FILES = {"crfgan": {"G": "g", "D": "d", "E": "rec", "crf": "crf"},
@@ -400,11 +400,11 @@ def import_checkpoint(model: str, checkpoint_dir: str, iteration: int, img_size:
     os.makedirs(tmp)
     config.model_dir = model_dir
     manager = tf.train.CheckpointManager(train_lib.make_checkpoint(built),
-                                         os.path.join(tmp, train_lib.CHECKPOINT_DIR),
+                                         os.path.join(tmp, rundir.CHECKPOINT_DIR),
                                          max_to_keep=config.keep_checkpoints)
     manager.save(checkpoint_number=iteration)
-    fileio.atomic_write(os.path.join(tmp, "config.json"), config.to_json())
-    fileio.atomic_write(os.path.join(tmp, "flags.txt"), flagfile_text(config))
+    fileio.atomic_write(os.path.join(tmp, rundir.CONFIG_FILE), config.to_json())
+    fileio.atomic_write(os.path.join(tmp, rundir.FLAGS_FILE), flagfile_text(config))
     fileio.atomic_write(os.path.join(tmp, IMPORT_RECORD), json.dumps(record, indent=2))
     if os.path.exists(model_dir):
         shutil.rmtree(model_dir)

@@ -1,19 +1,20 @@
 """Trains CRF-GAN.
 
-  python -m crfgan_tf.train --flagfile=configs/luna.flags --model_dir=runs/luna256
+  python -m crfgan_tf.train --flagfile=configs/luna.flags
 
 Starting again with the same --model_dir resumes from its latest checkpoint; raising
---train_steps continues a finished run. --dry_run prints the resolved config and exits.
+--train_steps continues a finished run. Only --train_steps, the logging, image and
+checkpoint intervals, --keep_checkpoints, --profile_steps, --jit_compile, --strategy and
+--cpu_devices may change on resume; other changes are refused (crfgan_tf/rundir.py).
+--dry_run prints the resolved config and exits.
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from crfgan_tf import config as config_lib  # noqa: E402
+from crfgan_tf import config as config_lib
+from crfgan_tf import runtime
 
 FLAGS = flags.FLAGS
 _D = config_lib.TrainConfig  # defaults live in one place: the dataclass
@@ -56,6 +57,9 @@ flags.DEFINE_enum("mixed_precision", _defaults["mixed_precision"], list(config_l
                   "Keras dtype policy.")
 flags.DEFINE_enum("strategy", _defaults["strategy"], list(config_lib.STRATEGIES),
                   "tf.distribute strategy (multi_worker reads TF_CONFIG).")
+flags.DEFINE_integer("cpu_devices", _defaults["cpu_devices"],
+                     "Split the CPU into this many logical devices; with --strategy=mirrored "
+                     "on a machine without GPUs each is a replica (to try multi-replica runs).")
 flags.DEFINE_integer("seed", _defaults["seed"], "Seed of the data order, crops and latents.")
 flags.DEFINE_integer("shuffle_buffer", _defaults["shuffle_buffer"], "Records in the shuffle buffer.")
 flags.DEFINE_integer("log_every", _defaults["log_every"], "Steps between progress lines and scalars.")
@@ -82,6 +86,7 @@ def config_from_flags() -> config_lib.TrainConfig:
     return config_lib.TrainConfig(**{n: getattr(FLAGS, n) for n in names})
 
 
+@runtime.reports_user_errors
 def main(argv):
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]} (flags need --name=value)", file=sys.stderr)
@@ -97,7 +102,8 @@ def main(argv):
         return 0
     from absl import logging
 
-    from crfgan_tf import fileio, train_lib  # TensorFlow loads only for real work
+    runtime.quiet_tensorflow()
+    from crfgan_tf import train_lib  # TensorFlow loads only for real work
 
     logging.set_verbosity(logging.WARNING)  # TF's checkpoint INFO lines drown the progress
     if FLAGS.demo_data_dir:
@@ -106,15 +112,12 @@ def main(argv):
         demo.prepare_demo_data(FLAGS.demo_data_dir, size=config.img_size,
                                log=lambda m: print(m, file=sys.stderr))
 
-    os.makedirs(config.model_dir, exist_ok=True)
-    fileio.atomic_write(os.path.join(config.model_dir, "flags.txt"),
-                           FLAGS.flags_into_string())
     try:
-        train_lib.train(config)
+        train_lib.train(config, flags_text=FLAGS.flags_into_string())
     except train_lib.NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, train_lib.NoReadableCheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

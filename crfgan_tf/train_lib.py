@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import resource
 import sys
 import time
@@ -18,11 +19,12 @@ import numpy as np
 import tensorflow as tf
 
 from crfgan_tf import config as config_lib
-from crfgan_tf import data, fileio, optimizers
+from crfgan_tf import data, fileio, optimizers, rundir
 from crfgan_tf.model import MODEL_CLASSES, REPLICA_INVARIANT, SubVolumeGAN
 
-STATE_FILE = "trainer_state.json"
-CHECKPOINT_DIR = "checkpoints"
+
+class NoReadableCheckpointError(RuntimeError):
+    """A run directory has checkpoints and none of them can be read; nothing is changed."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -38,14 +40,58 @@ def set_precision(policy: str) -> None:
     keras.mixed_precision.set_global_policy(policy)
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """default: one device; mirrored: all local GPUs (or the CPU); multi_worker: the
-    cluster in TF_CONFIG (see README)."""
+def make_strategy(name: str, cpu_devices: int = 1) -> tf.distribute.Strategy:
+    """default: one device; mirrored: all local GPUs, or without GPUs the CPU split into
+    `cpu_devices` logical devices (one replica each); multi_worker: the cluster in
+    TF_CONFIG (see README). Call before TensorFlow runs any operation."""
+    if cpu_devices > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
     if name == "mirrored":
+        if not tf.config.list_physical_devices("GPU") and cpu_devices > 1:
+            return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_devices)])
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run directory (all but multi_worker's workers > 0)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type == "chief" or (task_type == "worker" and task_id == 0
+                                    and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def cpu_advice(config: config_lib.TrainConfig, has_gpu: bool, cpu_flags: set) -> list:
+    """Warnings for settings that cost time on a CPU (figures: docs/benchmarks.md)."""
+    if has_gpu:
+        return []
+    out = []
+    if config.jit_compile:
+        out.append("WARNING: --jit_compile on a CPU: XLA made a 128^3 CRF-GAN iteration about "
+                   "30x slower on a 2-core CPU (77.5 vs 2.5 s/it); it helps on GPUs only. "
+                   "Drop --jit_compile here.")
+    if config.mixed_precision == "float32" and {"amx_bf16", "avx512_bf16"} & cpu_flags:
+        out.append("note: this CPU computes bfloat16 natively (AMX/AVX-512 BF16): "
+                   "--mixed_precision=mixed_bfloat16 made a 128^3 CRF-GAN iteration 1.75x "
+                   "faster on one (1.45 vs 2.53 s/it)")
+    return out
+
+
+def _cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def make_optimizer(learning_rate: float, config: config_lib.TrainConfig, name: str):
@@ -83,12 +129,37 @@ def make_checkpoint(model: SubVolumeGAN) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(**model.checkpoint_items())
 
 
+_SHAPE_MISMATCH = re.compile(r"incompatible tensor with shape \(([\d, ]*)\) when attempting "
+                             r"to restore variable with shape \(([\d, ]*)\) and name ([^\s]+?)\.?$",
+                             re.M)
+
+
+def _shape(text: str) -> tuple:
+    return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+
+
+def architecture_flag(name: str, stored: tuple, built: tuple) -> str:
+    """The flag that most likely explains a variable stored as `stored` but built as
+    `built` (from the shapes the flags give: latent size, channel width, volume size)."""
+    if name.split(":")[0].endswith("fc/kernel") and len(stored) == 2 and stored[1:] == built[1:]:
+        return f"--latent_dim (the checkpoint's is {stored[0]})"
+    ratios = {b / a for a, b in zip(stored, built) if a != b and a}
+    if len(stored) == len(built) and len(ratios) == 1:
+        return f"--width (channels x{ratios.pop():g} of the checkpoint's)"
+    return "--img_size or --model"
+
+
 def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager,
                    log: Callable[[str], None] = _log) -> Optional[str]:
     """Restores the newest readable checkpoint; an unreadable one is skipped with a warning.
 
     Returns:
       The path restored, or None when there is none (a fresh start).
+
+    Raises:
+      rundir.RunDirError: a checkpoint holds a variable of another shape (networks built
+        with other flags); names the variable and the flag. Nothing is changed.
+      NoReadableCheckpointError: no checkpoint could be read.
     """
     for path in reversed(manager.checkpoints):
         try:
@@ -96,14 +167,23 @@ def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.Checkpoint
             return path
         except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways
             # (DataLossError, IndexError "read less bytes", ValueError ...); each is skipped.
+            mismatch = _SHAPE_MISMATCH.search(str(err))
+            if mismatch:
+                stored, built, name = (_shape(mismatch.group(1)), _shape(mismatch.group(2)),
+                                       mismatch.group(3))
+                raise rundir.RunDirError(
+                    f"checkpoint {path} does not fit the networks these settings build: "
+                    f"variable {name.split(':')[0]} is {stored} in the checkpoint and {built} "
+                    f"here; check {architecture_flag(name, stored, built)}. Nothing was "
+                    "changed; resume with the settings the run was started with.") from None
             log(f"WARNING: checkpoint {path} is unreadable ({type(err).__name__}: "
                 f"{str(err).splitlines()[0][:200]}); trying the previous one")
     if manager.checkpoints:
-        raise RuntimeError(
+        raise NoReadableCheckpointError(
             f"no readable checkpoint in {manager.directory} (nothing was changed there; "
-            "checkpoints written by crfgan-tf before 2026-11-25, when G1/G2's up-sampling and "
-            "padding layers were fused into their convolutions, have another layout and do "
-            "not restore into the current networks)")
+            "each failure is above. Checkpoints written by crfgan-tf before 2026-11-25, when "
+            "G1/G2's up-sampling and padding layers were fused into their convolutions, have "
+            "another layout and do not restore into the current networks)")
     return None
 
 
@@ -132,31 +212,81 @@ class _Progress:
         return rate
 
 
-def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log) -> dict:
+def make_distributed_step(strategy: tf.distribute.Strategy, model: SubVolumeGAN,
+                          jit_compile: bool = False) -> Callable:
+    """The training step `train` runs: model.train_step on every replica, losses summed
+    over replicas (each is already divided by the global batch), replica-invariant values
+    (e.g. the CRF weight) averaged."""
+
+    @tf.function(jit_compile=jit_compile or None)
+    def replica_step(batch):
+        return model.train_step(batch)
+
+    @tf.function
+    def distributed_step(batch):
+        per_replica = strategy.run(replica_step, args=(batch,))
+        return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN if k in REPLICA_INVARIANT
+                                   else tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in per_replica.items()}
+
+    return distributed_step
+
+
+def _checkpoint_managers(checkpoint, config, chief: bool, strategy):
+    """(reader, writer): the run's checkpoints; a multi_worker worker other than the chief
+    writes its (identical) copy to a scratch directory that is deleted after each save."""
+    reader = tf.train.CheckpointManager(
+        checkpoint, os.path.join(config.model_dir, rundir.CHECKPOINT_DIR),
+        max_to_keep=config.keep_checkpoints)
+    if chief:
+        return reader, reader
+    scratch = os.path.join(config.model_dir, f".worker-{strategy.cluster_resolver.task_id}")
+    return reader, tf.train.CheckpointManager(checkpoint, scratch, max_to_keep=1)
+
+
+def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
+          flags_text: Optional[str] = None) -> dict:
     """Trains (or resumes) until `config.train_steps`; returns the last metrics and step.
 
+    Before anything is written: the config is validated and compared with the one stored
+    in the run directory (only rundir.RESUMABLE_FIELDS may differ), and the records are
+    checked (they exist and hold img_size^3 volumes).
+
+    Args:
+      config: the run.
+      log: progress lines.
+      flags_text: the command line as a flagfile, kept as flags.txt.
+
     Raises:
-      ValueError: invalid config (before any work).
+      ValueError: invalid config (before any work); rundir.RunDirError, a run directory
+        started with other settings; data.RecordsError, missing, mismatched or damaged
+        records (the file named).
       NonFiniteLossError: a loss became NaN/inf (names the step and phase).
     """
     config.validate()
     if not config.train_records and config.train_steps > 0:
         raise ValueError("--train_records is required")
-    os.makedirs(config.model_dir, exist_ok=True)
-    fileio.atomic_write(os.path.join(config.model_dir, "config.json"), config.to_json())
-    set_precision(config.mixed_precision)
-    # Initial weights follow from the seed (a resumed run overwrites them anyway).
-    keras.utils.set_random_seed(config.seed)
-    strategy = make_strategy(config.strategy)
+    changed = rundir.check_config(config)
+    files = data.check_records(config.train_records, config.img_size) \
+        if config.train_steps > 0 else []
+    for line in cpu_advice(config, bool(tf.config.list_physical_devices("GPU")), _cpu_flags()):
+        log(line)
+    strategy = make_strategy(config.strategy, config.cpu_devices)
+    chief = is_chief(strategy)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(f"--batch_size={config.batch_size} is not divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas")
+    if chief:
+        fileio.ensure_output_dir(config.model_dir, "--model_dir")
+        rundir.record_config(config, flags_text, changed, log)
+        rundir.remove_partial_checkpoints(config.model_dir, log)
+    set_precision(config.mixed_precision)
+    # Initial weights follow from the seed (a resumed run overwrites them anyway).
+    keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = build_model(config)
         checkpoint = make_checkpoint(model)
-    manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(config.model_dir, CHECKPOINT_DIR),
-        max_to_keep=config.keep_checkpoints)
+    manager, writer_manager = _checkpoint_managers(checkpoint, config, chief, strategy)
     restored = restore_latest(checkpoint, manager, log)
     step = int(model.step_counter.numpy())
     if restored:
@@ -169,20 +299,13 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log) -> 
         config.train_records, config.img_size, config.batch_size, config.latent_dim,
         seed=config.seed, start_step=step, shuffle_buffer=config.shuffle_buffer)
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    distributed_step = make_distributed_step(strategy, model, config.jit_compile)
+    learning_rates = {phase: getattr(config, field)
+                      for phase, field in type(model).LEARNING_RATES.items()}
 
-    @tf.function(jit_compile=config.jit_compile or None)
-    def replica_step(batch):
-        return model.train_step(batch)
-
-    @tf.function
-    def distributed_step(batch):
-        per_replica = strategy.run(replica_step, args=(batch,))
-        return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN if k in REPLICA_INVARIANT
-                                   else tf.distribute.ReduceOp.SUM, v, axis=None)
-                for k, v in per_replica.items()}
-
-    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
-    profile = config.profile_range()
+    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train")) if chief \
+        else tf.summary.create_noop_writer()
+    profile = config.profile_range() if chief else None
     progress = _Progress(step, config.train_steps, log)
     log(f"train: {config.model} {config.img_size}^3, batch {config.batch_size} on "
         f"{strategy.num_replicas_in_sync} replica(s), {config.mixed_precision}, "
@@ -192,7 +315,13 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log) -> 
     while step < config.train_steps:
         if profile and step + 1 == profile[0]:
             tf.profiler.experimental.start(config.model_dir)
-        metrics = {k: float(v) for k, v in distributed_step(next(iterator)).items()}
+        try:
+            batch = next(iterator)
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
+            raise data.RecordsError(
+                f"{data.describe_read_error(err, files)} (at step {step + 1}; the last "
+                f"checkpoint, {manager.latest_checkpoint}, is intact)") from None
+        metrics = {k: float(v) for k, v in distributed_step(batch).items()}
         step += 1
         if profile and step == profile[1]:
             tf.profiler.experimental.stop()
@@ -211,15 +340,18 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log) -> 
             with writer.as_default(step=step):
                 for k, v in metrics.items():
                     tf.summary.scalar(k, v)
-                for phase, opt in model.phase_optimizers().items():
-                    tf.summary.scalar(f"learning_rate/{phase}", float(opt.learning_rate))
+                for phase, lr in learning_rates.items():
+                    tf.summary.scalar(f"learning_rate/{phase}", lr)
                 tf.summary.scalar("iterations_per_sec", rate)
                 tf.summary.scalar("peak_memory_bytes", peak_memory_bytes())
-        if step % config.image_every == 0 or step == config.train_steps:
+        if chief and (step % config.image_every == 0 or step == config.train_steps):
             write_images(model, writer, step, config)
         if step % config.checkpoint_every == 0 or step == config.train_steps:
-            path = manager.save(checkpoint_number=step)
-            fileio.atomic_write(os.path.join(config.model_dir, STATE_FILE), json.dumps(
+            path = writer_manager.save(checkpoint_number=step)
+            if not chief:
+                tf.io.gfile.rmtree(writer_manager.directory)
+                continue
+            fileio.atomic_write(os.path.join(config.model_dir, rundir.STATE_FILE), json.dumps(
                 {"step": step, "checkpoint": path, "train_steps": config.train_steps,
                  "metrics": metrics, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
     writer.flush()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from crfgan_tf import data, train_lib
+from crfgan_tf import data, rundir, train_lib
 from crfgan_tf.model import CRFGAN
 
 from conftest import tiny_config
@@ -148,64 +148,6 @@ def test_demo_flagfile_end_to_end(tmp_path):
     assert json.load(open(work / "model" / "config.json"))["width"] == 0.125
 
 
-MIRRORED_SCRIPT = r"""
-import json, sys
-import numpy as np, tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-sys.path.insert(0, "tests")
-from conftest import tiny_batch, tiny_config
-from crfgan_tf import train_lib
-import keras
-
-model_name, size = sys.argv[1], int(sys.argv[2])
-batch = tiny_batch(img_size=size, batch=2)
-results = {}
-for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
-                       ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
-    keras.utils.set_random_seed(0)
-    with strategy.scope():
-        model = train_lib.build_model(tiny_config("/tmp/unused", model=model_name,
-                                                  img_size=size))
-    if name == "one":
-        init = [v.numpy() for v in model.weights]
-    else:
-        for v, w in zip(model.weights, init):
-            v.assign(w)
-    dataset = tf.data.Dataset.from_tensors(batch)
-    dist = iter(strategy.experimental_distribute_dataset(dataset))
-    @tf.function
-    def step(b):
-        out = strategy.run(model.train_step, args=(b,))
-        return {k: strategy.reduce("MEAN" if k == "crf_weight" else "SUM", v, axis=None)
-                for k, v in out.items()}
-    out = step(next(dist))
-    results[name] = {"losses": {k: float(v) for k, v in out.items()},
-                     "replicas": strategy.num_replicas_in_sync,
-                     "weights": [float(np.abs(v.numpy()).sum()) for v in model.trainable_weights]}
-print(json.dumps(results))
-"""
-
-
-@pytest.mark.parametrize("model,size", [
-    ("crfgan", 64), pytest.param("hagan", 128, marks=pytest.mark.slow)])
-def test_two_replica_mirrored_equals_one_device(model, size):
-    env = dict(os.environ, PYTHONPATH=REPO)
-    res = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, model, str(size)], cwd=REPO,
-                         env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert out["one"]["replicas"] == 1 and out["two"]["replicas"] == 2
-    for k, v in out["one"]["losses"].items():
-        assert out["two"]["losses"][k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
-    one, two = np.array(out["one"]["weights"]), np.array(out["two"]["weights"])
-    # atol: conv biases ahead of GroupNorm get gradients of pure rounding noise, which
-    # Adam turns into steps of up to lr (1e-4) in either direction.
-    bad = np.flatnonzero(~np.isclose(two, one, rtol=1e-4, atol=1e-4))
-    assert bad.size == 0, (bad, one[bad], two[bad])
-
-
 @pytest.mark.parametrize("flagfile,model", [("configs/luna.flags", "crfgan"),
                                             ("configs/gsp.flags", "crfgan"),
                                             ("configs/luna_hagan.flags", "hagan")])
@@ -219,17 +161,90 @@ def test_shipped_flagfiles_resolve(tmp_path, flagfile, model):
         ("pytorch", "fresh", "nearest", 4e-4)
 
 
-def test_no_readable_checkpoint_stops_and_leaves_the_files(tmp_path):
-    """Every checkpoint unreadable (e.g. another layout): stop with a message, never start
-    over silently, and leave the files as they were."""
-    old = tf.train.Checkpoint(w=tf.Variable(tf.zeros(3)))  # written with shape (3,)
-    manager = tf.train.CheckpointManager(old, str(tmp_path), max_to_keep=2)
-    path = manager.save()
-    new = tf.train.Checkpoint(w=tf.Variable(tf.zeros(4)))  # the current "network": (4,)
-    before = sorted(os.listdir(tmp_path))
+def test_no_readable_checkpoint_stops_and_leaves_the_files(records_64, tmp_path):
+    """Every checkpoint unreadable: stop with a message, never start over silently, and
+    leave the files as they were."""
+    pattern = _train_glob(records_64)
+    train_lib.train(tiny_config(tmp_path, pattern, train_steps=2, checkpoint_every=1))
+    for f in glob.glob(str(tmp_path / "checkpoints" / "ckpt-*.data-*")):
+        open(f, "wb").write(b"garbage")
+    before = {f: open(f, "rb").read() for f in glob.glob(str(tmp_path / "checkpoints" / "*"))}
     logs = []
-    with pytest.raises(RuntimeError, match="no readable checkpoint .*another layout"):
-        train_lib.restore_latest(new, tf.train.CheckpointManager(new, str(tmp_path), 2),
-                                 log=logs.append)
-    assert any(path in m and "unreadable" in m for m in logs)
-    assert sorted(os.listdir(tmp_path)) == before
+    with pytest.raises(train_lib.NoReadableCheckpointError, match="no readable checkpoint"):
+        train_lib.train(tiny_config(tmp_path, pattern, train_steps=3), log=logs.append)
+    assert sum("unreadable" in m for m in logs) == 2
+    assert before == {f: open(f, "rb").read()
+                      for f in glob.glob(str(tmp_path / "checkpoints" / "*"))}
+
+
+def _run_files(run):
+    return {n: open(run / n).read() for n in ("config.json", "flags.txt")}
+
+
+def test_rerun_with_another_architecture_flag_is_refused_and_changes_nothing(records_64,
+                                                                              tmp_path):
+    run = tmp_path / "run"
+    base = (f"--model_dir={run}", f"--train_records={_train_glob(records_64)}",
+            "--img_size=64", "--latent_dim=16", "--width=0.0625", "--batch_size=2",
+            "--train_steps=1", "--checkpoint_every=1", "--log_every=1")
+    res = _cli(*base)
+    assert res.returncode == 0, res.stderr[-3000:]
+    before = _run_files(run)
+    ckpts = sorted(os.listdir(run / "checkpoints"))
+    res = _cli(*base[:4], "--width=0.125", "--seed=7", *base[5:])
+    assert res.returncode == 2
+    assert "--width: 0.0625 -> 0.125" in res.stderr and "--seed: 0 -> 7" in res.stderr
+    assert "another --model_dir" in res.stderr and "Traceback" not in res.stderr
+    assert _run_files(run) == before and sorted(os.listdir(run / "checkpoints")) == ckpts
+    # resumable fields may change, and the change is recorded
+    res = _cli(*base[:-3], "--train_steps=2", "--checkpoint_every=2", "--log_every=2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "--train_steps 1 -> 2" in res.stderr and "resumed from" in res.stderr
+    cfg = json.load(open(run / "config.json"))
+    assert (cfg["train_steps"], cfg["width"]) == (2, 0.0625)
+    (change,) = [json.loads(line) for line in open(run / "config_changes.jsonl")]
+    assert change["changed"]["train_steps"] == [1, 2]
+    assert "--train_steps=2" in open(run / "flags.txt").read()
+
+
+def test_checkpoint_of_other_shapes_names_the_variable_and_flag(records_64, tmp_path):
+    """A config.json that does not describe the checkpoints (edited by hand, or lost and
+    rewritten) gives the variable and the flag, not 'unreadable'."""
+    pattern = _train_glob(records_64)
+    train_lib.train(tiny_config(tmp_path, pattern, train_steps=1, checkpoint_every=1))
+    os.remove(tmp_path / "config.json")
+    with pytest.raises(rundir.RunDirError, match=r"ckpt-1 does not fit .*variable \S+ is "
+                       r"\([\d, ]+\) in the checkpoint and \([\d, ]+\) here; check --width "
+                       r"\(channels x2 "):
+        train_lib.train(tiny_config(tmp_path, pattern, train_steps=2, width=0.125))
+    os.remove(tmp_path / "config.json")
+    with pytest.raises(rundir.RunDirError, match="check --latent_dim"):
+        train_lib.train(tiny_config(tmp_path, pattern, train_steps=2, latent_dim=32))
+
+
+def test_partial_checkpoint_of_a_killed_save_is_removed(records_64, tmp_path):
+    pattern = _train_glob(records_64)
+    train_lib.train(tiny_config(tmp_path, pattern, train_steps=1, checkpoint_every=1))
+    partial = tmp_path / "checkpoints" / "ckpt-2_temp"
+    partial.mkdir()
+    (partial / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"half")
+    logs = []
+    train_lib.train(tiny_config(tmp_path, pattern, train_steps=2, checkpoint_every=1),
+                    log=logs.append)
+    assert not partial.exists()
+    assert any("ckpt-2_temp" in m and "interrupted save" in m for m in logs)
+
+
+def test_cpu_advice_warns_about_xla_and_suggests_bf16(tmp_path):
+    cfg = tiny_config(tmp_path, jit_compile=True)
+    advice = train_lib.cpu_advice(cfg, has_gpu=False, cpu_flags={"avx512_bf16"})
+    assert "30x slower" in advice[0] and "mixed_bfloat16" in advice[1]
+    assert train_lib.cpu_advice(cfg, has_gpu=True, cpu_flags={"avx512_bf16"}) == []
+    assert train_lib.cpu_advice(tiny_config(tmp_path), has_gpu=False, cpu_flags=set()) == []
+
+
+def test_cli_jit_compile_on_cpu_warns(tmp_path):
+    res = _cli(f"--model_dir={tmp_path}/run", "--img_size=64", "--latent_dim=16",
+               "--width=0.0625", "--train_steps=0", "--jit_compile")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "--jit_compile on a CPU" in res.stderr

@@ -1,0 +1,89 @@
+"""What every entry point does to the process: a quiet TensorFlow start-up, and user
+errors reported in one line.
+
+TensorFlow prints a dozen lines while it loads (oneDNN notices, "Could not find cuda
+drivers", CPU instruction sets, `E0000 ... failed call to cuInit` on machines without a
+GPU) that newcomers read as errors. `quiet_tensorflow()` loads it with those silenced:
+its C++ log level is set to 3 and the lines written to stderr while it loads are dropped
+when they are such start-up notices (anything else is passed through). A user who sets
+TF_CPP_MIN_LOG_LEVEL or gives --verbosity / -v gets TensorFlow's own output unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+import tempfile
+from typing import Callable
+
+from crfgan_tf import fileio
+
+_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|[IWE]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [\w.]+:\d+\] "
+    r"|To enable the following instructions:"
+    r"|\s*$)")
+
+
+def user_wants_tensorflow_logs(environ=os.environ, argv=None) -> bool:
+    """TF_CPP_MIN_LOG_LEVEL set, or --verbosity / -v on the command line."""
+    argv = sys.argv[1:] if argv is None else argv
+    return "TF_CPP_MIN_LOG_LEVEL" in environ or any(
+        a.split("=")[0] in ("--verbosity", "-v", "--v") for a in argv)
+
+
+def quiet_tensorflow(environ=os.environ, argv=None) -> bool:
+    """Imports TensorFlow with its start-up notices silenced (see the module docstring).
+
+    Returns:
+      Whether anything was silenced (False when TensorFlow was already loaded or the user
+      asked for its logs).
+    """
+    if "tensorflow" in sys.modules or user_wants_tensorflow_logs(environ, argv):
+        return False
+    environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # also the first operation's cuInit error
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines():
+                if not _NOISE.match(line):
+                    print(line, file=sys.stderr)
+    return True
+
+
+def _tensorflow_file_errors() -> tuple:
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return ()
+    return (tf.errors.PermissionDeniedError, tf.errors.FailedPreconditionError,
+            tf.errors.AlreadyExistsError)
+
+
+def reports_user_errors(main: Callable) -> Callable:
+    """Wraps an absl `main`: a file-system error on a path the user gave (an output under
+    a regular file, a read-only directory, a full disk) is printed as one line and exits
+    with status 2; anything else keeps its traceback (a bug)."""
+
+    @functools.wraps(main)
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except OSError as err:
+            if not err.filename:
+                raise
+            print(f"error: {fileio.describe_os_error(err)}", file=sys.stderr)
+            return 2
+        except _tensorflow_file_errors() as err:
+            print(f"error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+            return 2
+
+    return wrapped
