@@ -27,8 +27,6 @@ from scipy import ndimage
 HU_FLOOR = -1024.0
 HU_CEIL = 600.0
 AIR_HU = -1000.0
-# Anything below this is scanner padding, not tissue or air (-2000, -2048, -3024, ...).
-PADDING_BELOW = -1500.0
 
 SCAN_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz")
 
@@ -51,7 +49,7 @@ class ScanResult:
     output_origin: Tuple[float, float, float]  # (x, y, z) mm, canonical orientation
     window: Tuple[float, float]  # input intensities mapped to -1 and 1
     intercept_shift: float = 0.0  # added to fix a missing -1024 intercept
-    padding_voxels: int = 0  # voxels of scanner padding set to -1024
+    padding_voxels: int = 0  # voxels at or below -1024 HU (padding, floor air) set to -1024
     air_estimate: Optional[float] = None  # HU of outside air before correction
     air_shift: float = 0.0  # HU added to all non-padding voxels
     trimmed_slices: Tuple[int, int] = (0, 0)  # blank slices removed (inferior, superior)
@@ -95,6 +93,9 @@ def read_canonical(path: str) -> Tuple[np.ndarray, Tuple[float, float, float],
     try:
         image = sitk.ReadImage(path)
     except RuntimeError as err:  # ITK reports truncated data and broken headers so
+        data_problem = metaimage_data_problem(path) if path.lower().endswith(".mhd") else None
+        if data_problem:
+            raise ScanError(data_problem) from None
         first = str(err).strip().splitlines()
         raise ScanError(f"unreadable: {first[-1] if first else err}") from None
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
@@ -108,28 +109,118 @@ def read_canonical(path: str) -> Tuple[np.ndarray, Tuple[float, float, float],
     # which is the identity direction matrix.
     image = sitk.DICOMOrient(image, "LPS")
     array = sitk.GetArrayFromImage(image)
-    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-        raise ScanError(f"{int(np.size(array) - np.count_nonzero(np.isfinite(array)))} "
-                        "non-finite voxels (NaN or inf)")
+    # ITK's NIfTI reader replaces NaN and inf by 0, so NIfTI is checked in the file itself
+    bad = (nifti_nonfinite_count(path) if path.lower().endswith((".nii", ".nii.gz"))
+           else int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+           if array.dtype.kind == "f" else 0)
+    if bad:
+        raise ScanError(f"{bad} non-finite voxels (NaN or inf)")
     spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
     if not all(np.isfinite(spacing)) or min(spacing) <= 0:
         raise ScanError(f"invalid spacing {spacing}")
     return array, spacing, tuple(float(v) for v in image.GetOrigin()), orientation
 
 
+_MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
+              "MET_UINT": 4, "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8,
+              "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+
+
+def metaimage_data_problem(path: str) -> Optional[str]:
+    """Why the data file of a MetaImage header cannot hold its image (missing, or shorter
+    than DimSize x ElementType says), or None when its size is right or cannot be judged
+    (compressed, inline, an unknown type)."""
+    header = {}
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                if "=" in line:
+                    key, value = line.split("=", 1)
+                    header[key.strip()] = value.strip()
+    except OSError:
+        return None
+    name = header.get("ElementDataFile", "")
+    size = _MET_BYTES.get(header.get("ElementType", ""))
+    if (not name or name.upper() in ("LOCAL", "LIST") or size is None
+            or header.get("CompressedData", "False").lower() == "true"):
+        return None
+    try:
+        dims = [int(v) for v in header.get("DimSize", "").split()]
+        channels = int(header.get("ElementNumberOfChannels", "1"))
+    except ValueError:
+        return None
+    data = os.path.join(os.path.dirname(path), name)
+    expected = int(np.prod(dims)) * size * channels
+    if not os.path.exists(data):
+        return f"its data file {data} is missing"
+    actual = os.path.getsize(data)
+    if actual < expected:
+        return (f"its data file {data} is truncated: {actual} bytes, expected {expected} "
+                f"(DimSize {' x '.join(map(str, dims))} of {header['ElementType']})")
+    return None
+
+
+# NIfTI-1/2 datatype codes of floating-point voxels -> numpy dtype
+_NIFTI_FLOATS = {16: "f4", 64: "f8", 1536: "f16"}
+
+
+def nifti_nonfinite_count(path: str, chunk_bytes: int = 1 << 24) -> int:
+    """Non-finite (NaN, inf) voxels in a NIfTI file's stored float data, read from the file
+    itself (ITK's reader silently turns them into 0). 0 for integer data."""
+    import gzip
+    import struct
+
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        head = f.read(540)
+        for endian in "<>":
+            sizeof_hdr = struct.unpack(endian + "i", head[:4])[0]
+            if sizeof_hdr in (348, 540):
+                break
+        else:
+            return 0  # not NIfTI as we know it: ITK read it; nothing more to check
+        if sizeof_hdr == 348:
+            dims = struct.unpack(endian + "8h", head[40:56])
+            datatype = struct.unpack(endian + "h", head[70:72])[0]
+            offset = int(struct.unpack(endian + "f", head[108:112])[0])
+        else:
+            datatype = struct.unpack(endian + "h", head[12:14])[0]
+            dims = struct.unpack(endian + "8q", head[16:80])
+            offset = struct.unpack(endian + "q", head[168:176])[0]
+        kind = _NIFTI_FLOATS.get(datatype)
+        if kind is None or kind == "f16":
+            return 0
+        dtype = np.dtype(endian + kind)
+        count = int(np.prod([max(1, d) for d in dims[1:1 + max(1, dims[0])]]))
+        f.seek(offset)  # gzip files seek forward by decompressing
+        bad, left = 0, count
+        step = max(1, chunk_bytes // dtype.itemsize)
+        while left > 0:
+            values = np.frombuffer(f.read(min(step, left) * dtype.itemsize), dtype)
+            if values.size == 0:
+                break
+            bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+            left -= values.size
+    return bad
+
+
 def calibrate_hu(array: np.ndarray) -> Tuple[np.ndarray, np.ndarray, float]:
-    """Puts stored values on the HU scale and marks scanner padding.
+    """Puts stored values on the HU scale and marks the voxels at the window floor.
 
     A scan stored without its -1024 rescale intercept (unsigned storage: air near 0, no
-    value below -100) is shifted by -1024. Padding outside the field of view (anything
-    below -1500 HU: -2000, -2048, -3024 ...) is set to -1024.
+    value below -100) is shifted by -1024. Every voxel at or below -1024 HU is set to
+    -1024 and marked: scanner padding outside the field of view (-3024, -2048, -2000, or
+    exactly -1024, which is 0 in unsigned storage) and air stored at or below the floor.
+    Storage cannot tell these apart (unsigned storage clips them all to 0), so everything
+    after this treats them alike: the same anatomy stored any of these ways gives the same
+    result.
 
     Args:
       array: (z, y, x) stored values.
 
     Returns:
-      (hu, padding_mask, intercept_shift): float32 HU, bool mask of padding voxels, and
-      the shift that was added (0 or -1024).
+      (hu, floor_mask, intercept_shift): float32 HU, bool mask of the voxels at the floor,
+      and the shift that was added (0 or -1024).
     """
     hu = array.astype(np.float32)
     shift = 0.0
@@ -138,18 +229,20 @@ def calibrate_hu(array: np.ndarray) -> Tuple[np.ndarray, np.ndarray, float]:
     if float(hu.min()) > -100.0:
         shift = -1024.0
         hu += shift
-    padding = hu < PADDING_BELOW
-    hu[padding] = HU_FLOOR
-    return hu, padding, shift
+    floor = hu <= HU_FLOOR
+    hu[floor] = HU_FLOOR
+    return hu, floor, shift
 
 
 def estimate_outside_air(hu: np.ndarray, padding: np.ndarray) -> Optional[float]:
     """Estimates the HU of the air around the body.
 
-    Outside air is the low-density (< -500 HU) region connected to the in-plane border
-    of the scan or to the padding around the field of view; the lungs are not connected
-    to either. Works on an in-plane subsampled copy: the median of thousands of voxels
-    does not need all of them.
+    Outside air is the low-density (-500 > HU > -1024) region connected to the in-plane
+    border of the scan, or to the floor voxels (padding, see calibrate_hu) that are
+    themselves connected to that border; the lungs are connected to neither (floor voxels
+    inside the lungs are not connected to the border). Floor voxels are not counted: they
+    may be padding. Works on a subsampled copy: the median of thousands of voxels does
+    not need all of them.
 
     Returns:
       The median HU of outside air, or None when fewer than 50 such voxels exist (the body
@@ -163,9 +256,12 @@ def estimate_outside_air(hu: np.ndarray, padding: np.ndarray) -> Optional[float]
     labels, count = ndimage.label(low)
     if count == 0:
         return None
-    seeds = ndimage.binary_dilation(pad, structure=np.ones((1, 3, 3), bool))
-    seeds[:, 0, :] = seeds[:, -1, :] = True
-    seeds[:, :, 0] = seeds[:, :, -1] = True
+    border = np.zeros(sub.shape, bool)
+    border[:, 0, :] = border[:, -1, :] = border[:, :, 0] = border[:, :, -1] = True
+    pad_labels, _ = ndimage.label(pad)
+    outer = np.unique(pad_labels[border & pad])
+    outer_pad = np.isin(pad_labels, outer[outer > 0])
+    seeds = ndimage.binary_dilation(outer_pad, structure=np.ones((1, 3, 3), bool)) | border
     outside_labels = np.unique(labels[seeds & low])
     outside = np.isin(labels, outside_labels[outside_labels > 0])
     if np.count_nonzero(outside) < 50:
@@ -177,7 +273,8 @@ def correct_air(hu: np.ndarray, padding: np.ndarray, air_estimate: Optional[floa
                 max_shift: float = 100.0) -> Tuple[np.ndarray, float]:
     """Shifts the scan so that outside air sits at -1000 HU.
 
-    Padding stays at the window floor. A shift larger than `max_shift` means the estimate
+    The floor voxels (`padding`, see calibrate_hu) stay at the window floor, so that blank
+    end slices stay blank and are trimmed however the scan was stored. A shift larger than `max_shift` means the estimate
     is not air (say, a scan cropped to the body); it is not applied.
 
     Returns:

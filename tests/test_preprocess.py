@@ -45,7 +45,7 @@ def test_missing_intercept_is_detected_and_shifted():
     hu, mask, shift = pp.calibrate_hu(stored)
     assert shift == -1024.0
     np.testing.assert_array_equal(hu, [[[-1024, -1000, 40, 1200]]])
-    assert not mask.any()
+    np.testing.assert_array_equal(mask, [[[True, False, False, False]]])  # 0: padding
 
 
 def test_air_estimate_and_correction(scan):
@@ -128,7 +128,13 @@ def test_corrupt_scans_raise_scan_error(tmp_path, scan):
     path = phantom.write_scan(vol, str(tmp_path / "t.mhd"), spec.spacing_zyx)
     raw = tmp_path / "t.raw"
     raw.write_bytes(raw.read_bytes()[:1000])
-    with pytest.raises(pp.ScanError, match="unreadable"):
+    expected = vol.size * 2
+    with pytest.raises(pp.ScanError, match=rf"data file .*t.raw is truncated: 1000 bytes, "
+                                           rf"expected {expected} \(DimSize 48 x 48 x 30 "
+                                           "of MET_SHORT\)"):
+        pp.read_canonical(path)
+    raw.unlink()
+    with pytest.raises(pp.ScanError, match=r"data file .*t.raw is missing"):
         pp.read_canonical(path)
     bad = tmp_path / "h.mhd"
     bad.write_text("ObjectType = Image\nNDims = banana\n")
@@ -160,3 +166,63 @@ def test_resize_antialias_removes_aliasing_and_keeps_geometry():
     b, sb, ob = pp.resize_volume(ramp, (1.0, 1.0, 1.0), (0, 0, 0), 16, antialias=False)
     assert sa == sb and oa == ob
     np.testing.assert_allclose(a[:, :, 1:-1], b[:, :, 1:-1], atol=1e-5)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nifti_non_finite_voxels_are_caught(tmp_path, suffix, value):
+    """ITK's NIfTI reader turns NaN and inf into 0; the file itself must be checked."""
+    vol = np.full((4, 8, 8), -1000.0, np.float32)
+    vol[1, 2, 3] = value
+    vol[2, 5, 5] = value
+    path = str(tmp_path / f"n{suffix}")
+    sitk.WriteImage(sitk.GetImageFromArray(vol), path)
+    assert pp.nifti_nonfinite_count(path) == 2
+    with pytest.raises(pp.ScanError, match="2 non-finite voxels"):
+        pp.read_canonical(path)
+    for dtype in (np.float64, np.int16):
+        clean = str(tmp_path / f"c{suffix}")
+        sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 8, 8), -1000, dtype)), clean)
+        assert pp.nifti_nonfinite_count(clean) == 0
+        pp.read_canonical(clean)
+
+
+def test_padding_and_floor_air_stored_any_way_give_the_same_record(tmp_path):
+    """The same anatomy with its padding stored at -3024, at exactly -1024, and unsigned
+    without the intercept (padding and air at or below -1024 all become 0): one record.
+    The air is miscalibrated (+20 HU) so that the air shift is not zero."""
+    spec = phantom.PhantomSpec(in_plane=48, num_slices=30, blank_slices=3, noise_hu=20.0,
+                               air_offset=20.0, padding_value=-3024)
+    vol = phantom.make_phantom(2, spec)
+    at_floor = np.where(vol == -3024, -1024, vol).astype(np.int16)
+    paths = [phantom.write_scan(vol, str(tmp_path / "a.mhd"), spec.spacing_zyx),
+             phantom.write_scan(at_floor, str(tmp_path / "b.mhd"), spec.spacing_zyx),
+             phantom.write_scan(vol, str(tmp_path / "c.mhd"), spec.spacing_zyx,
+                                intercept_missing=True),
+             phantom.write_scan(at_floor, str(tmp_path / "d.nii.gz"), spec.spacing_zyx)]
+    opts = pp.PreprocessOptions(size=32)
+    results = [pp.process_scan(p, opts) for p in paths]
+    ref = results[0]
+    assert ref.trimmed_slices == (3, 3) and ref.air_shift == pytest.approx(-20.0, abs=3.0)
+    for r in results[1:]:  # the record stores the quantised volume
+        np.testing.assert_array_equal(pp.quantize(r.volume), pp.quantize(ref.volume))
+        np.testing.assert_allclose(r.volume, ref.volume, atol=1e-6)
+        assert (r.trimmed_slices, r.air_estimate, r.air_shift) == \
+            (ref.trimmed_slices, ref.air_estimate, ref.air_shift)
+        # NIfTI stores the geometry in float32, as the records do
+        np.testing.assert_allclose(r.output_origin + r.output_spacing,
+                                   ref.output_origin + ref.output_spacing, rtol=1e-6)
+    assert results[2].intercept_shift == -1024.0
+
+
+def test_floor_voxels_inside_the_lungs_do_not_make_them_outside_air():
+    """Air at the floor inside a lung is not connected to the border: the lung (-860 HU)
+    must not enter the outside-air estimate."""
+    spec = phantom.PhantomSpec(in_plane=48, num_slices=30, blank_slices=0, noise_hu=5.0)
+    vol = phantom.make_phantom(4, spec).astype(np.float32)
+    lung = np.argwhere(np.abs(vol + 860) < 15)
+    z, y, x = lung[len(lung) // 2]
+    vol[z, y, x] = -1024  # one voxel of airway air at the floor, inside the lung
+    hu, floor, _ = pp.calibrate_hu(vol)
+    assert floor[z, y, x]
+    assert pp.estimate_outside_air(hu, floor) == pytest.approx(-1000.0, abs=2.0)
