@@ -20,7 +20,8 @@ install: $(STAMP)
 # training run (configs/demo.flags) -> SavedModel -> sample volumes with PNG previews ->
 # FID/MMD on the labelled random-feature fallback (no MedicalNet weights offline) and a
 # small 2AFC reader-study page.
-# Rerunning resumes / does nothing once training has finished.
+# Rerunning resumes / does nothing once training has finished; the demo's study page is
+# rebuilt (--overwrite: it has no collected answers to lose).
 demo: $(STAMP)
 	$(PY) -m crfgan_tf.train --flagfile=configs/demo.flags --model_dir=$(DEMO_DIR)/model
 	$(PY) -m crfgan_tf.export --model_dir=$(DEMO_DIR)/model --export_dir=$(DEMO_DIR)/export
@@ -30,7 +31,7 @@ demo: $(STAMP)
 		--num_samples=8 --batch_size=4 --allow_random_features --cache_dir=$(DEMO_DIR)/fid_cache
 	$(PY) -m tools.make_2afc --real='$(DEMO_DIR)/records_64/val-*.tfrecord' \
 		--model_a=$(DEMO_DIR)/export --model_a_name=CRF-GAN --section1_pairs=4 \
-		--section2_pairs=0 --volumes_per_source=2 --output_dir=$(DEMO_DIR)/study
+		--section2_pairs=0 --volumes_per_source=2 --output_dir=$(DEMO_DIR)/study --overwrite
 	@echo "demo: samples (NIfTI, HU, with PNG previews) in $(DEMO_DIR)/samples"
 	@echo "demo: reader-study page $(DEMO_DIR)/study/readers/study.html (key in $(DEMO_DIR)/study/key)"
 	@echo "demo: TensorBoard: $(VENV)/bin/tensorboard --logdir $(DEMO_DIR)/model"

@@ -73,10 +73,33 @@ def _pick(rng, n: int, count: int) -> list:
     return [int(i) for i in picks[:count]]
 
 
+def check_output_dir(output_dir: str, overwrite: bool = False) -> None:
+    """Refuses an `output_dir` that holds a study already (its collected answers are only
+    analysable with its own key) unless `overwrite`, and one that cannot be written.
+
+    Raises:
+      StudyError: naming --output_dir and, for an existing study, its id and --overwrite.
+      fileio.OutputError: the directory cannot be written.
+    """
+    key = os.path.join(output_dir, "key", "key.json")
+    page = os.path.join(output_dir, "readers", "study.html")
+    if not overwrite and (os.path.exists(key) or os.path.exists(page)):
+        try:
+            with open(key) as f:
+                study_id = json.load(f).get("study_id", "?")
+        except (OSError, ValueError):
+            study_id = "?"
+        raise StudyError(
+            f"--output_dir {output_dir!r} already holds a study ({study_id}); answers collected "
+            "for it can only be analysed with its key. Use another --output_dir, or pass "
+            "--overwrite to replace it")
+    fileio.ensure_output_dir(output_dir, "--output_dir")
+
+
 def make_study(volumes: dict, output_dir: str, section1_pairs: int = 10,
                section2_pairs: int = 30, model_names=("model A", "model B"), seed: int = 0,
                planes=PLANES, position_range=(0.3, 0.7), display_window=sample_lib.LUNG_WINDOW,
-               sources: Optional[dict] = None, log=print) -> dict:
+               sources: Optional[dict] = None, log=print, overwrite: bool = False) -> dict:
     """Builds the study from HU volumes and writes `output_dir`/readers/study.html and
     `output_dir`/key/key.json. Returns the key.
 
@@ -85,6 +108,7 @@ def make_study(volumes: dict, output_dir: str, section1_pairs: int = 10,
         arrays, all of one shape; "model_b" may be missing when section2_pairs is 0.
       position_range: slice positions are drawn uniformly in this fraction of the axis
         (the central part, where the lungs are).
+      overwrite: replace a study already in `output_dir` (see check_output_dir).
     """
     if section1_pairs < 0 or section2_pairs < 0 or section1_pairs + section2_pairs == 0:
         raise StudyError("need at least one pair (section1_pairs, section2_pairs >= 0)")
@@ -103,6 +127,7 @@ def make_study(volumes: dict, output_dir: str, section1_pairs: int = 10,
         raise StudyError(f"all volumes must have one shape to compare slices at the same "
                          f"position, got {shapes}")
     shape = all_shapes.pop()
+    check_output_dir(output_dir, overwrite)
     rng = np.random.default_rng(seed)
 
     def pairs(section, first, second, n):
@@ -325,7 +350,8 @@ def read_answers(paths, key: dict) -> list:
     by_id = {q["id"]: q for q in key["questions"]}
     rows, seen = [], set()
     for path in paths:
-        with open(path, newline="") as f:
+        # utf-8-sig: a CSV saved by Excel starts with a byte-order mark
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             if tuple(reader.fieldnames or ()) != ANSWER_COLUMNS:
                 raise StudyError(f"{path}: columns {reader.fieldnames}, expected "

@@ -243,3 +243,54 @@ def test_make_and_analyze_clis(tmp_path):
     assert "chi-square" in text.stdout and "CRF-GAN" in text.stdout
     missing = _run("tools.make_2afc", f"--model_a={dirs['a']}", f"--output_dir={out}2")
     assert missing.returncode == 2 and "--real is required" in missing.stderr
+
+
+def test_answers_saved_by_excel_with_a_bom_are_read(study, tmp_path):
+    _, key, _ = study
+    files, truth = _simulate(key, readers=1, p_real=1, p_a=1, seed=4)
+    (path,) = _write_answers(tmp_path, files)
+    text = open(path, encoding="utf-8").read()
+    open(path, "w", encoding="utf-8-sig", newline="").write(text)  # Excel's "CSV UTF-8"
+    assert open(path, "rb").read(3) == b"\xef\xbb\xbf"
+    rows = reader_study.read_answers([path], key)
+    assert len(rows) == len(key["questions"])
+
+
+def test_a_second_study_into_the_same_directory_needs_overwrite(study, tmp_path):
+    out, key, vols = study
+    before = open(os.path.join(out, "key", "key.json")).read()
+    with pytest.raises(reader_study.StudyError, match=f"already holds a study "
+                       rf"\({key['study_id']}\).*--overwrite"):
+        reader_study.make_study(vols, out, 1, 1, seed=9, log=lambda m: None)
+    assert open(os.path.join(out, "key", "key.json")).read() == before
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    new = reader_study.make_study(vols, str(copy), 1, 1, seed=9, log=lambda m: None,
+                                  overwrite=True)
+    assert reader_study.read_key(str(copy / "key" / "key.json"))["study_id"] == new["study_id"]
+
+
+def test_make_2afc_cli_refuses_before_generating_anything(tmp_path):
+    """Section 2 without --model_b is refused before any source is opened (the sources
+    here do not even exist), and an existing study is kept without --overwrite."""
+    res = _run("tools.make_2afc", f"--real={tmp_path}/nothing", f"--model_a={tmp_path}/none",
+               "--section1_pairs=1", "--section2_pairs=2", f"--output_dir={tmp_path}/s")
+    assert res.returncode == 2 and "--model_b is required" in res.stderr
+    (tmp_path / "s" / "key").mkdir(parents=True)
+    (tmp_path / "s" / "key" / "key.json").write_text('{"study_id": "abc"}')
+    res = _run("tools.make_2afc", f"--real={tmp_path}/nothing", f"--model_a={tmp_path}/none",
+               "--section2_pairs=0", f"--output_dir={tmp_path}/s")
+    assert res.returncode == 2 and "already holds a study (abc)" in res.stderr
+    assert "--overwrite" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_analyze_2afc_unwritable_plot_is_one_line(study, tmp_path):
+    out, key, _ = study
+    files, _ = _simulate(key, readers=1, p_real=1, p_a=1, seed=0)
+    _write_answers(tmp_path, files)
+    (tmp_path / "afile").write_text("")
+    res = _run("tools.analyze_2afc", f"--key={out}/key/key.json",
+               f"--answers={tmp_path}/answers_*.csv", f"--plot={tmp_path}/afile/plot.png")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"--plot: cannot write '{tmp_path}/afile'" in res.stderr
+    assert "a file is in the way" in res.stderr

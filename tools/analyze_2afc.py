@@ -17,7 +17,7 @@ import textwrap
 
 from absl import app, flags
 
-from crfgan_tf import reader_study
+from crfgan_tf import fileio, reader_study, runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("key", None, "key/key.json written by tools.make_2afc.")
@@ -35,18 +35,21 @@ def _fmt_test(t):
             f"p = {t['binomial_p_value']:.3g}")
 
 
+@runtime.reports_user_errors
 def main(argv):
     del argv
     paths = sorted({p for pattern in FLAGS.answers for p in glob.glob(pattern)})
     try:
         if not paths:
             raise reader_study.StudyError(f"--answers: no files match {FLAGS.answers}")
+        if FLAGS.plot:
+            fileio.ensure_output_file(FLAGS.plot, "--plot")
         key = reader_study.read_key(FLAGS.key)
         result = reader_study.analyze(key, reader_study.read_answers(paths, key))
         if FLAGS.plot and "section1" in result:
             reader_study.plot_difficulty(result, FLAGS.plot)
             result["plot"] = os.path.abspath(FLAGS.plot)
-    except reader_study.StudyError as err:
+    except (reader_study.StudyError, fileio.OutputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if FLAGS.json:

@@ -11,14 +11,15 @@ section 2: --section2_pairs model-A-vs-model-B pairs. Give readers `study/reader
 only; `study/key/` holds the answer key for tools.analyze_2afc.
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
+from crfgan_tf import runtime
 
-from crfgan_tf import evaluation, reader_study  # noqa: E402
+runtime.quiet_tensorflow()
+
+from crfgan_tf import evaluation, fileio, reader_study  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("real", None, "Real volumes (section 1).")
@@ -37,6 +38,8 @@ flags.DEFINE_list("position_range", ["0.3", "0.7"],
 flags.DEFINE_list("window", ["-1024", "600"],
                   "Training window (HU for CT): [-1, 1] volumes map back to it; integer "
                   "volume files are read in it.")
+flags.DEFINE_bool("overwrite", False, "Replace a study already in --output_dir (its collected "
+                  "answers can then no longer be analysed).")
 flags.mark_flags_as_required(["output_dir"])
 for _name in ("section1_pairs", "section2_pairs"):
     flags.register_validator(_name, lambda v: v >= 0, f"--{_name} must be >= 0")
@@ -44,6 +47,7 @@ flags.register_validator("volumes_per_source", lambda v: v >= 1,
                          "--volumes_per_source must be >= 1")
 
 
+@runtime.reports_user_errors
 def main(argv):
     del argv
     try:
@@ -52,11 +56,14 @@ def main(argv):
         needed = {"real": FLAGS.section1_pairs > 0,
                   "model_a": FLAGS.section1_pairs + FLAGS.section2_pairs > 0,
                   "model_b": FLAGS.section2_pairs > 0}
+        # everything that can be refused is refused before a volume is generated
+        for name, need in needed.items():
+            if need and not getattr(FLAGS, name):
+                raise reader_study.StudyError(f"--{name} is required for the sections asked for")
+        reader_study.check_output_dir(FLAGS.output_dir, FLAGS.overwrite)
         volumes, specs = {}, {}
         for name, need in needed.items():
             spec = getattr(FLAGS, name)
-            if need and not spec:
-                raise reader_study.StudyError(f"--{name} is required for the sections asked for")
             if not (need and spec):
                 continue
             source = evaluation.open_source(spec, FLAGS.volumes_per_source, FLAGS.seed, 1, window)
@@ -66,8 +73,8 @@ def main(argv):
         reader_study.make_study(
             volumes, FLAGS.output_dir, FLAGS.section1_pairs, FLAGS.section2_pairs,
             (FLAGS.model_a_name, FLAGS.model_b_name), FLAGS.seed, tuple(FLAGS.planes),
-            position_range, sources=specs)
-    except (reader_study.StudyError, evaluation.EvaluationError) as err:
+            position_range, sources=specs, overwrite=FLAGS.overwrite)
+    except (reader_study.StudyError, evaluation.EvaluationError, fileio.OutputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
