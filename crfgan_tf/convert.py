@@ -202,7 +202,7 @@ def run_conversion(config: ConvertConfig, log: Callable[[str], None] = _log) -> 
     split = split_cases(list(cases), config.val_fraction, config.seed)
     shards = plan_shards(cases, split, config)
 
-    os.makedirs(config.output_dir, exist_ok=True)
+    fileio.ensure_output_dir(config.output_dir, "--output_dir")
     manifest_path = os.path.join(config.output_dir, MANIFEST)
     manifest = {"format": MANIFEST_FORMAT, "settings": config.settings(), "shards": {},
                 "cases": {}}

@@ -7,10 +7,11 @@ z float32 [batch, latent_dim] -> volume float32 [batch, S, S, S] in [-1, 1]. Var
 `latent_dim`, `img_size`, `window`, `output_spacing` and `metadata_json` describe it.
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from crfgan_tf import runtime  # noqa: E402
+
+runtime.quiet_tensorflow()  # before TensorFlow loads (crfgan_tf/runtime.py)
 
 from absl import app, flags  # noqa: E402
 
@@ -23,6 +24,7 @@ flags.mark_flags_as_required(["model_dir", "export_dir"])
 flags.register_validator("slab", lambda v: v >= 1, message="--slab must be >= 1")
 
 
+@runtime.reports_user_errors
 def main(argv):
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]} (flags need --name=value)", file=sys.stderr)

@@ -25,7 +25,7 @@ import keras
 import tensorflow as tf
 
 from crfgan_tf import config as config_lib
-from crfgan_tf import rundir
+from crfgan_tf import fileio, rundir
 
 EXPORT_FORMAT = "crfgan-tf-generator/1"
 
@@ -173,6 +173,10 @@ def export(model_dir: str, export_dir: str, step: Optional[int] = None, slab: in
     if slab < 1:
         raise ValueError(f"--slab must be >= 1, got {slab}")
     config, trunk, head, ckpt = load_generator(model_dir, step)
+    if "://" not in export_dir:  # a local path: fail before the work, not after it
+        fileio.ensure_output_dir(os.path.dirname(os.path.abspath(export_dir)), "--export_dir")
+        if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+            raise fileio.OutputError(f"--export_dir {export_dir!r} is a file")
     metadata = training_metadata(config)
     metadata.update(checkpoint=ckpt, slab=slab)
     module = GeneratorModule(trunk, head, config.latent_dim, config.img_size, slab, metadata)

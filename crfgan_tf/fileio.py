@@ -14,9 +14,10 @@ class OutputError(ValueError):
     """An output path that cannot be written; the message names it and says why."""
 
 
-def describe_os_error(err: OSError) -> str:
-    """'PATH: reason' of an OSError, in words a user can act on."""
-    path = err.filename or ""
+def describe_os_error(err: OSError, known_path: str = "") -> str:
+    """'PATH: reason' of an OSError, in words a user can act on (the path left out when it
+    is `known_path`, already named by the caller)."""
+    path = err.filename if err.filename and err.filename != known_path else ""
     if isinstance(err, (NotADirectoryError, FileExistsError)):
         reason = "a file is in the way (a directory is needed there)"
     elif isinstance(err, PermissionError):
@@ -40,7 +41,8 @@ def ensure_output_dir(path: str, flag: str) -> str:
             pass
         os.remove(probe)
     except OSError as err:
-        raise OutputError(f"{flag}: cannot write {path!r}: {describe_os_error(err)}") from None
+        raise OutputError(f"{flag}: cannot write {path!r}: "
+                          f"{describe_os_error(err, path)}") from None
     return path
 
 

@@ -12,6 +12,7 @@ TF_CPP_MIN_LOG_LEVEL or gives --verbosity / -v gets TensorFlow's own output unch
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import re
 import sys
@@ -22,16 +23,19 @@ from crfgan_tf import fileio
 
 _NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
-    r"|[IWE]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [\w.]+:\d+\] "
+    r"|[IWE]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] "
     r"|To enable the following instructions:"
     r"|\s*$)")
 
 
+def _verbosity_given(argv) -> bool:
+    return any(a.split("=")[0] in ("--verbosity", "-v", "--v") for a in argv)
+
+
 def user_wants_tensorflow_logs(environ=os.environ, argv=None) -> bool:
     """TF_CPP_MIN_LOG_LEVEL set, or --verbosity / -v on the command line."""
-    argv = sys.argv[1:] if argv is None else argv
-    return "TF_CPP_MIN_LOG_LEVEL" in environ or any(
-        a.split("=")[0] in ("--verbosity", "-v", "--v") for a in argv)
+    return "TF_CPP_MIN_LOG_LEVEL" in environ or _verbosity_given(
+        sys.argv[1:] if argv is None else argv)
 
 
 def quiet_tensorflow(environ=os.environ, argv=None) -> bool:
@@ -49,7 +53,7 @@ def quiet_tensorflow(environ=os.environ, argv=None) -> bool:
     with tempfile.TemporaryFile(mode="w+b") as capture:
         os.dup2(capture.fileno(), 2)
         try:
-            import tensorflow  # noqa: F401
+            importlib.import_module("tensorflow")
         finally:
             os.dup2(saved, 2)
             os.close(saved)
@@ -71,10 +75,15 @@ def _tensorflow_file_errors() -> tuple:
 def reports_user_errors(main: Callable) -> Callable:
     """Wraps an absl `main`: a file-system error on a path the user gave (an output under
     a regular file, a read-only directory, a full disk) is printed as one line and exits
-    with status 2; anything else keeps its traceback (a bug)."""
+    with status 2; anything else keeps its traceback (a bug). Python-side INFO logging
+    (TensorFlow's "Assets written to ...") is off unless --verbosity is given."""
 
     @functools.wraps(main)
     def wrapped(argv):
+        if not _verbosity_given(sys.argv[1:]):  # absl has removed the flags from argv
+            from absl import logging  # TensorFlow's INFO lines drown the progress lines
+
+            logging.set_verbosity(logging.WARNING)
         try:
             return main(argv)
         except OSError as err:

@@ -7,10 +7,11 @@ Each volume is written in HU as int16 with spacing, origin and direction (opens 
 and ITK-SNAP), plus a PNG preview of its mid-slices at a lung window.
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from crfgan_tf import runtime  # noqa: E402
+
+runtime.quiet_tensorflow()  # before TensorFlow loads (crfgan_tf/runtime.py)
 
 from absl import app, flags  # noqa: E402
 
@@ -26,6 +27,7 @@ flags.register_validator("num_samples", lambda v: v >= 1, message="--num_samples
 flags.register_validator("batch_size", lambda v: v >= 1, message="--batch_size must be >= 1")
 
 
+@runtime.reports_user_errors
 def main(argv):
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]} (flags need --name=value)", file=sys.stderr)

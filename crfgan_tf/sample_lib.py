@@ -87,12 +87,12 @@ def sample(saved_model: str, num_samples: int, seed: int, output_dir: str, fmt: 
         raise ValueError(f"--format must be one of {sorted(FORMATS)}, got {fmt!r}")
     if num_samples < 1 or batch_size < 1:
         raise ValueError("--num_samples and --batch_size must be >= 1")
+    fileio.ensure_output_dir(output_dir, "--output_dir")
     module, meta = load(saved_model)
     latent_dim = int(module.latent_dim.numpy())
     window = [float(v) for v in module.window.numpy()]
     spacing = [float(v) for v in module.output_spacing.numpy()]
     preview_window = LUNG_WINDOW if meta.get("modality", "ct") == "ct" else window
-    os.makedirs(output_dir, exist_ok=True)
     paths, t0 = [], time.time()
     for first in range(0, num_samples, batch_size):
         count = min(batch_size, num_samples - first)

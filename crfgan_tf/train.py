@@ -100,12 +100,9 @@ def main(argv):
     if FLAGS.dry_run:
         print(config.to_json())
         return 0
-    from absl import logging
-
     runtime.quiet_tensorflow()
     from crfgan_tf import train_lib  # TensorFlow loads only for real work
 
-    logging.set_verbosity(logging.WARNING)  # TF's checkpoint INFO lines drown the progress
     if FLAGS.demo_data_dir:
         from crfgan_tf import demo
 

@@ -269,8 +269,6 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
     changed = rundir.check_config(config)
     files = data.check_records(config.train_records, config.img_size) \
         if config.train_steps > 0 else []
-    for line in cpu_advice(config, bool(tf.config.list_physical_devices("GPU")), _cpu_flags()):
-        log(line)
     strategy = make_strategy(config.strategy, config.cpu_devices)
     chief = is_chief(strategy)
     if config.batch_size % strategy.num_replicas_in_sync:
@@ -280,6 +278,8 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
         fileio.ensure_output_dir(config.model_dir, "--model_dir")
         rundir.record_config(config, flags_text, changed, log)
         rundir.remove_partial_checkpoints(config.model_dir, log)
+    for line in cpu_advice(config, bool(tf.config.list_physical_devices("GPU")), _cpu_flags()):
+        log(line)
     set_precision(config.mixed_precision)
     # Initial weights follow from the seed (a resumed run overwrites them anyway).
     keras.utils.set_random_seed(config.seed)

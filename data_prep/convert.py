@@ -12,6 +12,8 @@ import sys
 
 from absl import app, flags
 
+from crfgan_tf import runtime
+
 from crfgan_tf import convert
 
 FLAGS = flags.FLAGS
@@ -39,6 +41,7 @@ flags.register_validator("num_shards", lambda v: v >= 1, message="--num_shards m
 flags.register_validator("workers", lambda v: v >= 1, message="--workers must be >= 1")
 
 
+@runtime.reports_user_errors
 def main(argv):
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]} (flags need --name=value)", file=sys.stderr)
@@ -50,6 +53,7 @@ def main(argv):
         modality=FLAGS.modality, compression=FLAGS.compression,
         air_correction=FLAGS.air_correction, max_air_shift=FLAGS.max_air_shift,
         overwrite=FLAGS.overwrite)
+    runtime.quiet_tensorflow()
     try:
         summary = convert.run_conversion(config)
     except ValueError as err:

@@ -8,6 +8,8 @@ import sys
 
 from absl import app, flags
 
+from crfgan_tf import runtime
+
 from crfgan_tf import phantom
 
 FLAGS = flags.FLAGS
@@ -24,6 +26,7 @@ flags.register_validator("num_slices", lambda v: v >= 16, message="--num_slices 
 flags.register_validator("num_scans", lambda v: v >= 1, message="--num_scans must be >= 1")
 
 
+@runtime.reports_user_errors
 def main(argv):
     del argv
     spec = phantom.PhantomSpec(

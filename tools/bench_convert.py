@@ -7,6 +7,8 @@ import json
 
 from absl import app, flags
 
+from crfgan_tf import runtime
+
 from crfgan_tf import benchmark
 
 FLAGS = flags.FLAGS
@@ -17,6 +19,7 @@ flags.DEFINE_integer("repeats", 3, "Timed repetitions (median reported).")
 flags.DEFINE_bool("reference", True, "Also time the reference approach (needs scikit-image).")
 
 
+@runtime.reports_user_errors
 def main(argv):
     del argv
     print(json.dumps(benchmark.convert_speed(FLAGS.in_plane, FLAGS.num_slices, FLAGS.size,

@@ -8,6 +8,8 @@ import json
 
 from absl import app, flags
 
+from crfgan_tf import runtime
+
 from crfgan_tf import benchmark
 
 FLAGS = flags.FLAGS
@@ -16,6 +18,7 @@ flags.DEFINE_list("batch_sizes", ["1"], "Volumes per extractor call.")
 flags.DEFINE_integer("repeats", 2, "Timed batches (median reported).")
 
 
+@runtime.reports_user_errors
 def main(argv):
     del argv
     rows = benchmark.feature_memory([int(s) for s in FLAGS.img_sizes],

@@ -7,6 +7,8 @@ import json
 
 from absl import app, flags
 
+from crfgan_tf import runtime
+
 from crfgan_tf import benchmark
 
 FLAGS = flags.FLAGS
@@ -14,6 +16,7 @@ flags.DEFINE_integer("img_size", 256, "Volume side.")
 flags.DEFINE_list("slabs", ["8", "64"], "G2 slab sizes (embedding slices); img_size/4 = one shot.")
 
 
+@runtime.reports_user_errors
 def main(argv):
     del argv
     rows = benchmark.generate_memory(FLAGS.img_size, [int(s) for s in FLAGS.slabs])

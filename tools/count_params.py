@@ -4,10 +4,11 @@
 """
 
 import json
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from crfgan_tf import runtime  # noqa: E402
+
+runtime.quiet_tensorflow()  # before TensorFlow loads (crfgan_tf/runtime.py)
 
 from absl import app, flags  # noqa: E402
 
@@ -23,6 +24,7 @@ flags.register_validator("img_size", lambda v: v in (64, 128, 256),
                          message="--img_size must be 64, 128 or 256")
 
 
+@runtime.reports_user_errors
 def main(argv):
     del argv
     try:

@@ -6,10 +6,11 @@ iteration (crfgan_tf.deviations): losses and the share of weights that step diff
 """
 
 import json
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from crfgan_tf import runtime  # noqa: E402
+
+runtime.quiet_tensorflow()  # before TensorFlow loads (crfgan_tf/runtime.py)
 
 from absl import app, flags  # noqa: E402
 
@@ -20,6 +21,7 @@ flags.DEFINE_integer("seed", 0, "Seed of the weights, the batch and the CRF's W.
 flags.DEFINE_bool("json", False, "Print the rows as JSON instead of a markdown table.")
 
 
+@runtime.reports_user_errors
 def main(argv):
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)

@@ -14,7 +14,9 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from crfgan_tf import runtime  # noqa: E402
+
+runtime.quiet_tensorflow()  # before TensorFlow loads (crfgan_tf/runtime.py)
 
 from absl import app, flags  # noqa: E402
 
@@ -39,6 +41,7 @@ flags.register_validator("num_samples", lambda v: v >= 2, "--num_samples must be
 flags.register_validator("batch_size", lambda v: v >= 1, "--batch_size must be >= 1")
 
 
+@runtime.reports_user_errors
 def main(argv):
     del argv
     log = (lambda m: print(m, file=sys.stderr)) if FLAGS.json else print

@@ -12,7 +12,9 @@ one forward pass, and prints the weights' sha256 (the number every FID result qu
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from crfgan_tf import runtime  # noqa: E402
+
+runtime.quiet_tensorflow()  # before TensorFlow loads (crfgan_tf/runtime.py)
 
 from absl import app, flags  # noqa: E402
 
@@ -22,6 +24,7 @@ flags.DEFINE_string("output", "medicalnet_resnet50.npz", "Where to write the .np
 flags.mark_flag_as_required("checkpoint")
 
 
+@runtime.reports_user_errors
 def main(argv):
     del argv
     if not os.path.isfile(FLAGS.checkpoint):

@@ -13,10 +13,11 @@ Exit status: 0 done, 1 the files do not fit (the message names the tensor and th
 2 invalid flags or missing files.
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from crfgan_tf import runtime  # noqa: E402
+
+runtime.quiet_tensorflow()  # before TensorFlow loads (crfgan_tf/runtime.py)
 
 from absl import app, flags  # noqa: E402
 
@@ -36,6 +37,7 @@ for _name in ("model", "checkpoint_dir", "iteration", "img_size", "model_dir"):
     flags.mark_flag_as_required(_name)
 
 
+@runtime.reports_user_errors
 def main(argv):
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]} (flags need --name=value)", file=sys.stderr)

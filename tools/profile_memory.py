@@ -11,6 +11,8 @@ import sys
 
 from absl import app, flags
 
+from crfgan_tf import runtime
+
 from crfgan_tf import profiling
 
 FLAGS = flags.FLAGS
@@ -42,6 +44,7 @@ flags.register_multi_flags_validator(
     message="--models=hagan needs --img_size 128 or 256 (HA-GAN has no 64^3 variant)")
 
 
+@runtime.reports_user_errors
 def main(argv):
     del argv
     rows = []
