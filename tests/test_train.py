@@ -148,13 +148,19 @@ def test_demo_flagfile_end_to_end(tmp_path):
     assert json.load(open(work / "model" / "config.json"))["width"] == 0.125
 
 
-@pytest.mark.parametrize("flagfile,model", [("configs/luna.flags", "crfgan"),
-                                            ("configs/gsp.flags", "crfgan"),
-                                            ("configs/luna_hagan.flags", "hagan")])
-def test_shipped_flagfiles_resolve(tmp_path, flagfile, model):
+@pytest.mark.parametrize("flagfile,model,run", [
+    ("configs/luna.flags", "crfgan", "runs/luna256"), ("configs/gsp.flags", "crfgan", "runs/gsp256"),
+    ("configs/luna_hagan.flags", "hagan", "runs/luna256_hagan")])
+def test_shipped_flagfiles_resolve(tmp_path, flagfile, model, run):
+    """The documented command works as written: the flagfile names its run directory."""
+    res = _cli(f"--flagfile={flagfile}", "--dry_run")
+    assert res.returncode == 0, res.stderr
+    cfg = json.loads(res.stdout)
+    assert cfg["model_dir"] == run
     res = _cli(f"--flagfile={flagfile}", f"--model_dir={tmp_path}/run", "--dry_run")
     assert res.returncode == 0, res.stderr
     cfg = json.loads(res.stdout)
+    assert cfg["model_dir"] == f"{tmp_path}/run"
     assert cfg["model"] == model and cfg["img_size"] == 256 and cfg["train_steps"] == 80000
     # the reference code's training semantics (README, "Reference semantics and deviations")
     assert (cfg["adam"], cfg["crf_sample"], cfg["hagan_low_res"], cfg["lr_crf"]) == \
@@ -248,3 +254,15 @@ def test_cli_jit_compile_on_cpu_warns(tmp_path):
                "--width=0.0625", "--train_steps=0", "--jit_compile")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "--jit_compile on a CPU" in res.stderr
+
+
+def test_documented_command_without_records_says_how_to_make_them(tmp_path):
+    """`python -m crfgan_tf.train --flagfile=configs/luna.flags` before conversion: one
+    line naming the records and the conversion command; nothing written."""
+    res = _cli("--flagfile=configs/luna.flags", f"--model_dir={tmp_path}/run",
+               f"--train_records={tmp_path}/data/luna16_256/train-*.tfrecord")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "no TFRecord files match" in res.stderr
+    assert (f"python -m data_prep.convert --dataset=luna16|gsp|generic --input_dir=<archive> "
+            f"--output_dir={tmp_path}/data/luna16_256 --size=256") in res.stderr
+    assert not os.path.exists(tmp_path / "run")
