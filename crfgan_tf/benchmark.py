@@ -172,3 +172,58 @@ def feature_memory(img_sizes=(128, 256), batch_sizes=(1,), repeats: int = 2, log
                     f"{row['peak_rss_bytes'] / 2**20:,.0f} MiB, {row['sec_per_volume']} s/volume")
             rows.append(row)
     return rows
+
+
+def write_synthetic_records(directory: str, img_size: int = 256, num_records: int = 24,
+                            num_shards: int = 4, seed: int = 0) -> str:
+    """Training records of random int16 volumes (reading cost does not depend on content)
+    with a manifest, as data_prep.convert writes them; returns their glob."""
+    import json
+
+    import tensorflow as tf
+
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shards = {}
+    for k in range(num_shards):
+        name = f"train-{k:05d}-of-{num_shards:05d}.tfrecord"
+        path = os.path.join(directory, name)
+        members = range(k, num_records, num_shards)
+        with tf.io.TFRecordWriter(path) as writer:
+            for _ in members:
+                volume = rng.integers(-32767, 32767, (img_size,) * 3, dtype=np.int16)
+                feature = {
+                    "volume": tf.train.Feature(bytes_list=tf.train.BytesList(
+                        value=[volume.astype("<i2").tobytes()])),
+                    "shape": tf.train.Feature(int64_list=tf.train.Int64List(
+                        value=[img_size] * 3))}
+                writer.write(tf.train.Example(features=tf.train.Features(
+                    feature=feature)).SerializeToString())
+        shards[name] = {"num_records": len(members), "bytes": os.path.getsize(path),
+                        "split": "train", "status": "complete"}
+    with open(os.path.join(directory, "manifest.json"), "w") as f:
+        json.dump({"settings": {"size": img_size}, "shards": shards}, f)
+    return os.path.join(directory, "train-*.tfrecord")
+
+
+def input_throughput(pattern: str, img_size: int, batch_size: int = 2, batches: int = 30,
+                     warmup: int = 3, latent_dim: int = 1024, start_step: int = 0) -> dict:
+    """Batches/s of the training input stream alone (data.make_train_dataset), after
+    `warmup` batches; also the seconds to the first batch (including a resume's skip)."""
+    from crfgan_tf import data
+
+    t0 = time.time()
+    iterator = iter(data.make_train_dataset(pattern, img_size, batch_size, latent_dim,
+                                            seed=0, start_step=start_step))
+    next(iterator)
+    first = time.time() - t0
+    for _ in range(warmup - 1):
+        next(iterator)
+    t1 = time.time()
+    for _ in range(batches):
+        next(iterator)
+    seconds = time.time() - t1
+    return {"img_size": img_size, "batch_size": batch_size, "batches": batches,
+            "batches_per_sec": round(batches / seconds, 3),
+            "MiB_per_sec": round(batches * batch_size * img_size ** 3 * 2 / seconds / 2 ** 20, 1),
+            "first_batch_s": round(first, 3), "start_step": start_step}
