@@ -12,9 +12,7 @@ import sys
 
 from absl import app, flags
 
-from crfgan_tf import runtime
-
-from crfgan_tf import convert
+from crfgan_tf import convert, runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", None, list(convert.DATASETS),

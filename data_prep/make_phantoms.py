@@ -8,9 +8,7 @@ import sys
 
 from absl import app, flags
 
-from crfgan_tf import runtime
-
-from crfgan_tf import phantom
+from crfgan_tf import phantom, runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", None, "Archive root to create.")

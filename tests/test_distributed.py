@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_FLAGS = ("--img_size=64", "--latent_dim=16", "--width=0.0625", "--batch_size=2",
-              "--log_every=1", "--image_every=1", "--seed=1")
+# the README's commands; the tests add --train_steps, their records and run directories
+DEMO = ("--flagfile=configs/demo.flags", "--demo_data_dir=")
 
 
 def _env(**extra):
@@ -38,9 +38,8 @@ def _export_and_generate(model_dir, tmp_path):
 
 def test_cli_mirrored_on_two_cpu_devices_checkpoints_resumes_exports(records_64, tmp_path):
     run = tmp_path / "run"
-    common = (*TINY_FLAGS, f"--train_records={records_64}/train-*.tfrecord",
-              f"--model_dir={run}", "--strategy=mirrored", "--cpu_devices=2",
-              "--checkpoint_every=1")
+    common = (*DEMO, f"--train_records={records_64}/train-*.tfrecord", f"--model_dir={run}",
+              "--strategy=mirrored", "--cpu_devices=2")
     res = _module("crfgan_tf.train", *common, "--train_steps=2")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "on 2 replica(s)" in res.stderr and "step 2/2" in res.stderr
@@ -70,9 +69,9 @@ def _multi_worker(records, run, steps, log_dir):
                                 "task": {"type": "worker", "index": i}})
         out = open(os.path.join(log_dir, f"worker{i}-{steps}.log"), "w")
         procs.append((subprocess.Popen(
-            [sys.executable, "-m", "crfgan_tf.train", *TINY_FLAGS,
+            [sys.executable, "-m", "crfgan_tf.train", *DEMO,
              f"--train_records={records}/train-*.tfrecord", f"--model_dir={run}",
-             "--strategy=multi_worker", "--checkpoint_every=1", f"--train_steps={steps}"],
+             "--strategy=multi_worker", f"--train_steps={steps}"],
             cwd=REPO, env=_env(TF_CONFIG=tf_config), stdout=out, stderr=subprocess.STDOUT), out))
     codes = []
     for proc, out in procs:

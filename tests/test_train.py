@@ -244,7 +244,7 @@ def test_partial_checkpoint_of_a_killed_save_is_removed(records_64, tmp_path):
 def test_cpu_advice_warns_about_xla_and_suggests_bf16(tmp_path):
     cfg = tiny_config(tmp_path, jit_compile=True)
     advice = train_lib.cpu_advice(cfg, has_gpu=False, cpu_flags={"avx512_bf16"})
-    assert "30x slower" in advice[0] and "mixed_bfloat16" in advice[1]
+    assert "27x slower" in advice[0] and "mixed_bfloat16" in advice[1]
     assert train_lib.cpu_advice(cfg, has_gpu=True, cpu_flags={"avx512_bf16"}) == []
     assert train_lib.cpu_advice(tiny_config(tmp_path), has_gpu=False, cpu_flags=set()) == []
 

@@ -17,7 +17,11 @@ import textwrap
 
 from absl import app, flags
 
-from crfgan_tf import fileio, reader_study, runtime
+from crfgan_tf import runtime
+
+runtime.quiet_tensorflow()  # reader_study loads TensorFlow
+
+from crfgan_tf import fileio, reader_study  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("key", None, "key/key.json written by tools.make_2afc.")

@@ -8,9 +8,7 @@ import json
 
 from absl import app, flags
 
-from crfgan_tf import runtime
-
-from crfgan_tf import benchmark
+from crfgan_tf import benchmark, runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("img_sizes", ["128", "256"], "Volume sides.")

@@ -7,9 +7,7 @@ import json
 
 from absl import app, flags
 
-from crfgan_tf import runtime
-
-from crfgan_tf import benchmark
+from crfgan_tf import benchmark, runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("img_size", 256, "Volume side.")

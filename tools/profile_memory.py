@@ -11,9 +11,7 @@ import sys
 
 from absl import app, flags
 
-from crfgan_tf import runtime
-
-from crfgan_tf import profiling
+from crfgan_tf import profiling, runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["crfgan", "hagan"], "Models to profile: crfgan, hagan.")
