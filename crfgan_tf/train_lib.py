@@ -276,7 +276,6 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
                          f"{strategy.num_replicas_in_sync} replicas")
     if chief:
         fileio.ensure_output_dir(config.model_dir, "--model_dir")
-        rundir.record_config(config, flags_text, changed, log)
         rundir.remove_partial_checkpoints(config.model_dir, log)
     for line in cpu_advice(config, bool(tf.config.list_physical_devices("GPU")), _cpu_flags()):
         log(line)
@@ -288,6 +287,8 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
         checkpoint = make_checkpoint(model)
     manager, writer_manager = _checkpoint_managers(checkpoint, config, chief, strategy)
     restored = restore_latest(checkpoint, manager, log)
+    if chief:  # only now: the checkpoints fit this config (or there are none)
+        rundir.record_config(config, flags_text, changed, log)
     step = int(model.step_counter.numpy())
     if restored:
         log(f"train: resumed from {restored} at step {step}")
