@@ -13,6 +13,7 @@ IMG_SIZES = (64, 128, 256)
 ADAM_VARIANTS = ("pytorch", "keras")
 CRF_SAMPLES = ("fresh", "reuse")
 LOW_RES_MODES = ("nearest", "average")
+FAKE_LABELS = ("batch", "uniform")
 
 
 @dataclasses.dataclass
@@ -48,6 +49,10 @@ class TrainConfig:
     crf_nodes: str = "slices"
     crf_sample: str = "fresh"  # CRF phase: "fresh" z (the reference) or "reuse" phase 2's
     hagan_low_res: str = "nearest"  # HA-GAN's S/4 real volume: "nearest" (ref.) or "average"
+    num_classes: int = 0  # > 0: class-conditional (the references' --num-class)
+    lambda_class: float = 0.1  # weight of the generator's auxiliary-classifier loss
+    fake_labels: str = "batch"  # labels of generated samples: the real batch's, or uniform
+    balance_classes: bool = False  # draw every class equally often (with replacement)
     mixed_precision: str = "float32"
     strategy: str = "default"
     cpu_devices: int = 1  # logical CPU devices (mirrored on a machine without GPUs)
@@ -84,8 +89,14 @@ class TrainConfig:
         need(self.crf_iterations >= 0, "--crf_iterations must be >= 0")
         need(self.crf_nodes in ("slices", "channels"),
              f"--crf_nodes must be slices or channels, got {self.crf_nodes!r}")
+        need(self.num_classes >= 0, f"--num_classes must be >= 0, got {self.num_classes}")
+        need(self.num_classes != 1, "--num_classes=1 conditions on nothing; use 0 "
+             "(unconditional) or >= 2")
+        need(self.lambda_class >= 0, f"--lambda_class must be >= 0, got {self.lambda_class}")
+        need(self.num_classes > 0 or not self.balance_classes,
+             "--balance_classes needs --num_classes >= 2")
         for name, allowed in (("adam", ADAM_VARIANTS), ("crf_sample", CRF_SAMPLES),
-                              ("hagan_low_res", LOW_RES_MODES)):
+                              ("hagan_low_res", LOW_RES_MODES), ("fake_labels", FAKE_LABELS)):
             need(getattr(self, name) in allowed,
                  f"--{name} must be one of {allowed}, got {getattr(self, name)!r}")
         need(self.mixed_precision in PRECISIONS,

@@ -52,3 +52,12 @@ def reconstruction_loss(reconstruction, target, global_batch_size):
     diff = tf.abs(tf.cast(reconstruction, tf.float32) - tf.cast(target, tf.float32))
     per_example = tf.reduce_mean(tf.reshape(diff, [tf.shape(diff)[0], -1]), axis=1)
     return per_replica_mean(per_example, global_batch_size)
+
+
+def class_loss(class_logits, labels, global_batch_size):
+    """The auxiliary classifier's loss: per-example softmax cross-entropy of the class
+    logits (batch, N) against integer labels (batch,) (PyTorch's F.cross_entropy)."""
+    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(tf.reshape(labels, [-1]), tf.int32),
+        logits=tf.cast(class_logits, tf.float32))
+    return per_replica_mean(per_example, global_batch_size)

@@ -28,6 +28,12 @@ class SubVolumeGAN(keras.Model):
       latent_dim: size of z.
       width: channel multiplier (1.0 = the reference).
       global_batch_size: batch over all replicas (the losses divide by it).
+      num_classes: > 0 for the references' class-conditional mode (an auxiliary-classifier
+        GAN): G1 takes z with the one-hot label, D has a class head, D's loss adds the
+        cross-entropy of the real crop's class and G's adds lambda_class times that of the
+        generated crop's class. train_step then needs `label` (the real volumes') and
+        `fake_label` (the generated ones') in its data.
+      lambda_class: weight of G's class loss (the references' --lambda-class, 0.1).
     """
 
     PHASES: tuple = ()
@@ -35,15 +41,17 @@ class SubVolumeGAN(keras.Model):
     LOSS_PHASE: dict = {}
 
     def __init__(self, img_size=256, latent_dim=1024, width=1.0, global_batch_size=2,
-                 **kwargs):
+                 num_classes=0, lambda_class=0.1, **kwargs):
         super().__init__(**kwargs)
         self.img_size = img_size
         self.latent_dim = latent_dim
         self.width = width
         self.global_batch_size = global_batch_size
-        self.trunk = build_trunk(img_size, latent_dim, width)
+        self.num_classes = num_classes
+        self.lambda_class = lambda_class
+        self.trunk = build_trunk(img_size, latent_dim, width, num_classes=num_classes)
         self.head = build_head(img_size, width)
-        self.discriminator = build_discriminator(img_size, width)
+        self.discriminator = build_discriminator(img_size, width, num_classes=num_classes)
         self.encoder = build_encoder(img_size, width)
         self.step_counter = self.add_weight(name="step", shape=(), dtype="int64",
                                             initializer="zeros", trainable=False,
@@ -75,9 +83,33 @@ class SubVolumeGAN(keras.Model):
         """r / (7S/8) as the (batch, 1) float32 input of D."""
         return tf.cast(position, tf.float32)[:, None] / (7.0 * self.img_size / 8.0)
 
-    def generate(self, z, training=False):
+    def trunk_input(self, z, label=None):
+        """G1's input: z, or z concatenated with the one-hot label when conditional."""
+        if not self.num_classes:
+            return z
+        if label is None:
+            raise ValueError(f"this model is conditional ({self.num_classes} classes): "
+                             "give a label for every z")
+        onehot = tf.one_hot(tf.cast(tf.reshape(label, [-1]), tf.int32), self.num_classes,
+                            dtype=z.dtype)
+        return tf.concat([z, onehot], axis=-1)
+
+    def embed(self, z, label=None, training=False):
+        """G1's embedding of z (and label, when conditional)."""
+        return self.trunk(self.trunk_input(z, label), training=training)
+
+    def split_logits(self, outputs):
+        """(real/fake logits, class logits or None) of a discriminator's output."""
+        if self.num_classes:
+            return outputs[0], outputs[1]
+        return outputs, None
+
+    def class_loss(self, class_logits, labels):
+        return losses.class_loss(class_logits, labels, self.global_batch_size)
+
+    def generate(self, z, label=None, training=False):
         """Whole volumes: G2 on the whole G1 embedding -> (batch, S, S, S, 1)."""
-        return self.head(self.trunk(z, training=training), training=training)
+        return self.head(self.embed(z, label, training=training), training=training)
 
     def call(self, z, training=False):
         return self.generate(z, training=training)
@@ -123,17 +155,26 @@ class SubVolumeGAN(keras.Model):
     def _scale(self, phase, loss):
         return self._phase_optimizers[phase].scale_loss(loss)
 
-    def _discriminator_update(self, real_logits_fn, fake_logits_fn):
+    def _discriminator_update(self, real_logits_fn, fake_logits_fn, real_label=None):
         """The "d" phase: D called on the real examples, then on the fake ones (two calls,
-        as in the reference: each training call advances the spectral-norm u once)."""
+        as in the reference: each training call advances the spectral-norm u once). Each
+        fn returns (logits, class logits or None); when conditional the loss adds the
+        cross-entropy of the real examples' class (not the fake ones', as in the
+        references)."""
         with tf.GradientTape() as tape:
-            real_logits = real_logits_fn()
-            fake_logits = fake_logits_fn()
+            real_logits, real_class = real_logits_fn()
+            fake_logits, _ = fake_logits_fn()
             loss = losses.discriminator_loss(real_logits, fake_logits, self.global_batch_size)
+            if self.num_classes:
+                class_loss = self.class_loss(real_class, real_label)
+                loss += class_loss
             scaled = self._scale("d", loss)
         self._minimize("d", tape, scaled)
         share = lambda t: losses.per_replica_mean(tf.sigmoid(t), self.global_batch_size)
-        return {"d_loss": loss, "d_real": share(real_logits), "d_fake": share(fake_logits)}
+        out = {"d_loss": loss, "d_real": share(real_logits), "d_fake": share(fake_logits)}
+        if self.num_classes:
+            out["d_class_loss"] = class_loss
+        return out
 
     def rec_step(self, crop):
         """hE reconstruction: update hE so that G2(hE(x_crop)) reconstructs x_crop."""
@@ -174,8 +215,10 @@ class CRFGAN(SubVolumeGAN):
 
     def __init__(self, img_size=256, latent_dim=1024, width=1.0, crf_iterations=10,
                  crf_nodes="slices", crf_weight_start=0.5, crf_weight_decay_steps=60000,
-                 global_batch_size=2, crf_sample="fresh", **kwargs):
-        super().__init__(img_size, latent_dim, width, global_batch_size, **kwargs)
+                 global_batch_size=2, crf_sample="fresh", num_classes=0, lambda_class=0.1,
+                 **kwargs):
+        super().__init__(img_size, latent_dim, width, global_batch_size,
+                         num_classes=num_classes, lambda_class=lambda_class, **kwargs)
         if crf_sample not in CRF_SAMPLES:
             raise ValueError(f"crf_sample must be one of {CRF_SAMPLES}, got {crf_sample!r}")
         self.crf_sample = crf_sample
@@ -201,38 +244,46 @@ class CRFGAN(SubVolumeGAN):
                                  self.crf_weight_decay_steps)
 
     # ---- the four phases -----------------------------------------------------------------
-    def d_step(self, crop, position, z_d):
+    def d_step(self, crop, position, z_d, label=None, fake_label=None):
         """Phase 1: update D on a real and a generated sub-volume at the same position."""
         pos = self.normalized_position(position)
-        fake = self.head(self.slab(self.trunk(z_d, training=True), position), training=True)
+        fake = self.head(self.slab(self.embed(z_d, fake_label, training=True), position),
+                         training=True)
         fake = tf.stop_gradient(tf.cast(fake, crop.dtype))
         return self._discriminator_update(
-            lambda: self.discriminator([crop, pos], training=True),
-            lambda: self.discriminator([fake, pos], training=True))
+            lambda: self.split_logits(self.discriminator([crop, pos], training=True)),
+            lambda: self.split_logits(self.discriminator([fake, pos], training=True)), label)
 
-    def g_step(self, position, z_g):
-        """Phase 2: update G1 and G2 through D and the CRF."""
+    def g_step(self, position, z_g, fake_label=None):
+        """Phase 2: update G1 and G2 through D and the CRF (and D's class head: + lambda
+        x the cross-entropy of the generated crop's class, when conditional)."""
         pos = self.normalized_position(position)
         weight = self.crf_weight()
+        out = {}
         with tf.GradientTape() as tape:
-            embedding = self.trunk(z_g, training=True)
+            embedding = self.embed(z_g, fake_label, training=True)
             fake = self.head(self.slab(embedding, position), training=True)
-            fake_logits = self.discriminator([fake, pos], training=True)
+            fake_logits, fake_class = self.split_logits(
+                self.discriminator([fake, pos], training=True))
             crf_logits = self.crf(embedding, fake_logits)
             loss = losses.generator_loss(fake_logits, crf_logits, weight, self.global_batch_size)
+            if self.num_classes:
+                out["g_class_loss"] = self.class_loss(fake_class, fake_label)
+                loss += self.lambda_class * out["g_class_loss"]
             scaled = self._scale("g", loss)
         self._minimize("g", tape, scaled)
-        return {"g_loss": loss, "crf_weight": weight,
-                "fake_embedding": tf.stop_gradient(embedding),
-                "fake_logits": tf.stop_gradient(fake_logits)}
+        out.update({"g_loss": loss, "crf_weight": weight,
+                    "fake_embedding": tf.stop_gradient(embedding),
+                    "fake_logits": tf.stop_gradient(fake_logits)})
+        return out
 
-    def fake_for_crf(self, position, z_c):
-        """Phase 3's fake side (no gradients): G1's embedding of z_c and D's logit of the
-        generated sub-volume at `position`."""
+    def fake_for_crf(self, position, z_c, fake_label=None):
+        """Phase 3's fake side (no gradients): G1's embedding of z_c (and fake_label) and
+        D's logit of the generated sub-volume at `position`."""
         pos = self.normalized_position(position)
-        embedding = self.trunk(z_c, training=True)
+        embedding = self.embed(z_c, fake_label, training=True)
         fake = self.head(self.slab(embedding, position), training=True)
-        logits = self.discriminator([fake, pos], training=True)
+        logits, _ = self.split_logits(self.discriminator([fake, pos], training=True))
         return tf.stop_gradient(embedding), tf.stop_gradient(logits)
 
     def crf_step(self, volume, crop, position, fake_embedding, fake_logits):
@@ -241,7 +292,8 @@ class CRFGAN(SubVolumeGAN):
         fake_embedding, fake_logits: from fake_for_crf (fresh) or phase 2 (reuse)."""
         pos = self.normalized_position(position)
         real_embedding = tf.stop_gradient(self.encoder(volume, training=True))
-        real_logits = tf.stop_gradient(self.discriminator([crop, pos], training=True))
+        real_logits = tf.stop_gradient(
+            self.split_logits(self.discriminator([crop, pos], training=True))[0])
         with tf.GradientTape() as tape:
             loss = losses.crf_loss(self.crf(fake_embedding, fake_logits),
                                    self.crf(real_embedding, real_logits), self.global_batch_size)
@@ -255,7 +307,9 @@ class CRFGAN(SubVolumeGAN):
         Args:
           data: dict with `volume` (batch, S, S, S, 1), `crop` (batch, S/8, S, S, 1),
             `position` (batch,) int32 crop start r (a multiple of 4), `z_d`, `z_g` and
-            `z_c` (batch, latent_dim; z_c is used with crf_sample="fresh").
+            `z_c` (batch, latent_dim; z_c is used with crf_sample="fresh"); when
+          conditional also `label` and `fake_label` (batch,) int32 (fake_label conditions
+          z_d, z_g and z_c alike).
 
         Returns:
           dict of this replica's float32 scalars: d_loss, g_loss, crf_loss, rec_loss,
@@ -266,11 +320,12 @@ class CRFGAN(SubVolumeGAN):
         volume = tf.cast(data["volume"], self.compute_dtype)
         crop = tf.cast(data["crop"], self.compute_dtype)
         position = data["position"]
-        out = self.d_step(crop, position, data["z_d"])
-        g = self.g_step(position, data["z_g"])
+        label, fake_label = data.get("label"), data.get("fake_label")
+        out = self.d_step(crop, position, data["z_d"], label, fake_label)
+        g = self.g_step(position, data["z_g"], fake_label)
         fake = (g.pop("fake_embedding"), g.pop("fake_logits"))
         if self.crf_sample == "fresh":
-            fake = self.fake_for_crf(position, data["z_c"])
+            fake = self.fake_for_crf(position, data["z_c"], fake_label)
         out.update(self.crf_step(volume, crop, position, *fake))
         out.update(g)
         out.update(self.rec_step(crop))
@@ -282,7 +337,8 @@ class CRFGAN(SubVolumeGAN):
                     crf_iterations=self.crf_iterations, crf_nodes=self.crf_nodes,
                     crf_weight_start=self.crf_weight_start,
                     crf_weight_decay_steps=self.crf_weight_decay_steps,
-                    global_batch_size=self.global_batch_size, crf_sample=self.crf_sample)
+                    global_batch_size=self.global_batch_size, crf_sample=self.crf_sample,
+                    num_classes=self.num_classes, lambda_class=self.lambda_class)
 
 
 class HAGAN(SubVolumeGAN):
@@ -311,16 +367,18 @@ class HAGAN(SubVolumeGAN):
                   "sub_rec_loss": "sub-encoder reconstruction (phase 4)"}
 
     def __init__(self, img_size=256, latent_dim=1024, width=1.0, global_batch_size=2,
-                 low_res="nearest", **kwargs):
+                 low_res="nearest", num_classes=0, lambda_class=0.1, **kwargs):
         if low_res not in LOW_RES_MODES:
             raise ValueError(f"low_res must be one of {LOW_RES_MODES}, got {low_res!r}")
         if img_size not in (128, 256):
             raise ValueError(f"HA-GAN is defined at 128 and 256 (the reference has no 64^3 "
                              f"variant), got img_size={img_size}")
-        super().__init__(img_size, latent_dim, width, global_batch_size, **kwargs)
+        super().__init__(img_size, latent_dim, width, global_batch_size,
+                         num_classes=num_classes, lambda_class=lambda_class, **kwargs)
         self.low_res = low_res
         self.low_generator = build_low_generator(img_size, width)
-        self.low_discriminator = build_low_discriminator(img_size, width)
+        self.low_discriminator = build_low_discriminator(img_size, width,
+                                                         num_classes=num_classes)
         self.sub_encoder = build_sub_encoder(img_size, latent_dim, width)
 
     def modules(self) -> dict:
@@ -353,36 +411,48 @@ class HAGAN(SubVolumeGAN):
                           for i in range(0, self.img_size, d)], axis=1)
 
     def joint_logits(self, crop, low, pos):
-        """D's logit: the mean of the high- and low-resolution discriminators' logits."""
-        high = self.discriminator([crop, pos], training=True)
-        return 0.5 * (high + self.low_discriminator(low, training=True))
+        """D's (logits, class logits or None): the means of the high- and low-resolution
+        discriminators' outputs."""
+        high, high_class = self.split_logits(self.discriminator([crop, pos], training=True))
+        low, low_class = self.split_logits(self.low_discriminator(low, training=True))
+        joint_class = 0.5 * (high_class + low_class) if self.num_classes else None
+        return 0.5 * (high + low), joint_class
 
-    def d_step(self, crop, low, position, z_d):
+    def d_step(self, crop, low, position, z_d, label=None, fake_label=None):
         pos = self.normalized_position(position)
-        embedding = self.trunk(z_d, training=True)
+        embedding = self.embed(z_d, fake_label, training=True)
         fake = tf.stop_gradient(tf.cast(self.head(self.slab(embedding, position), training=True),
                                         crop.dtype))
         fake_low = tf.stop_gradient(tf.cast(self.low_generator(embedding, training=True),
                                             low.dtype))
         return self._discriminator_update(lambda: self.joint_logits(crop, low, pos),
-                                          lambda: self.joint_logits(fake, fake_low, pos))
+                                          lambda: self.joint_logits(fake, fake_low, pos), label)
 
-    def g_step(self, position, z_g):
+    def g_step(self, position, z_g, fake_label=None):
         pos = self.normalized_position(position)
+        out = {}
         with tf.GradientTape() as tape:
-            embedding = self.trunk(z_g, training=True)
+            embedding = self.embed(z_g, fake_label, training=True)
             fake = self.head(self.slab(embedding, position), training=True)
-            logits = self.joint_logits(fake, self.low_generator(embedding, training=True), pos)
+            logits, fake_class = self.joint_logits(
+                fake, self.low_generator(embedding, training=True), pos)
             loss = losses.per_replica_mean(losses.bce_with_logits(logits, 1.0),
                                            self.global_batch_size)
+            if self.num_classes:
+                out["g_class_loss"] = self.class_loss(fake_class, fake_label)
+                loss += self.lambda_class * out["g_class_loss"]
             scaled = self._scale("g", loss)
         self._minimize("g", tape, scaled)
-        return {"g_loss": loss}
+        out["g_loss"] = loss
+        return out
 
-    def sub_rec_step(self, volume, crop, low, position):
+    def sub_rec_step(self, volume, crop, low, position, label=None):
+        """The sub-encoder phase; a conditional G1 gets the real volumes' labels with z'
+        (as in HA-GAN's train.py)."""
         real_embedding = tf.stop_gradient(self.crop_embeddings(volume))
         with tf.GradientTape() as tape:
-            embedding = self.trunk(self.sub_encoder(real_embedding, training=True), training=True)
+            embedding = self.embed(self.sub_encoder(real_embedding, training=True), label,
+                                   training=True)
             rec = self.head(self.slab(embedding, position), training=True)
             rec_low = self.low_generator(embedding, training=True)
             loss = 0.5 * (losses.reconstruction_loss(rec, crop, self.global_batch_size)
@@ -402,16 +472,18 @@ class HAGAN(SubVolumeGAN):
         crop = tf.cast(data["crop"], self.compute_dtype)
         low = tf.cast(self.low_resolution(data["volume"]), self.compute_dtype)
         position = data["position"]
-        out = self.d_step(crop, low, position, data["z_d"])
-        out.update(self.g_step(position, data["z_g"]))
+        label, fake_label = data.get("label"), data.get("fake_label")
+        out = self.d_step(crop, low, position, data["z_d"], label, fake_label)
+        out.update(self.g_step(position, data["z_g"], fake_label))
         out.update(self.rec_step(crop))
-        out.update(self.sub_rec_step(volume, crop, low, position))
+        out.update(self.sub_rec_step(volume, crop, low, position, label))
         self.step_counter.assign_add(1)
         return out
 
     def get_config(self):
         return dict(img_size=self.img_size, latent_dim=self.latent_dim, width=self.width,
-                    global_batch_size=self.global_batch_size, low_res=self.low_res)
+                    global_batch_size=self.global_batch_size, low_res=self.low_res,
+                    num_classes=self.num_classes, lambda_class=self.lambda_class)
 
 
 MODEL_CLASSES = {"crfgan": CRFGAN, "hagan": HAGAN}

@@ -53,6 +53,17 @@ flags.DEFINE_enum("crf_sample", _defaults["crf_sample"], list(config_lib.CRF_SAM
 flags.DEFINE_enum("hagan_low_res", _defaults["hagan_low_res"], list(config_lib.LOW_RES_MODES),
                   "HA-GAN's S/4 real volume: nearest (every 4th voxel, the reference) or "
                   "average (4^3 average pooling, anti-aliased).")
+flags.DEFINE_integer("num_classes", _defaults["num_classes"],
+                     "Classes of a conditional model (the references' --num-class; 0: "
+                     "unconditional). Needs records converted with --labels_csv.")
+flags.DEFINE_float("lambda_class", _defaults["lambda_class"],
+                   "Weight of G's auxiliary-classifier loss (the references' --lambda-class).")
+flags.DEFINE_enum("fake_labels", _defaults["fake_labels"], list(config_lib.FAKE_LABELS),
+                  "Labels of generated samples: batch = the real batch's (the references), "
+                  "uniform = drawn uniformly.")
+flags.DEFINE_bool("balance_classes", _defaults["balance_classes"],
+                  "Draw every class equally often (records with replacement), for imbalanced "
+                  "archives.")
 flags.DEFINE_enum("mixed_precision", _defaults["mixed_precision"], list(config_lib.PRECISIONS),
                   "Keras dtype policy.")
 flags.DEFINE_enum("strategy", _defaults["strategy"], list(config_lib.STRATEGIES),
@@ -73,6 +84,9 @@ flags.DEFINE_bool("dry_run", False, "Print the resolved config and exit.")
 flags.DEFINE_string("demo_data_dir", "",
                     "If set, first write and convert the phantom CT demo data there "
                     "(skipped when present); configs/demo.flags sets it.")
+flags.DEFINE_bool("demo_nodules", False,
+                  "With --demo_data_dir: phantoms with lung nodules in half of the scans, "
+                  "labelled 0/1 (configs/demo_conditional.flags).")
 flags.mark_flag_as_required("model_dir")
 flags.register_validator("img_size", lambda v: v in config_lib.IMG_SIZES,
                          message=f"--img_size must be one of {config_lib.IMG_SIZES}")
@@ -107,7 +121,8 @@ def main(argv):
         from crfgan_tf import demo
 
         demo.prepare_demo_data(FLAGS.demo_data_dir, size=config.img_size,
-                               log=lambda m: print(m, file=sys.stderr))
+                               log=lambda m: print(m, file=sys.stderr),
+                               nodules=FLAGS.demo_nodules)
 
     try:
         train_lib.train(config, flags_text=FLAGS.flags_into_string())

@@ -107,7 +107,8 @@ def build_model(config: config_lib.TrainConfig) -> SubVolumeGAN:
     """The model of `config.model` with one optimizer per phase, all slots built (call
     inside strategy.scope())."""
     common = dict(img_size=config.img_size, latent_dim=config.latent_dim, width=config.width,
-                  global_batch_size=config.batch_size, name=config.model)
+                  global_batch_size=config.batch_size, name=config.model,
+                  num_classes=config.num_classes, lambda_class=config.lambda_class)
     if config.model == "crfgan":
         common.update(crf_iterations=config.crf_iterations, crf_nodes=config.crf_nodes,
                       crf_weight_start=config.crf_weight_start,
@@ -142,7 +143,8 @@ def architecture_flag(name: str, stored: tuple, built: tuple) -> str:
     """The flag that most likely explains a variable stored as `stored` but built as
     `built` (from the shapes the flags give: latent size, channel width, volume size)."""
     if name.split(":")[0].endswith("fc/kernel") and len(stored) == 2 and stored[1:] == built[1:]:
-        return f"--latent_dim (the checkpoint's is {stored[0]})"
+        return (f"--latent_dim (the checkpoint's G1 input is {stored[0]} = latent_dim + "
+                f"num_classes)")
     ratios = {b / a for a, b in zip(stored, built) if a != b and a}
     if len(stored) == len(built) and len(ratios) == 1:
         return f"--width (channels x{ratios.pop():g} of the checkpoint's)"
@@ -269,6 +271,8 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
     changed = rundir.check_config(config)
     files = data.check_records(config.train_records, config.img_size) \
         if config.train_steps > 0 else []
+    if files and config.num_classes:
+        data.check_labels(files, config.num_classes)
     strategy = make_strategy(config.strategy, config.cpu_devices)
     chief = is_chief(strategy)
     if config.batch_size % strategy.num_replicas_in_sync:
@@ -298,7 +302,9 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
 
     dataset = data.make_train_dataset(
         config.train_records, config.img_size, config.batch_size, config.latent_dim,
-        seed=config.seed, start_step=step, shuffle_buffer=config.shuffle_buffer)
+        seed=config.seed, start_step=step, shuffle_buffer=config.shuffle_buffer,
+        num_classes=config.num_classes, fake_labels=config.fake_labels,
+        balance_classes=config.balance_classes)
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
     distributed_step = make_distributed_step(strategy, model, config.jit_compile)
     learning_rates = {phase: getattr(config, field)
@@ -337,7 +343,9 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
         if step % config.log_every == 0 or step == config.train_steps:
             rate = (step - window_step) / max(time.time() - window_t0, 1e-9)
             window_t0, window_step = time.time(), step
-            progress.report(step, {k: metrics[k] for k in model.LOSS_PHASE})
+            shown = list(model.LOSS_PHASE) + [k for k in ("d_class_loss", "g_class_loss")
+                                               if k in metrics]
+            progress.report(step, {k: metrics[k] for k in shown})
             with writer.as_default(step=step):
                 for k, v in metrics.items():
                     tf.summary.scalar(k, v)
@@ -367,7 +375,8 @@ def write_images(model: SubVolumeGAN, writer, step: int, config: config_lib.Trai
     volume = data.parse_volume(next(iter(records)), config.img_size)
     real_crop = volume[: config.img_size // 8].numpy()
     z = tf.random.stateless_normal([1, config.latent_dim], seed=[config.seed, 7])
-    embedding = model.trunk(z, training=False)
+    label = tf.constant([config.num_classes - 1]) if config.num_classes else None  # last class
+    embedding = model.embed(z, label, training=False)
     fake_crop = model.head(embedding[:, : model.slab_depth], training=False)
     whole = model.head(embedding, training=False)
     with writer.as_default(step=step):

@@ -1,6 +1,7 @@
 """Learnable parameters per module, against the reference.
 
   python -m tools.count_params --model=crfgan --img_size=256 --json
+  python -m tools.count_params --model=hagan --img_size=128 --num_classes=2
 """
 
 import json
@@ -19,6 +20,7 @@ flags.DEFINE_enum("model", "crfgan", ["crfgan", "hagan"], "Model type.")
 flags.DEFINE_integer("img_size", 256, "Volume side: 64, 128 or 256.")
 flags.DEFINE_integer("latent_dim", 1024, "Latent size.")
 flags.DEFINE_float("width", 1.0, "Channel multiplier.")
+flags.DEFINE_integer("num_classes", 0, "Classes of a conditional model (0: unconditional).")
 flags.DEFINE_bool("json", False, "Print JSON {\"total\": N, \"modules\": {...}}.")
 flags.register_validator("img_size", lambda v: v in (64, 128, 256),
                          message="--img_size must be 64, 128 or 256")
@@ -29,14 +31,15 @@ def main(argv):
     del argv
     try:
         result = params.count_parameters(FLAGS.model, FLAGS.img_size, FLAGS.latent_dim,
-                                         FLAGS.width)
+                                         FLAGS.width, FLAGS.num_classes)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if FLAGS.json:
         print(json.dumps(result))
         return
-    print(f"{result['model']} at {result['img_size']}^3")
+    classes = f", {result['num_classes']} classes" if result["num_classes"] else ""
+    print(f"{result['model']} at {result['img_size']}^3{classes}")
     for name, count in result["modules"].items():
         print(f"  {name:16s} {count:>14,d}")
     print(f"  {'total':16s} {result['total']:>14,d}")

@@ -20,15 +20,19 @@ LAYERS_256 = (
 
 
 def build_discriminator(img_size: int = 256, width: float = 1.0,
-                        name: str = "discriminator") -> keras.Model:
+                        name: str = "discriminator", num_classes: int = 0) -> keras.Model:
     """D: (sub-volume, crop position) -> real/fake logit.
 
     Seven SN convolutions with LeakyReLU(0.2) bring the (S/8, S, S) sub-volume to 128
     features; the crop position r / (7S/8) in [0, 1] is appended (129), then SN dense 64
     + LeakyReLU and SN dense 1. Works at batch size 1 (the reference squeezes and breaks).
 
+    With num_classes > 0 a second SN dense head on the 64 features gives the auxiliary
+    classifier's class logits (the references' `fc2_class`).
+
     Returns:
-      Model mapping [(batch, S/8, S, S, 1), (batch, 1)] -> (batch, 1) float32 logits.
+      Model mapping [(batch, S/8, S, S, 1), (batch, 1)] -> (batch, 1) float32 logits, or
+      with num_classes > 0 -> [(batch, 1) logits, (batch, num_classes) class logits].
     """
     check_size(img_size)
     drop = {256: 0, 128: 1, 64: 2}[img_size]
@@ -45,4 +49,7 @@ def build_discriminator(img_size: int = 256, width: float = 1.0,
     x = SNDense(scaled_channels(64, width, 4 if width != 1.0 else 1), name="fc1")(x)
     x = keras.layers.LeakyReLU(0.2, name="lrelu_fc1")(x)
     logit = SNDense(1, dtype="float32", name="logit")(x)
+    if num_classes:
+        class_logits = SNDense(num_classes, dtype="float32", name="class_logits")(x)
+        return keras.Model([x_in, pos], [logit, class_logits], name=name)
     return keras.Model([x_in, pos], logit, name=name)

@@ -19,10 +19,10 @@ def embedding_channels(width: float = 1.0) -> int:
 
 
 def build_trunk(img_size: int = 256, latent_dim: int = 1024, width: float = 1.0,
-                name: str = "g1") -> keras.Model:
+                name: str = "g1", num_classes: int = 0) -> keras.Model:
     """G1: latent z -> embedding of the whole volume.
 
-    Dense(latent -> 4^3 x 512), then five 3^3 conv + GroupNorm(8) + ReLU blocks with
+    Dense(latent (+ num_classes) -> 4^3 x 512), then five 3^3 conv + GroupNorm(8) + ReLU blocks with
     512, 512, 256, 128, 64 channels (times `width`). Nearest-neighbour x2 up-sampling
     precedes the 2nd..5th block at 256^3; at 128^3 the last up-sampling is skipped and at
     64^3 the last two, so the embedding is always img_size / 4 per side.
@@ -31,14 +31,16 @@ def build_trunk(img_size: int = 256, latent_dim: int = 1024, width: float = 1.0,
       img_size: output volume side S (64, 128 or 256).
       latent_dim: size of z.
       width: channel multiplier (1.0 = the reference; small values for tests).
+      num_classes: > 0 for a class-conditional G1: its input is z concatenated with the
+        one-hot label (as the references build it; `model.SubVolumeGAN.trunk_input`).
 
     Returns:
-      Model mapping (batch, latent_dim) -> (batch, S/4, S/4, S/4, 64 * width).
+      Model mapping (batch, latent_dim + num_classes) -> (batch, S/4, S/4, S/4, 64 * width).
     """
     check_size(img_size)
     num_up = {64: 2, 128: 3, 256: 4}[img_size]
     ch = [scaled_channels(c, width) for c in TRUNK_CHANNELS]
-    z = keras.Input((latent_dim,), name="z")
+    z = keras.Input((latent_dim + num_classes,), name="z")
     x = keras.layers.Dense(4 * 4 * 4 * ch[0], name="fc")(z)
     x = keras.layers.Reshape((4, 4, 4, ch[0]), name="reshape")(x)
     for i, c in enumerate(ch):  # up-sampling fused into the block's conv (UpsampleConv3D)

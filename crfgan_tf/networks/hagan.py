@@ -30,15 +30,17 @@ def build_low_generator(img_size: int = 256, width: float = 1.0,
 
 
 def build_low_discriminator(img_size: int = 256, width: float = 1.0,
-                            name: str = "low_discriminator") -> keras.Model:
+                            name: str = "low_discriminator", num_classes: int = 0) -> keras.Model:
     """D^L: the S/4 low-resolution volume -> logit.
 
     SN convs 4^3/2 with 32, 64, 128, 256 channels (LeakyReLU 0.2), then an SN 4^3 valid conv
-    to 1. At 128^3 the first conv is dropped (the next takes 1 channel), so the map always
-    reaches 4^3 before the last conv.
+    to 1 (to 1 + num_classes when conditional: the class logits share the last conv, as
+    in the reference). At 128^3 the first conv is dropped (the next takes 1 channel), so
+    the map always reaches 4^3 before the last conv.
 
     Returns:
-      Model mapping (batch, S/4, S/4, S/4, 1) -> (batch, 1) float32 logits.
+      Model mapping (batch, S/4, S/4, S/4, 1) -> (batch, 1) float32 logits, or with
+      num_classes > 0 -> [(batch, 1) logits, (batch, num_classes) class logits].
     """
     check_size(img_size)
     if img_size == 64:
@@ -52,8 +54,11 @@ def build_low_discriminator(img_size: int = 256, width: float = 1.0,
     for i, c in enumerate(channels):
         x = SNConv3D(scaled_channels(c, width, multiple), 4, 2, 1, name=f"conv{i + 1}")(x)
         x = keras.layers.LeakyReLU(0.2, name=f"lrelu{i + 1}")(x)
-    x = SNConv3D(1, 4, 1, 0, dtype="float32", name="conv_out")(x)
-    return keras.Model(x_in, keras.layers.Flatten(dtype="float32", name="logit")(x), name=name)
+    x = SNConv3D(1 + num_classes, 4, 1, 0, dtype="float32", name="conv_out")(x)
+    out = keras.layers.Flatten(dtype="float32", name="logit")(x)
+    if num_classes:
+        return keras.Model(x_in, [out[:, :1], out[:, 1:]], name=name)
+    return keras.Model(x_in, out, name=name)
 
 
 def build_sub_encoder(img_size: int = 256, latent_dim: int = 1024, width: float = 1.0,
