@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional
 
-from crfgan_tf import fileio, preprocess
+from crfgan_tf import fileio, labels as labels_lib, preprocess
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "crfgan-tf-volumes/1"
@@ -51,6 +51,8 @@ class ConvertConfig:
     air_correction: bool = True
     max_air_shift: float = 100.0
     overwrite: bool = False
+    labels_csv: str = ""  # case_id,label[,name]: labelled records for conditional training
+    num_classes: int = 0  # with labels_csv: labels must be below it (0: max label + 1)
 
     @property
     def resolved_modality(self) -> str:
@@ -78,6 +80,11 @@ class ConvertConfig:
             raise ValueError(f"--compression must be none or gzip, got {self.compression!r}")
         if not os.path.isdir(self.input_dir):
             raise ValueError(f"--input_dir {self.input_dir!r} is not a directory")
+        if self.labels_csv and not os.path.isfile(self.labels_csv):
+            raise ValueError(f"--labels_csv {self.labels_csv!r} is not a file")
+        if self.num_classes < 0 or (self.num_classes and not self.labels_csv):
+            raise ValueError("--num_classes needs --labels_csv and must be >= 0, got "
+                             f"{self.num_classes}")
 
     def preprocess_options(self) -> preprocess.PreprocessOptions:
         return preprocess.PreprocessOptions(
@@ -91,6 +98,10 @@ class ConvertConfig:
         out = {k: getattr(self, k) for k in keys}
         out["modality"] = self.resolved_modality
         out["input_dir"] = os.path.abspath(self.input_dir)
+        if self.labels_csv:  # only then: older manifests have no such keys
+            with open(self.labels_csv, "rb") as fh:
+                out["labels_sha256"] = hashlib.sha256(fh.read()).hexdigest()
+            out["num_classes"] = self.num_classes
         return out
 
 
@@ -199,6 +210,7 @@ def run_conversion(config: ConvertConfig, log: Callable[[str], None] = _log) -> 
                                         "reason": f"duplicate case id (also {cases[cid]})"}
             continue
         cases[cid] = path
+    table = _apply_labels(config, cases, log) if config.labels_csv else None
     split = split_cases(list(cases), config.val_fraction, config.seed)
     shards = plan_shards(cases, split, config)
 
@@ -277,6 +289,8 @@ def run_conversion(config: ConvertConfig, log: Callable[[str], None] = _log) -> 
                 rate = processed / max(time.time() - t0, 1e-9)
                 eta = (total_todo - processed) / rate if rate > 0 else 0.0
                 if status == "ok":
+                    if table is not None:
+                        payload.label = table.labels[cid]
                     writer.write(records.serialize_result(payload))
                     manifest["cases"][cid] = {
                         "split": shard.split, "shard": shard.name, "status": "ok",
@@ -284,6 +298,8 @@ def run_conversion(config: ConvertConfig, log: Callable[[str], None] = _log) -> 
                         "original_size": list(payload.original_size),
                         "original_spacing": list(payload.original_spacing),
                         "output_spacing": list(payload.output_spacing)}
+                    if table is not None:
+                        manifest["cases"][cid]["label"] = table.labels[cid]
                     log(f"[{done_cases + processed}/{len(cases)}] {cid}: ok ({seconds:.1f} s) | "
                         f"{rate:.2f} scans/s | ETA {eta:.0f} s")
                 else:
@@ -298,11 +314,11 @@ def run_conversion(config: ConvertConfig, log: Callable[[str], None] = _log) -> 
             "num_records": len(shard.cases) - shard_failures,
             "status": "complete" if shard_failures == 0 else "has_failures",
             "bytes": os.path.getsize(final)}
-        _finish_manifest(manifest, failures, cases)
+        _finish_manifest(manifest, failures, cases, table)
         atomic_write_json(manifest_path, manifest)
     stream.close()
 
-    _finish_manifest(manifest, failures, cases)
+    _finish_manifest(manifest, failures, cases, table)
     atomic_write_json(manifest_path, manifest)
     summary = dict(manifest["counts"])
     summary.update(seconds=round(time.time() - start, 2), processed=processed,
@@ -316,8 +332,34 @@ def run_conversion(config: ConvertConfig, log: Callable[[str], None] = _log) -> 
     return summary
 
 
-def _finish_manifest(manifest: dict, failures: dict, cases: dict) -> None:
-    """Counts and the failure list, from the per-case entries of cases still present."""
+def _apply_labels(config: ConvertConfig, cases: Dict[str, str], log) -> labels_lib.LabelTable:
+    """Reads --labels_csv and drops the cases it does not label from `cases` (each
+    reported by name: they are not converted); returns the table.
+
+    Raises:
+      labels_lib.LabelsError: bad rows (named), or no scan of the archive is labelled.
+    """
+    table = labels_lib.read_labels_csv(config.labels_csv, config.num_classes)
+    unlabelled = sorted(c for c in cases if c not in table.labels)
+    for cid in unlabelled:
+        log(f"convert: {cid} ({cases.pop(cid)}): no label in --labels_csv; not converted")
+    unknown = sorted(set(table.labels) - set(cases) - set(unlabelled))
+    if unknown:
+        log(f"convert: {len(unknown)} case(s) of --labels_csv are not in the archive "
+            f"(ignored), e.g. {unknown[:3]}")
+    if not cases:
+        raise labels_lib.LabelsError(f"--labels_csv {config.labels_csv!r} labels none of the "
+                                     "scans found (case ids are file stems / series UIDs)")
+    names = [n or str(k) for k, n in enumerate(table.names)]
+    log(f"convert: {len(cases)} labelled scans, {table.num_classes} classes "
+        f"{dict(zip(names, table.counts(cases)))}; {len(unlabelled)} unlabelled")
+    return table
+
+
+def _finish_manifest(manifest: dict, failures: dict, cases: dict,
+                     table: Optional[labels_lib.LabelTable] = None) -> None:
+    """Counts and the failure list, from the per-case entries of cases still present (and
+    the class counts per split, for labelled records)."""
     manifest["cases"] = {c: e for c, e in manifest["cases"].items() if c in cases}
     ok = [e for e in manifest["cases"].values() if e["status"] == "ok"]
     failed = [{"case_id": c, "source": e["source"], "reason": e["reason"]}
@@ -326,6 +368,12 @@ def _finish_manifest(manifest: dict, failures: dict, cases: dict) -> None:
     manifest["failures"] = failed
     manifest["counts"] = {"train": sum(e["split"] == "train" for e in ok),
                           "val": sum(e["split"] == "val" for e in ok), "failed": len(failed)}
+    if table is not None:
+        counts = {split: [0] * table.num_classes for split in ("train", "val")}
+        for e in ok:
+            counts[e["split"]][e["label"]] += 1
+        manifest["classes"] = {"num_classes": table.num_classes, "names": list(table.names),
+                               "counts": counts}
     manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
 
 

@@ -15,6 +15,7 @@ One `tf.train.Example` per scan. Features (all documented in README.md):
   intercept_shift float     HU added for a missing intercept
   air_shift       float     HU added by the air density correction
   trimmed_slices  int64[2]  blank slices removed (inferior, superior)
+  label           int64     class index (only when converted with --labels_csv)
 
 The int16 encoding keeps 3e-5 resolution in [-1, 1] (0.025 HU for CT) at half the size of
 float32; the same `parse_example` is what the training input pipeline builds on.
@@ -76,6 +77,8 @@ def serialize_result(result) -> bytes:
         "air_shift": _floats([result.air_shift]),
         "trimmed_slices": _ints(result.trimmed_slices),
     }
+    if getattr(result, "label", None) is not None:
+        features["label"] = _ints([result.label])
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
 
@@ -93,6 +96,7 @@ FEATURES = {
     "intercept_shift": tf.io.FixedLenFeature([], tf.float32),
     "air_shift": tf.io.FixedLenFeature([], tf.float32),
     "trimmed_slices": tf.io.FixedLenFeature([2], tf.int64),
+    "label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),  # -1: no label
 }
 
 
@@ -109,11 +113,13 @@ def parse_example(serialized: tf.Tensor) -> dict:
     return parsed
 
 
-def parse_volume(serialized: tf.Tensor, size: int) -> tf.Tensor:
-    """Parses only the volume, with a static (size, size, size) shape (training input)."""
-    parsed = tf.io.parse_single_example(
-        serialized, {"volume": FEATURES["volume"], "shape": FEATURES["shape"]})
-    return tf.ensure_shape(decode_volume(parsed["volume"], parsed["shape"]), (size, size, size))
+def parse_volume(serialized: tf.Tensor, size: int, with_label: bool = False):
+    """Parses only the volume, with a static (size, size, size) shape (training input);
+    with_label: (volume, int32 label, -1 when the record has none)."""
+    keys = ("volume", "shape", "label") if with_label else ("volume", "shape")
+    parsed = tf.io.parse_single_example(serialized, {k: FEATURES[k] for k in keys})
+    volume = tf.ensure_shape(decode_volume(parsed["volume"], parsed["shape"]), (size, size, size))
+    return (volume, tf.cast(parsed["label"], tf.int32)) if with_label else volume
 
 
 def list_record_files(file_pattern: str) -> list:
@@ -148,6 +154,7 @@ class VolumeRecord:
     intercept_shift: float
     air_shift: float
     trimmed_slices: tuple
+    label: Optional[int] = None  # class index; None for records converted without labels
 
 
 def read_volumes(file_pattern: str) -> Iterator[VolumeRecord]:
@@ -172,7 +179,8 @@ def read_volumes(file_pattern: str) -> Iterator[VolumeRecord]:
             window=tuple(float(v) for v in p["window"].numpy()),
             intercept_shift=float(p["intercept_shift"].numpy()),
             air_shift=float(p["air_shift"].numpy()),
-            trimmed_slices=tuple(int(v) for v in p["trimmed_slices"].numpy()))
+            trimmed_slices=tuple(int(v) for v in p["trimmed_slices"].numpy()),
+            label=int(p["label"]) if int(p["label"]) >= 0 else None)
 
 
 # ---- training input pipeline ---------------------------------------------------------
@@ -288,6 +296,70 @@ def check_records(file_pattern: str, img_size: int) -> list:
     return files
 
 
+def check_labels(files, num_classes: int) -> None:
+    """For a conditional run: the records carry labels below num_classes (from each
+    directory's manifest.json, else the first record of each file).
+
+    Raises:
+      RecordsError: records converted without --labels_csv, or labels >= num_classes.
+    """
+    for f in files:
+        manifest = _manifest(os.path.dirname(f))
+        if manifest:
+            classes = manifest.get("classes")
+            if not classes:
+                raise RecordsError(
+                    f"--num_classes={num_classes} needs labelled records, but {f} was converted "
+                    "without labels; convert again with --labels_csv=FILE")
+            train, val = classes["counts"]["train"], classes["counts"]["val"]
+            counts = [sum(c[k] for c in (train, val) if k < len(c))
+                      for k in range(max(len(train), len(val)))]
+            top = max((k for k, c in enumerate(counts) if c), default=-1)
+            if top >= num_classes:
+                raise RecordsError(
+                    f"--num_classes={num_classes} but the records in {os.path.dirname(f)} "
+                    f"hold labels up to {top} ({classes['num_classes']} classes: "
+                    f"{classes.get('names')}); train with --num_classes={classes['num_classes']}")
+        else:
+            example = tf.train.Example.FromString(_first_record(f))
+            if "label" not in example.features.feature:
+                raise RecordsError(
+                    f"--num_classes={num_classes} needs labelled records, but {f} has no "
+                    "label feature; convert again with --labels_csv=FILE")
+
+
+def record_labels(files) -> np.ndarray:
+    """The label of every record of `files`, in stream index order (from the manifests'
+    shard and case lists, else by reading the label feature of every record)."""
+    out = []
+    for f in files:
+        manifest = _manifest(os.path.dirname(f))
+        shard = manifest.get("shards", {}).get(os.path.basename(f))
+        cases = manifest.get("cases", {})
+        if shard is None:
+            out = None
+            break
+        out += [cases[c]["label"] for c in shard["cases"]
+                if cases.get(c, {}).get("status") == "ok"]
+    if out is None or len(out) != sum(records_per_file(files)):
+        parse = lambda s: tf.io.parse_single_example(s, {"label": FEATURES["label"]})["label"]
+        out = list(raw_record_dataset(files).map(parse).as_numpy_iterator())
+    return np.asarray(out, np.int64)
+
+
+def balanced_order(labels: np.ndarray, seed: int, epoch: tf.Tensor) -> tf.Tensor:
+    """n record indices for epoch `epoch` drawn with replacement so that every class
+    present is equally likely (each record with probability 1 / (K * its class's count)),
+    statelessly from (seed, epoch)."""
+    counts = np.bincount(labels[labels >= 0])
+    present = np.count_nonzero(counts)
+    weights = np.where(labels >= 0, 1.0 / (present * np.maximum(counts[np.maximum(labels, 0)], 1)),
+                       0.0)
+    key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.stateless_categorical(tf.math.log(tf.constant(weights[None], tf.float32)),
+                                           len(labels), seed=key, dtype=tf.int64)[0]
+
+
 def _named_errors(dataset: tf.data.Dataset, files) -> Iterator:
     """Iterates `dataset`; a read error is raised as RecordsError naming the damaged file."""
     try:
@@ -314,7 +386,8 @@ def describe_read_error(err: Exception, files) -> str:
 
 
 def training_example(volume: tf.Tensor, index: tf.Tensor, img_size: int, latent_dim: int,
-                     seed: int) -> dict:
+                     seed: int, label: Optional[tf.Tensor] = None, num_classes: int = 0,
+                     fake_labels: str = "batch") -> dict:
     """One training example from a volume and its global stream index.
 
     The crop start r is a multiple of 4 drawn uniformly from 0..7S/8, so that the real
@@ -322,6 +395,10 @@ def training_example(volume: tf.Tensor, index: tf.Tensor, img_size: int, latent_
     slices (the reference draws any r and misaligns the two by up to 3 slices). r and the
     three latents are stateless functions of (seed, index): a resumed run sees exactly the
     stream an uninterrupted one would, and replicas need no shared random state.
+
+    With num_classes > 0 the example also has `label` (the record's) and `fake_label`, the
+    class its generated samples are conditioned on: the same label (fake_labels="batch",
+    as the references do) or one drawn uniformly from (seed, index) ("uniform").
     """
     key = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
     k = tf.random.stateless_uniform([], seed=key, minval=0, maxval=7 * img_size // 32 + 1,
@@ -331,8 +408,18 @@ def training_example(volume: tf.Tensor, index: tf.Tensor, img_size: int, latent_
     # z_c (the CRF phase's) from its own key, so that z_d and z_g are those of earlier runs
     z_c = tf.random.stateless_normal([latent_dim], seed=key + tf.constant([0, 2 << 40], tf.int64))
     volume = volume[..., None]
-    return {"volume": volume, "crop": volume[r:r + img_size // 8], "position": r,
-            "z_d": z[0], "z_g": z[1], "z_c": z_c}
+    out = {"volume": volume, "crop": volume[r:r + img_size // 8], "position": r,
+           "z_d": z[0], "z_g": z[1], "z_c": z_c}
+    if num_classes:
+        check = tf.debugging.assert_less(
+            label, num_classes, message=f"a record's label is >= --num_classes={num_classes}")
+        with tf.control_dependencies([check, tf.debugging.assert_non_negative(
+                label, message="a record has no label (converted without --labels_csv)")]):
+            out["label"] = tf.identity(label)
+        out["fake_label"] = label if fake_labels == "batch" else tf.random.stateless_uniform(
+            [], seed=key + tf.constant([0, 3 << 40], tf.int64), maxval=num_classes,
+            dtype=tf.int32)
+    return out
 
 
 def epoch_order(num_records: int, seed: int, epoch: tf.Tensor) -> tf.Tensor:
@@ -378,7 +465,9 @@ def _records_interleaved(files, seed: int, epoch: tf.Tensor, buffer: int) -> tf.
 
 def make_train_dataset(file_pattern: str, img_size: int, batch_size: int, latent_dim: int,
                        seed: int = 0, start_step: int = 0, shuffle_buffer: int = 8,
-                       num_records: Optional[int] = None) -> tf.data.Dataset:
+                       num_records: Optional[int] = None, num_classes: int = 0,
+                       fake_labels: str = "batch",
+                       balance_classes: bool = False) -> tf.data.Dataset:
     """The training stream: read, parse, crop, batch, prefetch (autotuned).
 
     Epoch e visits every record once, in a full permutation of all records across all
@@ -398,6 +487,9 @@ def make_train_dataset(file_pattern: str, img_size: int, batch_size: int, latent
       start_step: first step to produce.
       shuffle_buffer: GZIP records only: records permuted together (each S^3 int16).
       num_records: records per epoch (default: from manifest.json or the files).
+      num_classes, fake_labels: > 0 adds `label` and `fake_label` (training_example).
+      balance_classes: epochs draw n records with replacement, every class equally
+        likely (balanced_order), instead of a permutation (uncompressed records only).
 
     Returns:
       Dataset of dicts: volume (B, S, S, S, 1), crop (B, S/8, S, S, 1), position (B,)
@@ -409,6 +501,9 @@ def make_train_dataset(file_pattern: str, img_size: int, batch_size: int, latent
     n = num_records or sum(counts)
     if n < 1:
         raise RecordsError(f"no records in {file_pattern!r}")
+    if balance_classes and compression_of(files[0]):
+        raise RecordsError("--balance_classes needs uncompressed records (GZIP shards "
+                           "cannot be read by index); convert with --compression=none")
     first = start_step * batch_size
     first_epoch = first // n
     epochs = tf.data.Dataset.range(first_epoch, 1 << 40)
@@ -416,13 +511,23 @@ def make_train_dataset(file_pattern: str, img_size: int, batch_size: int, latent
         records = epochs.flat_map(lambda e: _records_interleaved(files, seed, e, shuffle_buffer))
         records = records.skip(first - first_epoch * n)
     else:
-        order = epochs.flat_map(
-            lambda e: tf.data.Dataset.from_tensor_slices(epoch_order(n, seed, e)))
+        if balance_classes:
+            labels = record_labels(files)
+            draw = lambda e: balanced_order(labels, seed, e)
+        else:
+            draw = lambda e: epoch_order(n, seed, e)
+        order = epochs.flat_map(lambda e: tf.data.Dataset.from_tensor_slices(draw(e)))
         records = _records_by_index(files, counts, order.skip(first - first_epoch * n))
     stream = tf.data.Dataset.zip(records, tf.data.Dataset.range(first, 1 << 60))
-    stream = stream.map(
-        lambda s, i: training_example(parse_volume(s, img_size), i, img_size, latent_dim, seed),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    def example(serialized, i):
+        if not num_classes:
+            return training_example(parse_volume(serialized, img_size), i, img_size,
+                                    latent_dim, seed)
+        volume, label = parse_volume(serialized, img_size, with_label=True)
+        return training_example(volume, i, img_size, latent_dim, seed, label, num_classes,
+                                fake_labels)
+
+    stream = stream.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     stream = stream.batch(batch_size, drop_remainder=True)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

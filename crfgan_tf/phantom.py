@@ -19,6 +19,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from crfgan_tf import fileio
+
 # LUNA16 case ids are DICOM series UIDs under this root.
 LUNA_UID_ROOT = "1.3.6.1.4.1.14519.5.2.1.6279.6001."
 
@@ -46,6 +48,9 @@ class PhantomSpec:
     noise_hu: float = 20.0
 
 
+NODULE_HU = 40.0  # a solid nodule: soft-tissue density
+
+
 def make_phantom(seed: int, spec: PhantomSpec = PhantomSpec()) -> np.ndarray:
     """Draws one phantom chest CT in HU.
 
@@ -56,6 +61,19 @@ def make_phantom(seed: int, spec: PhantomSpec = PhantomSpec()) -> np.ndarray:
     Returns:
       int16 array of shape (spec.num_slices, spec.in_plane, spec.in_plane), canonical
       (LPS) orientation, values in HU (padding outside the field of view).
+    """
+    return make_phantom_with_nodules(seed, spec)[0]
+
+
+def make_phantom_with_nodules(seed: int, spec: PhantomSpec = PhantomSpec(),
+                              num_nodules: int = 0,
+                              diameter_mm: Sequence[float] = (4.0, 30.0)) -> tuple:
+    """Like make_phantom, with `num_nodules` solid spherical nodules (NODULE_HU) of
+    diameters drawn uniformly in `diameter_mm`, centred in the lungs (their own random
+    stream: the rest of the scan is the nodule-free phantom of the same seed).
+
+    Returns:
+      (int16 volume, [(centre (z, y, x) in voxels, diameter in mm), ...]).
     """
     rng = np.random.default_rng(seed)
     n, nz = spec.in_plane, spec.num_slices
@@ -127,6 +145,8 @@ def make_phantom(seed: int, spec: PhantomSpec = PhantomSpec()) -> np.ndarray:
     # Sternum (anterior, midline), absent at the bottom of the scan.
     sternum = ((x / 0.06) ** 2 + ((y + body_b - fat_thickness - 0.06) / 0.035) ** 2 <= 1.0) & (t > 0.2)
     vol[sternum] = 500.0
+    nodules = _draw_nodules(vol, lung_mask, spec, num_nodules, diameter_mm,
+                            np.random.default_rng(seed + 104_729))
 
     vol += rng.normal(0.0, spec.noise_hu, size=vol.shape).astype(np.float32)
 
@@ -136,7 +156,40 @@ def make_phantom(seed: int, spec: PhantomSpec = PhantomSpec()) -> np.ndarray:
     if spec.blank_slices:
         vol[: spec.blank_slices] = spec.padding_value
         vol[-spec.blank_slices:] = spec.padding_value
-    return np.clip(np.round(vol), -32768, 32767).astype(np.int16)
+    return np.clip(np.round(vol), -32768, 32767).astype(np.int16), nodules
+
+
+def _draw_nodules(vol, lung_mask, spec, count, diameter_mm, rng) -> list:
+    """Paints `count` balls of NODULE_HU into `vol` (in place), each centred on a lung
+    voxel whose ball lies at least 80 % in the lung (50 tries, then the best one)."""
+    nodules = []
+    if not count:
+        return nodules
+    zz, yy, xx = np.nonzero(lung_mask)
+    if zz.size == 0:
+        return nodules
+    spacing = np.asarray(spec.spacing_zyx, np.float32)
+    for _ in range(count):
+        diameter = float(rng.uniform(*diameter_mm))
+        radius_vox = diameter / 2.0 / spacing
+        best = None
+        for _try in range(50):
+            k = rng.integers(zz.size)
+            centre = np.array([zz[k], yy[k], xx[k]], np.float32)
+            lo = np.maximum(np.floor(centre - radius_vox), 0).astype(int)
+            hi = np.minimum(np.ceil(centre + radius_vox) + 1, vol.shape).astype(int)
+            grid = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")
+            ball = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radius_vox)) <= 1.0
+            inside = lung_mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]][ball].mean() \
+                if ball.any() else 0.0
+            if best is None or inside > best[0]:
+                best = (inside, centre, lo, hi, ball)
+            if inside >= 0.8:
+                break
+        _, centre, lo, hi, ball = best
+        vol[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]][ball] = NODULE_HU
+        nodules.append((tuple(float(c) for c in centre), diameter))
+    return nodules
 
 
 def write_scan(array: np.ndarray, path: str, spacing_zyx: Sequence[float],
@@ -183,7 +236,8 @@ def write_scan(array: np.ndarray, path: str, spacing_zyx: Sequence[float],
 
 def make_luna_archive(output_dir: str, num_scans: int, spec: PhantomSpec = PhantomSpec(),
                       seed: int = 0, num_subsets: int = 2,
-                      slice_jitter: Optional[int] = None) -> list:
+                      slice_jitter: Optional[int] = None, nodules: bool = False,
+                      nodule_diameter_mm: Sequence[float] = (4.0, 30.0)) -> list:
     """Writes a LUNA16-like archive of phantom scans: `subsetK/<series uid>.mhd/.raw`.
 
     Padding value, air calibration and the number of slices vary with the seed like they
@@ -196,11 +250,15 @@ def make_luna_archive(output_dir: str, num_scans: int, spec: PhantomSpec = Phant
       seed: base seed; scan i uses seed + i.
       num_subsets: scans are spread over `subset0..subset{num_subsets-1}`.
       slice_jitter: +- variation of the number of slices (default: a tenth of it).
+      nodules: draw 1-3 solid nodules (diameters in `nodule_diameter_mm`) in half of the
+        scans (scans 0, 1, 4, 5, 8, 9, ...: not aligned with the alternating padding value)
+        and write LUNA16's `annotations.csv` (seriesuid, coordX/Y/Z in world mm,
+        diameter_mm) in output_dir, one row per nodule.
 
     Returns:
       The list of `.mhd` paths written.
     """
-    paths = []
+    paths, rows = [], []
     jitter = spec.num_slices // 10 if slice_jitter is None else slice_jitter
     for i in range(num_scans):
         rng = np.random.default_rng(seed + i + 7919)
@@ -210,10 +268,19 @@ def make_luna_archive(output_dir: str, num_scans: int, spec: PhantomSpec = Phant
             padding_value=(-3024, -2000)[i % 2],
             air_offset=float(rng.uniform(-15, 15)),
         )
-        volume = make_phantom(seed + i, scan_spec)
+        count = int(rng.integers(1, 4)) if nodules and (i // 2) % 2 == 0 else 0
+        volume, drawn = make_phantom_with_nodules(seed + i, scan_spec, count, nodule_diameter_mm)
         uid = f"{LUNA_UID_ROOT}{seed + i:012d}"
         path = os.path.join(output_dir, f"subset{i % num_subsets}", uid + ".mhd")
-        write_scan(volume, path, scan_spec.spacing_zyx,
-                   origin_xyz=(-180.0, -180.0, -300.0 + 1.5 * i))
+        origin = (-180.0, -180.0, -300.0 + 1.5 * i)
+        write_scan(volume, path, scan_spec.spacing_zyx, origin_xyz=origin)
         paths.append(path)
+        for (cz, cy, cx), diameter in drawn:  # world = origin + index * spacing (LPS)
+            sz, sy, sx = scan_spec.spacing_zyx
+            rows.append([uid, origin[0] + cx * sx, origin[1] + cy * sy, origin[2] + cz * sz,
+                         diameter])
+    if nodules:
+        text = ",".join(("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")) + "\n"
+        text += "".join(f"{r[0]},{r[1]:.4f},{r[2]:.4f},{r[3]:.4f},{r[4]:.4f}\n" for r in rows)
+        fileio.atomic_write(os.path.join(output_dir, "annotations.csv"), text)
     return paths

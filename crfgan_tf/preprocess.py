@@ -54,6 +54,7 @@ class ScanResult:
     air_shift: float = 0.0  # HU added to all non-padding voxels
     trimmed_slices: Tuple[int, int] = (0, 0)  # blank slices removed (inferior, superior)
     reoriented_from: str = "LPS"  # the stored orientation code
+    label: Optional[int] = None  # class index from conversion's --labels_csv
 
     def corrections(self) -> dict:
         """The corrections applied, for the manifest."""

@@ -3,6 +3,9 @@
   python -m data_prep.convert --dataset=luna16 --input_dir=/data/LUNA16 \
       --output_dir=/data/luna16_256 --size=256 --num_shards=16 --workers=2
 
+With --labels_csv=labels.csv (case_id,label[,name]) the records carry class labels for
+conditional training (--num_classes in crfgan_tf.train).
+
 Rerunning the same command resumes. Exit status 1 if any scan failed (each is named,
 with its reason, and listed in manifest.json), 2 for invalid flags.
 """
@@ -30,6 +33,12 @@ flags.DEFINE_enum("compression", "none", ["none", "gzip"], "TFRecord compression
 flags.DEFINE_bool("air_correction", True, "Shift CT scans so that outside air is -1000 HU.")
 flags.DEFINE_float("max_air_shift", 100.0, "Larger air corrections are not applied (HU).")
 flags.DEFINE_bool("overwrite", False, "Replace an output_dir converted with other settings.")
+flags.DEFINE_string("labels_csv", "",
+                    "CSV of case_id,label[,name] (class index 0..N-1): records get a 'label' "
+                    "for conditional training; scans without a label are reported and skipped. "
+                    "LUNA16 nodule labels: python -m data_prep.luna16_labels.")
+flags.DEFINE_integer("num_classes", 0, "With --labels_csv: labels must be below this "
+                     "(0: the largest label + 1).")
 flags.mark_flags_as_required(["dataset", "input_dir", "output_dir"])
 flags.register_validator("size", lambda v: v in (64, 128, 256, 512),
                          message="--size must be 64, 128, 256 or 512")
@@ -50,7 +59,8 @@ def main(argv):
         val_fraction=FLAGS.val_fraction, seed=FLAGS.seed, workers=FLAGS.workers,
         modality=FLAGS.modality, compression=FLAGS.compression,
         air_correction=FLAGS.air_correction, max_air_shift=FLAGS.max_air_shift,
-        overwrite=FLAGS.overwrite)
+        overwrite=FLAGS.overwrite, labels_csv=FLAGS.labels_csv,
+        num_classes=FLAGS.num_classes)
     runtime.quiet_tensorflow()
     try:
         summary = convert.run_conversion(config)
