@@ -8,7 +8,9 @@ A *source* of volumes is one of:
     in [-1, 1];
   - a SavedModel from crfgan_tf.export: `num_samples` volumes are generated from `seed`,
     sample i from latent (seed, i), as crfgan_tf.sample does.
-Every source yields float32 (S, S, S) volumes in [-1, 1], canonical LPS (z, y, x), one at a
+With a class `label`, a TFRecord source keeps the records of that class and a conditional
+SavedModel generates that class (compare one class of generated volumes with the real
+volumes of the same class). Every source yields float32 (S, S, S) volumes in [-1, 1], canonical LPS (z, y, x), one at a
 time; only the 2048-feature rows are kept, so memory does not grow with the volume count.
 """
 
@@ -120,35 +122,41 @@ def read_volume_file(path: str, window) -> np.ndarray:
     return array
 
 
-def _saved_model_source(spec: str, num_samples: int, seed: int, batch_size: int) -> Source:
+def _saved_model_source(spec: str, num_samples: int, seed: int, batch_size: int,
+                        label: Optional[int] = None) -> Source:
     if num_samples < 2:
         raise EvaluationError(f"{spec} is a SavedModel: at least 2 volumes must be generated "
                               f"from it, got {num_samples}")
+    try:
+        module, meta = sample_lib.load(spec)
+        sample_lib.resolve_labels(meta, [] if label is None else [label])
+    except (sample_lib.SavedModelError, ValueError) as err:
+        raise EvaluationError(f"{spec}: {err}") from None
     files = sorted(p for p in glob.glob(os.path.join(spec, "**"), recursive=True)
                    if os.path.isfile(p))
     fingerprint = hashlib.sha256(
-        f"savedmodel|{_content_sha256(files, spec)}|{num_samples}|{seed}".encode()).hexdigest()
+        f"savedmodel|{_content_sha256(files, spec)}|{num_samples}|{seed}"
+        f"{'' if label is None else f'|class{label}'}".encode()).hexdigest()
 
     def volumes():
-        try:
-            module, _ = sample_lib.load(spec)
-        except sample_lib.SavedModelError as err:
-            raise EvaluationError(str(err)) from None
         latent_dim = int(module.latent_dim.numpy())
         for first in range(0, num_samples, batch_size):
             count = min(batch_size, num_samples - first)
-            out = module.generate(z=sample_lib.latents(seed, first, count, latent_dim))
-            for volume in out["volume"].numpy():
+            out = sample_lib.generate(module, sample_lib.latents(seed, first, count, latent_dim),
+                                      None if label is None else [label] * count)
+            for volume in out:
                 yield volume.astype(np.float32)
 
     return Source(spec, "savedmodel", num_samples, fingerprint, volumes)
 
 
 def open_source(spec: str, num_samples: int = 0, seed: int = 0, batch_size: int = 1,
-                window=(preprocess.HU_FLOOR, preprocess.HU_CEIL)) -> Source:
-    """Resolves `spec` (see the module docstring) without reading any volume yet."""
+                window=(preprocess.HU_FLOOR, preprocess.HU_CEIL),
+                label: Optional[int] = None) -> Source:
+    """Resolves `spec` (see the module docstring) without reading any volume yet; `label`
+    selects one class (TFRecords with labels, conditional SavedModels)."""
     if os.path.isdir(spec) and os.path.exists(os.path.join(spec, "saved_model.pb")):
-        return _saved_model_source(spec, num_samples, seed, batch_size)
+        return _saved_model_source(spec, num_samples, seed, batch_size, label)
     if os.path.isdir(spec):
         candidates = sorted(p for p in glob.glob(os.path.join(spec, "**", "*"), recursive=True)
                             if os.path.isfile(p))
@@ -160,11 +168,28 @@ def open_source(spec: str, num_samples: int = 0, seed: int = 0, batch_size: int 
     if records and volumes:
         raise EvaluationError(f"{spec!r} matches both TFRecords ({len(records)}) and volume "
                               f"files ({len(volumes)}); pass one kind")
+    if records and label is not None:
+        labels = data.record_labels(records)
+        if not (labels >= 0).any():
+            raise EvaluationError(f"--label={label}: the records of {spec!r} have no labels "
+                                  "(converted without --labels_csv)")
+        count = int((labels == label).sum())
+        if count == 0:
+            raise EvaluationError(f"--label={label}: no record of {spec!r} has that label "
+                                  f"(labels present: {sorted(set(labels.tolist()))})")
+        pattern = ",".join(records)
+        return Source(spec, "tfrecord", count,
+                      hashlib.sha256(f"{_file_fingerprint(records)}|class{label}".encode())
+                      .hexdigest(),
+                      lambda: (r.volume for r in data.read_volumes(pattern) if r.label == label))
     if records:
         count = data.count_records(records)
         pattern = ",".join(records)
         return Source(spec, "tfrecord", count, _file_fingerprint(records),
                       lambda: (r.volume for r in data.read_volumes(pattern)))
+    if volumes and label is not None:
+        raise EvaluationError(f"--label applies to TFRecords and SavedModels; {spec!r} holds "
+                              "volume files, which carry no class (select them by name)")
     if volumes:
         fingerprint = hashlib.sha256(
             f"{_file_fingerprint(volumes)}|{tuple(window)}".encode()).hexdigest()

@@ -90,12 +90,17 @@ def head_by_slabs(head: keras.Model, embedding: tf.Tensor, slab: int) -> tf.Tens
 
 
 class GeneratorModule(tf.Module):
-    """What the SavedModel holds: G1, G2, metadata and the `generate` signature."""
+    """What the SavedModel holds: G1, G2, metadata and the `generate` signature:
+    `generate(z)` float32 [b, latent], or for a conditional model (num_classes > 0)
+    `generate(z, label)` with label int32 [b]; both return {"volume": [b, S, S, S]}."""
 
-    def __init__(self, trunk, head, latent_dim: int, img_size: int, slab: int, metadata: dict):
+    def __init__(self, trunk, head, latent_dim: int, img_size: int, slab: int, metadata: dict,
+                 num_classes: int = 0):
         super().__init__(name="crfgan_generator")
         self.trunk, self.head = trunk, head
         self.slab = slab
+        self.classes = num_classes
+        self.num_classes = tf.Variable(num_classes, trainable=False, name="num_classes")
         self.latent_dim = tf.Variable(latent_dim, trainable=False, name="latent_dim")
         self.img_size = tf.Variable(img_size, trainable=False, name="img_size")
         self.window = tf.Variable(metadata["window"], dtype=tf.float32, trainable=False,
@@ -104,13 +109,24 @@ class GeneratorModule(tf.Module):
                                           trainable=False, name="output_spacing")
         self.metadata_json = tf.Variable(json.dumps(metadata), trainable=False,
                                          name="metadata_json")
-        self.generate = tf.function(
-            self._generate,
-            input_signature=[tf.TensorSpec([None, latent_dim], tf.float32, name="z")])
+        z_spec = tf.TensorSpec([None, latent_dim], tf.float32, name="z")
+        if num_classes:
+            self.generate = tf.function(
+                self._generate_conditional,
+                input_signature=[z_spec, tf.TensorSpec([None], tf.int32, name="label")])
+        else:
+            self.generate = tf.function(self._generate, input_signature=[z_spec])
 
     def _generate(self, z):
         embedding = self.trunk(z, training=False)
         return {"volume": head_by_slabs(self.head, embedding, self.slab)}
+
+    def _generate_conditional(self, z, label):
+        check = tf.debugging.assert_less(
+            label, self.classes, message=f"label must be in 0..{self.classes - 1}")
+        with tf.control_dependencies([check, tf.debugging.assert_non_negative(label)]):
+            onehot = tf.one_hot(label, self.classes, dtype=z.dtype)
+        return self._generate(tf.concat([z, onehot], axis=-1))
 
 
 def training_metadata(config: config_lib.TrainConfig) -> dict:
@@ -118,7 +134,7 @@ def training_metadata(config: config_lib.TrainConfig) -> dict:
     meta = {"format": EXPORT_FORMAT, "model": config.model, "img_size": config.img_size,
             "latent_dim": config.latent_dim, "width": config.width,
             "window": [-1024.0, 600.0], "modality": "ct",
-            "output_spacing": [1.0, 1.0, 1.0]}
+            "output_spacing": [1.0, 1.0, 1.0], "num_classes": config.num_classes}
     from crfgan_tf import data
 
     try:
@@ -132,7 +148,12 @@ def training_metadata(config: config_lib.TrainConfig) -> dict:
                     output_spacing=list(first.output_spacing))
     if os.path.exists(manifest):
         with open(manifest) as f:
-            cases = [c for c in json.load(f)["cases"].values() if c.get("status") == "ok"]
+            manifest = json.load(f)
+        if config.num_classes and manifest.get("classes"):
+            names = manifest["classes"]["names"]
+            meta["class_names"] = [names[k] if k < len(names) and names[k] else str(k)
+                                   for k in range(config.num_classes)]
+        cases = [c for c in manifest["cases"].values() if c.get("status") == "ok"]
         if cases:  # the median spacing of the training set: what a typical sample covers
             meta["output_spacing"] = [statistics.median(c["output_spacing"][k] for c in cases)
                                       for k in range(3)]
@@ -160,7 +181,8 @@ def load_generator(model_dir: str, step: Optional[int] = None):
             raise FileNotFoundError(f"no checkpoint for step {step} ({ckpt})")
     train_lib.set_precision("float32")  # export and sample in float32 whatever trained
     # G1 and G2 are all that generation needs, for CRF-GAN and HA-GAN alike.
-    trunk = build_trunk(config.img_size, config.latent_dim, config.width)
+    trunk = build_trunk(config.img_size, config.latent_dim, config.width,
+                        num_classes=config.num_classes)
     head = build_head(config.img_size, config.width)
     tf.train.Checkpoint(generator_trunk=trunk, generator_head=head).read(ckpt).expect_partial() \
         .assert_existing_objects_matched()
@@ -179,7 +201,8 @@ def export(model_dir: str, export_dir: str, step: Optional[int] = None, slab: in
             raise fileio.OutputError(f"--export_dir {export_dir!r} is a file")
     metadata = training_metadata(config)
     metadata.update(checkpoint=ckpt, slab=slab)
-    module = GeneratorModule(trunk, head, config.latent_dim, config.img_size, slab, metadata)
+    module = GeneratorModule(trunk, head, config.latent_dim, config.img_size, slab, metadata,
+                             config.num_classes)
     tmp = export_dir.rstrip("/") + ".tmp"
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)
@@ -187,6 +210,7 @@ def export(model_dir: str, export_dir: str, step: Optional[int] = None, slab: in
     if tf.io.gfile.exists(export_dir):
         tf.io.gfile.rmtree(export_dir)
     tf.io.gfile.rename(tmp, export_dir)  # a half-written export never has the final name
-    log(f"export: {ckpt} -> {export_dir} ({config.img_size}^3, latent {config.latent_dim}, "
-        f"slab {slab})")
+    classes = f", {config.num_classes} classes" if config.num_classes else ""
+    log(f"export: {ckpt} -> {export_dir} ({config.img_size}^3, latent {config.latent_dim}"
+        f"{classes}, slab {slab})")
     return metadata

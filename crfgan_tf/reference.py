@@ -21,6 +21,9 @@ Tensor conventions (checked side by side with the reference code):
   64^3 at conv3; D^L's (sub_D) and the sub-encoder's at 128^3 start at conv2.
 - Adam: the reference's `torch.optim.Adam` is `crfgan_tf.optimizers.PyTorchAdam` here, with
   the same first and second moments and step count.
+- A class-conditional run (the references' --num-class N) is recognised by D's `fc2_class`
+  head and imports with num_classes=N: G1's fc1 then takes z and the one-hot label
+  concatenated, in that order, as ours does.
 """
 
 from __future__ import annotations
@@ -144,6 +147,8 @@ def layout(model) -> Dict[str, List[Tensor]]:
          for i in range(8 - first_d)]
     d += [("fc1", get(model.discriminator, "fc1"), "sndense"),
           ("fc2", get(model.discriminator, "logit"), "sndense")]
+    if model.num_classes:  # the auxiliary classifier, registered after fc2
+        d += [("fc2_class", get(model.discriminator, "class_logits"), "sndense")]
     e = []
     for i in range(3):
         e += [(f"conv{i + 1}", get(model.encoder, f"block{i + 1}_conv"), "conv"),
@@ -182,23 +187,29 @@ class ReferenceMismatch(ValueError):
     """A reference checkpoint does not fit the networks asked for (names what and why)."""
 
 
+def classes_of(d_state: Dict[str, np.ndarray]) -> int:
+    """The number of classes of a reference D state (its fc2_class head), 0 without."""
+    w = d_state.get("fc2_class.weight")
+    return 0 if w is None else int(w.shape[0])
+
+
 def check_state(file: str, state: Dict[str, np.ndarray], tensors: List[Tensor], model: str,
-                img_size: int, latent_dim: int) -> None:
+                img_size: int, latent_dim: int, num_classes: int = 0) -> None:
     """Raises ReferenceMismatch listing every missing, unexpected or misshapen tensor, with
     the flag that most likely explains it."""
-    if file == "D" and "fc2_class.weight" in state:
-        classes = state["fc2_class.weight"].shape[0]
+    if file == "D" and classes_of(state) != num_classes:
         raise ReferenceMismatch(
-            f"{file}: a class-conditional checkpoint ({classes} classes, fc2_class): "
-            "conditional generation is not supported yet (issue #12); only unconditional "
-            "(--num-class 0) checkpoints import")
+            f"{file}: a class-conditional checkpoint ({classes_of(state)} classes, fc2_class) "
+            f"read as {num_classes} classes" if classes_of(state) else
+            f"{file}: an unconditional checkpoint (no fc2_class) read as {num_classes} classes")
     if file == "G" and "fc1.weight" in state:
         fan_in = state["fc1.weight"].shape[1]
-        if fan_in != latent_dim:
+        if fan_in != latent_dim + num_classes:
+            cond = (f" + the {num_classes} classes of this conditional checkpoint's D"
+                    if num_classes else "")
             raise ReferenceMismatch(
-                f"G: fc1.weight takes {fan_in} inputs, --latent_dim={latent_dim}: pass "
-                f"--latent_dim={fan_in} (or, if the run was conditional, conditional "
-                "checkpoints are not supported yet, issue #12)")
+                f"G: fc1.weight takes {fan_in} inputs; --latent_dim={latent_dim}{cond} makes "
+                f"{latent_dim + num_classes}: pass --latent_dim={fan_in - num_classes}")
     expected = {t.key: t for t in tensors}
     problems = []
     extra = sorted(k for k in state if k not in expected and not k.endswith(".sv0"))
@@ -372,17 +383,19 @@ def import_checkpoint(model: str, checkpoint_dir: str, iteration: int, img_size:
             and not overwrite:  # --overwrite replaces the whole directory
         raise FileExistsError(f"--model_dir {model_dir!r} already exists and is not empty; "
                               "choose a new directory or pass --overwrite to replace it")
+    raws = {f: load_pth(p) for f, p in paths.items()}
+    # a conditional run (the references' --num-class N) is recognised by D's class head
+    num_classes = classes_of(strip_prefix(raws["D"]["model"]))
     config = config_lib.TrainConfig(model_dir=model_dir, model=model, img_size=img_size,
                                     latent_dim=latent_dim, width=1.0, crf_nodes="channels",
-                                    train_records=train_records)
+                                    train_records=train_records, num_classes=num_classes)
     config.validate()
-    raws = {f: load_pth(p) for f, p in paths.items()}
 
     train_lib.set_precision("float32")
     built = train_lib.build_model(config)
     tensors = layout(built)
     for f, raw in raws.items():
-        check_state(f, raw["model"], tensors[f], model, img_size, latent_dim)
+        check_state(f, raw["model"], tensors[f], model, img_size, latent_dim, num_classes)
     record = {"source": os.path.abspath(checkpoint_dir), "model": model, "iteration": iteration,
               "img_size": img_size, "files": {}}
     for f, raw in raws.items():
@@ -412,15 +425,16 @@ def import_checkpoint(model: str, checkpoint_dir: str, iteration: int, img_size:
     os.rename(tmp, model_dir)  # CheckpointManager's state file holds relative paths
     files = record["files"].values()
     adam = "imported" if any(i["adam_step"] is not None for i in files) else "absent"
-    log(f"import: {model} {img_size}^3 iteration {iteration} from {checkpoint_dir} -> "
+    classes = f", {num_classes} classes" if num_classes else ""
+    log(f"import: {model} {img_size}^3{classes} iteration {iteration} from {checkpoint_dir} -> "
         f"{model_dir} ({sum(i['tensors'] for i in files)} tensors; Adam state {adam})")
     return record
 
 
 def flagfile_text(config: config_lib.TrainConfig) -> str:
     """The training flags that must stay as imported, for `--flagfile` when continuing."""
-    names = ("model", "img_size", "latent_dim", "width", "crf_nodes", "lr_g", "lr_d", "lr_crf",
-             "lr_e", "beta_1", "beta_2", "adam_epsilon", "adam")
+    names = ("model", "img_size", "latent_dim", "width", "crf_nodes", "num_classes", "lr_g",
+             "lr_d", "lr_crf", "lr_e", "beta_1", "beta_2", "adam_epsilon", "adam")
     lines = ["# Written by tools.import_reference: the imported run's architecture and optimizer",
              "# settings. Continue training with",
              f"#   python -m crfgan_tf.train --flagfile={config.model_dir}/flags.txt "

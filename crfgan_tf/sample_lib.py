@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -47,23 +48,70 @@ def to_intensity(volume: np.ndarray, window) -> np.ndarray:
     return np.round(values).astype(np.int16)
 
 
-def write_volume(array: np.ndarray, path: str, spacing_zyx, fmt: str) -> None:
+def write_volume(array: np.ndarray, path: str, spacing_zyx, fmt: str,
+                 label: Optional[int] = None, class_name: str = "") -> None:
     """Writes (z, y, x) canonical LPS int16 with spacing, origin (centred at 0) and
-    identity direction; `npy` writes the array plus a `.json` sidecar with the geometry."""
+    identity direction; `npy` writes the array plus a `.json` sidecar with the geometry.
+    A conditional sample's class goes into the file's metadata: the NIfTI `descrip`
+    ("crfgan-tf class K (name)"), `crfgan_class`/`crfgan_class_name` keys in MHA and
+    NRRD headers, `class`/`class_name` in the npy sidecar."""
     spacing = [float(s) for s in spacing_zyx]
     origin_xyz = [-(n - 1) / 2.0 * s for n, s in zip(reversed(array.shape), reversed(spacing))]
     if fmt == "npy":
         np.save(path, array)
+        meta = {"axes": "z (inferior->superior), y (anterior->posterior), x (right->left)",
+                "spacing_zyx_mm": spacing, "origin_xyz_mm": origin_xyz, "units": "HU"}
+        if label is not None:
+            meta.update({"class": label, "class_name": class_name})
         with open(path[:-4] + ".json", "w") as f:
-            json.dump({"axes": "z (inferior->superior), y (anterior->posterior), "
-                               "x (right->left)", "spacing_zyx_mm": spacing,
-                       "origin_xyz_mm": origin_xyz, "units": "HU"}, f, indent=2)
+            json.dump(meta, f, indent=2)
         return
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(list(reversed(spacing)))
     image.SetOrigin(origin_xyz)
     image.SetDirection([1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0])
+    if label is not None:
+        image.SetMetaData("ITK_FileNotes", f"crfgan-tf class {label} ({class_name})"[:79])
+        image.SetMetaData("crfgan_class", str(label))
+        image.SetMetaData("crfgan_class_name", class_name)
     sitk.WriteImage(image, path, useCompression=fmt != "mha")
+
+
+def resolve_labels(meta: dict, labels: Optional[Sequence[int]]) -> list:
+    """The labels to cycle through: [] for an unconditional SavedModel (none may be
+    given), else the given ones, checked against its classes.
+
+    Raises:
+      ValueError: naming --label/--labels (missing, out of range, or given to an
+        unconditional model).
+    """
+    n = int(meta.get("num_classes", 0))
+    names = class_names(meta)
+    if not n:
+        if labels:
+            raise ValueError("--label/--labels given, but this SavedModel is unconditional")
+        return []
+    if not labels:
+        raise ValueError(f"this SavedModel is conditional ({n} classes: "
+                         f"{dict(enumerate(names))}); give --label=K or --labels=0,1,...")
+    bad = [k for k in labels if not 0 <= k < n]
+    if bad:
+        raise ValueError(f"--label/--labels {bad} out of range 0..{n - 1} "
+                         f"({dict(enumerate(names))})")
+    return list(labels)
+
+
+def class_names(meta: dict) -> list:
+    n = int(meta.get("num_classes", 0))
+    return list(meta.get("class_names") or [str(k) for k in range(n)])
+
+
+def generate(module, z: tf.Tensor, labels: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Volumes [b, S, S, S] from a loaded SavedModel; labels (one per z) for a conditional
+    one."""
+    if labels:
+        return module.generate(z=z, label=tf.constant(labels, tf.int32))["volume"].numpy()
+    return module.generate(z=z)["volume"].numpy()
 
 
 def preview_png(array: np.ndarray, path: str, window) -> None:
@@ -81,32 +129,45 @@ def preview_png(array: np.ndarray, path: str, window) -> None:
 
 
 def sample(saved_model: str, num_samples: int, seed: int, output_dir: str, fmt: str = "nii.gz",
-           batch_size: int = 1, log=print) -> list:
-    """Generates `num_samples` volumes; returns the paths written."""
+           batch_size: int = 1, log=print, labels: Optional[Sequence[int]] = None) -> list:
+    """Generates `num_samples` volumes; returns the paths written.
+
+    labels: for a conditional SavedModel, sample i gets labels[i % len(labels)] (its z is
+    the same whatever the label). `samples.json` in output_dir lists every file with its
+    seed, index and class."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {sorted(FORMATS)}, got {fmt!r}")
     if num_samples < 1 or batch_size < 1:
         raise ValueError("--num_samples and --batch_size must be >= 1")
     fileio.ensure_output_dir(output_dir, "--output_dir")
     module, meta = load(saved_model)
+    cycle = resolve_labels(meta, labels)
+    names = class_names(meta)
     latent_dim = int(module.latent_dim.numpy())
     window = [float(v) for v in module.window.numpy()]
     spacing = [float(v) for v in module.output_spacing.numpy()]
     preview_window = LUNG_WINDOW if meta.get("modality", "ct") == "ct" else window
-    paths, t0 = [], time.time()
+    paths, listing, t0 = [], [], time.time()
     for first in range(0, num_samples, batch_size):
         count = min(batch_size, num_samples - first)
-        volumes = module.generate(z=latents(seed, first, count, latent_dim))["volume"].numpy()
+        batch_labels = [cycle[i % len(cycle)] for i in range(first, first + count)] \
+            if cycle else None
+        volumes = generate(module, latents(seed, first, count, latent_dim), batch_labels)
         for k in range(count):
             i = first + k
-            name = f"sample_seed{seed}_{i:05d}"
+            label = batch_labels[k] if cycle else None
+            name = f"sample_seed{seed}_{i:05d}" + (f"_class{label}" if cycle else "")
             array = to_intensity(volumes[k], window)
             path = os.path.join(output_dir, name + FORMATS[fmt])
-            write_volume(array, path, spacing, fmt)
+            write_volume(array, path, spacing, fmt, label, names[label] if cycle else "")
             preview_png(array, os.path.join(output_dir, name + ".png"), preview_window)
             paths.append(path)
+            listing.append({"file": os.path.basename(path), "seed": seed, "index": i,
+                            "class": label, "class_name": names[label] if cycle else None})
         done = first + count
         rate = done / max(time.time() - t0, 1e-9)
         log(f"sample: {done}/{num_samples} volumes | {rate:.2f} volumes/s | "
             f"ETA {(num_samples - done) / rate:.0f} s")
+    fileio.atomic_write(os.path.join(output_dir, "samples.json"),
+                        json.dumps({"saved_model": saved_model, "samples": listing}, indent=2))
     return paths

@@ -5,6 +5,7 @@
 
 --real and --fake each take a TFRecord glob, a folder / file / glob of NIfTI, MetaImage or
 NRRD volumes, or a SavedModel (then --num_samples volumes are generated from --seed).
+--label=K compares one class (labelled records of class K, a conditional model's class K).
 Features of the real set are cached in --cache_dir, keyed on the data, the extractor and its
 weights. Without --weights the tool refuses, unless --allow_random_features asks for the
 labelled fixed-seed random network (smoke tests, relative comparisons only).
@@ -36,6 +37,8 @@ flags.DEFINE_list("window", ["-1024", "600"],
 flags.DEFINE_string("cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "crfgan_tf"),
                     "Where real-set features are cached ('' to disable).")
 flags.DEFINE_bool("json", False, "Print one JSON object.")
+flags.DEFINE_integer("label", None, "Compare one class: the records of that label and a "
+                     "conditional SavedModel's samples of it.")
 flags.mark_flags_as_required(["real", "fake"])
 flags.register_validator("num_samples", lambda v: v >= 2, "--num_samples must be >= 2")
 flags.register_validator("batch_size", lambda v: v >= 1, "--batch_size must be >= 1")
@@ -48,7 +51,8 @@ def main(argv):
     try:
         window = evaluation.parse_range(FLAGS.window, "window")
         sources = {name: evaluation.open_source(getattr(FLAGS, name), FLAGS.num_samples,
-                                                FLAGS.seed, FLAGS.batch_size, window)
+                                                FLAGS.seed, FLAGS.batch_size, window,
+                                                FLAGS.label)
                    for name in ("real", "fake")}
         extractor = evaluation.load_extractor(FLAGS.weights, FLAGS.allow_random_features)
         log(f"extractor {extractor.name}, weights sha256 {extractor.weights_sha256}")

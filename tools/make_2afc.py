@@ -8,7 +8,8 @@
 MetaImage or NRRD volumes, or a SavedModel (then --volumes_per_source volumes are generated
 from --seed). Section 1: --section1_pairs real-vs-model-A pairs with a difficulty rating;
 section 2: --section2_pairs model-A-vs-model-B pairs. Give readers `study/readers/study.html`
-only; `study/key/` holds the answer key for tools.analyze_2afc.
+only; `study/key/` holds the answer key for tools.analyze_2afc. --label=K builds the study
+from one class (labelled records, conditional models).
 """
 
 import sys
@@ -38,6 +39,8 @@ flags.DEFINE_list("position_range", ["0.3", "0.7"],
 flags.DEFINE_list("window", ["-1024", "600"],
                   "Training window (HU for CT): [-1, 1] volumes map back to it; integer "
                   "volume files are read in it.")
+flags.DEFINE_integer("label", None, "One class only: real records of that label and conditional "
+                     "models' samples of it.")
 flags.DEFINE_bool("overwrite", False, "Replace a study already in --output_dir (its collected "
                   "answers can then no longer be analysed).")
 flags.mark_flags_as_required(["output_dir"])
@@ -66,10 +69,11 @@ def main(argv):
             spec = getattr(FLAGS, name)
             if not (need and spec):
                 continue
-            source = evaluation.open_source(spec, FLAGS.volumes_per_source, FLAGS.seed, 1, window)
+            source = evaluation.open_source(spec, FLAGS.volumes_per_source, FLAGS.seed, 1, window,
+                                            FLAGS.label)
             count = min(FLAGS.volumes_per_source, source.count or FLAGS.volumes_per_source)
             volumes[name] = reader_study.load_hu_volumes(source, count, window, name)
-            specs[name] = spec
+            specs[name] = spec if FLAGS.label is None else f"{spec} (class {FLAGS.label})"
         reader_study.make_study(
             volumes, FLAGS.output_dir, FLAGS.section1_pairs, FLAGS.section2_pairs,
             (FLAGS.model_a_name, FLAGS.model_b_name), FLAGS.seed, tuple(FLAGS.planes),
