@@ -324,6 +324,17 @@ def test_conditional_train_export_sample_end_to_end(labelled, tmp_path):
     assert contrast["real"]["1"]["dense_ml"]["n"] == 3 and contrast["generated"]["0"]["lung_fraction"]["n"] == 2
     assert set(contrast["paired"]["1"]["dense_ml"]) == {"n", "mean", "sd", "larger"}
 
+    study = tmp_path / "study"
+    res = subprocess.run([sys.executable, "-m", "tools.make_2afc", f"--real={out}/*.tfrecord",
+                          f"--model_a={export_dir}", "--label=1", "--section1_pairs=2",
+                          "--section2_pairs=0", "--volumes_per_source=2",
+                          f"--output_dir={study}"],
+                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    with open(study / "key" / "key.json") as fh:
+        key = json.load(fh)
+    assert "(class 1)" in json.dumps(key["sources"])
+
 
 @pytest.mark.parametrize("name,size", [("crfgan", 64), ("hagan", 128)])
 def test_reference_layout_of_a_conditional_run(name, size):
