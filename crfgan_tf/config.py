@@ -14,6 +14,9 @@ ADAM_VARIANTS = ("pytorch", "keras")
 CRF_SAMPLES = ("fresh", "reuse")
 LOW_RES_MODES = ("nearest", "average")
 FAKE_LABELS = ("batch", "uniform")
+BEST_METRICS = ("fd", "mmd", "hist_w1_hu", "profile_l1_hu")
+# crfgan_tf/augment.py; no flips (chest anatomy is asymmetric)
+AUGMENT_TRANSFORMS = ("translation", "cutout", "intensity")
 
 
 @dataclasses.dataclass
@@ -64,6 +67,15 @@ class TrainConfig:
     keep_checkpoints: int = 3
     profile_steps: str = ""  # "first,last", e.g. "10,12"
     jit_compile: bool = False
+    eval_every: int = 0  # steps between in-training evaluations (0: off)
+    eval_records: str = ""  # default: the val-* records beside the training records
+    eval_samples: int = 16  # generated volumes per evaluation (fixed latents)
+    fid_weights: str = ""  # MedicalNet .npz; without it, the labelled random-feature net
+    best_metric: str = "fd"  # the evaluation metric that picks the best checkpoint
+    augment: str = ""  # D-side differentiable augmentation: "translation,cutout,intensity"
+    augment_p: float = 0.5  # probability per example and transform (ADA: the start)
+    ada_target: float = 0.0  # > 0: adapt p so that r_t (share of real logits > 0) -> this
+    ada_speed: float = 0.001  # ADA: change of p per step
 
     def validate(self) -> None:
         """Raises ValueError naming the flag of any invalid setting."""
@@ -106,7 +118,26 @@ class TrainConfig:
         for name in ("log_every", "checkpoint_every", "image_every", "keep_checkpoints",
                      "shuffle_buffer", "cpu_devices"):
             need(getattr(self, name) >= 1, f"--{name} must be >= 1, got {getattr(self, name)}")
+        need(self.eval_every >= 0, f"--eval_every must be >= 0, got {self.eval_every}")
+        need(self.eval_samples >= 2, f"--eval_samples must be >= 2, got {self.eval_samples}")
+        need(self.best_metric in BEST_METRICS,
+             f"--best_metric must be one of {BEST_METRICS}, got {self.best_metric!r}")
+        self.augment_transforms()
+        need(0 <= self.augment_p <= 1, f"--augment_p must be in [0, 1], got {self.augment_p}")
+        need(0 <= self.ada_target < 1, f"--ada_target must be in [0, 1), got {self.ada_target}")
+        need(not self.ada_target or self.augment,
+             "--ada_target adapts the augmentation probability: give --augment too")
+        need(self.ada_speed > 0, f"--ada_speed must be > 0, got {self.ada_speed}")
         self.profile_range()
+
+    def augment_transforms(self) -> tuple:
+        """--augment as a tuple of transform names ('' -> ())."""
+        names = tuple(n.strip() for n in self.augment.split(",") if n.strip())
+        bad = [n for n in names if n not in AUGMENT_TRANSFORMS]
+        if bad:
+            raise ValueError(f"--augment: unknown transform(s) {bad}; choose from "
+                             f"{AUGMENT_TRANSFORMS} (no flips: chest anatomy is asymmetric)")
+        return names
 
     def profile_range(self):
         """(first, last) steps to trace, or None."""

@@ -296,6 +296,13 @@ def check_records(file_pattern: str, img_size: int) -> list:
     return files
 
 
+def records_window(files) -> tuple:
+    """The intensity window (HU for CT) of the first record of `files`."""
+    example = tf.train.Example.FromString(_first_record(files[0]))
+    window = tuple(example.features.feature["window"].float_list.value)
+    return window if len(window) == 2 else (-1024.0, 600.0)
+
+
 def check_labels(files, num_classes: int) -> None:
     """For a conditional run: the records carry labels below num_classes (from each
     directory's manifest.json, else the first record of each file).

@@ -18,7 +18,8 @@ from absl import app, flags  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Training run directory (config.json, checkpoints/).")
 flags.DEFINE_string("export_dir", None, "Where the SavedModel goes (replaced if present).")
-flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
+flags.DEFINE_string("step", None, "Checkpoint step to export, or 'best' (the best "
+                    "in-training evaluation, model_dir/best); default: the latest.")
 flags.DEFINE_integer("slab", 8, "Embedding slices per G2 slab: smaller = less memory, same result.")
 flags.mark_flags_as_required(["model_dir", "export_dir"])
 flags.register_validator("slab", lambda v: v >= 1, message="--slab must be >= 1")
@@ -32,7 +33,15 @@ def main(argv):
     from crfgan_tf import export_lib
 
     try:
-        export_lib.export(FLAGS.model_dir, FLAGS.export_dir, FLAGS.step, FLAGS.slab,
+        step = FLAGS.step
+        if step is not None and step != "best":
+            try:
+                step = int(step)
+            except ValueError:
+                print(f"error: --step must be an integer or 'best', got {step!r}",
+                      file=sys.stderr)
+                return 2
+        export_lib.export(FLAGS.model_dir, FLAGS.export_dir, step, FLAGS.slab,
                           log=lambda m: print(m, file=sys.stderr))
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from typing import Optional
 
 import keras
 import tensorflow as tf
@@ -161,8 +160,10 @@ def training_metadata(config: config_lib.TrainConfig) -> dict:
     return meta
 
 
-def load_generator(model_dir: str, step: Optional[int] = None):
-    """(config, trunk, head, checkpoint path) of a training run, weights restored."""
+def load_generator(model_dir: str, step=None):
+    """(config, trunk, head, checkpoint path) of a training run, weights restored.
+
+    step: None (the latest), an int, or "best" (model_dir/best, from --eval_every)."""
     from crfgan_tf import train_lib
     from crfgan_tf.networks import build_head, build_trunk
 
@@ -171,7 +172,13 @@ def load_generator(model_dir: str, step: Optional[int] = None):
         raise FileNotFoundError(f"{model_dir!r} has no {rundir.CONFIG_FILE}: not a training "
                                 "run directory")
     ckpt_dir = os.path.join(model_dir, rundir.CHECKPOINT_DIR)
-    if step is None:
+    if step == "best":
+        best_dir = os.path.join(model_dir, rundir.BEST_DIR)
+        ckpt = tf.train.latest_checkpoint(best_dir)
+        if ckpt is None:
+            raise FileNotFoundError(f"no best checkpoint in {best_dir!r}: it is written by "
+                                    "in-training evaluation (--eval_every)")
+    elif step is None:
         ckpt = tf.train.latest_checkpoint(ckpt_dir)
         if ckpt is None:
             raise FileNotFoundError(f"no checkpoint in {ckpt_dir!r}")
@@ -189,7 +196,7 @@ def load_generator(model_dir: str, step: Optional[int] = None):
     return config, trunk, head, ckpt
 
 
-def export(model_dir: str, export_dir: str, step: Optional[int] = None, slab: int = 8,
+def export(model_dir: str, export_dir: str, step=None, slab: int = 8,
            log=print) -> dict:
     """Writes a SavedModel with the `generate` signature; returns its metadata."""
     if slab < 1:

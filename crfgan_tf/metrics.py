@@ -144,3 +144,74 @@ def mmd(x, y, sigma: Optional[float] = None, block: int = 1024) -> float:
     kyy = _kernel_sum(y, y, gamma, True, block) - n
     kxy = _kernel_sum(x, y, gamma, False, block)
     return float(kxx / (m * (m - 1)) + kyy / (n * (n - 1)) - 2.0 * kxy / (m * n))
+
+
+# ---- 3D MS-SSIM (diversity of generated volumes) ---------------------------------------
+
+# Wang, Simoncelli & Bovik (2003), the five scale weights; fewer scales are renormalised.
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+SSIM_SIGMA = 1.5
+SSIM_MIN_SIDE = 8  # a scale is used while every side is at least this
+
+
+def _ssim_terms(a: np.ndarray, b: np.ndarray, data_range: float):
+    """Mean luminance-contrast-structure (SSIM) and contrast-structure (cs) of two
+    volumes, Gaussian-weighted (sigma 1.5 voxels, reflected at the borders)."""
+    from scipy import ndimage
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    blur = lambda v: ndimage.gaussian_filter(v, SSIM_SIGMA, mode="reflect", truncate=3.5)
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a ** 2
+    var_b = blur(b * b) - mu_b ** 2
+    cov = blur(a * b) - mu_a * mu_b
+    cs = (2 * cov + c2) / (var_a + var_b + c2)
+    luminance = (2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1)
+    return float(np.mean(luminance * cs)), float(np.mean(cs))
+
+
+def ms_ssim_3d(a: np.ndarray, b: np.ndarray, data_range: float = 2.0,
+               max_scales: int = 5) -> float:
+    """Multi-scale structural similarity of two 3D volumes (Wang et al. 2003, in 3D):
+    prod_j cs_j^w_j over the finer scales times ssim^w_J at the coarsest, each scale a 2x
+    average-pooled copy of the last; as many scales (up to 5) as keep every side >= 8
+    voxels, their weights renormalised to sum to 1; negative terms count as 0 (as
+    tf.image.ssim_multiscale does). 1 for identical volumes, about 0 for independent noise.
+
+    Args:
+      a, b: volumes of one shape, values in a range of width `data_range` ([-1, 1] -> 2).
+    """
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 3:
+        raise ValueError(f"need two 3D volumes of one shape, got {a.shape} and {b.shape}")
+    scales = 1
+    while scales < max_scales and min(a.shape) // 2 ** scales >= SSIM_MIN_SIDE:
+        scales += 1
+    weights = np.asarray(MS_SSIM_WEIGHTS[:scales])
+    weights = weights / weights.sum()
+    value = 1.0
+    for j in range(scales):
+        ssim, cs = _ssim_terms(a, b, data_range)
+        term = ssim if j == scales - 1 else cs
+        value *= max(term, 0.0) ** weights[j]
+        if j < scales - 1:
+            a, b = (_pool2(v) for v in (a, b))
+    return float(value)
+
+
+def _pool2(v: np.ndarray) -> np.ndarray:
+    """2x average pooling of a 3D volume (odd trailing voxels dropped)."""
+    d, h, w = (s // 2 * 2 for s in v.shape)
+    v = v[:d, :h, :w]
+    return v.reshape(d // 2, 2, h // 2, 2, w // 2, 2).mean(axis=(1, 3, 5))
+
+
+def mean_pairwise_ms_ssim(volumes, max_pairs: int = 64) -> float:
+    """Mean 3D MS-SSIM over pairs (i, i + 1), (i + 2, i + 3), ... of a list of volumes
+    (disjoint pairs: each volume counted once), at most `max_pairs` pairs. Lower = more
+    diverse."""
+    pairs = [(volumes[i], volumes[i + 1]) for i in range(0, len(volumes) - 1, 2)][:max_pairs]
+    if not pairs:
+        raise ValueError("need at least 2 volumes")
+    return float(np.mean([ms_ssim_3d(x, y) for x, y in pairs]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from crfgan_tf import augment as augment_lib
 from crfgan_tf import losses
 from crfgan_tf.config import CRF_SAMPLES, LOW_RES_MODES
 from crfgan_tf.networks import (SliceCRF, build_discriminator, build_encoder, build_head,
@@ -34,6 +35,12 @@ class SubVolumeGAN(keras.Model):
         generated crop's class. train_step then needs `label` (the real volumes') and
         `fake_label` (the generated ones') in its data.
       lambda_class: weight of G's class loss (the references' --lambda-class, 0.1).
+      augment: transforms of crfgan_tf.augment applied to every volume D sees (real and
+        generated, in every phase); () = none (the paper's setting).
+      augment_p: their probability per example (a checkpointed variable `augment_p`,
+        which ADA adjusts from outside).
+      augment_window: the intensity window of the volumes (HU for CT).
+      seed: mixed into the augmentation's stateless randomness.
     """
 
     PHASES: tuple = ()
@@ -41,7 +48,8 @@ class SubVolumeGAN(keras.Model):
     LOSS_PHASE: dict = {}
 
     def __init__(self, img_size=256, latent_dim=1024, width=1.0, global_batch_size=2,
-                 num_classes=0, lambda_class=0.1, **kwargs):
+                 num_classes=0, lambda_class=0.1, augment=(), augment_p=0.5,
+                 augment_window=(-1024.0, 600.0), seed=0, **kwargs):
         super().__init__(**kwargs)
         self.img_size = img_size
         self.latent_dim = latent_dim
@@ -56,6 +64,14 @@ class SubVolumeGAN(keras.Model):
         self.step_counter = self.add_weight(name="step", shape=(), dtype="int64",
                                             initializer="zeros", trainable=False,
                                             aggregation="only_first_replica")
+        self.augment = tuple(augment)
+        self.augment_window = tuple(float(v) for v in augment_window)
+        self.seed = int(seed)
+        self.augment_p = None
+        if self.augment:
+            self.augment_p = self.add_weight(
+                name="augment_p", shape=(), initializer=keras.initializers.Constant(augment_p),
+                trainable=False, aggregation="only_first_replica")
 
     # ---- networks and shapes ---------------------------------------------------------
     @property
@@ -107,6 +123,19 @@ class SubVolumeGAN(keras.Model):
     def class_loss(self, class_logits, labels):
         return losses.class_loss(class_logits, labels, self.global_batch_size)
 
+    def d_view(self, volume, site: int):
+        """What D sees of `volume`: itself, or with augmentation its augmented copy, drawn
+        from (seed, step, call site, replica) so that every call differs and a resumed run
+        repeats it."""
+        if not self.augment:
+            return volume
+        ctx = tf.distribute.get_replica_context()
+        replica = tf.cast(ctx.replica_id_in_sync_group, tf.int64) if ctx is not None else 0
+        seed = tf.stack([tf.cast(self.step_counter, tf.int64) + (self.seed << 32),
+                         tf.constant(site, tf.int64) + 256 * replica])
+        return augment_lib.augment(volume, self.augment, self.augment_p, seed,
+                                   self.augment_window)
+
     def generate(self, z, label=None, training=False):
         """Whole volumes: G2 on the whole G1 embedding -> (batch, S, S, S, 1)."""
         return self.head(self.embed(z, label, training=training), training=training)
@@ -142,6 +171,8 @@ class SubVolumeGAN(keras.Model):
         items = dict(self.modules())
         items.update({f"{p}_optimizer": o for p, o in self._phase_optimizers.items()})
         items["step"] = self.step_counter
+        if self.augment_p is not None:  # only then: older checkpoints restore unchanged
+            items["augment_p"] = self.augment_p
         return items
 
     def _minimize(self, phase, tape, scaled_loss):
@@ -171,7 +202,11 @@ class SubVolumeGAN(keras.Model):
             scaled = self._scale("d", loss)
         self._minimize("d", tape, scaled)
         share = lambda t: losses.per_replica_mean(tf.sigmoid(t), self.global_batch_size)
-        out = {"d_loss": loss, "d_real": share(real_logits), "d_fake": share(fake_logits)}
+        positive = losses.per_replica_mean(tf.cast(real_logits > 0, tf.float32),
+                                           self.global_batch_size)
+        # r_t: the share of real logits above 0, ADA's overfitting heuristic
+        out = {"d_loss": loss, "d_real": share(real_logits), "d_fake": share(fake_logits),
+               "r_t": positive}
         if self.num_classes:
             out["d_class_loss"] = class_loss
         return out
@@ -251,8 +286,10 @@ class CRFGAN(SubVolumeGAN):
                          training=True)
         fake = tf.stop_gradient(tf.cast(fake, crop.dtype))
         return self._discriminator_update(
-            lambda: self.split_logits(self.discriminator([crop, pos], training=True)),
-            lambda: self.split_logits(self.discriminator([fake, pos], training=True)), label)
+            lambda: self.split_logits(self.discriminator([self.d_view(crop, 1), pos],
+                                                         training=True)),
+            lambda: self.split_logits(self.discriminator([self.d_view(fake, 2), pos],
+                                                         training=True)), label)
 
     def g_step(self, position, z_g, fake_label=None):
         """Phase 2: update G1 and G2 through D and the CRF (and D's class head: + lambda
@@ -264,7 +301,7 @@ class CRFGAN(SubVolumeGAN):
             embedding = self.embed(z_g, fake_label, training=True)
             fake = self.head(self.slab(embedding, position), training=True)
             fake_logits, fake_class = self.split_logits(
-                self.discriminator([fake, pos], training=True))
+                self.discriminator([self.d_view(fake, 3), pos], training=True))
             crf_logits = self.crf(embedding, fake_logits)
             loss = losses.generator_loss(fake_logits, crf_logits, weight, self.global_batch_size)
             if self.num_classes:
@@ -283,7 +320,8 @@ class CRFGAN(SubVolumeGAN):
         pos = self.normalized_position(position)
         embedding = self.embed(z_c, fake_label, training=True)
         fake = self.head(self.slab(embedding, position), training=True)
-        logits, _ = self.split_logits(self.discriminator([fake, pos], training=True))
+        logits, _ = self.split_logits(self.discriminator([self.d_view(fake, 4), pos],
+                                                         training=True))
         return tf.stop_gradient(embedding), tf.stop_gradient(logits)
 
     def crf_step(self, volume, crop, position, fake_embedding, fake_logits):
@@ -293,7 +331,7 @@ class CRFGAN(SubVolumeGAN):
         pos = self.normalized_position(position)
         real_embedding = tf.stop_gradient(self.encoder(volume, training=True))
         real_logits = tf.stop_gradient(
-            self.split_logits(self.discriminator([crop, pos], training=True))[0])
+            self.split_logits(self.discriminator([self.d_view(crop, 5), pos], training=True))[0])
         with tf.GradientTape() as tape:
             loss = losses.crf_loss(self.crf(fake_embedding, fake_logits),
                                    self.crf(real_embedding, real_logits), self.global_batch_size)
@@ -410,11 +448,13 @@ class HAGAN(SubVolumeGAN):
         return tf.concat([self.encoder(volume[:, i:i + d], training=True)
                           for i in range(0, self.img_size, d)], axis=1)
 
-    def joint_logits(self, crop, low, pos):
+    def joint_logits(self, crop, low, pos, site: int = 0):
         """D's (logits, class logits or None): the means of the high- and low-resolution
-        discriminators' outputs."""
-        high, high_class = self.split_logits(self.discriminator([crop, pos], training=True))
-        low, low_class = self.split_logits(self.low_discriminator(low, training=True))
+        discriminators' outputs (each input through d_view at `site`)."""
+        high, high_class = self.split_logits(
+            self.discriminator([self.d_view(crop, site), pos], training=True))
+        low, low_class = self.split_logits(
+            self.low_discriminator(self.d_view(low, site + 32), training=True))
         joint_class = 0.5 * (high_class + low_class) if self.num_classes else None
         return 0.5 * (high + low), joint_class
 
@@ -425,8 +465,9 @@ class HAGAN(SubVolumeGAN):
                                         crop.dtype))
         fake_low = tf.stop_gradient(tf.cast(self.low_generator(embedding, training=True),
                                             low.dtype))
-        return self._discriminator_update(lambda: self.joint_logits(crop, low, pos),
-                                          lambda: self.joint_logits(fake, fake_low, pos), label)
+        return self._discriminator_update(lambda: self.joint_logits(crop, low, pos, 1),
+                                          lambda: self.joint_logits(fake, fake_low, pos, 2),
+                                          label)
 
     def g_step(self, position, z_g, fake_label=None):
         pos = self.normalized_position(position)
@@ -435,7 +476,7 @@ class HAGAN(SubVolumeGAN):
             embedding = self.embed(z_g, fake_label, training=True)
             fake = self.head(self.slab(embedding, position), training=True)
             logits, fake_class = self.joint_logits(
-                fake, self.low_generator(embedding, training=True), pos)
+                fake, self.low_generator(embedding, training=True), pos, 3)
             loss = losses.per_replica_mean(losses.bce_with_logits(logits, 1.0),
                                            self.global_batch_size)
             if self.num_classes:

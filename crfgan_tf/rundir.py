@@ -7,6 +7,10 @@ checkpoints.
   <model_dir>/trainer_state.json   step, checkpoint and metrics of the latest save
   <model_dir>/checkpoints/ckpt-N   tf.train.Checkpoint (networks, optimizers, step)
   <model_dir>/train/               TensorBoard events
+  <model_dir>/eval.jsonl           one line per in-training evaluation (--eval_every)
+  <model_dir>/best/ckpt-N          the checkpoint with the best evaluation, kept apart
+  <model_dir>/best.json            its step, metric and value
+  <model_dir>/eval_cache/          features of the evaluation records (computed once)
 
 Only the fields in RESUMABLE_FIELDS may differ when a run directory is started again;
 any other difference (architecture, data, optimizer, seed) is refused before anything is
@@ -30,12 +34,16 @@ FLAGS_FILE = "flags.txt"
 CHANGES_FILE = "config_changes.jsonl"
 STATE_FILE = "trainer_state.json"
 CHECKPOINT_DIR = "checkpoints"
+EVAL_FILE = "eval.jsonl"
+BEST_DIR = "best"
+BEST_FILE = "best.json"
+EVAL_CACHE_DIR = "eval_cache"
 
 # What may change when a run resumes: how long it runs, how often it reports and saves,
 # and how it is executed. Everything else decides the weights or the data stream.
 RESUMABLE_FIELDS = ("model_dir", "train_steps", "log_every", "checkpoint_every",
                     "image_every", "keep_checkpoints", "profile_steps", "jit_compile",
-                    "strategy", "cpu_devices")
+                    "strategy", "cpu_devices", "eval_every")
 
 
 class RunDirError(ValueError):

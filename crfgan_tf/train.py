@@ -80,6 +80,30 @@ flags.DEFINE_integer("keep_checkpoints", _defaults["keep_checkpoints"], "Checkpo
 flags.DEFINE_string("profile_steps", _defaults["profile_steps"],
                     "'first,last': capture a TensorBoard profiler trace of these steps.")
 flags.DEFINE_bool("jit_compile", _defaults["jit_compile"], "XLA-compile the train step.")
+flags.DEFINE_integer("eval_every", _defaults["eval_every"],
+                     "Steps between in-training evaluations (FD/MMD, intensity and lung "
+                     "statistics, MS-SSIM diversity, r_t; eval.jsonl and TensorBoard's eval/); "
+                     "0: off. A fresh run also evaluates at step 0.")
+flags.DEFINE_string("eval_records", _defaults["eval_records"],
+                    "Records to evaluate against (default: the val-* records beside "
+                    "--train_records).")
+flags.DEFINE_integer("eval_samples", _defaults["eval_samples"],
+                     "Volumes generated per evaluation, from fixed latents.")
+flags.DEFINE_string("fid_weights", _defaults["fid_weights"],
+                    "MedicalNet ResNet-50 .npz (tools.import_medicalnet) for FD = FID; without "
+                    "it a fixed-seed random network (labelled; the run's own trend only).")
+flags.DEFINE_enum("best_metric", _defaults["best_metric"], list(config_lib.BEST_METRICS),
+                  "Evaluation metric that picks the best checkpoint (model_dir/best; "
+                  "crfgan_tf.export --step=best).")
+flags.DEFINE_string("augment", _defaults["augment"],
+                    "Differentiable augmentation of every volume D sees, comma-separated: "
+                    "translation, cutout, intensity (no flips). Off by default (the paper).")
+flags.DEFINE_float("augment_p", _defaults["augment_p"],
+                   "Probability per example and transform (with --ada_target: the start).")
+flags.DEFINE_float("ada_target", _defaults["ada_target"],
+                   "> 0: adapt --augment_p so that r_t, the share of D's real logits above 0, "
+                   "stays at this (ADA's 0.6 on E[sign] is 0.8 here).")
+flags.DEFINE_float("ada_speed", _defaults["ada_speed"], "ADA: change of p per step.")
 flags.DEFINE_bool("dry_run", False, "Print the resolved config and exit.")
 flags.DEFINE_string("demo_data_dir", "",
                     "If set, first write and convert the phantom CT demo data there "

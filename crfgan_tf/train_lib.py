@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from crfgan_tf import config as config_lib
+from crfgan_tf import monitor
 from crfgan_tf import data, fileio, optimizers, rundir
 from crfgan_tf.model import MODEL_CLASSES, REPLICA_INVARIANT, SubVolumeGAN
 
@@ -103,12 +104,15 @@ def make_optimizer(learning_rate: float, config: config_lib.TrainConfig, name: s
     return opt
 
 
-def build_model(config: config_lib.TrainConfig) -> SubVolumeGAN:
+def build_model(config: config_lib.TrainConfig,
+                window=(-1024.0, 600.0)) -> SubVolumeGAN:
     """The model of `config.model` with one optimizer per phase, all slots built (call
-    inside strategy.scope())."""
+    inside strategy.scope()); `window` is the records' intensity window (augmentation)."""
     common = dict(img_size=config.img_size, latent_dim=config.latent_dim, width=config.width,
                   global_batch_size=config.batch_size, name=config.model,
-                  num_classes=config.num_classes, lambda_class=config.lambda_class)
+                  num_classes=config.num_classes, lambda_class=config.lambda_class,
+                  augment=config.augment_transforms(), augment_p=config.augment_p,
+                  augment_window=window, seed=config.seed)
     if config.model == "crfgan":
         common.update(crf_iterations=config.crf_iterations, crf_nodes=config.crf_nodes,
                       crf_weight_start=config.crf_weight_start,
@@ -273,11 +277,20 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
         if config.train_steps > 0 else []
     if files and config.num_classes:
         data.check_labels(files, config.num_classes)
+    window = data.records_window(files) if files else (-1024.0, 600.0)
     strategy = make_strategy(config.strategy, config.cpu_devices)
     chief = is_chief(strategy)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(f"--batch_size={config.batch_size} is not divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas")
+    evaluate = config.eval_every > 0 and chief
+    if config.eval_every and config.strategy == "multi_worker":
+        log("warning: --eval_every is not run with --strategy=multi_worker (the chief would "
+            "evaluate while the workers wait in the next step); score checkpoints with "
+            "tools.fid_mmd")
+        evaluate = False
+    if evaluate and config.train_steps > 0:
+        monitor.check_eval_records(config)
     if chief:
         fileio.ensure_output_dir(config.model_dir, "--model_dir")
         rundir.remove_partial_checkpoints(config.model_dir, log)
@@ -287,7 +300,7 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
     # Initial weights follow from the seed (a resumed run overwrites them anyway).
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
-        model = build_model(config)
+        model = build_model(config, window)
         checkpoint = make_checkpoint(model)
     manager, writer_manager = _checkpoint_managers(checkpoint, config, chief, strategy)
     restored = restore_latest(checkpoint, manager, log)
@@ -299,6 +312,16 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
     if step >= config.train_steps:
         log(f"train: step {step} >= --train_steps={config.train_steps}; nothing to do")
         return {"step": step, "metrics": {}, "model": model}
+    evaluator = monitor.Evaluator(config, log) if evaluate else None
+    best_manager, best = None, None
+    if evaluator:
+        kept = monitor.truncate_log(config.model_dir, step)
+        best = monitor.read_best(config.model_dir)
+        best_manager = tf.train.CheckpointManager(
+            checkpoint, os.path.join(config.model_dir, rundir.BEST_DIR), max_to_keep=1)
+        if kept and best:
+            log(f"eval: {kept} earlier evaluations in {rundir.EVAL_FILE}; best so far "
+                f"{best['metric']} {best['value']:.5g} at step {best['step']}")
 
     dataset = data.make_train_dataset(
         config.train_records, config.img_size, config.batch_size, config.latent_dim,
@@ -318,6 +341,26 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
         f"{strategy.num_replicas_in_sync} replica(s), {config.mixed_precision}, "
         f"steps {step} -> {config.train_steps}, model_dir {config.model_dir}")
     metrics = {}
+    r_t_sum, r_t_steps = 0.0, 0
+
+    def run_evaluation():
+        nonlocal best
+        result = evaluator.evaluate(model, step, r_t_sum / r_t_steps if r_t_steps else None)
+        monitor.append_log(config.model_dir, result)
+        monitor.write_summaries(writer, result)
+        shown = " ".join(f"{k} {result[k]:.4g}" for k in
+                         ("fd", "mmd", "hist_w1_hu", "lung_fraction_diff", "profile_l1_hu",
+                          "ms_ssim", "diversity_ratio", "r_t") if result.get(k) is not None)
+        log(f"eval: step {step}: {shown} ({result['seconds']:.1f} s)")
+        for alarm in result["alarms"]:
+            log(f"warning: eval at step {step}: {alarm}")
+        if step > 0 and monitor.is_better(result, best, config.best_metric):  # not the init
+            path = best_manager.save(checkpoint_number=step)
+            best = monitor.record_best(config.model_dir, result, config.best_metric, path)
+            log(f"eval: best {config.best_metric} so far; kept as {path}")
+
+    if evaluator and step == 0:
+        run_evaluation()  # the baseline: distances at initialisation
     window_t0, window_step = time.time(), step
     while step < config.train_steps:
         if profile and step + 1 == profile[0]:
@@ -330,6 +373,11 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
                 f"checkpoint, {manager.latest_checkpoint}, is intact)") from None
         metrics = {k: float(v) for k, v in distributed_step(batch).items()}
         step += 1
+        r_t_sum, r_t_steps = r_t_sum + metrics["r_t"], r_t_steps + 1
+        if config.ada_target:  # ADA: raise p while D calls too many reals real
+            p = float(model.augment_p.numpy())
+            model.augment_p.assign(min(max(
+                p + math.copysign(config.ada_speed, metrics["r_t"] - config.ada_target), 0.0), 1.0))
         if profile and step == profile[1]:
             tf.profiler.experimental.stop()
             log(f"train: profiler trace of steps {profile[0]}-{profile[1]} written to "
@@ -352,9 +400,14 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
                 for phase, lr in learning_rates.items():
                     tf.summary.scalar(f"learning_rate/{phase}", lr)
                 tf.summary.scalar("iterations_per_sec", rate)
+                if model.augment_p is not None:
+                    tf.summary.scalar("augment_p", model.augment_p)
                 tf.summary.scalar("peak_memory_bytes", peak_memory_bytes())
         if chief and (step % config.image_every == 0 or step == config.train_steps):
             write_images(model, writer, step, config)
+        if evaluator and (step % config.eval_every == 0 or step == config.train_steps):
+            run_evaluation()
+            r_t_sum, r_t_steps = 0.0, 0
         if step % config.checkpoint_every == 0 or step == config.train_steps:
             path = writer_manager.save(checkpoint_number=step)
             if not chief:

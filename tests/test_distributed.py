@@ -13,7 +13,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the README's commands; the tests add --train_steps, their records and run directories
-DEMO = ("--flagfile=configs/demo.flags", "--demo_data_dir=")
+DEMO = ("--flagfile=configs/demo.flags", "--demo_data_dir=", "--eval_every=0")
 
 
 def _env(**extra):

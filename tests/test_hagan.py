@@ -82,7 +82,7 @@ def test_hagan_one_step_mixed_float16(tmp_path):
     try:
         model = _tiny_hagan(tmp_path, mixed_precision="mixed_float16")
         out = tf.function(model.train_step)(tiny_batch(img_size=128))
-        assert set(out) == {"d_loss", "g_loss", "rec_loss", "sub_rec_loss", "d_real", "d_fake"}
+        assert set(out) == {"d_loss", "g_loss", "rec_loss", "sub_rec_loss", "d_real", "d_fake", "r_t"}
         assert all(np.isfinite(float(v)) for v in out.values())
     finally:
         train_lib.set_precision("float32")

@@ -54,7 +54,7 @@ def test_train_step_outputs_and_step_counter(tmp_path):
     model = _build(tmp_path)
     out = model.train_step(tiny_batch())
     assert set(out) == {"d_loss", "g_loss", "crf_loss", "rec_loss", "d_real", "d_fake",
-                        "crf_weight"}
+                        "crf_weight", "r_t"}
     assert all(np.isfinite(float(v)) for v in out.values())
     assert float(out["crf_weight"]) == 0.5 and int(model.step_counter.numpy()) == 1
     # W starts at 0: CRF(., D) = D, so the first CRF loss is the BCE of D's logits

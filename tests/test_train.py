@@ -146,6 +146,9 @@ def test_demo_flagfile_end_to_end(tmp_path):
     assert state["step"] == 2
     assert os.path.exists(work / "model" / "flags.txt")
     assert json.load(open(work / "model" / "config.json"))["width"] == 0.125
+    # the demo evaluates itself: a baseline at step 0 and the last step
+    rows = [json.loads(line) for line in open(work / "model" / "eval.jsonl")]
+    assert [r["step"] for r in rows] == [0, 2] and rows[0]["n_real"] == 2
 
 
 @pytest.mark.parametrize("flagfile,model,run", [
