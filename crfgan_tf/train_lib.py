@@ -19,7 +19,6 @@ import numpy as np
 import tensorflow as tf
 
 from crfgan_tf import config as config_lib
-from crfgan_tf import monitor
 from crfgan_tf import data, fileio, optimizers, rundir
 from crfgan_tf.model import MODEL_CLASSES, REPLICA_INVARIANT, SubVolumeGAN
 
@@ -289,6 +288,8 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
             "evaluate while the workers wait in the next step); score checkpoints with "
             "tools.fid_mmd")
         evaluate = False
+    if evaluate:  # deferred: evaluation loads SimpleITK and the feature network
+        from crfgan_tf import monitor
     if evaluate and config.train_steps > 0:
         monitor.check_eval_records(config)
     if chief:
