@@ -42,7 +42,6 @@ from crfgan_tf import data, evaluation, fileio, metrics, physical, rundir
 DIVERSITY_ALARM = 0.5
 R_T_ALARM = 0.99  # the reference setup runs at 0.95-0.99 on the phantoms (docs/benchmarks.md)
 HIST_BIN_HU = 5.0
-LOWER_IS_BETTER = True  # every BEST_METRICS entry is a distance
 
 
 def default_eval_records(train_records: str) -> str:
@@ -259,6 +258,7 @@ def read_best(model_dir: str) -> Optional[dict]:
 
 
 def is_better(result: dict, best: Optional[dict], metric: str) -> bool:
+    """Lower is better: every BEST_METRICS entry is a distance."""
     value = result.get(metric)
     if value is None or not np.isfinite(value):
         return False

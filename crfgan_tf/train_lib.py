@@ -276,7 +276,8 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
         if config.train_steps > 0 else []
     if files and config.num_classes:
         data.check_labels(files, config.num_classes)
-    window = data.records_window(files) if files else (-1024.0, 600.0)
+    # the intensity window matters only to the augmentation: read a record only for it
+    window = data.records_window(files) if files and config.augment else (-1024.0, 600.0)
     strategy = make_strategy(config.strategy, config.cpu_devices)
     chief = is_chief(strategy)
     if config.batch_size % strategy.num_replicas_in_sync:
