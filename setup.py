@@ -2,6 +2,12 @@
 
 from setuptools import find_packages, setup
 
+# Every command of crfgan_tf/cli/ (crfgan-train, crfgan-convert, ...; README "Commands").
+COMMANDS = ("train", "export", "sample", "convert", "make_phantoms", "luna16_labels",
+            "fid_mmd", "make_2afc", "analyze_2afc", "class_contrast", "count_params",
+            "import_reference", "import_medicalnet", "profile_memory", "deviation_effects",
+            "bench_convert", "bench_input", "bench_generate", "bench_features")
+
 setup(
     name="crfgan-tf",
     version="0.1.0",
@@ -9,7 +15,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["crfgan_tf", "crfgan_tf.*", "data_prep", "tools"]),
+    # only crfgan_tf: data_prep/ and tools/ are the checkout's `python -m` shims
+    packages=find_packages(include=["crfgan_tf", "crfgan_tf.*"]),
+    package_data={"crfgan_tf.reader_study": ["page.html"]},
+    entry_points={"console_scripts": [
+        f"crfgan-{name.replace('_', '-')} = crfgan_tf.cli.{name}:run" for name in COMMANDS]},
     install_requires=[
         "tensorflow>=2.21,<2.22",  # ships Keras 3; tensorflow-addons does not import under it
         "keras>=3.10,<4",

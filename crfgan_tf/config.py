@@ -1,4 +1,4 @@
-"""The typed training configuration. Only `crfgan_tf/train.py` reads flags; tests and
+"""The typed training configuration. Only `crfgan_tf/cli/train.py` reads flags; tests and
 library users build a TrainConfig directly."""
 
 from __future__ import annotations
@@ -6,10 +6,11 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from crfgan_tf import geometry
+
 MODELS = ("crfgan", "hagan")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
-IMG_SIZES = (64, 128, 256)
 ADAM_VARIANTS = ("pytorch", "keras")
 CRF_SAMPLES = ("fresh", "reuse")
 LOW_RES_MODES = ("nearest", "average")
@@ -84,11 +85,7 @@ class TrainConfig:
                 raise ValueError(msg)
         need(bool(self.model_dir), "--model_dir is required")
         need(self.model in MODELS, f"--model must be one of {MODELS}, got {self.model!r}")
-        need(self.img_size in IMG_SIZES,
-             f"--img_size must be one of {IMG_SIZES}, got {self.img_size}")
-        need(self.model != "hagan" or self.img_size in (128, 256),
-             f"--model=hagan needs --img_size 128 or 256 (the reference has no 64^3 HA-GAN), "
-             f"got {self.img_size}")
+        geometry.check_size(self.img_size, self.model)
         need(self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}")
         need(self.train_steps >= 0, f"--train_steps must be >= 0, got {self.train_steps}")
         need(self.latent_dim >= 1, f"--latent_dim must be >= 1, got {self.latent_dim}")

@@ -5,11 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 
-import numpy as np
-
-PLANES = ("axial", "coronal", "sagittal")
-
-
 class OutputError(ValueError):
     """An output path that cannot be written; the message names it and says why."""
 
@@ -77,18 +72,7 @@ def atomic_write(path: str, text: str) -> None:
         f.write(text)
 
 
-def slice_at(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
-    """Slice `index` along `plane` of a canonical (z, y, x) volume, superior at the top
-    (axis 0 runs inferior -> superior, so coronal and sagittal slices are flipped)."""
-    if plane == "axial":
-        return volume[index]
-    if plane == "coronal":
-        return volume[:, index, :][::-1]
-    if plane == "sagittal":
-        return volume[:, :, index][::-1]
-    raise ValueError(f"unknown plane {plane!r}; one of {PLANES}")
-
-
-def mid_slices(volume: np.ndarray) -> dict:
-    """Axial, coronal and sagittal mid-slices of a canonical (z, y, x) volume (slice_at)."""
-    return {plane: slice_at(volume, plane, n // 2) for plane, n in zip(PLANES, volume.shape)}
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Writes `data` to `path` atomically (see atomic_output)."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from crfgan_tf import rundir
+
 # The PyTorch reference's counts (../shared/REFERENCE.md), latent 1024, full width,
 # keyed (model, img_size, num_classes). The conditional ones were measured from the
 # official code's modules built with num_class=N (issue #12).
@@ -43,7 +45,7 @@ def count_parameters(model: str = "crfgan", img_size: int = 256, latent_dim: int
     total = sum(modules.values())
     # the reference's grouping: G = G1 + G2 (+ G^L), D = D^H (+ D^L)
     modules["generator"] = sum(modules.get(k, 0) for k in
-                               ("generator_trunk", "generator_head", "low_generator"))
+                               (rundir.TRUNK_KEY, rundir.HEAD_KEY, "low_generator"))
     modules["discriminator_total"] = modules["discriminator"] + modules.get("low_discriminator", 0)
     reference = REFERENCE.get((model, img_size, num_classes)) \
         if (latent_dim, width) == (1024, 1.0) else None

@@ -29,7 +29,6 @@ Tensor conventions (checked side by side with the reference code):
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import os
@@ -239,52 +238,6 @@ def check_state(file: str, state: Dict[str, np.ndarray], tensors: List[Tensor], 
         raise ReferenceMismatch(f"{file}: " + "; ".join(problems[:8]))
 
 
-def load_pth(path: str) -> dict:
-    """{'model': {key: ndarray}, 'optimizer': dict or None} of one reference file."""
-    try:
-        import torch
-    except ImportError:
-        raise RuntimeError("reading the reference's .pth files needs PyTorch: pip install torch "
-                           "(a CPU build is enough: pip install torch --index-url "
-                           "https://download.pytorch.org/whl/cpu)") from None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises several types for a bad file
-        raise ReferenceMismatch(f"{path} is not a readable PyTorch checkpoint: "
-                                f"{str(err).splitlines()[0][:300]}") from None
-    if not isinstance(ckpt, dict):
-        raise ReferenceMismatch(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
-    state = ckpt.get("model", ckpt)
-    if not isinstance(state, dict):
-        raise ReferenceMismatch(f"{path}: its 'model' entry is not a state_dict")
-    arrays = {k: v.detach().cpu().numpy() for k, v in strip_prefix(state).items()
-              if hasattr(v, "detach")}
-
-    def numpy_tree(x):
-        if hasattr(x, "detach"):
-            return x.detach().cpu().numpy()
-        if isinstance(x, dict):
-            return {k: numpy_tree(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return type(x)(numpy_tree(v) for v in x)
-        return x
-
-    optimizer = ckpt.get("optimizer")
-    return {"model": arrays, "optimizer": numpy_tree(optimizer) if optimizer else None}
-
-
-def available_iterations(checkpoint_dir: str, model: str) -> List[int]:
-    """Iterations N for which every file of `model` exists in checkpoint_dir."""
-    found = None
-    for prefix in FILES[model]:
-        pattern = re.compile(rf"{re.escape(prefix)}_iter(\d+)\.pth$")
-        names = (os.path.basename(p)
-                 for p in glob.glob(os.path.join(checkpoint_dir, f"{prefix}_iter*.pth")))
-        its = {int(m.group(1)) for n in names if (m := pattern.search(n))}
-        found = its if found is None else found & its
-    return sorted(found or ())
-
-
 def _inner(opt):
     return getattr(opt, "inner_optimizer", opt)
 
@@ -362,10 +315,15 @@ def import_checkpoint(model: str, checkpoint_dir: str, iteration: int, img_size:
       FileNotFoundError: a file is missing (names it, and the iterations present).
       ReferenceMismatch: a tensor does not fit (names it, and the flag to change).
       FileExistsError: model_dir exists, is not empty, and not `overwrite`.
+
+    Longer than 60 lines on purpose: the import is one transaction (check every file, build,
+    assign, write beside model_dir, rename), read top to bottom; its parts are the helpers
+    above (check_state, apply_state).
     """
     import tensorflow as tf
 
     from crfgan_tf import train_lib
+    from crfgan_tf.reference_files import available_iterations, load_pth
 
     if model not in FILES:
         raise ValueError(f"--model must be one of {sorted(FILES)}, got {model!r}")

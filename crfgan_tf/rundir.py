@@ -5,7 +5,12 @@ checkpoints.
   <model_dir>/flags.txt            the command-line flags of the latest start
   <model_dir>/config_changes.jsonl one line per start that changed a resumable field
   <model_dir>/trainer_state.json   step, checkpoint and metrics of the latest save
-  <model_dir>/checkpoints/ckpt-N   tf.train.Checkpoint (networks, optimizers, step)
+  <model_dir>/data.json            what generation needs to know of the training data
+                                   (window, modality, output spacing, class names), written
+                                   when training starts, so an export never reads records
+  <model_dir>/checkpoints/ckpt-N   tf.train.Checkpoint (networks under the model's
+                                   `modules()` names, TRUNK_KEY and HEAD_KEY the generator;
+                                   optimizers; step)
   <model_dir>/train/               TensorBoard events
   <model_dir>/eval.jsonl           one line per in-training evaluation (--eval_every)
   <model_dir>/best/ckpt-N          the checkpoint with the best evaluation, kept apart
@@ -22,9 +27,10 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from crfgan_tf import config as config_lib
 from crfgan_tf import fileio
@@ -38,6 +44,9 @@ EVAL_FILE = "eval.jsonl"
 BEST_DIR = "best"
 BEST_FILE = "best.json"
 EVAL_CACHE_DIR = "eval_cache"
+DATA_FILE = "data.json"
+TRUNK_KEY = "generator_trunk"  # checkpoint keys of G1 and G2: all that generation restores
+HEAD_KEY = "generator_head"
 
 # What may change when a run resumes: how long it runs, how often it reports and saves,
 # and how it is executed. Everything else decides the weights or the data stream.
@@ -123,3 +132,56 @@ def remove_partial_checkpoints(model_dir: str, log: Callable[[str], None]) -> li
         log(f"train: removed {len(removed)} partial checkpoint file(s) of an interrupted save: "
             + ", ".join(os.path.basename(p) for p in removed))
     return removed
+
+
+def write_data_metadata(model_dir: str, metadata: dict) -> None:
+    """Stores what generation needs to know of the training data (data.json)."""
+    fileio.atomic_write(os.path.join(model_dir, DATA_FILE), json.dumps(metadata, indent=2))
+
+
+def read_data_metadata(model_dir: str) -> Optional[dict]:
+    """data.json of a run, or None for a run started before it was written."""
+    path = os.path.join(model_dir, DATA_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def checkpoint_path(model_dir: str, step: Union[None, int, str] = None) -> str:
+    """The checkpoint of `step` in a run directory: None = the latest, an int = that step,
+    "best" = the best in-training evaluation (best/).
+
+    Raises:
+      FileNotFoundError: there is no such checkpoint (the message says which and why).
+    """
+    if step == "best":
+        directory, missing = os.path.join(model_dir, BEST_DIR), (
+            "it is written by in-training evaluation (--eval_every)")
+    else:
+        directory, missing = os.path.join(model_dir, CHECKPOINT_DIR), ""
+    latest = _latest_checkpoint(directory)
+    if step is None or step == "best":
+        if latest is None:
+            what = "best checkpoint" if step == "best" else "checkpoint"
+            raise FileNotFoundError(f"no {what} in {directory!r}" + (f": {missing}" if missing else ""))
+        return latest
+    path = os.path.join(directory, f"ckpt-{int(step)}")
+    if not os.path.exists(path + ".index"):
+        raise FileNotFoundError(f"no checkpoint for step {step} ({path})")
+    return path
+
+
+def _latest_checkpoint(directory: str) -> Optional[str]:
+    """The newest ckpt-N of a checkpoint directory (by its `checkpoint` state file, as
+    tf.train.latest_checkpoint reads it), without loading TensorFlow."""
+    state = os.path.join(directory, "checkpoint")
+    if not os.path.exists(state):
+        return None
+    with open(state) as f:
+        match = re.search(r'^model_checkpoint_path: "(.+)"$', f.read(), re.M)
+    if not match:
+        return None
+    path = match.group(1)
+    path = path if os.path.isabs(path) else os.path.join(directory, path)
+    return path if os.path.exists(path + ".index") else None

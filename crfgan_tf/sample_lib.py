@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 import tensorflow as tf
 
-from crfgan_tf import fileio
+from crfgan_tf import fileio, intensity
+from crfgan_tf.progress import Progress
 
 FORMATS = {"nii.gz": ".nii.gz", "mha": ".mha", "nrrd": ".nrrd", "npy": ".npy"}
-LUNG_WINDOW = (-1350.0, 150.0)  # width 1500, level -600 HU
 
 
 class SavedModelError(Exception):
@@ -39,13 +38,6 @@ def latents(seed: int, first: int, count: int, latent_dim: int) -> tf.Tensor:
     convolutions: at most 1 HU after rounding)."""
     return tf.stack([tf.random.stateless_normal([latent_dim], seed=[seed, i])
                      for i in range(first, first + count)])
-
-
-def to_intensity(volume: np.ndarray, window) -> np.ndarray:
-    """[-1, 1] -> the training window (HU for CT), rounded to int16."""
-    low, high = window
-    values = (np.clip(volume, -1.0, 1.0) + 1.0) / 2.0 * (high - low) + low
-    return np.round(values).astype(np.int16)
 
 
 def write_volume(array: np.ndarray, path: str, spacing_zyx, fmt: str,
@@ -115,17 +107,8 @@ def generate(module, z: tf.Tensor, labels: Optional[Sequence[int]] = None) -> np
 
 
 def preview_png(array: np.ndarray, path: str, window) -> None:
-    """Axial, coronal and sagittal mid-slices side by side (superior up)."""
-    low, high = window
-    views = list(fileio.mid_slices(array).values())
-    size = max(max(v.shape) for v in views)
-    tiles = []
-    for v in views:
-        tile = np.zeros((size, size), np.float32)
-        tile[: v.shape[0], : v.shape[1]] = np.clip((v - low) / (high - low), 0, 1)
-        tiles.append(tile)
-    image = (np.concatenate(tiles, axis=1) * 255).astype(np.uint8)[..., None]
-    tf.io.write_file(path, tf.io.encode_png(image))
+    """Axial, coronal and sagittal mid-slices side by side (superior up) at `window`."""
+    fileio.atomic_write_bytes(path, intensity.png_bytes(intensity.mid_slice_tile(array, window)))
 
 
 def sample(saved_model: str, num_samples: int, seed: int, output_dir: str, fmt: str = "nii.gz",
@@ -146,8 +129,9 @@ def sample(saved_model: str, num_samples: int, seed: int, output_dir: str, fmt: 
     latent_dim = int(module.latent_dim.numpy())
     window = [float(v) for v in module.window.numpy()]
     spacing = [float(v) for v in module.output_spacing.numpy()]
-    preview_window = LUNG_WINDOW if meta.get("modality", "ct") == "ct" else window
-    paths, listing, t0 = [], [], time.time()
+    preview_window = intensity.LUNG_WINDOW if meta.get("modality", "ct") == "ct" else window
+    paths, listing = [], []
+    progress = Progress(num_samples, log, "sample:", "volumes")
     for first in range(0, num_samples, batch_size):
         count = min(batch_size, num_samples - first)
         batch_labels = [cycle[i % len(cycle)] for i in range(first, first + count)] \
@@ -157,17 +141,14 @@ def sample(saved_model: str, num_samples: int, seed: int, output_dir: str, fmt: 
             i = first + k
             label = batch_labels[k] if cycle else None
             name = f"sample_seed{seed}_{i:05d}" + (f"_class{label}" if cycle else "")
-            array = to_intensity(volumes[k], window)
+            array = intensity.from_unit(volumes[k], window)
             path = os.path.join(output_dir, name + FORMATS[fmt])
             write_volume(array, path, spacing, fmt, label, names[label] if cycle else "")
             preview_png(array, os.path.join(output_dir, name + ".png"), preview_window)
             paths.append(path)
             listing.append({"file": os.path.basename(path), "seed": seed, "index": i,
                             "class": label, "class_name": names[label] if cycle else None})
-        done = first + count
-        rate = done / max(time.time() - t0, 1e-9)
-        log(f"sample: {done}/{num_samples} volumes | {rate:.2f} volumes/s | "
-            f"ETA {(num_samples - done) / rate:.0f} s")
+        progress.report(first + count)
     fileio.atomic_write(os.path.join(output_dir, "samples.json"),
                         json.dumps({"saved_model": saved_model, "samples": listing}, indent=2))
     return paths

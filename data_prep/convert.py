@@ -1,74 +1,7 @@
-"""Converts a LUNA16 / GSP / generic scan archive into sharded TFRecords.
+"""`python -m data_prep.convert` from the checkout: the command of crfgan_tf/cli/convert.py (console
+script crfgan-convert)."""
 
-  python -m data_prep.convert --dataset=luna16 --input_dir=/data/LUNA16 \
-      --output_dir=/data/luna16_256 --size=256 --num_shards=16 --workers=2
-
-With --labels_csv=labels.csv (case_id,label[,name]) the records carry class labels for
-conditional training (--num_classes in crfgan_tf.train).
-
-Rerunning the same command resumes. Exit status 1 if any scan failed (each is named,
-with its reason, and listed in manifest.json), 2 for invalid flags.
-"""
-
-import os
-import sys
-
-from absl import app, flags
-
-from crfgan_tf import convert, runtime
-
-FLAGS = flags.FLAGS
-flags.DEFINE_enum("dataset", None, list(convert.DATASETS),
-                  "Archive layout: luna16 (.mhd/.mha, CT), gsp (NIfTI, MRI), generic (any).")
-flags.DEFINE_string("input_dir", None, "Archive root, searched recursively (LUNA16: subset0..9).")
-flags.DEFINE_string("output_dir", None, "Where the shards and manifest.json go.")
-flags.DEFINE_integer("size", 256, "Output side: 64, 128, 256 or 512.")
-flags.DEFINE_integer("num_shards", 16, "Training shards (fewer if there are fewer scans).")
-flags.DEFINE_integer("num_val_shards", 0, "Validation shards; 0: round(num_shards * val_fraction), >= 1.")
-flags.DEFINE_float("val_fraction", 0.1, "Fraction of cases held out for validation (0 allowed).")
-flags.DEFINE_integer("seed", 0, "Seed of the deterministic train/val split.")
-flags.DEFINE_integer("workers", min(4, os.cpu_count() or 1), "Parallel worker processes.")
-flags.DEFINE_enum("modality", "", ["", "ct", "mri"], "Required with --dataset=generic.")
-flags.DEFINE_enum("compression", "none", ["none", "gzip"], "TFRecord compression (.tfrecord.gz).")
-flags.DEFINE_bool("air_correction", True, "Shift CT scans so that outside air is -1000 HU.")
-flags.DEFINE_float("max_air_shift", 100.0, "Larger air corrections are not applied (HU).")
-flags.DEFINE_bool("overwrite", False, "Replace an output_dir converted with other settings.")
-flags.DEFINE_string("labels_csv", "",
-                    "CSV of case_id,label[,name] (class index 0..N-1): records get a 'label' "
-                    "for conditional training; scans without a label are reported and skipped. "
-                    "LUNA16 nodule labels: python -m data_prep.luna16_labels.")
-flags.DEFINE_integer("num_classes", 0, "With --labels_csv: labels must be below this "
-                     "(0: the largest label + 1).")
-flags.mark_flags_as_required(["dataset", "input_dir", "output_dir"])
-flags.register_validator("size", lambda v: v in (64, 128, 256, 512),
-                         message="--size must be 64, 128, 256 or 512")
-flags.register_validator("val_fraction", lambda v: 0.0 <= v < 1.0,
-                         message="--val_fraction must be in [0, 1)")
-flags.register_validator("num_shards", lambda v: v >= 1, message="--num_shards must be >= 1")
-flags.register_validator("workers", lambda v: v >= 1, message="--workers must be >= 1")
-
-
-@runtime.reports_user_errors
-def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]} (flags need --name=value)", file=sys.stderr)
-        return 2
-    config = convert.ConvertConfig(
-        dataset=FLAGS.dataset, input_dir=FLAGS.input_dir, output_dir=FLAGS.output_dir,
-        size=FLAGS.size, num_shards=FLAGS.num_shards, num_val_shards=FLAGS.num_val_shards,
-        val_fraction=FLAGS.val_fraction, seed=FLAGS.seed, workers=FLAGS.workers,
-        modality=FLAGS.modality, compression=FLAGS.compression,
-        air_correction=FLAGS.air_correction, max_air_shift=FLAGS.max_air_shift,
-        overwrite=FLAGS.overwrite, labels_csv=FLAGS.labels_csv,
-        num_classes=FLAGS.num_classes)
-    runtime.quiet_tensorflow()
-    try:
-        summary = convert.run_conversion(config)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 1 if summary["failed"] else 0
-
+from crfgan_tf.cli.convert import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

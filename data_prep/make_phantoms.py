@@ -1,52 +1,7 @@
-"""Writes a LUNA16-like archive of synthetic chest-CT phantoms (`subsetK/<uid>.mhd/.raw`).
+"""`python -m data_prep.make_phantoms` from the checkout: the command of crfgan_tf/cli/make_phantoms.py (console
+script crfgan-make-phantoms)."""
 
-  python -m data_prep.make_phantoms --output_dir=data/phantoms --num_scans=8 \
-      --in_plane=128 --num_slices=80 [--nodules]
-"""
-
-import sys
-
-from absl import app, flags
-
-from crfgan_tf import phantom, runtime
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", None, "Archive root to create.")
-flags.DEFINE_integer("num_scans", 8, "Number of scans.")
-flags.DEFINE_integer("in_plane", 512, "Rows and columns per axial slice (>= 16).")
-flags.DEFINE_integer("num_slices", 300, "Axial slices per scan (varies by +-10%).")
-flags.DEFINE_float("slice_thickness", 2.5, "Axial spacing in mm.")
-flags.DEFINE_float("pixel_spacing", 0.7, "In-plane spacing in mm at 512 columns; scaled for smaller sizes.")
-flags.DEFINE_integer("seed", 0, "Base seed; scan i uses seed + i.")
-flags.DEFINE_bool("nodules", False, "Draw 1-3 solid lung nodules in half of the scans and write "
-                  "LUNA16's annotations.csv beside the subsets (for conditional training).")
-flags.DEFINE_list("nodule_diameter_mm", ["4", "30"], "min,max nodule diameter in mm.")
-flags.mark_flag_as_required("output_dir")
-flags.register_validator("in_plane", lambda v: v >= 16, message="--in_plane must be >= 16")
-flags.register_validator("num_slices", lambda v: v >= 16, message="--num_slices must be >= 16")
-flags.register_validator("num_scans", lambda v: v >= 1, message="--num_scans must be >= 1")
-
-
-@runtime.reports_user_errors
-def main(argv):
-    del argv
-    spec = phantom.PhantomSpec(
-        in_plane=FLAGS.in_plane, num_slices=FLAGS.num_slices,
-        spacing_zyx=(FLAGS.slice_thickness, FLAGS.pixel_spacing * 512 / FLAGS.in_plane,
-                     FLAGS.pixel_spacing * 512 / FLAGS.in_plane))
-    try:
-        low, high = (float(v) for v in FLAGS.nodule_diameter_mm)
-        if not 0 < low <= high:
-            raise ValueError
-    except ValueError:
-        print(f"error: --nodule_diameter_mm must be min,max with 0 < min <= max, got "
-              f"{FLAGS.nodule_diameter_mm}", file=sys.stderr)
-        return 2
-    paths = phantom.make_luna_archive(FLAGS.output_dir, FLAGS.num_scans, spec, seed=FLAGS.seed,
-                                      nodules=FLAGS.nodules, nodule_diameter_mm=(low, high))
-    print(f"make_phantoms: wrote {len(paths)} scans to {FLAGS.output_dir}"
-          + (" and annotations.csv" if FLAGS.nodules else ""), file=sys.stderr)
-
+from crfgan_tf.cli.make_phantoms import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

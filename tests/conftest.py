@@ -4,7 +4,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
-from crfgan_tf import phantom
+from crfgan_tf.data import phantom
 
 TINY = phantom.PhantomSpec(in_plane=48, num_slices=32, spacing_zyx=(2.5, 3.0, 3.0),
                            blank_slices=2, noise_hu=10.0)
@@ -19,7 +19,7 @@ def tiny_archive(tmp_path_factory):
 
 
 def _convert_archive(tiny_archive, out, size, num_shards, val_fraction):
-    from crfgan_tf import convert
+    from crfgan_tf.data import convert
 
     convert.run_conversion(convert.ConvertConfig(
         dataset="luna16", input_dir=tiny_archive[0], output_dir=out, size=size,
@@ -45,15 +45,9 @@ def tiny_config(model_dir, records="", **kw):
 
 
 def tiny_batch(img_size=64, batch=2, latent_dim=16, seed=0):
-    import tensorflow as tf
+    from crfgan_tf.data import pipeline
 
-    g = tf.random.Generator.from_seed(seed)
-    vol = g.uniform((batch, img_size, img_size, img_size, 1), -1, 1)
-    pos = tf.constant([4 * (i % (7 * img_size // 32 + 1)) for i in range(batch)], tf.int32)
-    crop = tf.stack([vol[i, int(pos[i]):int(pos[i]) + img_size // 8] for i in range(batch)])
-    return {"volume": vol, "crop": crop, "position": pos,
-            "z_d": g.normal((batch, latent_dim)), "z_g": g.normal((batch, latent_dim)),
-            "z_c": g.normal((batch, latent_dim))}
+    return pipeline.synthetic_batch(img_size, batch, latent_dim, seed)
 
 
 @pytest.fixture(scope="session")

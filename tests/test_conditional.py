@@ -15,8 +15,9 @@ import pytest
 import SimpleITK as sitk
 import tensorflow as tf
 
-from crfgan_tf import (convert, data, evaluation, export_lib, labels, losses, params, phantom,
-                       rundir, sample_lib, train_lib)
+from crfgan_tf import export_lib, losses, params, rundir, sample_lib, train_lib
+from crfgan_tf.data import convert, labels, phantom, pipeline, records
+from crfgan_tf.evaluation import sources
 from crfgan_tf.model import CRFGAN, HAGAN
 
 from conftest import TINY, tiny_batch, tiny_config
@@ -208,33 +209,33 @@ def labelled(labelled_archive, tmp_path_factory):
 
 def test_labels_survive_conversion_into_records_and_manifest(labelled):
     out, table = labelled
-    records = list(data.read_volumes(os.path.join(out, "*.tfrecord")))
-    assert {r.case_id: r.label for r in records} == table  # the unlabelled scan is not there
+    read = list(records.read_volumes(os.path.join(out, "*.tfrecord")))
+    assert {r.case_id: r.label for r in read} == table  # the unlabelled scan is not there
     with open(os.path.join(out, "manifest.json")) as fh:
         manifest = json.load(fh)
     classes = manifest["classes"]
     assert classes["num_classes"] == 2 and classes["names"] == ["no_nodule", "nodule"]
     counts = [a + b for a, b in zip(classes["counts"]["train"], classes["counts"]["val"])]
     assert counts == [list(table.values()).count(0), list(table.values()).count(1)] == [2, 3]
-    files = data.list_record_files(os.path.join(out, "train-*.tfrecord"))
-    by_index = data.record_labels(files)
-    read_back = [r.label for r in data.read_volumes(",".join(files))]
+    files = records.list_record_files(os.path.join(out, "train-*.tfrecord"))
+    by_index = records.record_labels(files)
+    read_back = [r.label for r in records.read_volumes(",".join(files))]
     assert by_index.tolist() == read_back
 
 
 def test_training_batch_carries_the_record_labels(labelled):
     out, table = labelled
     pattern = os.path.join(out, "train-*.tfrecord")
-    volumes = {r.label: [] for r in data.read_volumes(pattern)}
-    for r in data.read_volumes(pattern):
+    volumes = {r.label: [] for r in records.read_volumes(pattern)}
+    for r in records.read_volumes(pattern):
         volumes[r.label].append(r.volume)
-    ds = data.make_train_dataset(pattern, 64, 2, 8, seed=0, num_classes=2)
+    ds = pipeline.make_train_dataset(pattern, 64, 2, 8, seed=0, num_classes=2)
     for batch in ds.take(4):
         assert batch["label"].dtype == tf.int32
         np.testing.assert_array_equal(batch["fake_label"], batch["label"])  # "batch"
         for vol, label in zip(batch["volume"].numpy()[..., 0], batch["label"].numpy()):
             assert any(np.array_equal(vol, v) for v in volumes[label])
-    uniform = data.make_train_dataset(pattern, 64, 2, 8, seed=0, num_classes=2,
+    uniform = pipeline.make_train_dataset(pattern, 64, 2, 8, seed=0, num_classes=2,
                                       fake_labels="uniform")
     fakes = np.concatenate([b["fake_label"].numpy() for b in uniform.take(10)])
     assert set(fakes.tolist()) == {0, 1}
@@ -242,14 +243,14 @@ def test_training_batch_carries_the_record_labels(labelled):
 
 def test_balanced_sampler_draws_classes_equally():
     labels_ = np.array([0] * 9 + [1])
-    draws = np.concatenate([data.balanced_order(labels_, 0, e).numpy() for e in range(200)])
+    draws = np.concatenate([pipeline.balanced_order(labels_, 0, e).numpy() for e in range(200)])
     share = (labels_[draws] == 1).mean()
     assert abs(share - 0.5) < 0.03  # 2000 draws: sd 0.011
-    np.testing.assert_array_equal(data.balanced_order(labels_, 0, 5), data.balanced_order(labels_, 0, 5))
+    np.testing.assert_array_equal(pipeline.balanced_order(labels_, 0, 5), pipeline.balanced_order(labels_, 0, 5))
 
 
 def test_training_refuses_unlabelled_records_and_too_few_classes(records_64, labelled, tmp_path):
-    with pytest.raises(data.RecordsError, match="converted without labels; convert again "
+    with pytest.raises(records.RecordsError, match="converted without labels; convert again "
                                                 "with --labels_csv"):
         train_lib.train(tiny_config(tmp_path / "a", os.path.join(records_64, "train-*.tfrecord"),
                                     num_classes=2))
@@ -265,7 +266,7 @@ def test_training_refuses_unlabelled_records_and_too_few_classes(records_64, lab
     manifest["classes"]["num_classes"] = 3
     with open(copy / "manifest.json", "w") as fh:
         json.dump(manifest, fh)
-    with pytest.raises(data.RecordsError, match="hold labels up to 2 .* train with "
+    with pytest.raises(records.RecordsError, match="hold labels up to 2 .* train with "
                                                 "--num_classes=3"):
         train_lib.train(tiny_config(tmp_path / "b", str(copy / "train-*.tfrecord"),
                                     num_classes=2))
@@ -307,13 +308,13 @@ def test_conditional_train_export_sample_end_to_end(labelled, tmp_path):
         assert res.returncode == 2 and msg in res.stderr, res.stderr
 
     # one class of generated volumes against the real volumes of that class
-    real = evaluation.open_source(os.path.join(out, "*.tfrecord"), label=1)
+    real = sources.open_source(os.path.join(out, "*.tfrecord"), label=1)
     assert real.count == 3 and len(list(real.volumes())) == 3
-    fake = evaluation.open_source(export_dir, num_samples=2, label=1)
+    fake = sources.open_source(export_dir, num_samples=2, label=1)
     np.testing.assert_allclose(np.stack(list(fake.volumes())),
                                model.generate(z, tf.constant([1, 1]))[..., 0].numpy(), atol=2e-5)
-    with pytest.raises(evaluation.EvaluationError, match="is conditional"):
-        evaluation.open_source(export_dir, num_samples=2)
+    with pytest.raises(sources.EvaluationError, match="is conditional"):
+        sources.open_source(export_dir, num_samples=2)
 
     res = subprocess.run([sys.executable, "-m", "tools.class_contrast", f"--saved_model={export_dir}",
                           f"--records={out}/*.tfrecord", "--num_samples=2", "--json"],
@@ -391,7 +392,7 @@ def test_lung_statistics_hand_computed():
     """A 40^3 volume of (2, 5, 5) mm voxels: air outside a 36^3 soft-tissue body holding
     two 5 x 10 x 8 lungs 12 voxels apart (60 mm: the 15 mm closing keeps them apart);
     then a 2^3 nodule inside the right lung."""
-    from crfgan_tf import physical
+    from crfgan_tf.evaluation import physical
 
     hu = np.full((40, 40, 40), -1000.0, np.float32)
     hu[2:38, 2:38, 2:38] = 40.0

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 import tensorflow as tf
 
-from crfgan_tf import export_lib, sample_lib
+from crfgan_tf import export_lib, intensity, sample_lib
 from crfgan_tf.networks import build_head
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +21,7 @@ def test_slab_inference_equals_one_shot(slab):
                  + (1.0 if "gamma" in v.path else 0.0))
     emb = tf.random.stateless_uniform((2, 16, 16, 16, 8), seed=[2, 3])
     one_shot = head(emb)[..., 0].numpy()
-    np.testing.assert_allclose(export_lib.head_by_slabs(head, emb, slab).numpy(), one_shot,
+    np.testing.assert_allclose(head.by_slabs(emb, slab).numpy(), one_shot,
                                atol=5e-5)
 
 
@@ -75,7 +75,7 @@ def test_sample_npy_and_hu_mapping(exported, tmp_path):
     sm, _ = exported
     path = sample_lib.sample(sm, 1, 0, str(tmp_path / "o"), fmt="npy", log=lambda m: None)[0]
     assert np.load(path).dtype == np.int16 and os.path.exists(path[:-4] + ".json")
-    np.testing.assert_array_equal(sample_lib.to_intensity(np.array([-1.0, 0.0, 1.0]), (-1024, 600)),
+    np.testing.assert_array_equal(intensity.from_unit(np.array([-1.0, 0.0, 1.0]), (-1024, 600)),
                                   [-1024, -212, 600])
 
 

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from crfgan_tf import data, evaluation, metrics, preprocess, sample_lib
+from crfgan_tf import intensity, sample_lib
+from crfgan_tf.data import preprocess, records
+from crfgan_tf.evaluation import features, fid_mmd, metrics, sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,7 +22,7 @@ def _write(path, array):
 
 @pytest.fixture(scope="module")
 def extractor():
-    return evaluation.load_extractor(None, allow_random=True)
+    return features.load_extractor(None, allow_random=True)
 
 
 @pytest.fixture(scope="module")
@@ -38,49 +40,49 @@ def volume_dirs(tmp_path_factory):
 
 
 def test_volume_folder_source_windows_integer_hu(volume_dirs):
-    src = evaluation.open_source(volume_dirs[0])
+    src = sources.open_source(volume_dirs[0])
     assert (src.kind, src.count) == ("volumes", 4)
     first = next(src.volumes())
     hu = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(volume_dirs[0], "v0.nii.gz")))
-    np.testing.assert_array_equal(first, preprocess.window_to_unit(hu, -1024, 600))
+    np.testing.assert_array_equal(first, intensity.to_unit(hu, (-1024, 600)))
     assert first.dtype == np.float32 and first.min() >= -1 and first.max() <= 1
 
 
 def test_source_errors_name_the_problem(tmp_path, volume_dirs, records_64):
     _write(tmp_path / "f.mha", np.full((8, 8, 8), 3.5, np.float32))
-    with pytest.raises(evaluation.EvaluationError, match=r"f.mha: floating-point .*\[-1, 1\]"):
-        next(evaluation.open_source(str(tmp_path / "f.mha")).volumes())
-    with pytest.raises(evaluation.EvaluationError, match="matches no TFRecord"):
-        evaluation.open_source(str(tmp_path / "nothing-*"))
+    with pytest.raises(sources.EvaluationError, match=r"f.mha: floating-point .*\[-1, 1\]"):
+        next(sources.open_source(str(tmp_path / "f.mha")).volumes())
+    with pytest.raises(sources.EvaluationError, match="matches no TFRecord"):
+        sources.open_source(str(tmp_path / "nothing-*"))
     np.save(tmp_path / "hu.npy", np.full((4, 4, 4), -1024, np.int16))
-    only = evaluation.open_source(str(tmp_path / "hu.npy"))
+    only = sources.open_source(str(tmp_path / "hu.npy"))
     np.testing.assert_array_equal(next(only.volumes()), -np.ones((4, 4, 4), np.float32))
-    with pytest.raises(evaluation.EvaluationError, match="at least 2 volumes"):
-        evaluation.fid_mmd(only, only, None, log=lambda m: None)
+    with pytest.raises(sources.EvaluationError, match="at least 2 volumes"):
+        fid_mmd.fid_mmd(only, only, None, log=lambda m: None)
     mixed = f"{volume_dirs[0]}/*.nii.gz,{records_64}/*.tfrecord"
-    with pytest.raises(evaluation.EvaluationError, match="both TFRecords"):
-        evaluation.open_source(mixed)
+    with pytest.raises(sources.EvaluationError, match="both TFRecords"):
+        sources.open_source(mixed)
 
 
 def test_load_extractor_refuses_without_weights(tmp_path):
-    with pytest.raises(evaluation.EvaluationError, match="import_medicalnet"):
-        evaluation.load_extractor(None)
-    with pytest.raises(evaluation.EvaluationError, match="no file"):
-        evaluation.load_extractor(str(tmp_path / "missing.npz"))
+    with pytest.raises(sources.EvaluationError, match="import_medicalnet"):
+        features.load_extractor(None)
+    with pytest.raises(sources.EvaluationError, match="no file"):
+        features.load_extractor(str(tmp_path / "missing.npz"))
 
 
 def test_fid_mmd_records_vs_savedmodel_equals_direct_computation(records_64, exported, extractor,
                                                                  tmp_path):
     pattern = os.path.join(records_64, "*.tfrecord")
-    real = evaluation.open_source(pattern)
-    fake = evaluation.open_source(exported[0], num_samples=3, seed=7, batch_size=2)
+    real = sources.open_source(pattern)
+    fake = sources.open_source(exported[0], num_samples=3, seed=7, batch_size=2)
     assert (real.kind, real.count, fake.kind, fake.count) == ("tfrecord", 5, "savedmodel", 3)
     cache = str(tmp_path / "cache")
-    result = evaluation.fid_mmd(real, fake, extractor, batch_size=2, cache_dir=cache,
+    result = fid_mmd.fid_mmd(real, fake, extractor, batch_size=2, cache_dir=cache,
                                 log=lambda m: None)
 
     # The same numbers computed by hand from the same volumes.
-    real_vols = np.stack([r.volume for r in data.read_volumes(pattern)])
+    real_vols = np.stack([r.volume for r in records.read_volumes(pattern)])
     module, _ = sample_lib.load(exported[0])
     fake_vols = module.generate(z=sample_lib.latents(7, 0, 3, 16))["volume"].numpy()
     fr, ff = extractor(real_vols), extractor(fake_vols)
@@ -90,16 +92,16 @@ def test_fid_mmd_records_vs_savedmodel_equals_direct_computation(records_64, exp
     assert result["real_cache"] == "miss" and not result["pretrained"]
     assert result["extractor"] == "medicalnet-resnet50-random-seed0"
 
-    again = evaluation.fid_mmd(real, fake, extractor, batch_size=1, cache_dir=cache,
+    again = fid_mmd.fid_mmd(real, fake, extractor, batch_size=1, cache_dir=cache,
                                log=lambda m: None)
     assert again["real_cache"] == "hit" and again["fid"] == pytest.approx(result["fid"], rel=1e-5)
-    other = evaluation.load_extractor(None, allow_random=True, random_seed=1)
-    assert evaluation.cache_key(real, other) != evaluation.cache_key(real, extractor)
+    other = features.load_extractor(None, allow_random=True, random_seed=1)
+    assert features.cache_key(real, other) != features.cache_key(real, extractor)
 
 
 def test_fid_of_a_set_with_itself_is_zero(volume_dirs, extractor):
-    src = evaluation.open_source(volume_dirs[0])
-    result = evaluation.fid_mmd(src, src, extractor, log=lambda m: None)
+    src = sources.open_source(volume_dirs[0])
+    result = fid_mmd.fid_mmd(src, src, extractor, log=lambda m: None)
     assert result["fid"] == pytest.approx(0.0, abs=1e-6 * max(1.0, result["mmd_sigma"] ** 2))
 
 

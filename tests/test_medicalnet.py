@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from crfgan_tf.networks import medicalnet
+from crfgan_tf.evaluation import medicalnet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

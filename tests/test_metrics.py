@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from crfgan_tf import metrics
+from crfgan_tf.evaluation import metrics
 
 
 def test_frechet_distance_of_commuting_gaussians_closed_form():

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from crfgan_tf import augment, export_lib, metrics, monitor, rundir, train_lib
+from crfgan_tf import augment, export_lib, rundir, train_lib
+from crfgan_tf.evaluation import metrics
+from crfgan_tf.evaluation import monitor
 from crfgan_tf.config import TrainConfig
 
 from conftest import tiny_batch, tiny_config

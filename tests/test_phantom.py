@@ -1,6 +1,6 @@
 import numpy as np
 
-from crfgan_tf import phantom
+from crfgan_tf.data import phantom
 
 
 def test_phantom_has_chest_ct_structure():

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from crfgan_tf import phantom
-from crfgan_tf import preprocess as pp
+from crfgan_tf import intensity
+from crfgan_tf.data import phantom, scan_files
+from crfgan_tf.data import preprocess as pp
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_air_correction_skips_implausible_shift():
 
 
 def test_window_maps_hu_to_unit():
-    out = pp.window_to_unit(np.array([-3000, -1024, -212, 600, 2000], np.float32))
+    out = intensity.to_unit(np.array([-3000, -1024, -212, 600, 2000], np.float32))
     np.testing.assert_allclose(out, [-1, -1, 0, 1, 1], atol=1e-6)
 
 
@@ -177,13 +178,13 @@ def test_nifti_non_finite_voxels_are_caught(tmp_path, suffix, value):
     vol[2, 5, 5] = value
     path = str(tmp_path / f"n{suffix}")
     sitk.WriteImage(sitk.GetImageFromArray(vol), path)
-    assert pp.nifti_nonfinite_count(path) == 2
+    assert scan_files.nifti_nonfinite_count(path) == 2
     with pytest.raises(pp.ScanError, match="2 non-finite voxels"):
         pp.read_canonical(path)
     for dtype in (np.float64, np.int16):
         clean = str(tmp_path / f"c{suffix}")
         sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 8, 8), -1000, dtype)), clean)
-        assert pp.nifti_nonfinite_count(clean) == 0
+        assert scan_files.nifti_nonfinite_count(clean) == 0
         pp.read_canonical(clean)
 
 
@@ -205,7 +206,7 @@ def test_padding_and_floor_air_stored_any_way_give_the_same_record(tmp_path):
     ref = results[0]
     assert ref.trimmed_slices == (3, 3) and ref.air_shift == pytest.approx(-20.0, abs=3.0)
     for r in results[1:]:  # the record stores the quantised volume
-        np.testing.assert_array_equal(pp.quantize(r.volume), pp.quantize(ref.volume))
+        np.testing.assert_array_equal(intensity.quantize(r.volume), intensity.quantize(ref.volume))
         np.testing.assert_allclose(r.volume, ref.volume, atol=1e-6)
         assert (r.trimmed_slices, r.air_estimate, r.air_shift) == \
             (ref.trimmed_slices, ref.air_estimate, ref.air_shift)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from crfgan_tf import profiling
+from crfgan_tf.bench import training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,14 +17,14 @@ def test_comparison_and_plot(tmp_path):
                  iters_per_sec=1.0, peak_kind="process_max_rss", device="CPU"),
             dict(model="hagan", img_size=128, batch_size=6, oom=True, peak_bytes=None,
                  iters_per_sec=None)]
-    lines = profiling.comparison(rows)
+    lines = training.comparison(rows)
     assert lines == ["128^3 batch 2: CRF-GAN uses 10.0% less memory (0.900x HA-GAN's) and "
                      "runs 20.0% faster (1.200x HA-GAN's iterations/s)"]
     worse = [dict(rows[0], peak_bytes=110 * 2**20, iters_per_sec=0.8), rows[1]]
-    assert profiling.comparison(worse) == [
+    assert training.comparison(worse) == [
         "128^3 batch 2: CRF-GAN uses 10.0% MORE memory (1.100x HA-GAN's) and "
         "runs 20.0% SLOWER (0.800x HA-GAN's iterations/s)"]
-    path = profiling.plot(rows, str(tmp_path / "p.png"))
+    path = training.plot(rows, str(tmp_path / "p.png"))
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 

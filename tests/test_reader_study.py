@@ -15,7 +15,8 @@ import SimpleITK as sitk
 import tensorflow as tf
 from scipy import stats
 
-from crfgan_tf import fileio, reader_study
+from crfgan_tf import fileio, intensity, reader_study
+from crfgan_tf.reader_study import analyze, build
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N1, N2 = 4, 6
@@ -30,7 +31,7 @@ def _volumes(seed, n=3, shape=(20, 24, 28)):
 def study(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("study"))
     vols = {"real": _volumes(1), "model_a": _volumes(2), "model_b": _volumes(3)}
-    key = reader_study.make_study(vols, out, N1, N2, ("CRF-GAN", "HA-GAN"), seed=5,
+    key = build.make_study(vols, out, N1, N2, ("CRF-GAN", "HA-GAN"), seed=5,
                                   log=lambda m: None)
     return out, key, vols
 
@@ -51,23 +52,23 @@ def test_key_layout_and_randomisation(study):
     for q in qs:
         sources = {q["left"]["source"], q["right"]["source"]}
         assert sources == ({"real", "model_a"} if q["section"] == 1 else {"model_a", "model_b"})
-        n = reader_study.plane_length((20, 24, 28), q["plane"])
+        n = build.plane_length((20, 24, 28), q["plane"])
         assert int(0.3 * n) <= q["slice_index"] <= int(0.7 * n)
     # both sides and several planes occur; a seed gives the same study, another seed not
     assert {q["left"]["source"] for q in qs} >= {"real", "model_a"}
-    again = reader_study.make_study(vols, out + "-again", N1, N2, ("CRF-GAN", "HA-GAN"),
+    again = build.make_study(vols, out + "-again", N1, N2, ("CRF-GAN", "HA-GAN"),
                                     seed=5, log=lambda m: None)
     assert again["questions"] == qs and again["study_id"] == key["study_id"]
-    other = reader_study.make_study(vols, out + "-other", N1, N2, seed=6, log=lambda m: None)
+    other = build.make_study(vols, out + "-other", N1, N2, seed=6, log=lambda m: None)
     assert other["questions"] != qs
 
 
 def test_section_one_only_needs_no_model_b(tmp_path):
-    key = reader_study.make_study({"real": _volumes(1, n=1), "model_a": _volumes(2, n=1)},
+    key = build.make_study({"real": _volumes(1, n=1), "model_a": _volumes(2, n=1)},
                                   str(tmp_path), 3, 0, seed=0, log=lambda m: None)
     assert [q["section"] for q in key["questions"]] == [1, 1, 1]
     with pytest.raises(reader_study.StudyError, match="section 2 needs"):
-        reader_study.make_study({"real": _volumes(1, n=1), "model_a": _volumes(2, n=1)},
+        build.make_study({"real": _volumes(1, n=1), "model_a": _volumes(2, n=1)},
                                 str(tmp_path), 3, 2, log=lambda m: None)
 
 
@@ -84,7 +85,7 @@ def test_readers_page_is_self_contained_and_matches_the_key(study):
                                       .replace("/", "_")).numpy()
             shown = tf.io.decode_png(png).numpy()[..., 0]
             s = q[side]
-            hu = fileio.slice_at(vols[s["source"]][s["volume"]], q["plane"], q["slice_index"])
+            hu = intensity.slice_at(vols[s["source"]][s["volume"]], q["plane"], q["slice_index"])
             expected = np.round(np.clip((hu + 1350.0) / 1500.0, 0, 1) * 255).astype(np.uint8)
             np.testing.assert_array_equal(shown, expected)
 
@@ -153,7 +154,7 @@ def test_analysis_of_simulated_answers_matches_scipy(study, tmp_path):
     _, key, _ = study
     files, truth = _simulate(key, readers=7, p_real=0.8, p_a=0.7, seed=11)
     paths = _write_answers(tmp_path, files)
-    result = reader_study.analyze(key, reader_study.read_answers(paths, key))
+    result = analyze.analyze(key, analyze.read_answers(paths, key))
     s1, s2 = result["section1"], result["section2"]
     assert s1["answers"] == 7 * N1 and s1["correct"] == truth["correct"]
     assert s1["accuracy"] == pytest.approx(truth["correct"] / (7 * N1))
@@ -184,13 +185,13 @@ def test_preference_tests_on_the_papers_totals():
     a = np.array([8] * 5 + [7] * 25)
     b = 12 - a
     assert (a.sum(), b.sum()) == (215, 145)
-    t = reader_study.preference_tests(a, b)
+    t = analyze.preference_tests(a, b)
     assert t["chi_square"]["statistic"] == pytest.approx(2 * 35 ** 2 / 180)
     assert t["chi_square"]["p_value"] == pytest.approx(2.2485e-4, rel=1e-3)
     assert t["per_pair_independence"]["dof"] == 29
     # the paper's 71.42 with 29 dof gives its p-value
     assert stats.chi2.sf(71.42, 29) == pytest.approx(1.93e-5, rel=2e-3)
-    assert reader_study.preference_tests([3, 4], [0, 0])["per_pair_independence"] is None
+    assert analyze.preference_tests([3, 4], [0, 0])["per_pair_independence"] is None
 
 
 def test_answers_from_another_study_or_twice_are_rejected(study, tmp_path):
@@ -198,15 +199,15 @@ def test_answers_from_another_study_or_twice_are_rejected(study, tmp_path):
     files, _ = _simulate(key, readers=1, p_real=1, p_a=1, seed=0)
     files[0][0][0] = "0000"
     with pytest.raises(reader_study.StudyError, match=r"answers_0.csv:2: answers to study"):
-        reader_study.read_answers(_write_answers(tmp_path, files), key)
+        analyze.read_answers(_write_answers(tmp_path, files), key)
     files, _ = _simulate(key, readers=1, p_real=1, p_a=1, seed=0)
     files[0].append(files[0][0])
     with pytest.raises(reader_study.StudyError, match="answered q01 twice"):
-        reader_study.read_answers(_write_answers(tmp_path, files), key)
+        analyze.read_answers(_write_answers(tmp_path, files), key)
     files, _ = _simulate(key, readers=1, p_real=1, p_a=1, seed=0)
     files[0][0][5] = "9"
     with pytest.raises(reader_study.StudyError, match="difficulty must be 1-5"):
-        reader_study.read_answers(_write_answers(tmp_path, files), key)
+        analyze.read_answers(_write_answers(tmp_path, files), key)
 
 
 def _run(tool, *args):
@@ -228,7 +229,7 @@ def test_make_and_analyze_clis(tmp_path):
                f"--model_b={dirs['b']}", "--model_a_name=CRF-GAN", "--model_b_name=HA-GAN",
                f"--output_dir={out}", "--section1_pairs=3", "--section2_pairs=5")
     assert res.returncode == 0, res.stderr
-    key = reader_study.read_key(os.path.join(out, "key", "key.json"))
+    key = analyze.read_key(os.path.join(out, "key", "key.json"))
     assert len(key["questions"]) == 8 and key["sources"]["real"] == dirs["real"]
     files, truth = _simulate(key, readers=3, p_real=0.9, p_a=0.6, seed=2)
     _write_answers(tmp_path, files)
@@ -252,7 +253,7 @@ def test_answers_saved_by_excel_with_a_bom_are_read(study, tmp_path):
     text = open(path, encoding="utf-8").read()
     open(path, "w", encoding="utf-8-sig", newline="").write(text)  # Excel's "CSV UTF-8"
     assert open(path, "rb").read(3) == b"\xef\xbb\xbf"
-    rows = reader_study.read_answers([path], key)
+    rows = analyze.read_answers([path], key)
     assert len(rows) == len(key["questions"])
 
 
@@ -261,13 +262,13 @@ def test_a_second_study_into_the_same_directory_needs_overwrite(study, tmp_path)
     before = open(os.path.join(out, "key", "key.json")).read()
     with pytest.raises(reader_study.StudyError, match=f"already holds a study "
                        rf"\({key['study_id']}\).*--overwrite"):
-        reader_study.make_study(vols, out, 1, 1, seed=9, log=lambda m: None)
+        build.make_study(vols, out, 1, 1, seed=9, log=lambda m: None)
     assert open(os.path.join(out, "key", "key.json")).read() == before
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    new = reader_study.make_study(vols, str(copy), 1, 1, seed=9, log=lambda m: None,
+    new = build.make_study(vols, str(copy), 1, 1, seed=9, log=lambda m: None,
                                   overwrite=True)
-    assert reader_study.read_key(str(copy / "key" / "key.json"))["study_id"] == new["study_id"]
+    assert analyze.read_key(str(copy / "key" / "key.json"))["study_id"] == new["study_id"]
 
 
 def test_make_2afc_cli_refuses_before_generating_anything(tmp_path):

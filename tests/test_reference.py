@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 import torch_reference as R  # noqa: E402
 
 from crfgan_tf import config as config_lib  # noqa: E402
-from crfgan_tf import export_lib, reference, train_lib  # noqa: E402
+from crfgan_tf import checkpointing, export_lib, reference, train_lib  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # float32 rounding: relative L2 distances of two float32 implementations of the same
@@ -272,7 +272,7 @@ def test_imported_run_exports_the_reference_volume_and_resumes(tmp_path, records
         (model_name, 128, "channels", 4e-4)
     # the Adam state came along: moments of the imported step, step count 1
     model = train_lib.build_model(config)
-    ckpt = train_lib.make_checkpoint(model)
+    ckpt = checkpointing.make_checkpoint(model)
     ckpt.read(str(run / "checkpoints" / "ckpt-40000")).assert_existing_objects_matched()
     assert int(model.step_counter.numpy()) == 40000
     d_opt = model.phase_optimizers()["d"]

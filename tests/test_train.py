@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from crfgan_tf import data, rundir, train_lib
+from crfgan_tf import checkpointing, rundir, train_lib
+from crfgan_tf.data import pipeline, records
 from crfgan_tf.model import CRFGAN
 
 from conftest import tiny_config
@@ -23,7 +24,7 @@ def _train_glob(records):
 def test_pipeline_shapes_alignment_and_resume_determinism(records_64):
     pattern = _train_glob(records_64)
     tf.random.set_seed(0)  # the stream must not depend on the global seed
-    ds = data.make_train_dataset(pattern, 64, batch_size=2, latent_dim=16, seed=5)
+    ds = pipeline.make_train_dataset(pattern, 64, batch_size=2, latent_dim=16, seed=5)
     batches = list(ds.take(5))  # 10 elements over 4 records: crosses epochs
     b = batches[0]
     assert b["volume"].shape == (2, 64, 64, 64, 1) and b["crop"].shape == (2, 8, 64, 64, 1)
@@ -36,11 +37,11 @@ def test_pipeline_shapes_alignment_and_resume_determinism(records_64):
     # every epoch visits each of the 4 records once
     sums = [float(tf.reduce_sum(v)) for bb in batches[:2] for v in bb["volume"]]
     assert len(set(np.round(sums, 3))) == 4
-    resumed = list(data.make_train_dataset(pattern, 64, 2, 16, seed=5, start_step=3).take(2))
+    resumed = list(pipeline.make_train_dataset(pattern, 64, 2, 16, seed=5, start_step=3).take(2))
     for a, c in zip(batches[3:], resumed):
         for k in a:
             np.testing.assert_array_equal(a[k], c[k])
-    other = next(iter(data.make_train_dataset(pattern, 64, 2, 16, seed=6)))
+    other = next(iter(pipeline.make_train_dataset(pattern, 64, 2, 16, seed=6)))
     assert not np.array_equal(other["z_g"], b["z_g"])
 
 
@@ -179,7 +180,7 @@ def test_no_readable_checkpoint_stops_and_leaves_the_files(records_64, tmp_path)
         open(f, "wb").write(b"garbage")
     before = {f: open(f, "rb").read() for f in glob.glob(str(tmp_path / "checkpoints" / "*"))}
     logs = []
-    with pytest.raises(train_lib.NoReadableCheckpointError, match="no readable checkpoint"):
+    with pytest.raises(checkpointing.NoReadableCheckpointError, match="no readable checkpoint"):
         train_lib.train(tiny_config(tmp_path, pattern, train_steps=3), log=logs.append)
     assert sum("unreadable" in m for m in logs) == 2
     assert before == {f: open(f, "rb").read()

@@ -1,28 +1,7 @@
-"""Peak CPU memory and seconds per volume of the FID feature extractor (MedicalNet
-ResNet-50), each configuration in a fresh process.
+"""`python -m tools.bench_features` from the checkout: the command of crfgan_tf/cli/bench_features.py (console
+script crfgan-bench-features)."""
 
-  python -m tools.bench_features --img_sizes=128,256 --batch_sizes=1,2
-"""
-
-import json
-
-from absl import app, flags
-
-from crfgan_tf import benchmark, runtime
-
-FLAGS = flags.FLAGS
-flags.DEFINE_list("img_sizes", ["128", "256"], "Volume sides.")
-flags.DEFINE_list("batch_sizes", ["1"], "Volumes per extractor call.")
-flags.DEFINE_integer("repeats", 2, "Timed batches (median reported).")
-
-
-@runtime.reports_user_errors
-def main(argv):
-    del argv
-    rows = benchmark.feature_memory([int(s) for s in FLAGS.img_sizes],
-                                    [int(b) for b in FLAGS.batch_sizes], FLAGS.repeats)
-    print(json.dumps(rows))
-
+from crfgan_tf.cli.bench_features import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -1,52 +1,7 @@
-"""Learnable parameters per module, against the reference.
+"""`python -m tools.count_params` from the checkout: the command of crfgan_tf/cli/count_params.py (console
+script crfgan-count-params)."""
 
-  python -m tools.count_params --model=crfgan --img_size=256 --json
-  python -m tools.count_params --model=hagan --img_size=128 --num_classes=2
-"""
-
-import json
-import sys
-
-from crfgan_tf import runtime  # noqa: E402
-
-runtime.quiet_tensorflow()  # before TensorFlow loads (crfgan_tf/runtime.py)
-
-from absl import app, flags  # noqa: E402
-
-from crfgan_tf import params  # noqa: E402
-
-FLAGS = flags.FLAGS
-flags.DEFINE_enum("model", "crfgan", ["crfgan", "hagan"], "Model type.")
-flags.DEFINE_integer("img_size", 256, "Volume side: 64, 128 or 256.")
-flags.DEFINE_integer("latent_dim", 1024, "Latent size.")
-flags.DEFINE_float("width", 1.0, "Channel multiplier.")
-flags.DEFINE_integer("num_classes", 0, "Classes of a conditional model (0: unconditional).")
-flags.DEFINE_bool("json", False, "Print JSON {\"total\": N, \"modules\": {...}}.")
-flags.register_validator("img_size", lambda v: v in (64, 128, 256),
-                         message="--img_size must be 64, 128 or 256")
-
-
-@runtime.reports_user_errors
-def main(argv):
-    del argv
-    try:
-        result = params.count_parameters(FLAGS.model, FLAGS.img_size, FLAGS.latent_dim,
-                                         FLAGS.width, FLAGS.num_classes)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if FLAGS.json:
-        print(json.dumps(result))
-        return
-    classes = f", {result['num_classes']} classes" if result["num_classes"] else ""
-    print(f"{result['model']} at {result['img_size']}^3{classes}")
-    for name, count in result["modules"].items():
-        print(f"  {name:16s} {count:>14,d}")
-    print(f"  {'total':16s} {result['total']:>14,d}")
-    if result["reference"] is not None:
-        same = "equal" if result["reference"] == result["total"] else "DIFFERENT"
-        print(f"  reference        {result['reference']:>14,d} ({same})")
-
+from crfgan_tf.cli.count_params import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -1,66 +1,7 @@
-"""Imports a PyTorch reference checkpoint (CRF-GAN or HA-GAN) as a crfgan-tf run directory.
+"""`python -m tools.import_reference` from the checkout: the command of crfgan_tf/cli/import_reference.py (console
+script crfgan-import-reference)."""
 
-  pip install torch          # only reading .pth files needs it (a CPU build is enough)
-  python -m tools.import_reference --model=hagan --checkpoint_dir=HA-GAN/checkpoint/COPD \\
-      --iteration=80000 --img_size=256 --model_dir=runs/hagan_copd
-  python -m crfgan_tf.export --model_dir=runs/hagan_copd --export_dir=exports/hagan_copd
-
-Reads `{G,D,E,crf}_iter{N}.pth` (CRF-GAN) or `{G,D,E,Sub_E}_iter{N}.pth` (HA-GAN), with or
-without nn.DataParallel's `module.` prefix, and writes config.json, flags.txt, a checkpoint
-at step N of every network (spectral-norm u vectors and Adam states included) and
-reference_import.json. Export, sampling, FID/MMD and continued training then work on it.
-Exit status: 0 done, 1 the files do not fit (the message names the tensor and the flag),
-2 invalid flags or missing files.
-"""
-
-import sys
-
-from crfgan_tf import runtime  # noqa: E402
-
-runtime.quiet_tensorflow()  # before TensorFlow loads (crfgan_tf/runtime.py)
-
-from absl import app, flags  # noqa: E402
-
-FLAGS = flags.FLAGS
-flags.DEFINE_enum("model", None, ["crfgan", "hagan"], "Which reference wrote the checkpoint.")
-flags.DEFINE_string("checkpoint_dir", None, "Directory of the reference's *_iter{N}.pth files.")
-flags.DEFINE_integer("iteration", None, "N of the files *_iter{N}.pth.")
-flags.DEFINE_integer("img_size", None, "Volume side the reference trained at (64, 128, 256).")
-flags.DEFINE_string("model_dir", None, "Run directory to write.")
-flags.DEFINE_integer("latent_dim", 1024, "Size of z (the reference's --latent-dim).")
-flags.DEFINE_string("train_records", "",
-                    "Optional: records (data_prep.convert) of the data the reference trained on; "
-                    "export takes the intensity window, modality and spacing from them "
-                    "(without: the CT window [-1024, 600] HU and 1 mm spacing).")
-flags.DEFINE_bool("overwrite", False, "Replace a --model_dir that exists and is not empty.")
-for _name in ("model", "checkpoint_dir", "iteration", "img_size", "model_dir"):
-    flags.mark_flag_as_required(_name)
-
-
-@runtime.reports_user_errors
-def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]} (flags need --name=value)", file=sys.stderr)
-        return 2
-    if FLAGS.iteration < 0:
-        print(f"error: --iteration must be >= 0, got {FLAGS.iteration}", file=sys.stderr)
-        return 2
-    from crfgan_tf import reference
-
-    try:
-        reference.import_checkpoint(FLAGS.model, FLAGS.checkpoint_dir, FLAGS.iteration,
-                                    FLAGS.img_size, FLAGS.model_dir,
-                                    latent_dim=FLAGS.latent_dim, overwrite=FLAGS.overwrite,
-                                    train_records=FLAGS.train_records,
-                                    log=lambda m: print(m, file=sys.stderr))
-    except reference.ReferenceMismatch as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
+from crfgan_tf.cli.import_reference import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import keras
 
-from crfgan_tf.networks.layers import SNConv3D, SNDense, check_size, scaled_channels
+from crfgan_tf.geometry import check_size, crop_depth
+from crfgan_tf.networks.layers import SNConv3D, SNDense, scaled_channels
 
 # (filters, kernel, stride, padding) at 256^3; at 128^3 the first layer is dropped and at
 # 64^3 the first two, so the feature map always reaches 1^3 before the dense layers.
@@ -36,7 +37,7 @@ def build_discriminator(img_size: int = 256, width: float = 1.0,
     """
     check_size(img_size)
     drop = {256: 0, 128: 1, 64: 2}[img_size]
-    x_in = keras.Input((img_size // 8, img_size, img_size, 1), name="subvolume")
+    x_in = keras.Input((crop_depth(img_size), img_size, img_size, 1), name="subvolume")
     pos = keras.Input((1,), name="position")
     x = x_in
     for i, (filters, kernel, stride, pad) in enumerate(LAYERS_256[drop:]):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import keras
 
+from crfgan_tf.geometry import check_size
 from crfgan_tf.networks.generator import embedding_channels
-from crfgan_tf.networks.layers import check_size, conv_gn_relu, scaled_channels
+from crfgan_tf.networks.layers import conv_gn_relu, scaled_channels
 
 
 def build_encoder(img_size: int = 256, width: float = 1.0, name: str = "encoder") -> keras.Model:

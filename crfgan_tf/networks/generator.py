@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
-from crfgan_tf.networks.layers import (UpsampleConv3D, check_size, conv_gn_relu,
+from crfgan_tf.geometry import check_size, embedding_side
+from crfgan_tf.networks.layers import (GroupNorm, UpsampleConv3D, conv_gn_relu,
                                       scaled_channels)
 
 TRUNK_CHANNELS = (512, 512, 256, 128, 64)
@@ -38,7 +40,7 @@ def build_trunk(img_size: int = 256, latent_dim: int = 1024, width: float = 1.0,
       Model mapping (batch, latent_dim + num_classes) -> (batch, S/4, S/4, S/4, 64 * width).
     """
     check_size(img_size)
-    num_up = {64: 2, 128: 3, 256: 4}[img_size]
+    num_up = (embedding_side(img_size) // 4).bit_length() - 1  # 4^3 doubled up to S/4
     ch = [scaled_channels(c, width) for c in TRUNK_CHANNELS]
     z = keras.Input((latent_dim + num_classes,), name="z")
     x = keras.layers.Dense(4 * 4 * 4 * ch[0], name="fc")(z)
@@ -48,22 +50,90 @@ def build_trunk(img_size: int = 256, latent_dim: int = 1024, width: float = 1.0,
     return keras.Model(z, x, name=name)
 
 
-def build_head(img_size: int = 256, width: float = 1.0, name: str = "g2") -> keras.Model:
+class Head(keras.Model):
     """G2: an axial slab of the embedding -> a full-resolution sub-volume.
 
     x2 up-sampling, 3^3 conv 32 + GroupNorm(8) + ReLU, x2 up-sampling, 3^3 conv 1 + tanh.
     The depth is free: S/32 embedding slices give the S/8-slice training sub-volume; the
-    whole S/4 embedding gives the whole S^3 volume.
+    whole S/4 embedding gives the whole S^3 volume, in one call (`__call__`) or slab by
+    slab in bounded memory (`by_slabs`, the same result).
 
-    Returns:
-      Model mapping (batch, d, S/4, S/4, C) -> (batch, 4d, S, S, 1), float32 in [-1, 1].
+    A functional model (its checkpoint layout is that of every G2 crfgan-tf has written);
+    its three layers with weights are also kept, untracked, for `by_slabs`.
+    Input (batch, d, S/4, S/4, C) -> output (batch, 4d, S, S, 1), float32 in [-1, 1].
     """
-    check_size(img_size)
-    n = img_size // 4
-    emb = keras.Input((None, n, n, embedding_channels(width)), name="embedding")
-    x = conv_gn_relu(emb, scaled_channels(HEAD_CHANNELS, width), 3, 1, 1, name="block1",
-                     upsample=True)
-    x = UpsampleConv3D(1, name="out_conv")(x)
-    # tanh and the output in float32 under mixed precision: it is the image itself.
-    x = keras.layers.Activation("tanh", dtype="float32", name="tanh")(x)
-    return keras.Model(emb, x, name=name)
+
+    def __init__(self, img_size: int = 256, width: float = 1.0, name: str = "g2"):
+        check_size(img_size)
+        n = embedding_side(img_size)
+        emb = keras.Input((None, n, n, embedding_channels(width)), name="embedding")
+        conv = UpsampleConv3D(scaled_channels(HEAD_CHANNELS, width), name="block1_conv")
+        norm = GroupNorm(groups=8, epsilon=1e-5, name="block1_gn")
+        out = UpsampleConv3D(1, name="out_conv")
+        x = keras.layers.ReLU(name="block1_relu")(norm(conv(emb)))
+        # tanh and the output in float32 under mixed precision: it is the image itself.
+        x = keras.layers.Activation("tanh", dtype="float32", name="tanh")(out(x))
+        super().__init__(emb, x, name=name)
+        # object.__setattr__: not tracked, so checkpoints keep the functional layout
+        object.__setattr__(self, "_slab_layers", (conv, norm, out))
+
+    def by_slabs(self, embedding, slab: int):
+        """G2 on the whole embedding, `slab` embedding slices at a time; equals
+        self(embedding)[..., 0] while memory grows with the slab, not the volume (the
+        one-shot G2 holds a (4N)^3 x 32-channel intermediate: 2 GiB per 256^3 volume).
+
+        Both convolutions up-sample and pad by one voxel, so each slab is computed with a
+        one-slice halo of embedding; G2's GroupNorm normalises over the whole volume, so it
+        runs in two passes: (1) per slab, the first conv, accumulating the GroupNorm sums
+        over the slab's own slices; (2) per slab, the same conv normalised with the
+        whole-volume statistics, ReLU, the output conv and tanh, keeping its own slices.
+
+        Args:
+          embedding: (batch, N, N, N, C).
+          slab: embedding slices per slab (>= 1; the last slab may be shorter).
+
+        Returns:
+          (batch, 4N, 4N, 4N) float32 volume in [-1, 1].
+        """
+        conv, norm, out = self._slab_layers
+        n = embedding.shape[1]
+        dtype = self.compute_dtype
+        embedding = tf.cast(embedding, dtype)
+        bounds = [(a, min(a + slab, n)) for a in range(0, n, slab)]
+
+        def first_conv(a, b):
+            lo, hi = max(a - 1, 0), min(b + 1, n)  # one embedding slice of halo each side
+            return conv(embedding[:, lo:hi]), a - lo
+
+        groups = norm.groups
+        total = tf.zeros([tf.shape(embedding)[0], groups], tf.float64)
+        total_sq = tf.zeros_like(total)
+        count = 0
+        for a, b in bounds:  # pass 1: whole-volume GroupNorm statistics
+            x, off = first_conv(a, b)
+            own = tf.cast(x[:, 2 * off: 2 * off + 2 * (b - a)], tf.float64)
+            grouped = tf.reshape(own, [tf.shape(own)[0], -1, groups, own.shape[-1] // groups])
+            total += tf.reduce_sum(grouped, axis=[1, 3])
+            total_sq += tf.reduce_sum(tf.square(grouped), axis=[1, 3])
+            count += (b - a) * 2 * own.shape[2] * own.shape[3] * (own.shape[-1] // groups)
+        mean = total / count
+        inv = tf.math.rsqrt(tf.maximum(total_sq / count - tf.square(mean), 0.0) + norm.epsilon)
+        m = tf.cast(mean, tf.float32)[:, None, None, None, :, None]
+        s = tf.cast(inv, tf.float32)[:, None, None, None, :, None]
+
+        outputs = []
+        for a, b in bounds:  # pass 2: normalise, finish G2, keep the slab's own slices
+            x, off = first_conv(a, b)
+            c = x.shape[-1]
+            xg = tf.reshape(tf.cast(x, tf.float32),
+                            tf.concat([tf.shape(x)[:4], [groups, c // groups]], 0))
+            x = tf.reshape((xg - m) * s, tf.shape(x))
+            x = x * tf.cast(norm.gamma, tf.float32) + tf.cast(norm.beta, tf.float32)
+            x = out(tf.nn.relu(tf.cast(x, dtype)))
+            outputs.append(tf.tanh(tf.cast(x[:, 4 * off: 4 * off + 4 * (b - a)], tf.float32)))
+        return tf.concat(outputs, axis=1)[..., 0]
+
+
+def build_head(img_size: int = 256, width: float = 1.0, name: str = "g2") -> Head:
+    """G2 (see Head)."""
+    return Head(img_size, width, name)

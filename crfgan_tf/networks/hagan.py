@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import keras
 
+from crfgan_tf.geometry import check_size
 from crfgan_tf.networks.generator import embedding_channels
-from crfgan_tf.networks.layers import (SNConv3D, check_size, conv3d, conv_gn_relu,
+from crfgan_tf.networks.layers import (SNConv3D, conv3d, conv_gn_relu,
                                       scaled_channels)
 
 
@@ -42,10 +43,7 @@ def build_low_discriminator(img_size: int = 256, width: float = 1.0,
       Model mapping (batch, S/4, S/4, S/4, 1) -> (batch, 1) float32 logits, or with
       num_classes > 0 -> [(batch, 1) logits, (batch, num_classes) class logits].
     """
-    check_size(img_size)
-    if img_size == 64:
-        raise ValueError("HA-GAN has no 64^3 variant in the reference (D^L would need 4^3 "
-                         "input after dropping two layers); use 128 or 256")
+    check_size(img_size, "hagan")  # at 64^3 D^L would need 4^3 input after dropping two layers
     n = img_size // 4
     channels = (32, 64, 128, 256)[{256: 0, 128: 1}[img_size]:]
     multiple = 1 if width == 1.0 else 4
@@ -71,9 +69,7 @@ def build_sub_encoder(img_size: int = 256, latent_dim: int = 1024, width: float 
     Returns:
       Model mapping (batch, S/4, S/4, S/4, C) -> (batch, latent_dim).
     """
-    check_size(img_size)
-    if img_size == 64:
-        raise ValueError("HA-GAN has no 64^3 variant in the reference; use 128 or 256")
+    check_size(img_size, "hagan")
     n = img_size // 4
     channels = (32, 64, 128, 256) if img_size == 256 else (64, 128, 256)
     emb = keras.Input((n, n, n, embedding_channels(width)), name="embedding")

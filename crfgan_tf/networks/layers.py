@@ -9,20 +9,12 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-SUPPORTED_SIZES = (64, 128, 256)
-
-
 def scaled_channels(channels: int, width: float, multiple: int = 8) -> int:
     """Channels of a layer at a width multiplier: round(channels * width) to a multiple of
     `multiple` (GroupNorm uses 8 groups), at least `multiple`. width=1 keeps `channels`."""
     if width == 1.0:
         return channels
     return max(multiple, int(round(channels * width / multiple)) * multiple)
-
-
-def check_size(img_size: int) -> None:
-    if img_size not in SUPPORTED_SIZES:
-        raise ValueError(f"img_size must be one of {SUPPORTED_SIZES}, got {img_size}")
 
 
 def native_padding(kernel_size, strides, padding, spatial=(None, None, None)):

@@ -1,4 +1,5 @@
-"""Benchmarks (not tests): conversion speed against the reference pipeline's approach.
+"""Benchmarks (not tests) of the pipeline around training: conversion speed against the
+reference pipeline's approach, input throughput, generation and feature memory.
 
 The reference (HA-GAN / CRF-GAN PyTorch code) preprocesses by loading the whole scan
 and calling `skimage.transform.resize(volume, (S, S, S))` on the full array, with
@@ -14,7 +15,9 @@ import time
 
 import numpy as np
 
-from crfgan_tf import phantom, preprocess
+from crfgan_tf import intensity
+from crfgan_tf.bench.runner import run_fresh
+from crfgan_tf.data import phantom, preprocess
 
 
 def reference_like(path: str, size: int) -> np.ndarray:
@@ -22,8 +25,7 @@ def reference_like(path: str, size: int) -> np.ndarray:
     from skimage.transform import resize  # optional: pip install -e '.[bench]'
 
     array, _, _, _ = preprocess.read_canonical(path)
-    hu = np.clip(array.astype(np.float32), -1024, 600)
-    unit = (hu + 1024) / 1624 * 2 - 1
+    unit = intensity.to_unit(array, intensity.CT_WINDOW)
     return resize(unit, (size, size, size), order=1, mode="constant", cval=-1,
                   anti_aliasing=True).astype(np.float32)
 
@@ -56,26 +58,7 @@ def convert_speed(in_plane: int = 512, num_slices: int = 300, size: int = 256,
     return row
 
 
-def _run_child(function: str, *args):
-    """Runs benchmark.<function>(*args) in a fresh Python process (so peak RSS is its own);
-    returns (its dict, None) or (None, why it failed: "out of memory" or the last error)."""
-    import json
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-c", "import json, sys; from crfgan_tf import benchmark; "
-         f"print(json.dumps(benchmark.{function}(*json.loads(sys.argv[1]))))", json.dumps(args)],
-        capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        oom = "bad_alloc" in proc.stderr or proc.returncode in (-9, 137)
-        return None, "out of memory" if oom else (lines[-1][:300] if lines else
-                                                  f"exit code {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1]), None
-
-
-def _child_generate(saved_model: str) -> dict:
+def child_generate(saved_model: str) -> dict:
     """In a fresh process: load the SavedModel, generate one volume, report peak RSS."""
     import resource
 
@@ -99,28 +82,24 @@ def generate_memory(img_size: int = 256, slabs=(8, 64), work_dir: str = None, lo
     size (weights do not change memory); each generation runs in a fresh process. A slab
     of img_size / 4 embedding slices is the whole embedding: one-shot G2.
     """
-    from crfgan_tf import config as config_lib
-    from crfgan_tf import export_lib
-    from crfgan_tf.model import CRFGAN
-
     import tensorflow as tf
+
+    from crfgan_tf import config as config_lib
+    from crfgan_tf import export_lib, rundir
+    from crfgan_tf.model import CRFGAN
 
     work = work_dir or tempfile.mkdtemp(prefix="crfgan_genmem_")
     run = os.path.join(work, "run")
-    os.makedirs(os.path.join(run, "checkpoints"), exist_ok=True)
-    cfg = config_lib.TrainConfig(model_dir=run, img_size=img_size)
-    with open(os.path.join(run, "config.json"), "w") as f:
-        f.write(cfg.to_json())
+    rundir.record_config(config_lib.TrainConfig(model_dir=run, img_size=img_size), None, {}, log)
     model = CRFGAN(img_size=img_size)
-    tf.train.Checkpoint(generator_trunk=model.trunk, generator_head=model.head).write(
-        os.path.join(run, "checkpoints", "ckpt-1"))
-    with open(os.path.join(run, "checkpoints", "checkpoint"), "w") as f:
-        f.write('model_checkpoint_path: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-1"\n')
+    checkpoint = tf.train.Checkpoint(**{rundir.TRUNK_KEY: model.trunk, rundir.HEAD_KEY: model.head})
+    tf.train.CheckpointManager(checkpoint, os.path.join(run, rundir.CHECKPOINT_DIR), 1).save(1)
     rows = []
     for slab in slabs:
         sm = os.path.join(work, f"export_slab{slab}")
         export_lib.export(run, sm, slab=slab, log=log)
-        row, reason = _run_child("_child_generate", sm)
+        child = run_fresh("crfgan_tf.bench.pipeline:child_generate", sm)
+        row, reason = child.value, child.failure
         if reason:
             log(f"generate {img_size}^3 slab {slab}: FAILED ({reason})")
             rows.append({"img_size": img_size, "slab": slab, "failed": reason})
@@ -132,14 +111,14 @@ def generate_memory(img_size: int = 256, slabs=(8, 64), work_dir: str = None, lo
     return rows
 
 
-def _child_features(img_size: int, batch_size: int, repeats: int) -> dict:
+def child_features(img_size: int, batch_size: int, repeats: int) -> dict:
     """In a fresh process: MedicalNet ResNet-50 features of random [-1, 1] volumes; peak RSS
     and seconds per volume (median of `repeats` batches after one warm-up batch)."""
     import resource
 
-    from crfgan_tf import evaluation
+    from crfgan_tf.evaluation import features
 
-    extractor = evaluation.load_extractor(None, allow_random=True)
+    extractor = features.load_extractor(None, allow_random=True)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     batch = np.random.default_rng(0).uniform(
         -1, 1, (batch_size, img_size, img_size, img_size)).astype(np.float32)
@@ -161,7 +140,8 @@ def feature_memory(img_sizes=(128, 256), batch_sizes=(1,), repeats: int = 2, log
     rows = []
     for size in img_sizes:
         for batch in batch_sizes:
-            result, reason = _run_child("_child_features", size, batch, repeats)
+            child = run_fresh("crfgan_tf.bench.pipeline:child_features", size, batch, repeats)
+            result, reason = child.value, child.failure
             row = {"img_size": size, "batch_size": batch}
             if reason:
                 row["failed"] = reason
@@ -178,9 +158,9 @@ def write_synthetic_records(directory: str, img_size: int = 256, num_records: in
                             num_shards: int = 4, seed: int = 0) -> str:
     """Training records of random int16 volumes (reading cost does not depend on content)
     with a manifest, as data_prep.convert writes them; returns their glob."""
-    import json
-
     import tensorflow as tf
+
+    from crfgan_tf.data import manifest, records
 
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -190,19 +170,16 @@ def write_synthetic_records(directory: str, img_size: int = 256, num_records: in
         path = os.path.join(directory, name)
         members = range(k, num_records, num_shards)
         with tf.io.TFRecordWriter(path) as writer:
-            for _ in members:
+            for i in members:
                 volume = rng.integers(-32767, 32767, (img_size,) * 3, dtype=np.int16)
-                feature = {
-                    "volume": tf.train.Feature(bytes_list=tf.train.BytesList(
-                        value=[volume.astype("<i2").tobytes()])),
-                    "shape": tf.train.Feature(int64_list=tf.train.Int64List(
-                        value=[img_size] * 3))}
-                writer.write(tf.train.Example(features=tf.train.Features(
-                    feature=feature)).SerializeToString())
+                writer.write(records.serialize_result(preprocess.ScanResult(
+                    case_id=f"synthetic{i}", source="", volume=volume, modality="ct",
+                    original_size=volume.shape, original_spacing=(1.0,) * 3,
+                    output_spacing=(1.0,) * 3, output_origin=(0.0,) * 3,
+                    window=intensity.CT_WINDOW)))
         shards[name] = {"num_records": len(members), "bytes": os.path.getsize(path),
                         "split": "train", "status": "complete"}
-    with open(os.path.join(directory, "manifest.json"), "w") as f:
-        json.dump({"settings": {"size": img_size}, "shards": shards}, f)
+    manifest.write(directory, {"settings": {"size": img_size}, "shards": shards})
     return os.path.join(directory, "train-*.tfrecord")
 
 
@@ -210,10 +187,10 @@ def input_throughput(pattern: str, img_size: int, batch_size: int = 2, batches: 
                      warmup: int = 3, latent_dim: int = 1024, start_step: int = 0) -> dict:
     """Batches/s of the training input stream alone (data.make_train_dataset), after
     `warmup` batches; also the seconds to the first batch (including a resume's skip)."""
-    from crfgan_tf import data
+    from crfgan_tf.data import pipeline
 
     t0 = time.time()
-    iterator = iter(data.make_train_dataset(pattern, img_size, batch_size, latent_dim,
+    iterator = iter(pipeline.make_train_dataset(pattern, img_size, batch_size, latent_dim,
                                             seed=0, start_step=start_step))
     next(iterator)
     first = time.time() - t0

@@ -12,7 +12,7 @@ directory):
                   such in eval.jsonl: for the run's own trend, not comparable elsewhere);
   hist_w1_hu      Wasserstein-1 distance of the intensity histograms (HU for CT);
   lung_fraction   lungs / body of the generated and the real volumes (CT), and their
-                  difference (crfgan_tf/physical.py);
+                  difference (crfgan_tf/evaluation/physical.py);
   profile_l1_hu   mean |difference| of the mean axial, coronal and sagittal intensity
                   profiles;
   ms_ssim         mean 3D MS-SSIM of disjoint pairs of generated volumes and of real
@@ -37,7 +37,10 @@ import numpy as np
 import tensorflow as tf
 
 from crfgan_tf import config as config_lib
-from crfgan_tf import data, evaluation, fileio, metrics, physical, rundir
+from crfgan_tf import fileio, intensity, rundir
+from crfgan_tf.data import records
+from crfgan_tf.evaluation import features as features_lib
+from crfgan_tf.evaluation import metrics, physical, sources
 
 DIVERSITY_ALARM = 0.5
 R_T_ALARM = 0.99  # the reference setup runs at 0.95-0.99 on the phantoms (docs/benchmarks.md)
@@ -54,14 +57,14 @@ def check_eval_records(config: config_lib.TrainConfig) -> str:
     """The evaluation record files, checked before training writes anything.
 
     Raises:
-      data.RecordsError: none match (names --eval_records or the default pattern).
+      records.RecordsError: none match (names --eval_records or the default pattern).
     """
     pattern = config.eval_records or default_eval_records(config.train_records)
     files = [f for part in pattern.split(",") for f in sorted(glob.glob(part))]
     if not files:
         which = "--eval_records" if config.eval_records else \
             "the val-* split beside --train_records (the default of --eval_records)"
-        raise data.RecordsError(
+        raise records.RecordsError(
             f"--eval_every needs evaluation records: nothing matches {pattern!r}, {which}; "
             "convert with --val_fraction > 0, or give --eval_records, or --eval_every=0")
     return ",".join(files)
@@ -71,8 +74,8 @@ class Evaluator:
     """Computes the real side once; `evaluate(model, step, r_t)` the rest.
 
     Raises (at construction):
-      data.RecordsError: no evaluation records (names --eval_records and the pattern).
-      evaluation.EvaluationError: unreadable --fid_weights.
+      records.RecordsError: no evaluation records (names --eval_records and the pattern).
+      sources.EvaluationError: unreadable --fid_weights.
     """
 
     def __init__(self, config: config_lib.TrainConfig, log: Callable[[str], None] = print):
@@ -80,7 +83,7 @@ class Evaluator:
         self.log = log
         self.pattern = check_eval_records(config)
         pattern = config.eval_records or default_eval_records(config.train_records)
-        self.extractor = evaluation.load_extractor(config.fid_weights or None,
+        self.extractor = features_lib.load_extractor(config.fid_weights or None,
                                                    allow_random=not config.fid_weights)
         self.cache_dir = os.path.join(config.model_dir, rundir.EVAL_CACHE_DIR)
         t0 = time.time()
@@ -91,23 +94,23 @@ class Evaluator:
 
     # ---- the real side, once ---------------------------------------------------------
     def _real_side(self) -> dict:
-        first = next(iter(data.read_volumes(self.pattern)))
+        first = next(iter(records.read_volumes(self.pattern)))
         self.window = tuple(first.window)
         self.modality = first.modality
         self.spacing = tuple(first.output_spacing)
-        source = evaluation.open_source(self.pattern)
-        features, shape, _ = evaluation.cached_features(
+        source = sources.open_source(self.pattern)
+        features, shape, _ = features_lib.cached_features(
             source, self.extractor, self.cache_dir, 1, "eval records", log=lambda m: None)
         if shape != (self.config.img_size,) * 3:
-            raise data.RecordsError(f"evaluation records {self.pattern} hold {shape} volumes, "
+            raise records.RecordsError(f"evaluation records {self.pattern} hold {shape} volumes, "
                                     f"--img_size={self.config.img_size}")
         stats = _VolumeStats(self.window, self.modality)
-        for r in data.read_volumes(self.pattern):
+        for r in records.read_volumes(self.pattern):
             stats.add(r.volume, r.output_spacing)
         out = stats.finish()
         out.update(features=features, count=int(features.shape[0]))
         if out["count"] < 2:
-            raise data.RecordsError(f"evaluation needs at least 2 records, {self.pattern} has "
+            raise records.RecordsError(f"evaluation needs at least 2 records, {self.pattern} has "
                                     f"{out['count']}")
         return out
 
@@ -121,13 +124,11 @@ class Evaluator:
         return z, labels
 
     def generate(self, model):
-        from crfgan_tf.export_lib import head_by_slabs
-
         z, labels = self.latents()
         for i in range(self.config.eval_samples):
             label = None if labels is None else tf.constant([labels[i]])
             embedding = model.embed(z[i:i + 1], label, training=False)
-            yield head_by_slabs(model.head, embedding, 8)[0].numpy().astype(np.float32)
+            yield model.head.by_slabs(embedding, 8)[0].numpy().astype(np.float32)
 
     def evaluate(self, model, step: int, r_t: Optional[float] = None) -> dict:
         t0 = time.time()
@@ -185,9 +186,7 @@ class _VolumeStats:
         self.lungs, self.pairs, self.pending, self.n = [], [], None, 0
 
     def add(self, volume, spacing):
-        from crfgan_tf import sample_lib
-
-        hu = sample_lib.to_intensity(volume, self.window).astype(np.float32)
+        hu = intensity.from_unit(volume, self.window).astype(np.float32)
         self.histogram += np.histogram(hu, self.edges)[0]
         profiles = [hu.mean(axis=tuple(a for a in range(3) if a != k)) for k in range(3)]
         self.profiles = profiles if self.profiles is None else \

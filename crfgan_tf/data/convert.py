@@ -1,6 +1,6 @@
 """Offline conversion of LUNA16 / GSP / generic scan archives into sharded TFRecords.
 
-`run_conversion(config)` is the whole job; `data_prep/convert.py` only parses flags.
+`run_conversion(config)` is the whole job; `crfgan_tf/cli/convert.py` parses the flags.
 
 Guarantees:
 - Deterministic split: cases are ordered by sha256(seed, case id) and the first
@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import multiprocessing
 import os
 import sys
 import time
 from typing import Callable, Dict, List, Optional
 
-from crfgan_tf import fileio, labels as labels_lib, preprocess
+from crfgan_tf import fileio, intensity
+from crfgan_tf.data import labels as labels_lib
+from crfgan_tf.data import manifest as manifest_lib
+from crfgan_tf.data import preprocess
+from crfgan_tf.progress import Progress
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "crfgan-tf-volumes/1"
 LIBRARY_SIZES = (16, 32, 64, 128, 256, 512)
 DATASETS = ("luna16", "gsp", "generic")
 SUFFIXES = {"luna16": (".mhd", ".mha"), "gsp": (".nii", ".nii.gz"),
@@ -35,7 +36,7 @@ SUFFIXES = {"luna16": (".mhd", ".mha"), "gsp": (".nii", ".nii.gz"),
 
 @dataclasses.dataclass(frozen=True)
 class ConvertConfig:
-    """Settings of one conversion (see data_prep/convert.py for the flags)."""
+    """Settings of one conversion (crfgan_tf/cli/convert.py holds the flags)."""
 
     dataset: str
     input_dir: str
@@ -156,10 +157,6 @@ def plan_shards(cases: Dict[str, str], split: Dict[str, str], config: ConvertCon
     return shards
 
 
-def atomic_write_json(path: str, data: dict) -> None:
-    fileio.atomic_write(path, json.dumps(data, indent=2, sort_keys=True))
-
-
 def _init_worker(threads: int) -> None:
     import SimpleITK as sitk
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
@@ -172,7 +169,7 @@ def _process(task):
     try:
         result = preprocess.process_scan(path, options)
         result.case_id = case_id
-        result.volume = preprocess.quantize(result.volume)  # half the bytes to ship back
+        result.volume = intensity.quantize(result.volume)  # half the bytes to ship back
         return case_id, "ok", result, time.time() - start
     except preprocess.ScanError as err:
         return case_id, "failed", str(err), time.time() - start
@@ -191,12 +188,50 @@ def run_conversion(config: ConvertConfig, log: Callable[[str], None] = _log) -> 
       ValueError: invalid settings, no scans found, or an output directory holding a
         conversion with other settings (unless `overwrite`).
     """
-    import tensorflow as tf  # deferred: workers must not pay for it
-
-    from crfgan_tf import data as records
-
     config.validate()
     start = time.time()
+    cases, failures = _discover_cases(config)
+    table = _apply_labels(config, cases, log) if config.labels_csv else None
+    split = split_cases(list(cases), config.val_fraction, config.seed)
+    shards = plan_shards(cases, split, config)
+    fileio.ensure_output_dir(config.output_dir, "--output_dir")
+    manifest = _resume_manifest(config, {s.name for s in shards})
+    todo = [s for s in shards if not _shard_done(config, manifest, s)]
+    done_cases = sum(len(s.cases) for s in shards) - sum(len(s.cases) for s in todo)
+    log(f"convert: {len(cases)} scans found ({config.dataset}, {config.resolved_modality}) -> "
+        f"{len(shards)} shards of size {config.size}^3 in {config.output_dir}; "
+        f"{done_cases} already converted, {sum(len(s.cases) for s in todo)} to do, "
+        f"{config.workers} workers")
+
+    def save():
+        manifest_lib.finish(manifest, failures, cases, table.num_classes if table else 0,
+                            table.names if table else ())
+        manifest_lib.write(config.output_dir, manifest)
+
+    progress = Progress(len(cases), log, "convert:", "scans", start=done_cases)
+    stream = _results(config, [(cid, path, config.preprocess_options())
+                               for shard in todo for cid, path in shard.cases])
+    for shard in todo:
+        _write_shard(config, shard, stream, manifest, table, progress)
+        save()
+    stream.close()
+    save()
+    processed = progress.done - done_cases
+    summary = dict(manifest["counts"])
+    summary.update(seconds=round(time.time() - start, 2), processed=processed,
+                   scans_per_sec=round(progress.rate(progress.done), 4),
+                   output_dir=config.output_dir, failures=manifest["failures"])
+    log(f"convert: done in {summary['seconds']:.1f} s: {summary['train']} train, "
+        f"{summary['val']} val, {summary['failed']} failed "
+        f"({processed} processed now, {summary['scans_per_sec']:.3f} scans/s)")
+    for failure in manifest["failures"]:
+        log(f"  FAILED {failure['case_id']} ({failure['source']}): {failure['reason']}")
+    return summary
+
+
+def _discover_cases(config: ConvertConfig):
+    """({case id: path}, {key: failure}) of the archive; a second file with a case id
+    already seen is a failure (named), not a case."""
     paths = discover_scans(config.input_dir, config.dataset)
     if not paths:
         raise ValueError(f"no {'/'.join(SUFFIXES[config.dataset])} scans under "
@@ -210,126 +245,99 @@ def run_conversion(config: ConvertConfig, log: Callable[[str], None] = _log) -> 
                                         "reason": f"duplicate case id (also {cases[cid]})"}
             continue
         cases[cid] = path
-    table = _apply_labels(config, cases, log) if config.labels_csv else None
-    split = split_cases(list(cases), config.val_fraction, config.seed)
-    shards = plan_shards(cases, split, config)
+    return cases, failures
 
-    fileio.ensure_output_dir(config.output_dir, "--output_dir")
-    manifest_path = os.path.join(config.output_dir, MANIFEST)
-    manifest = {"format": MANIFEST_FORMAT, "settings": config.settings(), "shards": {},
-                "cases": {}}
-    if os.path.exists(manifest_path):
-        with open(manifest_path) as f:
-            old = json.load(f)
-        if old.get("settings") != config.settings():
-            if not config.overwrite:
-                diff = {k: (old.get("settings", {}).get(k), v) for k, v in config.settings().items()
-                        if old.get("settings", {}).get(k) != v}
-                raise ValueError(
-                    f"--output_dir {config.output_dir!r} holds a conversion with other settings "
-                    f"(old, new): {diff}; use another --output_dir or pass --overwrite")
-            for name in old.get("shards", {}):
-                _remove(os.path.join(config.output_dir, name))
-        else:
-            manifest["shards"] = old.get("shards", {})
-            manifest["cases"] = old.get("cases", {})
+
+def _resume_manifest(config: ConvertConfig, planned: set) -> dict:
+    """The manifest this run continues: the existing one when its settings are these
+    (its stale shards removed), else a new one (an old conversion with other settings is
+    refused, or removed with --overwrite). Temporaries of a killed run are removed."""
+    manifest = {"format": manifest_lib.MANIFEST_FORMAT, "settings": config.settings(),
+                "shards": {}, "cases": {}}
+    old = manifest_lib.read(config.output_dir)
+    if old and old.get("settings") != config.settings():
+        if not config.overwrite:
+            diff = {k: (old.get("settings", {}).get(k), v) for k, v in config.settings().items()
+                    if old.get("settings", {}).get(k) != v}
+            raise ValueError(
+                f"--output_dir {config.output_dir!r} holds a conversion with other settings "
+                f"(old, new): {diff}; use another --output_dir or pass --overwrite")
+        for name in old.get("shards", {}):
+            _remove(os.path.join(config.output_dir, name))
+    elif old:
+        manifest["shards"] = old.get("shards", {})
+        manifest["cases"] = old.get("cases", {})
     for name in os.listdir(config.output_dir):  # temporaries of a killed run
         if ".tmp-" in name:
             _remove(os.path.join(config.output_dir, name))
-
-    planned = {s.name for s in shards}
     for name in list(manifest["shards"]):
         if name not in planned:  # the case set changed: this shard is stale
             _remove(os.path.join(config.output_dir, name))
             del manifest["shards"][name]
+    return manifest
 
-    todo = []
-    for shard in shards:
-        entry = manifest["shards"].get(shard.name)
-        path = os.path.join(config.output_dir, shard.name)
-        if (entry and entry.get("status") == "complete"
+
+def _shard_done(config: ConvertConfig, manifest: dict, shard: Shard) -> bool:
+    """Whether a complete shard with exactly these cases is already on disk."""
+    entry = manifest["shards"].get(shard.name)
+    path = os.path.join(config.output_dir, shard.name)
+    return bool(entry and entry.get("status") == "complete"
                 and entry.get("cases") == [c for c, _ in shard.cases]
-                and os.path.exists(path) and os.path.getsize(path) == entry.get("bytes")):
-            continue
-        todo.append(shard)
-    done_cases = sum(len(s.cases) for s in shards) - sum(len(s.cases) for s in todo)
-    total_todo = sum(len(s.cases) for s in todo)
-    log(f"convert: {len(cases)} scans found ({config.dataset}, {config.resolved_modality}) -> "
-        f"{len(shards)} shards of size {config.size}^3 in {config.output_dir}; "
-        f"{done_cases} already converted, {total_todo} to do, {config.workers} workers")
+                and os.path.exists(path) and os.path.getsize(path) == entry.get("bytes"))
 
-    options = config.preprocess_options()
-    tasks = [(cid, path, options) for shard in todo for cid, path in shard.cases]
-    writer_options = tf.io.TFRecordOptions(
-        compression_type="GZIP" if config.compression == "gzip" else "")
 
-    def results():
-        if config.workers == 1 or len(tasks) <= 1:
-            _init_worker(os.cpu_count() or 1)
-            for task in tasks:
-                yield _process(task)
-            return
-        threads = max(1, (os.cpu_count() or 1) // config.workers)
-        ctx = multiprocessing.get_context("spawn")  # no forked TensorFlow state
-        with ctx.Pool(config.workers, initializer=_init_worker, initargs=(threads,)) as pool:
-            yield from pool.imap(_process, tasks, chunksize=1)
+def _results(config: ConvertConfig, tasks: list):
+    """_process of every task, in task order: in this process, or in `workers` spawned
+    processes (no forked TensorFlow state)."""
+    if config.workers == 1 or len(tasks) <= 1:
+        _init_worker(os.cpu_count() or 1)
+        for task in tasks:
+            yield _process(task)
+        return
+    threads = max(1, (os.cpu_count() or 1) // config.workers)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(config.workers, initializer=_init_worker, initargs=(threads,)) as pool:
+        yield from pool.imap(_process, tasks, chunksize=1)
 
-    stream = results()
-    processed = 0
-    t0 = time.time()
-    for shard in todo:
-        final = os.path.join(config.output_dir, shard.name)
-        tmp = os.path.join(config.output_dir, f".{shard.name}.tmp-{os.getpid()}")
-        shard_failures = 0
-        with tf.io.TFRecordWriter(tmp, writer_options) as writer:
-            for cid, path in shard.cases:
-                got_id, status, payload, seconds = next(stream)
-                assert got_id == cid, (got_id, cid)  # imap keeps task order
-                processed += 1
-                rate = processed / max(time.time() - t0, 1e-9)
-                eta = (total_todo - processed) / rate if rate > 0 else 0.0
-                if status == "ok":
-                    if table is not None:
-                        payload.label = table.labels[cid]
-                    writer.write(records.serialize_result(payload))
-                    manifest["cases"][cid] = {
-                        "split": shard.split, "shard": shard.name, "status": "ok",
-                        "source": path, "corrections": payload.corrections(),
-                        "original_size": list(payload.original_size),
-                        "original_spacing": list(payload.original_spacing),
-                        "output_spacing": list(payload.output_spacing)}
-                    if table is not None:
-                        manifest["cases"][cid]["label"] = table.labels[cid]
-                    log(f"[{done_cases + processed}/{len(cases)}] {cid}: ok ({seconds:.1f} s) | "
-                        f"{rate:.2f} scans/s | ETA {eta:.0f} s")
-                else:
-                    shard_failures += 1
-                    manifest["cases"][cid] = {"split": shard.split, "shard": shard.name,
-                                              "status": "failed", "source": path,
-                                              "reason": payload}
-                    log(f"[{done_cases + processed}/{len(cases)}] {cid}: FAILED {path}: {payload}")
-        os.replace(tmp, final)
-        manifest["shards"][shard.name] = {
-            "split": shard.split, "cases": [c for c, _ in shard.cases],
-            "num_records": len(shard.cases) - shard_failures,
-            "status": "complete" if shard_failures == 0 else "has_failures",
-            "bytes": os.path.getsize(final)}
-        _finish_manifest(manifest, failures, cases, table)
-        atomic_write_json(manifest_path, manifest)
-    stream.close()
 
-    _finish_manifest(manifest, failures, cases, table)
-    atomic_write_json(manifest_path, manifest)
-    summary = dict(manifest["counts"])
-    summary.update(seconds=round(time.time() - start, 2), processed=processed,
-                   scans_per_sec=round(processed / max(time.time() - t0, 1e-9), 4),
-                   output_dir=config.output_dir, failures=manifest["failures"])
-    log(f"convert: done in {summary['seconds']:.1f} s: {summary['train']} train, "
-        f"{summary['val']} val, {summary['failed']} failed "
-        f"({processed} processed now, {summary['scans_per_sec']:.3f} scans/s)")
-    for failure in manifest["failures"]:
-        log(f"  FAILED {failure['case_id']} ({failure['source']}): {failure['reason']}")
-    return summary
+def _write_shard(config: ConvertConfig, shard: Shard, stream, manifest: dict,
+                 table: Optional[labels_lib.LabelTable], progress: Progress) -> None:
+    """Writes one shard from the next results of `stream` to a temporary file, renames it
+    into place and enters it and its cases in `manifest`."""
+    import tensorflow as tf  # deferred: workers must not pay for it
+
+    from crfgan_tf.data import records
+
+    final = os.path.join(config.output_dir, shard.name)
+    tmp = os.path.join(config.output_dir, f".{shard.name}.tmp-{os.getpid()}")
+    options = tf.io.TFRecordOptions(compression_type="GZIP" if config.compression == "gzip" else "")
+    shard_failures = 0
+    with tf.io.TFRecordWriter(tmp, options) as writer:
+        for cid, path in shard.cases:
+            got_id, status, payload, seconds = next(stream)
+            assert got_id == cid, (got_id, cid)  # imap keeps task order
+            progress.done += 1
+            entry = {"split": shard.split, "shard": shard.name, "status": status, "source": path}
+            if status == "ok":
+                if table is not None:
+                    payload.label = entry["label"] = table.labels[cid]
+                writer.write(records.serialize_result(payload))
+                entry.update(corrections=payload.corrections(),
+                             original_size=list(payload.original_size),
+                             original_spacing=list(payload.original_spacing),
+                             output_spacing=list(payload.output_spacing))
+                progress.report(progress.done, f"{cid}: ok ({seconds:.1f} s)")
+            else:
+                shard_failures += 1
+                entry["reason"] = payload
+                progress.report(progress.done, f"{cid}: FAILED {path}: {payload}")
+            manifest["cases"][cid] = entry
+    os.replace(tmp, final)
+    manifest["shards"][shard.name] = {
+        "split": shard.split, "cases": [c for c, _ in shard.cases],
+        "num_records": len(shard.cases) - shard_failures,
+        "status": "complete" if shard_failures == 0 else "has_failures",
+        "bytes": os.path.getsize(final)}
 
 
 def _apply_labels(config: ConvertConfig, cases: Dict[str, str], log) -> labels_lib.LabelTable:
@@ -356,39 +364,8 @@ def _apply_labels(config: ConvertConfig, cases: Dict[str, str], log) -> labels_l
     return table
 
 
-def _finish_manifest(manifest: dict, failures: dict, cases: dict,
-                     table: Optional[labels_lib.LabelTable] = None) -> None:
-    """Counts and the failure list, from the per-case entries of cases still present (and
-    the class counts per split, for labelled records)."""
-    manifest["cases"] = {c: e for c, e in manifest["cases"].items() if c in cases}
-    ok = [e for e in manifest["cases"].values() if e["status"] == "ok"]
-    failed = [{"case_id": c, "source": e["source"], "reason": e["reason"]}
-              for c, e in sorted(manifest["cases"].items()) if e["status"] == "failed"]
-    failed += list(failures.values())
-    manifest["failures"] = failed
-    manifest["counts"] = {"train": sum(e["split"] == "train" for e in ok),
-                          "val": sum(e["split"] == "val" for e in ok), "failed": len(failed)}
-    if table is not None:
-        counts = {split: [0] * table.num_classes for split in ("train", "val")}
-        for e in ok:
-            counts[e["split"]][e["label"]] += 1
-        manifest["classes"] = {"num_classes": table.num_classes, "names": list(table.names),
-                               "counts": counts}
-    manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-
-
 def _remove(path: str) -> None:
     try:
         os.remove(path)
     except FileNotFoundError:
         pass
-
-
-def records_in(output_dir: str, split: str) -> Optional[int]:
-    """Number of records of a split according to the manifest, or None without one."""
-    path = os.path.join(output_dir, MANIFEST)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        manifest = json.load(f)
-    return sum(s["num_records"] for s in manifest["shards"].values() if s["split"] == split)

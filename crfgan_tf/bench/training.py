@@ -1,21 +1,19 @@
 """Speed and peak memory of full training iterations (all four phases), per configuration.
 
-Each configuration runs in its own fresh process (`python -m crfgan_tf.profiling`), so that
-one configuration's allocations do not inflate the next one's peak. Synthetic data: the
+Each configuration runs in its own fresh process (crfgan_tf.bench.runner), so that one
+configuration's allocations do not inflate the next one's peak. Synthetic data: the
 input pipeline is not what is measured.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 
-import crfgan_tf
+from crfgan_tf import runtime
+from crfgan_tf.bench.runner import run_fresh
 
 
 @dataclasses.dataclass
@@ -29,18 +27,21 @@ class ProfileRequest:
     width: float = 1.0
     latent_dim: int = 1024
     jit_compile: bool = False
-    lean_cpu_memory: bool = False  # crfgan_tf.lean_cpu_memory() in the child
+    lean_cpu_memory: bool = False  # runtime.lean_cpu_memory() in the child
     crf_sample: str = "fresh"  # TrainConfig.crf_sample (CRF-GAN)
     adam: str = "pytorch"  # TrainConfig.adam
 
 
-def _measure(req: ProfileRequest) -> dict:
-    """Runs in the child process: warm-up, then timed iterations."""
+def measure(request: dict) -> dict:
+    """Runs in the child process (a ProfileRequest as a dict): warm-up, then timed
+    iterations."""
     import tensorflow as tf
 
     from crfgan_tf import config as config_lib
     from crfgan_tf import params, train_lib
+    from crfgan_tf.data import pipeline
 
+    req = ProfileRequest(**request)
     train_lib.set_precision(req.precision)
     cfg = config_lib.TrainConfig(model_dir="/nonexistent", model=req.model,
                                  img_size=req.img_size, batch_size=req.batch_size,
@@ -49,11 +50,7 @@ def _measure(req: ProfileRequest) -> dict:
                                  adam=req.adam)
     model = train_lib.build_model(cfg)
     s, b = req.img_size, req.batch_size
-    g = tf.random.Generator.from_seed(0)
-    batch = {"volume": g.uniform((b, s, s, s, 1), -1, 1),
-             "position": tf.constant([4 * (i % (7 * s // 32 + 1)) for i in range(b)], tf.int32),
-             **{k: g.normal((b, req.latent_dim)) for k in ("z_d", "z_g", "z_c")}}
-    batch["crop"] = batch["volume"][:, : s // 8]
+    batch = pipeline.synthetic_batch(s, b, req.latent_dim)
     step = tf.function(model.train_step, jit_compile=req.jit_compile or None)
     gpu = bool(tf.config.list_physical_devices("GPU"))
     for _ in range(req.warmup):
@@ -82,25 +79,18 @@ def _measure(req: ProfileRequest) -> dict:
 def profile(req: ProfileRequest, timeout: float = 3600) -> dict:
     """Measures one configuration in a fresh process; out-of-memory becomes a row with
     `"oom": true` (the paper's "-") instead of an exception."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-               CRFGAN_LEAN_CPU_MEMORY="1" if req.lean_cpu_memory else "0")
-    if not req.lean_cpu_memory and crfgan_tf.lean_cpu_memory_requested():
-        env.pop("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", None)  # set by this process's own lean mode
-    proc = subprocess.run([sys.executable, "-m", "crfgan_tf.profiling",
-                           json.dumps(dataclasses.asdict(req))],
-                          capture_output=True, text=True, env=env, timeout=timeout)
+    env = {"CRFGAN_LEAN_CPU_MEMORY": "1" if req.lean_cpu_memory else "0"}
+    if not req.lean_cpu_memory and runtime.lean_cpu_memory_requested():
+        env["TF_ONEDNN_USE_SYSTEM_ALLOCATOR"] = None  # set by this process's own lean mode
+    child = run_fresh("crfgan_tf.bench.training:measure", dataclasses.asdict(req), env=env,
+                      timeout=timeout)
+    if child.value is not None:
+        return child.value
     row = {"model": req.model, "img_size": req.img_size, "batch_size": req.batch_size,
            "precision": req.precision}
-    if proc.returncode == 0:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    text = proc.stderr
-    if "ResourceExhausted" in text or "OOM" in text or proc.returncode in (-9, 137):
+    if child.oom:
         return dict(row, oom=True, peak_bytes=None, iters_per_sec=None)
-    raise RuntimeError(f"profiling {row} failed:\n{text[-3000:]}")
-
-
-if __name__ == "__main__":
-    print(json.dumps(_measure(ProfileRequest(**json.loads(sys.argv[1])))))
+    raise RuntimeError(f"profiling {row} failed:\n{child.stderr}")
 
 
 def comparison(rows: list) -> list:

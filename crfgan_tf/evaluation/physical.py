@@ -1,7 +1,7 @@
 """Physical statistics of chest-CT volumes that need no network: the body, the lungs and
 the dense structures inside the lungs (vessels, nodules), from HU thresholds alone; and
 the per-class comparison of a conditional model's samples with the real volumes of each
-class (tools/class_contrast.py).
+class (crfgan_tf/cli/class_contrast.py).
 
 Definitions (canonical (z, y, x) volumes in HU):
 - body: voxels above AIR_HU (-500) with the holes of each axial slice filled;
@@ -70,7 +70,8 @@ def class_contrast(saved_model: str, records: str, num_samples: int = 32, seed: 
       {"classes": [...names], "real": {k: {stat: summary}}, "generated": {k: ...},
        "paired": {k: {stat: summary of (class k - class 0) over the same z}}}
     """
-    from crfgan_tf import data, sample_lib
+    from crfgan_tf import intensity, sample_lib
+    from crfgan_tf.data.records import read_volumes
 
     module, meta = sample_lib.load(saved_model)
     names = sample_lib.class_names(meta)
@@ -82,17 +83,17 @@ def class_contrast(saved_model: str, records: str, num_samples: int = 32, seed: 
     out = {"classes": names, "real": {}, "generated": {}, "paired": {}, "num_samples": num_samples,
            "seed": seed, "saved_model": saved_model, "records": records}
     real: Dict[int, list] = {}
-    for r in data.read_volumes(records):
+    for r in read_volumes(records):
         if r.label is not None:
             real.setdefault(r.label, []).append(lung_statistics(
-                sample_lib.to_intensity(r.volume, window), r.output_spacing))
+                intensity.from_unit(r.volume, window), r.output_spacing))
     per_class = {}
     for k in range(len(names)):
         stats = []
         for i in range(num_samples):
             z = sample_lib.latents(seed, i, 1, latent_dim)
             volume = sample_lib.generate(module, z, [k])[0]
-            stats.append(lung_statistics(sample_lib.to_intensity(volume, window), spacing))
+            stats.append(lung_statistics(intensity.from_unit(volume, window), spacing))
         per_class[k] = stats
         log(f"class_contrast: class {k} ({names[k]}): {num_samples} samples")
     for k in range(len(names)):

@@ -3,7 +3,7 @@
 Each transform is a named, separately tested function. `process_scan` chains them:
 
 CT:  read -> canonical orientation (LPS) -> HU calibration -> air density correction
-     -> window [-1024, 600] HU to [-1, 1] -> trim blank end slices -> resize to size^3.
+     -> CT window (intensity.CT_WINDOW) to [-1, 1] -> trim blank end slices -> resize to size^3.
 MRI: read -> canonical orientation -> robust percentile window -> trim -> resize.
 
 Arrays are (z, y, x) in the canonical orientation: axis 0 inferior -> superior, axis 1
@@ -24,8 +24,10 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-HU_FLOOR = -1024.0
-HU_CEIL = 600.0
+from crfgan_tf import intensity
+from crfgan_tf.data.scan_files import metaimage_data_problem, nifti_nonfinite_count
+
+HU_FLOOR = intensity.CT_WINDOW[0]  # padding and air at or below it are one floor class
 AIR_HU = -1000.0
 
 SCAN_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz")
@@ -122,89 +124,6 @@ def read_canonical(path: str) -> Tuple[np.ndarray, Tuple[float, float, float],
     return array, spacing, tuple(float(v) for v in image.GetOrigin()), orientation
 
 
-_MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
-              "MET_UINT": 4, "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8,
-              "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
-
-
-def metaimage_data_problem(path: str) -> Optional[str]:
-    """Why the data file of a MetaImage header cannot hold its image (missing, or shorter
-    than DimSize x ElementType says), or None when its size is right or cannot be judged
-    (compressed, inline, an unknown type)."""
-    header = {}
-    try:
-        with open(path, errors="replace") as f:
-            for line in f:
-                if "=" in line:
-                    key, value = line.split("=", 1)
-                    header[key.strip()] = value.strip()
-    except OSError:
-        return None
-    name = header.get("ElementDataFile", "")
-    size = _MET_BYTES.get(header.get("ElementType", ""))
-    if (not name or name.upper() in ("LOCAL", "LIST") or size is None
-            or header.get("CompressedData", "False").lower() == "true"):
-        return None
-    try:
-        dims = [int(v) for v in header.get("DimSize", "").split()]
-        channels = int(header.get("ElementNumberOfChannels", "1"))
-    except ValueError:
-        return None
-    data = os.path.join(os.path.dirname(path), name)
-    expected = int(np.prod(dims)) * size * channels
-    if not os.path.exists(data):
-        return f"its data file {data} is missing"
-    actual = os.path.getsize(data)
-    if actual < expected:
-        return (f"its data file {data} is truncated: {actual} bytes, expected {expected} "
-                f"(DimSize {' x '.join(map(str, dims))} of {header['ElementType']})")
-    return None
-
-
-# NIfTI-1/2 datatype codes of floating-point voxels -> numpy dtype
-_NIFTI_FLOATS = {16: "f4", 64: "f8", 1536: "f16"}
-
-
-def nifti_nonfinite_count(path: str, chunk_bytes: int = 1 << 24) -> int:
-    """Non-finite (NaN, inf) voxels in a NIfTI file's stored float data, read from the file
-    itself (ITK's reader silently turns them into 0). 0 for integer data."""
-    import gzip
-    import struct
-
-    opener = gzip.open if path.lower().endswith(".gz") else open
-    with opener(path, "rb") as f:
-        head = f.read(540)
-        for endian in "<>":
-            sizeof_hdr = struct.unpack(endian + "i", head[:4])[0]
-            if sizeof_hdr in (348, 540):
-                break
-        else:
-            return 0  # not NIfTI as we know it: ITK read it; nothing more to check
-        if sizeof_hdr == 348:
-            dims = struct.unpack(endian + "8h", head[40:56])
-            datatype = struct.unpack(endian + "h", head[70:72])[0]
-            offset = int(struct.unpack(endian + "f", head[108:112])[0])
-        else:
-            datatype = struct.unpack(endian + "h", head[12:14])[0]
-            dims = struct.unpack(endian + "8q", head[16:80])
-            offset = struct.unpack(endian + "q", head[168:176])[0]
-        kind = _NIFTI_FLOATS.get(datatype)
-        if kind is None or kind == "f16":
-            return 0
-        dtype = np.dtype(endian + kind)
-        count = int(np.prod([max(1, d) for d in dims[1:1 + max(1, dims[0])]]))
-        f.seek(offset)  # gzip files seek forward by decompressing
-        bad, left = 0, count
-        step = max(1, chunk_bytes // dtype.itemsize)
-        while left > 0:
-            values = np.frombuffer(f.read(min(step, left) * dtype.itemsize), dtype)
-            if values.size == 0:
-                break
-            bad += int(values.size - np.count_nonzero(np.isfinite(values)))
-            left -= values.size
-    return bad
-
-
 def calibrate_hu(array: np.ndarray) -> Tuple[np.ndarray, np.ndarray, float]:
     """Puts stored values on the HU scale and marks the voxels at the window floor.
 
@@ -290,17 +209,6 @@ def correct_air(hu: np.ndarray, padding: np.ndarray, air_estimate: Optional[floa
     return hu, float(shift)
 
 
-def quantize(volume: np.ndarray) -> np.ndarray:
-    """float32 [-1, 1] -> int16 (value * 32767), the storage form of a volume."""
-    return np.round(np.clip(volume, -1.0, 1.0) * 32767.0).astype(np.int16)
-
-
-def window_to_unit(values: np.ndarray, low: float = HU_FLOOR, high: float = HU_CEIL) -> np.ndarray:
-    """Clips to [low, high] and maps linearly to [-1, 1] (float32)."""
-    out = np.clip(values.astype(np.float32, copy=False), low, high)
-    return ((out - low) * (2.0 / (high - low)) - 1.0).astype(np.float32)
-
-
 def mri_window(array: np.ndarray, high_percentile: float = 99.5) -> Tuple[np.ndarray, Tuple[float, float]]:
     """Robust MRI intensity window: background 0 -> -1, the bright tail -> 1.
 
@@ -317,7 +225,7 @@ def mri_window(array: np.ndarray, high_percentile: float = 99.5) -> Tuple[np.nda
     high = float(np.percentile(foreground, high_percentile))
     if high <= 0:
         raise ScanError("MRI window is empty")
-    return window_to_unit(values, 0.0, high), (0.0, high)
+    return intensity.to_unit(values, (0.0, high)), (0.0, high)
 
 
 def trim_blank_slices(unit: np.ndarray, floor: float = -1.0) -> Tuple[np.ndarray, Tuple[int, int]]:
@@ -385,7 +293,7 @@ class PreprocessOptions:
 
     size: int = 256
     modality: str = "ct"  # "ct" or "mri"
-    hu_window: Tuple[float, float] = (HU_FLOOR, HU_CEIL)
+    hu_window: Tuple[float, float] = intensity.CT_WINDOW
     air_correction: bool = True
     max_air_shift: float = 100.0
     mri_percentile: float = 99.5
@@ -406,7 +314,7 @@ def process_scan(path: str, options: PreprocessOptions) -> ScanResult:
         del array
         air = estimate_outside_air(hu, padding) if options.air_correction else None
         hu, air_shift = correct_air(hu, padding, air, options.max_air_shift)
-        unit = window_to_unit(hu, *options.hu_window)
+        unit = intensity.to_unit(hu, options.hu_window)
         window = tuple(float(v) for v in options.hu_window)
         extra = dict(intercept_shift=intercept_shift, padding_voxels=int(padding.sum()),
                      air_estimate=air, air_shift=air_shift)

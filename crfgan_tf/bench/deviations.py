@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from crfgan_tf import config as config_lib
+from crfgan_tf import geometry
 
 # option -> the value that departs from the reference, per model
 OPTIONS = {"crfgan": {"adam": "keras", "crf_sample": "reuse", "crf_nodes": "slices",
@@ -35,8 +36,8 @@ def reference_config(model: str, img_size: int, **overrides) -> config_lib.Train
 def _batch(img_size: int, latent_dim: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     vol = rng.uniform(-1, 1, (2, img_size, img_size, img_size, 1)).astype("float32")
-    r = 4 * int(rng.integers(0, 7 * img_size // 32 + 1))
-    batch = {"volume": vol, "crop": vol[:, r:r + img_size // 8],
+    r = geometry.position(int(rng.integers(0, geometry.num_positions(img_size))))
+    batch = {"volume": vol, "crop": vol[:, r:r + geometry.crop_depth(img_size)],
              "position": np.array([r, r], np.int32)}
     batch.update({k: rng.standard_normal((2, latent_dim)).astype("float32")
                   for k in ("z_d", "z_g", "z_c")})

@@ -1,0 +1,35 @@
+"""Peak CPU memory and seconds per volume of the FID feature extractor (MedicalNet
+ResNet-50), each configuration in a fresh process.
+
+  python -m tools.bench_features --img_sizes=128,256 --batch_sizes=1,2
+"""
+
+import json
+
+from absl import app, flags
+
+from crfgan_tf import runtime
+from crfgan_tf.bench import pipeline
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("img_sizes", ["128", "256"], "Volume sides.")
+flags.DEFINE_list("batch_sizes", ["1"], "Volumes per extractor call.")
+flags.DEFINE_integer("repeats", 2, "Timed batches (median reported).")
+
+
+@runtime.reports_user_errors
+def main(argv):
+    del argv
+    rows = pipeline.feature_memory([int(s) for s in FLAGS.img_sizes],
+                                    [int(b) for b in FLAGS.batch_sizes], FLAGS.repeats)
+    print(json.dumps(rows))
+
+
+def run():
+    """The command (console script and python -m): process settings, then main."""
+    runtime.configure(load_tensorflow=False)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

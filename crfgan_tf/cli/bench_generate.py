@@ -1,0 +1,32 @@
+"""Peak CPU memory of generating one full-resolution volume from an export, per slab size.
+
+  python -m tools.bench_generate --img_size=256 --slabs=8,64
+"""
+
+import json
+
+from absl import app, flags
+
+from crfgan_tf import runtime
+from crfgan_tf.bench import pipeline
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("img_size", 256, "Volume side.")
+flags.DEFINE_list("slabs", ["8", "64"], "G2 slab sizes (embedding slices); img_size/4 = one shot.")
+
+
+@runtime.reports_user_errors
+def main(argv):
+    del argv
+    rows = pipeline.generate_memory(FLAGS.img_size, [int(s) for s in FLAGS.slabs])
+    print(json.dumps(rows))
+
+
+def run():
+    """The command (console script and python -m): process settings, then main."""
+    runtime.configure(load_tensorflow=False)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,54 @@
+"""Learnable parameters per module, against the reference.
+
+  python -m tools.count_params --model=crfgan --img_size=256 --json
+  python -m tools.count_params --model=hagan --img_size=128 --num_classes=2
+"""
+
+import json
+import sys
+
+from absl import app, flags
+
+from crfgan_tf import geometry, params, runtime
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("model", "crfgan", ["crfgan", "hagan"], "Model type.")
+flags.DEFINE_integer("img_size", 256, "Volume side (crfgan_tf.geometry.SIZES).")
+flags.DEFINE_integer("latent_dim", 1024, "Latent size.")
+flags.DEFINE_float("width", 1.0, "Channel multiplier.")
+flags.DEFINE_integer("num_classes", 0, "Classes of a conditional model (0: unconditional).")
+flags.DEFINE_bool("json", False, "Print JSON {\"total\": N, \"modules\": {...}}.")
+flags.register_validator("img_size", lambda v: v in geometry.SIZES,
+                         message=f"--img_size must be one of {geometry.SIZES}")
+
+
+@runtime.reports_user_errors
+def main(argv):
+    del argv
+    try:
+        result = params.count_parameters(FLAGS.model, FLAGS.img_size, FLAGS.latent_dim,
+                                         FLAGS.width, FLAGS.num_classes)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if FLAGS.json:
+        print(json.dumps(result))
+        return
+    classes = f", {result['num_classes']} classes" if result["num_classes"] else ""
+    print(f"{result['model']} at {result['img_size']}^3{classes}")
+    for name, count in result["modules"].items():
+        print(f"  {name:16s} {count:>14,d}")
+    print(f"  {'total':16s} {result['total']:>14,d}")
+    if result["reference"] is not None:
+        same = "equal" if result["reference"] == result["total"] else "DIFFERENT"
+        print(f"  reference        {result['reference']:>14,d} ({same})")
+
+
+def run():
+    """The command (console script and python -m): process settings, then main."""
+    runtime.configure()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,79 @@
+"""Converts MedicalNet's PyTorch ResNet-50 checkpoint into the .npz this project reads.
+
+  pip install torch          # only this tool needs it (CPU build is enough)
+  python -m tools.import_medicalnet --checkpoint=resnet_50.pth --output=medicalnet_resnet50.npz
+
+resnet_50.pth is MedicalNet's public pretrained model (github.com/Tencent/MedicalNet,
+"pretrain" archive), the extractor HA-GAN and CRF-GAN use for 3D FID. The tool loads it on
+the CPU, drops the segmentation head, checks that every tensor fits the Keras network, runs
+one forward pass, and prints the weights' sha256 (the number every FID result quotes).
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+from crfgan_tf import runtime
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "MedicalNet resnet_50.pth (PyTorch).")
+flags.DEFINE_string("output", "medicalnet_resnet50.npz", "Where to write the .npz.")
+flags.mark_flag_as_required("checkpoint")
+
+
+@runtime.reports_user_errors
+def main(argv):
+    del argv
+    if not os.path.isfile(FLAGS.checkpoint):
+        print(f"error: --checkpoint: no file {FLAGS.checkpoint!r}", file=sys.stderr)
+        return 2
+    try:
+        import torch
+    except ImportError:
+        print("error: reading a .pth checkpoint needs PyTorch: pip install torch "
+              "(CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu)",
+              file=sys.stderr)
+        return 2
+    import numpy as np
+
+    from crfgan_tf import fileio
+    from crfgan_tf.evaluation import medicalnet
+
+    try:
+        ckpt = torch.load(FLAGS.checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a bad file
+        print(f"error: --checkpoint {FLAGS.checkpoint!r} is not a readable PyTorch checkpoint: "
+              f"{err}", file=sys.stderr)
+        return 1
+    raw = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(raw, dict):
+        print(f"error: --checkpoint {FLAGS.checkpoint!r} holds no state_dict", file=sys.stderr)
+        return 1
+    state = medicalnet.clean_state_dict({k: v.numpy() for k, v in raw.items()
+                                         if hasattr(v, "numpy")})
+    model = medicalnet.build_resnet50()
+    try:
+        medicalnet.set_weights(model, state)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    features = model(np.zeros((1, 16, 16, 16, 1), np.float32), training=False).numpy()
+    if not np.all(np.isfinite(features)):
+        print("error: the converted network gives non-finite features", file=sys.stderr)
+        return 1
+    with fileio.atomic_output(FLAGS.output, ".npz") as tmp:
+        medicalnet.save_state(state, tmp)
+    print(f"wrote {FLAGS.output}: {len(state)} tensors, "
+          f"{sum(v.size for v in state.values()):,d} numbers")
+    print(f"extractor {medicalnet.NAME} weights sha256 {medicalnet.state_sha256(state)}")
+
+
+def run():
+    """The command (console script and python -m): process settings, then main."""
+    runtime.configure()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

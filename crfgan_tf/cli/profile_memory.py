@@ -1,0 +1,86 @@
+"""Peak memory and iterations/s of full training iterations (the paper's Table 4 / 3.3).
+
+  python -m tools.profile_memory --models=crfgan,hagan --img_size=128 --batch_sizes=2,4,6 --steps=5 --json
+
+Each (model, size, batch) runs in its own fresh process. Peak memory: the GPU allocator's
+peak (reset after warm-up) on a GPU, the process's peak resident memory on CPU.
+"""
+
+import json
+import sys
+
+from absl import app, flags
+
+from crfgan_tf import geometry, runtime
+from crfgan_tf.bench import training
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["crfgan", "hagan"], "Models to profile: crfgan, hagan.")
+flags.DEFINE_integer("img_size", 128, "Volume side (crfgan_tf.geometry.SIZES).")
+flags.DEFINE_list("batch_sizes", ["2"], "Batch sizes.")
+flags.DEFINE_integer("steps", 5, "Timed iterations (median reported).")
+flags.DEFINE_integer("warmup", 2, "Untimed iterations first (tracing, allocator warm-up).")
+flags.DEFINE_enum("precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
+                  "Keras dtype policy.")
+flags.DEFINE_float("width", 1.0, "Channel multiplier (1 = the paper's networks).")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
+flags.DEFINE_bool("lean_cpu_memory", False,
+                  "CPU: give freed tensor memory back to the system (crfgan_tf.lean_cpu_memory): "
+                  "lower peak RSS, slower iterations.")
+flags.DEFINE_enum("crf_sample", "fresh", ["fresh", "reuse"],
+                  "CRF-GAN's CRF phase sample (crfgan_tf.train --crf_sample).")
+flags.DEFINE_enum("adam", "pytorch", ["pytorch", "keras"], "Adam variant (--adam).")
+flags.DEFINE_bool("json", False, "Print a JSON list of rows.")
+flags.DEFINE_string("plot", "profile_memory.png", "PNG of memory against batch size ('' for none).")
+flags.register_validator("img_size", lambda v: v in geometry.SIZES,
+                         message=f"--img_size must be one of {geometry.SIZES}")
+flags.register_validator("models", lambda v: all(m in ("crfgan", "hagan") for m in v),
+                         message="--models must be crfgan and/or hagan")
+flags.register_validator("batch_sizes", lambda v: all(x.isdigit() and int(x) >= 1 for x in v),
+                         message="--batch_sizes must be positive integers")
+flags.register_multi_flags_validator(
+    ["models", "img_size"],
+    lambda f: "hagan" not in f["models"] or f["img_size"] in geometry.HAGAN_SIZES,
+    message=f"--models=hagan needs --img_size in {geometry.HAGAN_SIZES} (HA-GAN has no 64^3 variant)")
+
+
+@runtime.reports_user_errors
+def main(argv):
+    del argv
+    rows = []
+    for model in FLAGS.models:
+        for batch in FLAGS.batch_sizes:
+            rows.append(training.profile(training.ProfileRequest(
+                model=model, img_size=FLAGS.img_size, batch_size=int(batch), steps=FLAGS.steps,
+                warmup=FLAGS.warmup, precision=FLAGS.precision, width=FLAGS.width,
+                jit_compile=FLAGS.jit_compile, lean_cpu_memory=FLAGS.lean_cpu_memory,
+                crf_sample=FLAGS.crf_sample, adam=FLAGS.adam)))
+            r = rows[-1]
+            out = sys.stderr if FLAGS.json else sys.stdout  # progress stays off the JSON
+            if r.get("oom"):
+                print(f"{model:8s} {FLAGS.img_size}^3 batch {batch}: out of memory (-)",
+                      file=out, flush=True)
+            else:
+                print(f"{model:8s} {FLAGS.img_size}^3 batch {batch}: "
+                      f"{r['peak_bytes'] / 2**20:,.0f} MiB peak ({r['peak_kind']}), "
+                      f"{r['iters_per_sec']:.3f} it/s ({r['sec_per_iter']:.2f} s/it), "
+                      f"{r['params']:,} params, {r['device']}, {r['precision']}, "
+                      f"{r['cpu_allocator']} allocator", file=out,
+                      flush=True)
+    if FLAGS.json:
+        print(json.dumps(rows))
+    else:
+        for line in training.comparison(rows):
+            print(line)
+    if FLAGS.plot:
+        print(f"plot: {training.plot(rows, FLAGS.plot)}", file=sys.stderr)
+
+
+def run():
+    """The command (console script and python -m): process settings, then main."""
+    runtime.configure(load_tensorflow=False)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

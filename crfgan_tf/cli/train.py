@@ -1,0 +1,169 @@
+"""Trains CRF-GAN.
+
+  python -m crfgan_tf.train --flagfile=configs/luna.flags
+
+Starting again with the same --model_dir resumes from its latest checkpoint; raising
+--train_steps continues a finished run. Only --train_steps, the logging, image and
+checkpoint intervals, --keep_checkpoints, --profile_steps, --jit_compile, --strategy and
+--cpu_devices may change on resume; other changes are refused (crfgan_tf/rundir.py).
+--dry_run prints the resolved config and exits.
+"""
+
+import sys
+
+from absl import app, flags
+
+from crfgan_tf import config as config_lib
+from crfgan_tf import geometry, runtime
+
+FLAGS = flags.FLAGS
+_D = config_lib.TrainConfig  # defaults live in one place: the dataclass
+_defaults = {f.name: f.default for f in __import__("dataclasses").fields(_D)}
+
+flags.DEFINE_string("model_dir", None, "Run directory: checkpoints, TensorBoard logs, config.json.")
+flags.DEFINE_string("train_records", _defaults["train_records"],
+                    "Glob(s) of training TFRecords (comma-separated), from data_prep.convert.")
+flags.DEFINE_enum("model", _defaults["model"], list(config_lib.MODELS),
+                  "crfgan (the paper) or hagan (the HA-GAN baseline, 128/256 only).")
+flags.DEFINE_integer("img_size", _defaults["img_size"], "Volume side S (crfgan_tf.geometry.SIZES).")
+flags.DEFINE_integer("batch_size", _defaults["batch_size"], "Global batch size (all replicas).")
+flags.DEFINE_integer("train_steps", _defaults["train_steps"], "Total training iterations.")
+flags.DEFINE_integer("latent_dim", _defaults["latent_dim"], "Size of the latent z.")
+flags.DEFINE_float("width", _defaults["width"], "Channel multiplier (1 = the paper's networks).")
+flags.DEFINE_float("lr_g", _defaults["lr_g"], "Generator (G1, G2) learning rate.")
+flags.DEFINE_float("lr_d", _defaults["lr_d"], "Discriminator learning rate.")
+flags.DEFINE_float("lr_crf", _defaults["lr_crf"],
+                   "CRF learning rate: 4e-4 as the reference code (lr_d); the paper states 1e-4.")
+flags.DEFINE_float("lr_e", _defaults["lr_e"], "Half-encoder learning rate.")
+flags.DEFINE_float("beta_1", _defaults["beta_1"], "Adam beta_1 (all optimizers).")
+flags.DEFINE_float("beta_2", _defaults["beta_2"], "Adam beta_2 (all optimizers).")
+flags.DEFINE_float("adam_epsilon", _defaults["adam_epsilon"], "Adam epsilon.")
+flags.DEFINE_enum("adam", _defaults["adam"], list(config_lib.ADAM_VARIANTS),
+                  "pytorch: epsilon after the bias correction (the reference's torch.optim.Adam); "
+                  "keras: keras.optimizers.Adam (epsilon before it, 31.6x larger at step 1).")
+flags.DEFINE_float("crf_weight_start", _defaults["crf_weight_start"], "w at step 0.")
+flags.DEFINE_integer("crf_weight_decay_steps", _defaults["crf_weight_decay_steps"],
+                     "w = max(start - start * step / this, 0).")
+flags.DEFINE_integer("crf_iterations", _defaults["crf_iterations"], "Mean-field iterations.")
+flags.DEFINE_enum("crf_nodes", _defaults["crf_nodes"], ["slices", "channels"],
+                  "CRF nodes: axial slices (paper) or channel groups (reference code).")
+flags.DEFINE_enum("crf_sample", _defaults["crf_sample"], list(config_lib.CRF_SAMPLES),
+                  "CRF phase: fresh = a new z, G and D run again on it (the reference); "
+                  "reuse = phase 2's embedding and D logit (one G and D forward less).")
+flags.DEFINE_enum("hagan_low_res", _defaults["hagan_low_res"], list(config_lib.LOW_RES_MODES),
+                  "HA-GAN's S/4 real volume: nearest (every 4th voxel, the reference) or "
+                  "average (4^3 average pooling, anti-aliased).")
+flags.DEFINE_integer("num_classes", _defaults["num_classes"],
+                     "Classes of a conditional model (the references' --num-class; 0: "
+                     "unconditional). Needs records converted with --labels_csv.")
+flags.DEFINE_float("lambda_class", _defaults["lambda_class"],
+                   "Weight of G's auxiliary-classifier loss (the references' --lambda-class).")
+flags.DEFINE_enum("fake_labels", _defaults["fake_labels"], list(config_lib.FAKE_LABELS),
+                  "Labels of generated samples: batch = the real batch's (the references), "
+                  "uniform = drawn uniformly.")
+flags.DEFINE_bool("balance_classes", _defaults["balance_classes"],
+                  "Draw every class equally often (records with replacement), for imbalanced "
+                  "archives.")
+flags.DEFINE_enum("mixed_precision", _defaults["mixed_precision"], list(config_lib.PRECISIONS),
+                  "Keras dtype policy.")
+flags.DEFINE_enum("strategy", _defaults["strategy"], list(config_lib.STRATEGIES),
+                  "tf.distribute strategy (multi_worker reads TF_CONFIG).")
+flags.DEFINE_integer("cpu_devices", _defaults["cpu_devices"],
+                     "Split the CPU into this many logical devices; with --strategy=mirrored "
+                     "on a machine without GPUs each is a replica (to try multi-replica runs).")
+flags.DEFINE_integer("seed", _defaults["seed"], "Seed of the data order, crops and latents.")
+flags.DEFINE_integer("shuffle_buffer", _defaults["shuffle_buffer"], "Records in the shuffle buffer.")
+flags.DEFINE_integer("log_every", _defaults["log_every"], "Steps between progress lines and scalars.")
+flags.DEFINE_integer("checkpoint_every", _defaults["checkpoint_every"], "Steps between checkpoints.")
+flags.DEFINE_integer("image_every", _defaults["image_every"], "Steps between image summaries.")
+flags.DEFINE_integer("keep_checkpoints", _defaults["keep_checkpoints"], "Checkpoints kept.")
+flags.DEFINE_string("profile_steps", _defaults["profile_steps"],
+                    "'first,last': capture a TensorBoard profiler trace of these steps.")
+flags.DEFINE_bool("jit_compile", _defaults["jit_compile"], "XLA-compile the train step.")
+flags.DEFINE_integer("eval_every", _defaults["eval_every"],
+                     "Steps between in-training evaluations (FD/MMD, intensity and lung "
+                     "statistics, MS-SSIM diversity, r_t; eval.jsonl and TensorBoard's eval/); "
+                     "0: off. A fresh run also evaluates at step 0.")
+flags.DEFINE_string("eval_records", _defaults["eval_records"],
+                    "Records to evaluate against (default: the val-* records beside "
+                    "--train_records).")
+flags.DEFINE_integer("eval_samples", _defaults["eval_samples"],
+                     "Volumes generated per evaluation, from fixed latents.")
+flags.DEFINE_string("fid_weights", _defaults["fid_weights"],
+                    "MedicalNet ResNet-50 .npz (tools.import_medicalnet) for FD = FID; without "
+                    "it a fixed-seed random network (labelled; the run's own trend only).")
+flags.DEFINE_enum("best_metric", _defaults["best_metric"], list(config_lib.BEST_METRICS),
+                  "Evaluation metric that picks the best checkpoint (model_dir/best; "
+                  "crfgan_tf.export --step=best).")
+flags.DEFINE_string("augment", _defaults["augment"],
+                    "Differentiable augmentation of every volume D sees, comma-separated: "
+                    "translation, cutout, intensity (no flips). Off by default (the paper).")
+flags.DEFINE_float("augment_p", _defaults["augment_p"],
+                   "Probability per example and transform (with --ada_target: the start).")
+flags.DEFINE_float("ada_target", _defaults["ada_target"],
+                   "> 0: adapt --augment_p so that r_t, the share of D's real logits above 0, "
+                   "stays at this (ADA's 0.6 on E[sign] is 0.8 here).")
+flags.DEFINE_float("ada_speed", _defaults["ada_speed"], "ADA: change of p per step.")
+flags.DEFINE_bool("dry_run", False, "Print the resolved config and exit.")
+flags.DEFINE_string("demo_data_dir", "",
+                    "If set, first write and convert the phantom CT demo data there "
+                    "(skipped when present); configs/demo.flags sets it.")
+flags.DEFINE_bool("demo_nodules", False,
+                  "With --demo_data_dir: phantoms with lung nodules in half of the scans, "
+                  "labelled 0/1 (configs/demo_conditional.flags).")
+flags.mark_flag_as_required("model_dir")
+flags.register_validator("img_size", lambda v: v in geometry.SIZES,
+                         message=f"--img_size must be one of {geometry.SIZES}")
+flags.register_validator("batch_size", lambda v: v >= 1, message="--batch_size must be >= 1")
+flags.register_validator("train_steps", lambda v: v >= 0, message="--train_steps must be >= 0")
+flags.register_validator("width", lambda v: 0 < v <= 4, message="--width must be in (0, 4]")
+
+
+def config_from_flags() -> config_lib.TrainConfig:
+    names = [f.name for f in __import__("dataclasses").fields(config_lib.TrainConfig)]
+    return config_lib.TrainConfig(**{n: getattr(FLAGS, n) for n in names})
+
+
+@runtime.reports_user_errors
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]} (flags need --name=value)", file=sys.stderr)
+        return 2
+    config = config_from_flags()
+    try:
+        config.validate()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if FLAGS.dry_run:
+        print(config.to_json())
+        return 0
+    runtime.quiet_tensorflow()
+    from crfgan_tf import checkpointing, train_lib  # TensorFlow loads only for real work
+
+    if FLAGS.demo_data_dir:
+        from crfgan_tf.data import demo
+
+        demo.prepare_demo_data(FLAGS.demo_data_dir, size=config.img_size,
+                               log=lambda m: print(m, file=sys.stderr),
+                               nodules=FLAGS.demo_nodules)
+
+    try:
+        train_lib.train(config, flags_text=FLAGS.flags_into_string())
+    except train_lib.NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except (ValueError, FileNotFoundError, checkpointing.NoReadableCheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run():
+    """The command (console script and python -m): process settings, then main."""
+    runtime.configure(load_tensorflow=False)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,57 @@
+"""Replicas: the tf.distribute strategy of a run, which process writes, and the step that
+runs train_step on every replica and reduces its results."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import tensorflow as tf
+
+from crfgan_tf.model import REPLICA_INVARIANT, SubVolumeGAN
+
+
+def make_strategy(name: str, cpu_devices: int = 1) -> tf.distribute.Strategy:
+    """default: one device; mirrored: all local GPUs, or without GPUs the CPU split into
+    `cpu_devices` logical devices (one replica each); multi_worker: the cluster in
+    TF_CONFIG (see README). Call before TensorFlow runs any operation."""
+    if cpu_devices > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
+    if name == "mirrored":
+        if not tf.config.list_physical_devices("GPU") and cpu_devices > 1:
+            return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_devices)])
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run directory (all but multi_worker's workers > 0)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type == "chief" or (task_type == "worker" and task_id == 0
+                                    and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def make_distributed_step(strategy: tf.distribute.Strategy, model: SubVolumeGAN,
+                          jit_compile: bool = False) -> Callable:
+    """The training step `train_lib.train` runs: model.train_step on every replica, losses
+    summed over replicas (each is already divided by the global batch), replica-invariant
+    values (e.g. the CRF weight) averaged."""
+
+    @tf.function(jit_compile=jit_compile or None)
+    def replica_step(batch):
+        return model.train_step(batch)
+
+    @tf.function
+    def distributed_step(batch):
+        per_replica = strategy.run(replica_step, args=(batch,))
+        return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN if k in REPLICA_INVARIANT
+                                   else tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in per_replica.items()}
+
+    return distributed_step

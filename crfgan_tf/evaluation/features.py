@@ -1,0 +1,124 @@
+"""The feature extractor of the evaluation (MedicalNet ResNet-50, crfgan_tf.evaluation.
+medicalnet) and the on-disk cache of real-set features."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from crfgan_tf import fileio
+from crfgan_tf.evaluation import medicalnet
+from crfgan_tf.evaluation.sources import EvaluationError, Source
+from crfgan_tf.progress import Progress
+
+CACHE_VERSION = 1
+WEIGHTS_HELP = (
+    "3D FID needs the MedicalNet ResNet-50 weights: download resnet_50.pth from the "
+    "MedicalNet release (github.com/Tencent/MedicalNet, 'pretrain' archive), then run "
+    "`pip install torch` and `python -m tools.import_medicalnet --checkpoint=resnet_50.pth "
+    "--output=medicalnet_resnet50.npz`, and pass --weights=medicalnet_resnet50.npz. For smoke "
+    "tests and relative comparisons only, --allow_random_features uses a fixed-seed random "
+    "network (labelled as such; its numbers are not comparable with published FIDs).")
+
+
+@dataclasses.dataclass
+class Extractor:
+    model: object
+    name: str
+    weights_sha256: str
+    pretrained: bool
+
+    def __post_init__(self):
+        self._forward = tf.function(lambda x: self.model(x, training=False),
+                                    reduce_retracing=True)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self._forward(tf.convert_to_tensor(batch[..., None])).numpy()
+
+
+def load_extractor(weights: Optional[str], allow_random: bool = False,
+                   random_seed: int = 0) -> Extractor:
+    """The MedicalNet ResNet-50 with `weights` (.npz from tools.import_medicalnet); without
+    weights, a fixed-seed random network only when `allow_random`, else EvaluationError."""
+    if weights and not os.path.isfile(weights):
+        raise EvaluationError(f"--weights: no file {weights!r}. {WEIGHTS_HELP}")
+    if not weights and not allow_random:
+        raise EvaluationError(f"no feature-extractor weights given (--weights). {WEIGHTS_HELP}")
+    model = medicalnet.build_resnet50()
+    if weights:
+        try:
+            state = medicalnet.load_state(weights)
+            medicalnet.set_weights(model, state)
+        except (ValueError, OSError) as err:
+            raise EvaluationError(f"--weights {weights!r}: {err}") from None
+        return Extractor(model, medicalnet.NAME, medicalnet.state_sha256(state), True)
+    state = medicalnet.random_state(model, random_seed)
+    medicalnet.set_weights(model, state)
+    return Extractor(model, f"{medicalnet.NAME}-random-seed{random_seed}",
+                     medicalnet.state_sha256(state), False)
+
+
+def extract_features(source: Source, extractor: Extractor, batch_size: int = 1,
+                     label: str = "", log=print, log_every_s: float = 10.0) -> tuple:
+    """Features of every volume of `source`, `batch_size` at a time: returns ((N, 2048)
+    float32 features, the volume shape)."""
+    rows, batch, shape = [], [], None
+    progress = Progress(source.count, log, f"features {label}:", "volumes")
+    last = progress.t0 - log_every_s
+
+    def flush():
+        nonlocal last
+        rows.append(extractor(np.stack(batch)))
+        progress.done += len(batch)
+        batch.clear()
+        if progress.clock() - last >= log_every_s or progress.done == source.count:
+            progress.report(progress.done)
+            last = progress.clock()
+
+    for volume in source.volumes():
+        if shape is None:
+            shape = volume.shape
+        elif volume.shape != shape:
+            raise EvaluationError(f"{source.spec}: volume {progress.done + len(batch)} has shape "
+                                  f"{volume.shape}, the first had {shape}")
+        batch.append(volume)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    if not rows:
+        raise EvaluationError(f"{source.spec}: no volumes")
+    return np.concatenate(rows).astype(np.float32), shape
+
+
+def cache_key(source: Source, extractor: Extractor) -> str:
+    return hashlib.sha256(f"v{CACHE_VERSION}|{source.fingerprint}|{extractor.name}|"
+                          f"{extractor.weights_sha256}".encode()).hexdigest()[:32]
+
+
+def cached_features(source: Source, extractor: Extractor, cache_dir: Optional[str],
+                    batch_size: int, label: str, log=print):
+    """extract_features with an on-disk cache keyed on the data, the extractor and its
+    weights. Returns (features, volume shape, "hit" | "miss" | "off")."""
+    if not cache_dir:
+        return (*extract_features(source, extractor, batch_size, label, log), "off")
+    path = os.path.join(cache_dir, f"features-{cache_key(source, extractor)}.npz")
+    if os.path.exists(path):
+        with np.load(path, allow_pickle=False) as cached:
+            log(f"features {label}: {cached['features'].shape[0]} from cache {path}")
+            return cached["features"], tuple(int(v) for v in cached["shape"]), "hit"
+    features, shape = extract_features(source, extractor, batch_size, label, log)
+    os.makedirs(cache_dir, exist_ok=True)
+    with fileio.atomic_output(path, ".npz") as tmp:
+        np.savez(tmp, features=features, shape=np.array(shape),
+                 meta=np.array(json.dumps({"spec": source.spec, "extractor": extractor.name,
+                                           "weights_sha256": extractor.weights_sha256})))
+    return features, shape, "miss"
+
+
