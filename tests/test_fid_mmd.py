@@ -121,7 +121,7 @@ def test_cli_refuses_fid_without_weights_and_reports_labelled_fallback(volume_di
     assert {"fid", "mmd", "n_real", "n_fake", "extractor", "weights_sha256"} <= set(out)
     assert out["n_real"] == out["n_fake"] == 4 and out["fid"] > 0 and not out["pretrained"]
     assert "random" in out["extractor"] and len(out["weights_sha256"]) == 64
-    assert "features real: 4/4 volumes" in res.stderr
+    assert "features real: 4/4 [" in res.stderr and "volumes/s" in res.stderr
     text = _cli(f"--real={volume_dirs[0]}", f"--fake={volume_dirs[1]}",
                 "--allow_random_features", f"--cache_dir={tmp_path}")
     assert text.returncode == 0 and "RANDOM features (not FID)" in text.stdout

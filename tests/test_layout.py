@@ -86,7 +86,7 @@ def test_head_checkpoint_layout_is_the_functional_one(tmp_path):
     assert sorted(k for k, _ in tf.train.list_variables(new_path) if "generator_head" in k) == keys
     fresh = build_head(64, 0.25)
     tf.train.Checkpoint(generator_head=fresh).read(path).assert_existing_objects_matched()
-    emb = tf.random.stateless_uniform((1, 4, 16, 16, 8), seed=[1, 2])
+    emb = tf.random.stateless_uniform((1, 4, 16, 16, 16), seed=[1, 2])
     np.testing.assert_array_equal(fresh(emb).numpy(), head(emb).numpy())
 
 

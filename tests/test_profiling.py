@@ -54,17 +54,22 @@ def _python(code, **env):
                           text=True, check=True).stdout.split()[-1]
 
 
-def test_lean_cpu_memory_is_opt_in_and_applied_at_import():
-    """profile() runs its child with CRFGAN_LEAN_CPU_MEMORY=0/1; importing crfgan_tf with 1
-    routes oneDNN through malloc, with 0 it leaves TensorFlow's allocator alone."""
-    probe = "import os, crfgan_tf; print(os.environ.get('TF_ONEDNN_USE_SYSTEM_ALLOCATOR', '-'))"
-    assert _python(probe, CRFGAN_LEAN_CPU_MEMORY="0") == "-"
-    assert _python(probe, CRFGAN_LEAN_CPU_MEMORY="1") == "1"
+def test_lean_cpu_memory_is_opt_in_and_applied_by_configure():
+    """profile() runs its child with CRFGAN_LEAN_CPU_MEMORY=0/1; runtime.configure() (what
+    every command and the benchmark child call) with 1 routes oneDNN through malloc, with
+    0 leaves TensorFlow's allocator alone; importing crfgan_tf alone changes nothing."""
+    probe = ("import os, crfgan_tf; from crfgan_tf import runtime; {}"
+             "print(os.environ.get('TF_ONEDNN_USE_SYSTEM_ALLOCATOR', '-'))")
+    configure = probe.format("runtime.configure(load_tensorflow=False); ")
+    assert _python(configure, CRFGAN_LEAN_CPU_MEMORY="0") == "-"
+    assert _python(configure, CRFGAN_LEAN_CPU_MEMORY="1") == "1"
+    assert _python(probe.format(""), CRFGAN_LEAN_CPU_MEMORY="1") == "-"
     # glibc accepts the fixed mmap threshold (this project's machines run glibc)
-    assert _python("import crfgan_tf; print(crfgan_tf.lean_cpu_memory())") == "True"
+    assert _python("from crfgan_tf import runtime; print(runtime.lean_cpu_memory())") == "True"
 
 
 def test_training_imports_no_simpleitk():
     """SimpleITK (conversion, sample writing) costs a training process ~90 MiB of RSS."""
-    code = "import sys, crfgan_tf.train_lib, crfgan_tf.profiling; print('SimpleITK' in sys.modules)"
+    code = ("import sys, crfgan_tf.train_lib, crfgan_tf.bench.training; "
+            "print('SimpleITK' in sys.modules)")
     assert _python(code) == "False"
