@@ -25,6 +25,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from crfgan_tf.intensity import CT_WINDOW
 from crfgan_tf.config import AUGMENT_TRANSFORMS as TRANSFORMS
 TRANSLATION = 1.0 / 8.0
 CUTOUT = 0.5
@@ -92,7 +93,7 @@ def intensity(x, seed, window: Sequence[float]):
     return (x - centre) * s + centre + b
 
 
-def augment(x, transforms: Sequence[str], p, seed, window=(-1024.0, 600.0)):
+def augment(x, transforms: Sequence[str], p, seed, window=CT_WINDOW):
     """Each transform of `transforms`, in that order, applied to each example with
     probability p.
 

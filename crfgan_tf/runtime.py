@@ -115,6 +115,17 @@ def configure(load_tensorflow: bool = True, environ=os.environ, argv=None) -> No
         quiet_tensorflow(environ, argv)
 
 
+def peak_memory_bytes() -> int:
+    """Peak accelerator memory when there is a GPU, else this process's peak RSS."""
+    import resource
+
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
 def _tensorflow_file_errors() -> tuple:
     tf = sys.modules.get("tensorflow")
     if tf is None:

@@ -6,25 +6,23 @@ in-training evaluation's place in the loop (replicas: crfgan_tf.distribute).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-import resource
 import sys
 import time
 from typing import Callable, Optional
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from crfgan_tf import config as config_lib
-from crfgan_tf import fileio, geometry, intensity, optimizers, rundir
+from crfgan_tf import fileio, intensity, optimizers, rundir, summaries
 from crfgan_tf.checkpointing import checkpoint_managers, make_checkpoint, restore_latest
 from crfgan_tf.data import pipeline, records
 from crfgan_tf.distribute import is_chief, make_distributed_step, make_strategy
 from crfgan_tf.model import MODEL_CLASSES, SubVolumeGAN
-from crfgan_tf.progress import Progress
 
 
 class NonFiniteLossError(RuntimeError):
@@ -100,13 +98,6 @@ def build_model(config: config_lib.TrainConfig,
     return model
 
 
-def peak_memory_bytes() -> int:
-    """Peak accelerator memory when there is a GPU, else this process's peak RSS."""
-    if tf.config.list_physical_devices("GPU"):
-        return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
 def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
           flags_text: Optional[str] = None) -> dict:
     """Trains (or resumes) until `config.train_steps`; returns the last metrics and step.
@@ -125,12 +116,68 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
         started with other settings; records.RecordsError, missing, mismatched or damaged
         records (the file named).
       NonFiniteLossError: a loss became NaN/inf (names the step and phase).
-
-    Longer than 60 lines on purpose: it is the run's order of events (checks, strategy,
-    model, restore, loop, save), each line a call to a helper below; splitting it further
-    would hide that order.
     """
     files, changed, data_meta = _check_inputs(config)
+    run = _start(config, data_meta, changed, flags_text, log)
+    step = int(run.model.step_counter.numpy())
+    if step >= config.train_steps:
+        log(f"train: step {step} >= --train_steps={config.train_steps}; nothing to do")
+        return {"step": step, "metrics": {}, "model": run.model}
+    evaluation = _InTrainingEvaluation(config, run.checkpoint, step, log) \
+        if run.evaluate else None
+    dataset = pipeline.make_train_dataset(
+        config.train_records, config.img_size, config.batch_size, config.latent_dim,
+        seed=config.seed, start_step=step, shuffle_buffer=config.shuffle_buffer,
+        num_classes=config.num_classes, fake_labels=config.fake_labels,
+        balance_classes=config.balance_classes)
+    iterator = iter(run.strategy.experimental_distribute_dataset(dataset))
+    distributed_step = make_distributed_step(run.strategy, run.model, config.jit_compile)
+    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train")) \
+        if run.chief else tf.summary.create_noop_writer()
+    reporter = summaries.Reporter(config, run.model, writer, step, log)
+    log(f"train: {config.model} {config.img_size}^3, batch {config.batch_size} on "
+        f"{run.strategy.num_replicas_in_sync} replica(s), {config.mixed_precision}, "
+        f"steps {step} -> {config.train_steps}, model_dir {config.model_dir}")
+    if evaluation and step == 0:
+        evaluation.run(run.model, 0, writer)  # the baseline: distances at initialisation
+    profile = _Profile(config, log) if run.chief else None
+    metrics = {}
+    while step < config.train_steps:
+        if profile:
+            profile.before(step + 1)
+        try:
+            batch = next(iterator)
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
+            raise records.RecordsError(
+                f"{records.describe_read_error(err, files)} (at step {step + 1}; the last "
+                f"checkpoint, {run.manager.latest_checkpoint}, is intact)") from None
+        metrics = {k: float(v) for k, v in distributed_step(batch).items()}
+        step += 1
+        if profile:
+            profile.after(step)
+        _after_step(config, run, step, metrics, writer, reporter, evaluation)
+    writer.flush()
+    log(f"train: finished at step {step}; checkpoint {run.manager.latest_checkpoint}")
+    return {"step": step, "metrics": metrics, "model": run.model}
+
+
+@dataclasses.dataclass
+class _Run:
+    """What a started run holds: its replicas, model, checkpoint and their managers."""
+
+    strategy: tf.distribute.Strategy
+    chief: bool
+    evaluate: bool
+    model: SubVolumeGAN
+    checkpoint: tf.train.Checkpoint
+    manager: tf.train.CheckpointManager
+    writer_manager: tf.train.CheckpointManager
+
+
+def _start(config: config_lib.TrainConfig, data_meta: Optional[dict], changed: dict,
+           flags_text: Optional[str], log) -> _Run:
+    """Strategy, model and checkpoint restored (or fresh); only then, on the chief, the run
+    directory's config.json, flags.txt and data.json are written."""
     strategy = make_strategy(config.strategy, config.cpu_devices)
     chief = is_chief(strategy)
     if config.batch_size % strategy.num_replicas_in_sync:
@@ -145,9 +192,8 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
     set_precision(config.mixed_precision)
     # Initial weights follow from the seed (a resumed run overwrites them anyway).
     keras.utils.set_random_seed(config.seed)
-    window = data_meta["window"] if data_meta else intensity.CT_WINDOW
     with strategy.scope():
-        model = build_model(config, window)
+        model = build_model(config, data_meta["window"] if data_meta else intensity.CT_WINDOW)
         checkpoint = make_checkpoint(model)
     manager, writer_manager = checkpoint_managers(checkpoint, config.model_dir,
                                                   config.keep_checkpoints, chief, strategy)
@@ -156,61 +202,45 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
         rundir.record_config(config, flags_text, changed, log)
         if data_meta:
             rundir.write_data_metadata(config.model_dir, data_meta)
-    step = int(model.step_counter.numpy())
     if restored:
-        log(f"train: resumed from {restored} at step {step}")
-    if step >= config.train_steps:
-        log(f"train: step {step} >= --train_steps={config.train_steps}; nothing to do")
-        return {"step": step, "metrics": {}, "model": model}
-    evaluation = _InTrainingEvaluation(config, checkpoint, step, log) if evaluate else None
-    dataset = pipeline.make_train_dataset(
-        config.train_records, config.img_size, config.batch_size, config.latent_dim,
-        seed=config.seed, start_step=step, shuffle_buffer=config.shuffle_buffer,
-        num_classes=config.num_classes, fake_labels=config.fake_labels,
-        balance_classes=config.balance_classes)
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
-    distributed_step = make_distributed_step(strategy, model, config.jit_compile)
-    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train")) if chief \
-        else tf.summary.create_noop_writer()
-    reporter = _Reporter(config, model, writer, step, log)
-    log(f"train: {config.model} {config.img_size}^3, batch {config.batch_size} on "
-        f"{strategy.num_replicas_in_sync} replica(s), {config.mixed_precision}, "
-        f"steps {step} -> {config.train_steps}, model_dir {config.model_dir}")
-    if evaluation and step == 0:
-        evaluation.run(model, 0, writer)  # the baseline: distances at initialisation
-    profile = config.profile_range() if chief else None
-    metrics = {}
-    while step < config.train_steps:
-        if profile and step + 1 == profile[0]:
-            tf.profiler.experimental.start(config.model_dir)
-        try:
-            batch = next(iterator)
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
-            raise records.RecordsError(
-                f"{records.describe_read_error(err, files)} (at step {step + 1}; the last "
-                f"checkpoint, {manager.latest_checkpoint}, is intact)") from None
-        metrics = {k: float(v) for k, v in distributed_step(batch).items()}
-        step += 1
-        _adapt_augmentation(config, model, metrics["r_t"])
-        if profile and step == profile[1]:
+        log(f"train: resumed from {restored} at step {int(model.step_counter.numpy())}")
+    return _Run(strategy, chief, evaluate, model, checkpoint, manager, writer_manager)
+
+
+def _after_step(config: config_lib.TrainConfig, run: _Run, step: int, metrics: dict, writer,
+                reporter, evaluation) -> None:
+    """Everything a finished step triggers: ADA, the NaN check, the progress line and
+    scalars, images, evaluation and the checkpoint, each at its interval."""
+    _adapt_augmentation(config, run.model, metrics["r_t"])
+    _check_finite(run.model, metrics, step, run.manager)
+    last = step == config.train_steps
+    if step % config.log_every == 0 or last:
+        reporter.report(step, metrics)
+    if run.chief and (step % config.image_every == 0 or last):
+        summaries.write_images(run.model, writer, step, config)
+    if evaluation:
+        evaluation.add_r_t(metrics["r_t"])
+        if step % config.eval_every == 0 or last:
+            evaluation.run(run.model, step, writer)
+    if step % config.checkpoint_every == 0 or last:
+        _save(config, run.writer_manager, run.chief, step, metrics)
+
+
+class _Profile:
+    """--profile_steps: the TensorBoard profiler around steps first..last."""
+
+    def __init__(self, config: config_lib.TrainConfig, log):
+        self.range, self.model_dir, self.log = config.profile_range(), config.model_dir, log
+
+    def before(self, step: int) -> None:
+        if self.range and step == self.range[0]:
+            tf.profiler.experimental.start(self.model_dir)
+
+    def after(self, step: int) -> None:
+        if self.range and step == self.range[1]:
             tf.profiler.experimental.stop()
-            log(f"train: profiler trace of steps {profile[0]}-{profile[1]} written to "
-                f"{config.model_dir}/plugins/profile (TensorBoard's Profile tab)")
-        _check_finite(model, metrics, step, manager)
-        last = step == config.train_steps
-        if step % config.log_every == 0 or last:
-            reporter.report(step, metrics)
-        if chief and (step % config.image_every == 0 or last):
-            write_images(model, writer, step, config)
-        if evaluation:
-            evaluation.add_r_t(metrics["r_t"])
-            if step % config.eval_every == 0 or last:
-                evaluation.run(model, step, writer)
-        if step % config.checkpoint_every == 0 or last:
-            _save(config, writer_manager, chief, step, metrics)
-    writer.flush()
-    log(f"train: finished at step {step}; checkpoint {manager.latest_checkpoint}")
-    return {"step": step, "metrics": metrics, "model": model}
+            self.log(f"train: profiler trace of steps {self.range[0]}-{self.range[1]} written "
+                     f"to {self.model_dir}/plugins/profile (TensorBoard's Profile tab)")
 
 
 def _check_inputs(config: config_lib.TrainConfig):
@@ -272,33 +302,6 @@ def _save(config: config_lib.TrainConfig, manager, chief: bool, step: int, metri
          "metrics": metrics, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
 
 
-class _Reporter:
-    """Every --log_every steps: the progress line and the TensorBoard scalars."""
-
-    def __init__(self, config, model: SubVolumeGAN, writer, step: int, log):
-        self.model, self.writer = model, writer
-        self.progress = Progress(config.train_steps, log, "step", "it", start=step)
-        self.learning_rates = {phase: getattr(config, field)
-                               for phase, field in type(model).LEARNING_RATES.items()}
-        self.window_t0, self.window_step = time.time(), step
-
-    def report(self, step: int, metrics: dict) -> None:
-        rate = (step - self.window_step) / max(time.time() - self.window_t0, 1e-9)
-        self.window_t0, self.window_step = time.time(), step
-        shown = list(self.model.LOSS_PHASE) + [k for k in ("d_class_loss", "g_class_loss")
-                                                if k in metrics]
-        self.progress.report(step, " ".join(f"{k} {metrics[k]:.4f}" for k in shown))
-        with self.writer.as_default(step=step):
-            for k, v in metrics.items():
-                tf.summary.scalar(k, v)
-            for phase, lr in self.learning_rates.items():
-                tf.summary.scalar(f"learning_rate/{phase}", lr)
-            tf.summary.scalar("iterations_per_sec", rate)
-            if self.model.augment_p is not None:
-                tf.summary.scalar("augment_p", self.model.augment_p)
-            tf.summary.scalar("peak_memory_bytes", peak_memory_bytes())
-
-
 class _InTrainingEvaluation:
     """--eval_every: evaluations logged to eval.jsonl and TensorBoard, and the best
     checkpoint kept in best/ (crfgan_tf.evaluation.monitor)."""
@@ -337,24 +340,3 @@ class _InTrainingEvaluation:
             path = self.best_manager.save(checkpoint_number=step)
             self.best = monitor.record_best(config.model_dir, result, config.best_metric, path)
             self.log(f"eval: best {config.best_metric} so far; kept as {path}")
-
-
-def write_images(model: SubVolumeGAN, writer, step: int, config: config_lib.TrainConfig) -> None:
-    """Mid-slices (axial, coronal, sagittal) of a real crop, a generated crop and a whole
-    generated volume (G2 slab by slab, as export runs it: bounded memory), from a fixed z
-    so that images are comparable across steps."""
-    volume = records.parse_volume(next(iter(records.raw_record_dataset(
-        records.list_record_files(config.train_records)).take(1))), config.img_size)
-    real_crop = volume[: geometry.crop_depth(config.img_size)].numpy()
-    z = tf.random.stateless_normal([1, config.latent_dim], seed=[config.seed, 7])
-    label = tf.constant([config.num_classes - 1]) if config.num_classes else None  # last class
-    embedding = model.embed(z, label, training=False)
-    fake_crop = model.head(embedding[:, : model.slab_depth], training=False)
-    whole = model.head.by_slabs(embedding, max(1, model.slab_depth))
-    with writer.as_default(step=step):
-        for name, vol in (("real_crop", real_crop),
-                          ("generated_crop", np.asarray(fake_crop)[0, ..., 0]),
-                          ("generated_volume", np.asarray(whole)[0])):
-            for view, img in intensity.mid_slices(np.asarray(vol, np.float32)).items():
-                tf.summary.image(f"{name}/{view}",
-                                 intensity.display(img, intensity.UNIT_WINDOW)[None, ..., None])

@@ -2,6 +2,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# the checkout: commands run from here (tests/ mirrors the package: tests/data/ for
+# crfgan_tf/data/, tests/evaluation/ for crfgan_tf/evaluation/, ...)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 import pytest
 
 from crfgan_tf.data import phantom

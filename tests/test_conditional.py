@@ -21,8 +21,8 @@ from crfgan_tf.evaluation import sources
 from crfgan_tf.model import CRFGAN, HAGAN
 
 from conftest import TINY, tiny_batch, tiny_config
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=REPO)
 
 # Unconditional reference counts (REFERENCE.md) and what a class adds in the reference's

@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
+
 # the README's commands; the tests add --train_steps, their records and run directories
 DEMO = ("--flagfile=configs/demo.flags", "--demo_data_dir=", "--eval_every=0")
 

@@ -9,8 +9,8 @@ import tensorflow as tf
 
 from crfgan_tf import export_lib, intensity, sample_lib
 from crfgan_tf.networks import build_head
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("slab", [1, 3, 16])

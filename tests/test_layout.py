@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from crfgan_tf import geometry
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _python(code, env=None):

@@ -17,8 +17,8 @@ import torch_reference as R  # noqa: E402
 
 from crfgan_tf import config as config_lib  # noqa: E402
 from crfgan_tf import checkpointing, export_lib, reference, train_lib  # noqa: E402
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # float32 rounding: relative L2 distances of two float32 implementations of the same
 # function (oneDNN vs PyTorch kernels, fused vs separate up-sampling) measured here are
 # 1e-6..3e-5; a wrong mapping or formula gives 1e-2 and more.

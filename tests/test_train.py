@@ -9,12 +9,11 @@ import pytest
 import tensorflow as tf
 
 from crfgan_tf import checkpointing, rundir, train_lib
-from crfgan_tf.data import pipeline, records
+from crfgan_tf.data import pipeline
 from crfgan_tf.model import CRFGAN
 
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _train_glob(records):

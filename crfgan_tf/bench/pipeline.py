@@ -171,7 +171,8 @@ def write_synthetic_records(directory: str, img_size: int = 256, num_records: in
         members = range(k, num_records, num_shards)
         with tf.io.TFRecordWriter(path) as writer:
             for i in members:
-                volume = rng.integers(-32767, 32767, (img_size,) * 3, dtype=np.int16)
+                q = int(intensity.VOLUME_SCALE)
+                volume = rng.integers(-q, q, (img_size,) * 3, dtype=np.int16)
                 writer.write(records.serialize_result(preprocess.ScanResult(
                     case_id=f"synthetic{i}", source="", volume=volume, modality="ct",
                     original_size=volume.shape, original_spacing=(1.0,) * 3,

@@ -66,7 +66,7 @@ def measure(request: dict) -> dict:
               .get("device_name", "GPU") if gpu else f"CPU ({os.cpu_count()} cores)")
     median = statistics.median(times)
     return {"model": req.model, "img_size": s, "batch_size": b,
-            "peak_bytes": train_lib.peak_memory_bytes(),
+            "peak_bytes": runtime.peak_memory_bytes(),
             "peak_kind": "gpu_allocator_peak" if gpu else "process_max_rss",
             "iters_per_sec": round(1.0 / median, 4), "sec_per_iter": round(median, 4),
             "params": sum(params.trainable_count(m) for m in model.modules().values()),

@@ -23,7 +23,7 @@ flags.DEFINE_enum("dataset", None, list(convert.DATASETS),
                   "Archive layout: luna16 (.mhd/.mha, CT), gsp (NIfTI, MRI), generic (any).")
 flags.DEFINE_string("input_dir", None, "Archive root, searched recursively (LUNA16: subset0..9).")
 flags.DEFINE_string("output_dir", None, "Where the shards and manifest.json go.")
-flags.DEFINE_integer("size", 256, "Output side: 64, 128, 256 or 512.")
+flags.DEFINE_integer("size", 256, "Output side (64, 128, 256 or 512).")
 flags.DEFINE_integer("num_shards", 16, "Training shards (fewer if there are fewer scans).")
 flags.DEFINE_integer("num_val_shards", 0, "Validation shards; 0: round(num_shards * val_fraction), >= 1.")
 flags.DEFINE_float("val_fraction", 0.1, "Fraction of cases held out for validation (0 allowed).")
@@ -41,8 +41,8 @@ flags.DEFINE_string("labels_csv", "",
 flags.DEFINE_integer("num_classes", 0, "With --labels_csv: labels must be below this "
                      "(0: the largest label + 1).")
 flags.mark_flags_as_required(["dataset", "input_dir", "output_dir"])
-flags.register_validator("size", lambda v: v in (64, 128, 256, 512),
-                         message="--size must be 64, 128, 256 or 512")
+flags.register_validator("size", lambda v: v in convert.SIZES,
+                         message=f"--size must be one of {convert.SIZES}")
 flags.register_validator("val_fraction", lambda v: 0.0 <= v < 1.0,
                          message="--val_fraction must be in [0, 1)")
 flags.register_validator("num_shards", lambda v: v >= 1, message="--num_shards must be >= 1")

@@ -17,19 +17,19 @@ import sys
 
 from absl import app, flags
 
-from crfgan_tf import runtime
+from crfgan_tf import geometry, intensity, runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", None, ["crfgan", "hagan"], "Which reference wrote the checkpoint.")
 flags.DEFINE_string("checkpoint_dir", None, "Directory of the reference's *_iter{N}.pth files.")
 flags.DEFINE_integer("iteration", None, "N of the files *_iter{N}.pth.")
-flags.DEFINE_integer("img_size", None, "Volume side the reference trained at (64, 128, 256).")
+flags.DEFINE_integer("img_size", None, f"Volume side the reference trained at {geometry.SIZES}.")
 flags.DEFINE_string("model_dir", None, "Run directory to write.")
 flags.DEFINE_integer("latent_dim", 1024, "Size of z (the reference's --latent-dim).")
 flags.DEFINE_string("train_records", "",
                     "Optional: records (data_prep.convert) of the data the reference trained on; "
                     "export takes the intensity window, modality and spacing from them "
-                    "(without: the CT window [-1024, 600] HU and 1 mm spacing).")
+                    f"(without: the CT window {list(intensity.CT_WINDOW)} HU and 1 mm spacing).")
 flags.DEFINE_bool("overwrite", False, "Replace a --model_dir that exists and is not empty.")
 for _name in ("model", "checkpoint_dir", "iteration", "img_size", "model_dir"):
     flags.mark_flag_as_required(_name)

@@ -28,7 +28,8 @@ from crfgan_tf.data import manifest as manifest_lib
 from crfgan_tf.data import preprocess
 from crfgan_tf.progress import Progress
 
-LIBRARY_SIZES = (16, 32, 64, 128, 256, 512)
+SIZES = (64, 128, 256, 512)  # --size (512 for other tools; training: geometry.SIZES)
+LIBRARY_SIZES = (16, 32) + SIZES  # 16 and 32 serve tests
 DATASETS = ("luna16", "gsp", "generic")
 SUFFIXES = {"luna16": (".mhd", ".mha"), "gsp": (".nii", ".nii.gz"),
             "generic": preprocess.SCAN_SUFFIXES}

@@ -34,7 +34,8 @@ class Feature:
 
 
 SCHEMA = (
-    Feature("volume", "bytes", 0, "int16 little-endian, C order (S, S, S); value = q / 32767"),
+    Feature("volume", "bytes", 0, "int16 little-endian, C order (S, S, S); value = q / "
+            f"{intensity.VOLUME_SCALE:g}"),
     Feature("shape", "int64", 3, "(S, S, S)"),
     Feature("case_id", "bytes", 0, "LUNA16 series UID or file stem"),
     Feature("source", "bytes", 0, "path of the source file as given to the converter"),

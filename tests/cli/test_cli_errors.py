@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(module, *args, env_drop=("TF_CPP_MIN_LOG_LEVEL",), **env_extra):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from crfgan_tf.evaluation import medicalnet
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")

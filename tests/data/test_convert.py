@@ -9,9 +9,9 @@ import pytest
 
 from crfgan_tf.data import convert, phantom, preprocess, records
 from crfgan_tf.data import manifest as manifest_lib
+from conftest import REPO
 
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(input_dir, output_dir, **kw):

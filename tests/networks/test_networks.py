@@ -11,8 +11,8 @@ from crfgan_tf import params
 from crfgan_tf.networks import (SNConv3D, SNDense, build_discriminator, build_encoder, build_head,
                                 build_trunk)
 from crfgan_tf.networks.generator import embedding_channels
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 W = 0.0625
 
 

@@ -10,10 +10,10 @@ import pytest
 import SimpleITK as sitk
 
 from crfgan_tf import intensity, sample_lib
-from crfgan_tf.data import preprocess, records
+from crfgan_tf.data import records
 from crfgan_tf.evaluation import features, fid_mmd, metrics, sources
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write(path, array):

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from crfgan_tf.bench import training
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_comparison_and_plot(tmp_path):

@@ -15,10 +15,10 @@ import SimpleITK as sitk
 import tensorflow as tf
 from scipy import stats
 
-from crfgan_tf import fileio, intensity, reader_study
+from crfgan_tf import intensity, reader_study
 from crfgan_tf.reader_study import analyze, build
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N1, N2 = 4, 6
 
 
