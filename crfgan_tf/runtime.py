@@ -126,6 +126,16 @@ def peak_memory_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def run_command(main: Callable, load_tensorflow: bool = True) -> None:
+    """What every command's run() does: configure(), then absl's app.run(main) (flags
+    parsed, exit status from main). `load_tensorflow=False` for commands that may finish
+    without TensorFlow (--dry_run, flag errors, conversion workers' parent)."""
+    from absl import app
+
+    configure(load_tensorflow=load_tensorflow)
+    app.run(main)
+
+
 def _tensorflow_file_errors() -> tuple:
     tf = sys.modules.get("tensorflow")
     if tf is None:

@@ -1,5 +1,6 @@
 """Every command's flags and `main` (one module per command), and `run()`, what its console
-script and its `python -m` shim call: runtime.configure(), then absl's app.run(main).
+script and its `python -m` shim call: runtime.run_command(main), which applies
+runtime.configure() and then absl's app.run(main).
 
 Modules here import only absl and light crfgan_tf modules at the top; TensorFlow and the
 heavy libraries load inside `main`, after configure() has set the process up. The shims

@@ -15,7 +15,7 @@ import os
 import sys
 import textwrap
 
-from absl import app, flags
+from absl import flags
 
 from crfgan_tf import fileio, runtime
 from crfgan_tf.reader_study import StudyError, analyze
@@ -85,10 +85,5 @@ def main(argv):
 
 
 def run():
-    """The command (console script and python -m): process settings, then main."""
-    runtime.configure(load_tensorflow=False)
-    app.run(main)
-
-
-if __name__ == "__main__":
-    run()
+    """The command (console script, python -m shim)."""
+    runtime.run_command(main, load_tensorflow=False)

@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 
-from absl import app, flags
+from absl import flags
 
 from crfgan_tf import runtime
 from crfgan_tf.bench import pipeline
@@ -44,10 +44,5 @@ def main(argv):
 
 
 def run():
-    """The command (console script and python -m): process settings, then main."""
-    runtime.configure(load_tensorflow=False)
-    app.run(main)
-
-
-if __name__ == "__main__":
-    run()
+    """The command (console script, python -m shim)."""
+    runtime.run_command(main, load_tensorflow=False)

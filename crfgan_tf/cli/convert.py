@@ -13,7 +13,7 @@ with its reason, and listed in manifest.json), 2 for invalid flags.
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from crfgan_tf import runtime
 from crfgan_tf.data import convert
@@ -72,10 +72,5 @@ def main(argv):
 
 
 def run():
-    """The command (console script and python -m): process settings, then main."""
-    runtime.configure(load_tensorflow=False)
-    app.run(main)
-
-
-if __name__ == "__main__":
-    run()
+    """The command (console script, python -m shim)."""
+    runtime.run_command(main, load_tensorflow=False)

@@ -7,7 +7,7 @@
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from crfgan_tf import geometry, params, runtime
 
@@ -45,10 +45,5 @@ def main(argv):
 
 
 def run():
-    """The command (console script and python -m): process settings, then main."""
-    runtime.configure()
-    app.run(main)
-
-
-if __name__ == "__main__":
-    run()
+    """The command (console script, python -m shim)."""
+    runtime.run_command(main)

@@ -8,7 +8,7 @@ iteration (crfgan_tf.deviations): losses and the share of weights that step diff
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from crfgan_tf import geometry, runtime
 
@@ -38,10 +38,5 @@ def main(argv):
 
 
 def run():
-    """The command (console script and python -m): process settings, then main."""
-    runtime.configure()
-    app.run(main)
-
-
-if __name__ == "__main__":
-    run()
+    """The command (console script, python -m shim)."""
+    runtime.run_command(main)

@@ -9,7 +9,7 @@ z float32 [batch, latent_dim] -> volume float32 [batch, S, S, S] in [-1, 1]. Var
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from crfgan_tf import runtime
 
@@ -48,10 +48,5 @@ def main(argv):
 
 
 def run():
-    """The command (console script and python -m): process settings, then main."""
-    runtime.configure()
-    app.run(main)
-
-
-if __name__ == "__main__":
-    run()
+    """The command (console script, python -m shim)."""
+    runtime.run_command(main)

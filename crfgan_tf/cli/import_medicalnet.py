@@ -12,7 +12,7 @@ one forward pass, and prints the weights' sha256 (the number every FID result qu
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from crfgan_tf import runtime
 
@@ -70,10 +70,5 @@ def main(argv):
 
 
 def run():
-    """The command (console script and python -m): process settings, then main."""
-    runtime.configure()
-    app.run(main)
-
-
-if __name__ == "__main__":
-    run()
+    """The command (console script, python -m shim)."""
+    runtime.run_command(main)

@@ -15,7 +15,7 @@ Exit status: 0 done, 1 the files do not fit (the message names the tensor and th
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from crfgan_tf import geometry, intensity, runtime
 
@@ -61,10 +61,5 @@ def main(argv):
 
 
 def run():
-    """The command (console script and python -m): process settings, then main."""
-    runtime.configure()
-    app.run(main)
-
-
-if __name__ == "__main__":
-    run()
+    """The command (console script, python -m shim)."""
+    runtime.run_command(main)

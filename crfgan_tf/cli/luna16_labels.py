@@ -10,7 +10,7 @@ annotated nodule of --min_diameter_mm or more, 0 otherwise (every scan gets a la
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from crfgan_tf import fileio, runtime
 from crfgan_tf.data import convert
@@ -62,10 +62,5 @@ def main(argv):
 
 
 def run():
-    """The command (console script and python -m): process settings, then main."""
-    runtime.configure(load_tensorflow=False)
-    app.run(main)
-
-
-if __name__ == "__main__":
-    run()
+    """The command (console script, python -m shim)."""
+    runtime.run_command(main, load_tensorflow=False)

@@ -9,7 +9,7 @@ peak (reset after warm-up) on a GPU, the process's peak resident memory on CPU.
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from crfgan_tf import geometry, runtime
 from crfgan_tf.bench import training
@@ -77,10 +77,5 @@ def main(argv):
 
 
 def run():
-    """The command (console script and python -m): process settings, then main."""
-    runtime.configure(load_tensorflow=False)
-    app.run(main)
-
-
-if __name__ == "__main__":
-    run()
+    """The command (console script, python -m shim)."""
+    runtime.run_command(main, load_tensorflow=False)

@@ -10,7 +10,7 @@ and ITK-SNAP), plus a PNG preview of its mid-slices at a lung window.
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from crfgan_tf import runtime
 
@@ -56,10 +56,5 @@ def main(argv):
 
 
 def run():
-    """The command (console script and python -m): process settings, then main."""
-    runtime.configure()
-    app.run(main)
-
-
-if __name__ == "__main__":
-    run()
+    """The command (console script, python -m shim)."""
+    runtime.run_command(main)

@@ -11,7 +11,7 @@ checkpoint intervals, --keep_checkpoints, --profile_steps, --jit_compile, --stra
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from crfgan_tf import config as config_lib
 from crfgan_tf import geometry, runtime
@@ -160,10 +160,5 @@ def main(argv):
 
 
 def run():
-    """The command (console script and python -m): process settings, then main."""
-    runtime.configure(load_tensorflow=False)
-    app.run(main)
-
-
-if __name__ == "__main__":
-    run()
+    """The command (console script, python -m shim)."""
+    runtime.run_command(main, load_tensorflow=False)
