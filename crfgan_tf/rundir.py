@@ -27,7 +27,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
 import shutil
 import time
 from typing import Callable, Optional, Union
@@ -155,33 +154,17 @@ def checkpoint_path(model_dir: str, step: Union[None, int, str] = None) -> str:
     Raises:
       FileNotFoundError: there is no such checkpoint (the message says which and why).
     """
-    if step == "best":
-        directory, missing = os.path.join(model_dir, BEST_DIR), (
-            "it is written by in-training evaluation (--eval_every)")
-    else:
-        directory, missing = os.path.join(model_dir, CHECKPOINT_DIR), ""
-    latest = _latest_checkpoint(directory)
-    if step is None or step == "best":
-        if latest is None:
-            what = "best checkpoint" if step == "best" else "checkpoint"
-            raise FileNotFoundError(f"no {what} in {directory!r}" + (f": {missing}" if missing else ""))
-        return latest
-    path = os.path.join(directory, f"ckpt-{int(step)}")
-    if not os.path.exists(path + ".index"):
-        raise FileNotFoundError(f"no checkpoint for step {step} ({path})")
-    return path
+    if step is not None and step != "best":
+        path = os.path.join(model_dir, CHECKPOINT_DIR, f"ckpt-{int(step)}")
+        if not os.path.exists(path + ".index"):
+            raise FileNotFoundError(f"no checkpoint for step {step} ({path})")
+        return path
+    import tensorflow as tf  # deferred: TensorFlow-free code reads this module too
 
-
-def _latest_checkpoint(directory: str) -> Optional[str]:
-    """The newest ckpt-N of a checkpoint directory (by its `checkpoint` state file, as
-    tf.train.latest_checkpoint reads it), without loading TensorFlow."""
-    state = os.path.join(directory, "checkpoint")
-    if not os.path.exists(state):
-        return None
-    with open(state) as f:
-        match = re.search(r'^model_checkpoint_path: "(.+)"$', f.read(), re.M)
-    if not match:
-        return None
-    path = match.group(1)
-    path = path if os.path.isabs(path) else os.path.join(directory, path)
-    return path if os.path.exists(path + ".index") else None
+    directory = os.path.join(model_dir, BEST_DIR if step == "best" else CHECKPOINT_DIR)
+    latest = tf.train.latest_checkpoint(directory)
+    if latest is None:
+        raise FileNotFoundError(
+            f"no best checkpoint in {directory!r}: it is written by in-training evaluation "
+            "(--eval_every)" if step == "best" else f"no checkpoint in {directory!r}")
+    return latest
