@@ -9,6 +9,7 @@ import re
 import sys
 from typing import Callable, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from crfgan_tf import rundir
@@ -27,6 +28,18 @@ def make_checkpoint(model: SubVolumeGAN) -> tf.train.Checkpoint:
     """Every network, every optimizer state and the step (the input stream and all
     randomness are functions of the step, so that is the whole RNG state)."""
     return tf.train.Checkpoint(**model.checkpoint_items())
+
+
+def checkpoint_bytes(checkpoint: tf.train.Checkpoint) -> int:
+    """About the bytes a checkpoint of `checkpoint` writes: every variable it tracks
+    (networks, optimizer slots, step), without the small index file."""
+    seen, total = set(), 0
+    for item in checkpoint._trackable_children().values():  # the items make_checkpoint named
+        for var in getattr(item, "variables", None) or ([item] if hasattr(item, "dtype") else []):
+            if id(var) not in seen:
+                seen.add(id(var))
+                total += int(np.prod(var.shape)) * tf.as_dtype(var.dtype).size
+    return total
 
 
 _SHAPE_MISMATCH = re.compile(r"incompatible tensor with shape \(([\d, ]*)\) when attempting "
@@ -51,8 +64,14 @@ def architecture_flag(name: str, stored: tuple, built: tuple) -> str:
 
 
 def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager,
-                   log: Callable[[str], None] = _log) -> Optional[str]:
+                   log: Callable[[str], None] = _log, move_damaged: bool = False) -> Optional[str]:
     """Restores the newest readable checkpoint; an unreadable one is skipped with a warning.
+
+    With `move_damaged` (the process that writes the run directory), the unreadable
+    checkpoints newer than the one restored are moved into `checkpoints/damaged/` and the
+    checkpoint state file lists the rest, so the next start does not trip on them again
+    and a later save of the same step does not mix with their files. When none is
+    readable nothing is moved.
 
     Returns:
       The path restored, or None when there is none (a fresh start).
@@ -62,9 +81,12 @@ def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.Checkpoint
         with other flags); names the variable and the flag. Nothing is changed.
       NoReadableCheckpointError: no checkpoint could be read.
     """
+    damaged = []
     for path in reversed(manager.checkpoints):
         try:
             checkpoint.read(path).assert_existing_objects_matched()
+            if damaged and move_damaged:
+                move_aside(manager, damaged, log)
             return path
         except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways
             # (DataLossError, IndexError "read less bytes", ValueError ...); each is skipped.
@@ -79,6 +101,7 @@ def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.Checkpoint
                     "changed; resume with the settings the run was started with.") from None
             log(f"WARNING: checkpoint {path} is unreadable ({type(err).__name__}: "
                 f"{str(err).splitlines()[0][:200]}); trying the previous one")
+            damaged.append(path)
     if manager.checkpoints:
         raise NoReadableCheckpointError(
             f"no readable checkpoint in {manager.directory} (nothing was changed there; "
@@ -86,6 +109,26 @@ def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.Checkpoint
             "G1/G2's up-sampling and padding layers were fused into their convolutions, have "
             "another layout and do not restore into the current networks)")
     return None
+
+
+def move_aside(manager: tf.train.CheckpointManager, paths: list,
+               log: Callable[[str], None] = _log) -> list:
+    """Moves the files of the checkpoints `paths` into `<directory>/damaged/` and rewrites
+    the checkpoint state file without them; returns the new locations."""
+    target = os.path.join(manager.directory, rundir.DAMAGED_DIR)
+    os.makedirs(target, exist_ok=True)
+    moved = []
+    for path in paths:
+        for f in tf.io.gfile.glob(path + ".*"):
+            dest = os.path.join(target, os.path.basename(f))
+            os.replace(f, dest)
+            moved.append(dest)
+        log(f"train: moved the unreadable checkpoint {os.path.basename(path)} to {target}/ "
+            "(inspect or delete it; it is not read again)")
+    kept = [p for p in manager.checkpoints if p not in paths]
+    tf.compat.v1.train.update_checkpoint_state(
+        manager.directory, kept[-1] if kept else "", all_model_checkpoint_paths=kept)
+    return moved
 
 
 def checkpoint_managers(checkpoint, model_dir: str, keep: int, chief: bool, strategy):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from crfgan_tf import geometry
+from crfgan_tf import geometry, preemption
 
 MODELS = ("crfgan", "hagan")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -77,6 +77,8 @@ class TrainConfig:
     augment_p: float = 0.5  # probability per example and transform (ADA: the start)
     ada_target: float = 0.0  # > 0: adapt p so that r_t (share of real logits > 0) -> this
     ada_speed: float = 0.001  # ADA: change of p per step
+    # signals that stop the run after the current step with a checkpoint ("" or "none": off)
+    save_on_signals: str = preemption.DEFAULT_SIGNALS
 
     def validate(self) -> None:
         """Raises ValueError naming the flag of any invalid setting."""
@@ -126,6 +128,7 @@ class TrainConfig:
              "--ada_target adapts the augmentation probability: give --augment too")
         need(self.ada_speed > 0, f"--ada_speed must be > 0, got {self.ada_speed}")
         self.profile_range()
+        preemption.parse_signals(self.save_on_signals)
 
     def augment_transforms(self) -> tuple:
         """--augment as a tuple of transform names ('' -> ())."""

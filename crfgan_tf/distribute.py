@@ -55,3 +55,25 @@ def make_distributed_step(strategy: tf.distribute.Strategy, model: SubVolumeGAN,
                 for k, v in per_replica.items()}
 
     return distributed_step
+
+
+
+def make_stop_agreement(strategy: tf.distribute.Strategy) -> Callable[[int], int]:
+    """For multi_worker: a function that every worker calls after every step with its own
+    pending stop signal (0: none) and that answers alike on all of them: non-zero when
+    any worker got a signal (its own signal number, or SIGTERM's 15 for a peer's). One
+    scalar all-reduce per step, so all workers stop, and save collectively, at the same
+    step. (TF's PreemptionCheckpointHandler agrees on a step too, but it watches SIGTERM
+    alone, probes the GCE metadata server over the network when it starts and does
+    nothing on GCE CPU machines.)"""
+
+    @tf.function
+    def any_signal(local):
+        per_replica = strategy.run(lambda: tf.identity(local))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    def agree(signum: int) -> int:
+        if float(any_signal(tf.constant(float(signum)))) == 0:
+            return 0
+        return signum or 15
+    return agree

@@ -39,7 +39,7 @@ from typing import Callable, Dict, List
 import numpy as np
 
 from crfgan_tf import config as config_lib
-from crfgan_tf import fileio, rundir
+from crfgan_tf import dirlock, fileio, rundir
 
 # file prefix -> the phase (optimizer) of ours that holds its parameters
 FILES = {"crfgan": {"G": "g", "D": "d", "E": "rec", "crf": "crf"},
@@ -298,7 +298,8 @@ def _sha256(path: str) -> str:
 
 def import_checkpoint(model: str, checkpoint_dir: str, iteration: int, img_size: int,
                       model_dir: str, latent_dim: int = 1024, overwrite: bool = False,
-                      train_records: str = "", log: Callable[[str], None] = print) -> dict:
+                      train_records: str = "", log: Callable[[str], None] = print,
+                      break_lock: bool = False) -> dict:
     """Writes a run directory from the reference files `{prefix}_iter{iteration}.pth`.
 
     The run directory holds config.json (the architecture, the reference's learning rates
@@ -309,21 +310,16 @@ def import_checkpoint(model: str, checkpoint_dir: str, iteration: int, img_size:
     network with its spectral-norm u vectors and Adam state, and reference_import.json
     (the source files, their sha256 and what each held). It is written beside `model_dir`
     and renamed into place whole; an existing non-empty `model_dir` is replaced only with
-    `overwrite`.
+    `overwrite`, and never while another process holds its lock (crfgan_tf.dirlock;
+    `break_lock` takes over one from another host).
 
     Raises:
       FileNotFoundError: a file is missing (names it, and the iterations present).
       ReferenceMismatch: a tensor does not fit (names it, and the flag to change).
       FileExistsError: model_dir exists, is not empty, and not `overwrite`.
-
-    Longer than 60 lines on purpose: the import is one transaction (check every file, build,
-    assign, write beside model_dir, rename), read top to bottom; its parts are the helpers
-    above (check_state, apply_state).
+      dirlock.LockedError: another process writes model_dir (named).
     """
-    import tensorflow as tf
-
-    from crfgan_tf import train_lib
-    from crfgan_tf.reference_files import available_iterations, load_pth
+    from crfgan_tf.reference_files import available_iterations
 
     if model not in FILES:
         raise ValueError(f"--model must be one of {sorted(FILES)}, got {model!r}")
@@ -337,10 +333,28 @@ def import_checkpoint(model: str, checkpoint_dir: str, iteration: int, img_size:
             f"missing {', '.join(missing)}; {model} needs "
             f"{', '.join(f'{f}_iter{iteration}.pth' for f in FILES[model])}; iterations with "
             f"every file in {checkpoint_dir}: {present or 'none'}")
-    if os.path.exists(model_dir) and (not os.path.isdir(model_dir) or os.listdir(model_dir)) \
+    if os.path.exists(model_dir) and (not os.path.isdir(model_dir) or set(os.listdir(model_dir))
+                                      - {dirlock.LOCK_FILE}) \
             and not overwrite:  # --overwrite replaces the whole directory
         raise FileExistsError(f"--model_dir {model_dir!r} already exists and is not empty; "
                               "choose a new directory or pass --overwrite to replace it")
+    # a training run still writing there is never replaced; the lock goes with the
+    # directory when the import renames its copy into place
+    with dirlock.DirLock(model_dir, "--model_dir", break_lock, log):
+        return _import(model, paths, img_size, model_dir, latent_dim, train_records,
+                       checkpoint_dir, iteration, log)
+
+
+def _import(model: str, paths: dict, img_size: int, model_dir: str, latent_dim: int,
+            train_records: str, checkpoint_dir: str, iteration: int, log) -> dict:
+    """import_checkpoint's work, once the inputs are checked and model_dir is locked: one
+    transaction (read every file, build, check, assign, write beside model_dir, rename),
+    read top to bottom; its parts are the helpers above (check_state, apply_state)."""
+    import tensorflow as tf
+
+    from crfgan_tf import train_lib
+    from crfgan_tf.reference_files import load_pth
+
     raws = {f: load_pth(p) for f, p in paths.items()}
     # a conditional run (the references' --num-class N) is recognised by D's class head
     num_classes = classes_of(strip_prefix(raws["D"]["model"]))

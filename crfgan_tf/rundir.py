@@ -11,6 +11,9 @@ checkpoints.
   <model_dir>/checkpoints/ckpt-N   tf.train.Checkpoint (networks under the model's
                                    `modules()` names, TRUNK_KEY and HEAD_KEY the generator;
                                    optimizers; step)
+  <model_dir>/checkpoints/damaged/ unreadable checkpoints a resume skipped, moved aside
+  <model_dir>/.crfgan.lock         the lock of the process writing the run
+                                   (crfgan_tf.dirlock; removed when it ends)
   <model_dir>/train/               TensorBoard events
   <model_dir>/eval.jsonl           one line per in-training evaluation (--eval_every)
   <model_dir>/best/ckpt-N          the checkpoint with the best evaluation, kept apart
@@ -39,6 +42,7 @@ FLAGS_FILE = "flags.txt"
 CHANGES_FILE = "config_changes.jsonl"
 STATE_FILE = "trainer_state.json"
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged"  # inside CHECKPOINT_DIR: unreadable checkpoints moved aside
 EVAL_FILE = "eval.jsonl"
 BEST_DIR = "best"
 BEST_FILE = "best.json"
@@ -51,7 +55,7 @@ HEAD_KEY = "generator_head"
 # and how it is executed. Everything else decides the weights or the data stream.
 RESUMABLE_FIELDS = ("model_dir", "train_steps", "log_every", "checkpoint_every",
                     "image_every", "keep_checkpoints", "profile_steps", "jit_compile",
-                    "strategy", "cpu_devices", "eval_every")
+                    "strategy", "cpu_devices", "eval_every", "save_on_signals")
 
 
 class RunDirError(ValueError):

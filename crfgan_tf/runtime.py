@@ -91,6 +91,17 @@ def lean_cpu_memory(mmap_threshold: int = 256 * 1024) -> bool:
         return False
 
 
+def ignore_file_size_signal() -> None:
+    """A write past the process's file-size limit (RLIMIT_FSIZE, `ulimit -f`) sends
+    SIGXFSZ, whose default action kills the process mid-write with no message; ignored,
+    the write fails with EFBIG, which every command reports as a full disk (naming the
+    file and what is still valid)."""
+    import signal
+
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 def lean_cpu_memory_requested(environ=os.environ) -> bool:
     """Whether `environ` asks for lean_cpu_memory (CRFGAN_LEAN_CPU_MEMORY set, not 0)."""
     return environ.get("CRFGAN_LEAN_CPU_MEMORY", "0") not in ("", "0")
@@ -103,12 +114,15 @@ def configure(load_tensorflow: bool = True, environ=os.environ, argv=None) -> No
       iteration takes 40 % less peak memory and runs 1.33x faster than with the default
       Eigen kernels, which expand every 3D convolution into a full patch matrix
       (docs/benchmarks.md); an explicit TF_ENABLE_ONEDNN_OPTS=0 still wins;
+    - a file-size limit (ulimit -f) makes writes fail with an error naming the file
+      instead of killing the process (ignore_file_size_signal);
     - lean_cpu_memory() when CRFGAN_LEAN_CPU_MEMORY=1;
     - with load_tensorflow, TensorFlow loaded now with its start-up notices silenced
       (quiet_tensorflow); entry points that may not need it (--dry_run) call
       quiet_tensorflow() themselves when they do.
     """
     environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    ignore_file_size_signal()
     if lean_cpu_memory_requested(environ):
         lean_cpu_memory()
     if load_tensorflow:
@@ -146,8 +160,9 @@ def _tensorflow_file_errors() -> tuple:
 
 def reports_user_errors(main: Callable) -> Callable:
     """Wraps an absl `main`: a file-system error on a path the user gave (an output under
-    a regular file, a read-only directory, a full disk) is printed as one line and exits
-    with status 2; anything else keeps its traceback (a bug). Python-side INFO logging
+    a regular file, a read-only directory, a full disk: fileio.DiskFullError, or any
+    error whose cause is a full disk) is printed as one line and exits with status 2;
+    anything else keeps its traceback (a bug). Python-side INFO logging
     (TensorFlow's "Assets written to ...") is off unless --verbosity is given."""
 
     @functools.wraps(main)
@@ -158,13 +173,22 @@ def reports_user_errors(main: Callable) -> Callable:
             logging.set_verbosity(logging.WARNING)
         try:
             return main(argv)
+        except fileio.DiskFullError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         except OSError as err:
-            if not err.filename:
+            if not err.filename and err.errno not in fileio.DISK_FULL_ERRNOS:
                 raise
             print(f"error: {fileio.describe_os_error(err)}", file=sys.stderr)
             return 2
         except _tensorflow_file_errors() as err:
             print(f"error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+            return 2
+        except Exception as err:  # noqa: BLE001 - only a full disk is the user's to fix
+            reason = fileio.disk_full_reason(err)
+            if reason is None:
+                raise
+            print(f"error: {reason}: {str(err).strip().splitlines()[-1][:300]}", file=sys.stderr)
             return 2
 
     return wrapped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from typing import Optional, Sequence
@@ -46,27 +47,72 @@ def write_volume(array: np.ndarray, path: str, spacing_zyx, fmt: str,
     identity direction; `npy` writes the array plus a `.json` sidecar with the geometry.
     A conditional sample's class goes into the file's metadata: the NIfTI `descrip`
     ("crfgan-tf class K (name)"), `crfgan_class`/`crfgan_class_name` keys in MHA and
-    NRRD headers, `class`/`class_name` in the npy sidecar."""
+    NRRD headers, `class`/`class_name` in the npy sidecar.
+
+    The file appears whole or not at all (written beside `path`, checked, renamed).
+
+    Raises:
+      fileio.DiskFullError: no space for it (ITK's NIfTI writer only prints a write error
+        and leaves a truncated file; that is caught by reading the file back).
+    """
     spacing = [float(s) for s in spacing_zyx]
     origin_xyz = [-(n - 1) / 2.0 * s for n, s in zip(reversed(array.shape), reversed(spacing))]
-    if fmt == "npy":
-        np.save(path, array)
-        meta = {"axes": "z (inferior->superior), y (anterior->posterior), x (right->left)",
-                "spacing_zyx_mm": spacing, "origin_xyz_mm": origin_xyz, "units": "HU"}
+    try:
+        if fmt == "npy":
+            with fileio.atomic_output(path, ".npy") as tmp:
+                np.save(tmp, array)
+            meta = {"axes": "z (inferior->superior), y (anterior->posterior), x (right->left)",
+                    "spacing_zyx_mm": spacing, "origin_xyz_mm": origin_xyz, "units": "HU"}
+            if label is not None:
+                meta.update({"class": label, "class_name": class_name})
+            fileio.atomic_write(path[:-4] + ".json", json.dumps(meta, indent=2))
+            return
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(list(reversed(spacing)))
+        image.SetOrigin(origin_xyz)
+        image.SetDirection([1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0])
         if label is not None:
-            meta.update({"class": label, "class_name": class_name})
-        with open(path[:-4] + ".json", "w") as f:
-            json.dump(meta, f, indent=2)
-        return
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(list(reversed(spacing)))
-    image.SetOrigin(origin_xyz)
-    image.SetDirection([1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0])
-    if label is not None:
-        image.SetMetaData("ITK_FileNotes", f"crfgan-tf class {label} ({class_name})"[:79])
-        image.SetMetaData("crfgan_class", str(label))
-        image.SetMetaData("crfgan_class_name", class_name)
-    sitk.WriteImage(image, path, useCompression=fmt != "mha")
+            image.SetMetaData("ITK_FileNotes", f"crfgan-tf class {label} ({class_name})"[:79])
+            image.SetMetaData("crfgan_class", str(label))
+            image.SetMetaData("crfgan_class_name", class_name)
+        with fileio.atomic_output(path, FORMATS[fmt]) as tmp:
+            sitk.WriteImage(image, tmp, useCompression=fmt != "mha")
+            if fmt.startswith("nii") and not _nifti_complete(tmp, array.nbytes):
+                raise _Incomplete("ITK's NIfTI writer left it incomplete (no space left on "
+                                  "the device, or a file-size limit)")
+    except Exception as err:  # noqa: BLE001 - ITK reports a full disk as RuntimeError text
+        reason = str(err) if isinstance(err, _Incomplete) else fileio.disk_full_reason(err)
+        if reason is None and any(t in str(err) for t in _SHORT_WRITE):
+            reason = ("the writer could write only part of it (no space left on the device, "
+                      "or a file-size limit)")
+        if reason is None:
+            raise
+        raise fileio.disk_full_error(path, reason, array.nbytes, "The samples written before "
+                                     "it are complete", "free space and sample again") from None
+
+
+# how NRRD's writer (through ITK) and numpy's np.save report a short write
+_SHORT_WRITE = ("failed to write to file", " requested and ")
+
+
+class _Incomplete(Exception):
+    """A file that a writer reported as written but that is not whole."""
+
+
+def _nifti_complete(path: str, data_bytes: int) -> bool:
+    """Whether a NIfTI file holds its whole header and `data_bytes` of voxels (gzip read
+    to its end-of-stream marker)."""
+    try:
+        if path.endswith(".gz"):
+            size = 0
+            with gzip.open(path, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    size += len(chunk)
+        else:
+            size = os.path.getsize(path)
+    except (OSError, EOFError):  # a gzip stream that stops early
+        return False
+    return size >= 348 + data_bytes
 
 
 def resolve_labels(meta: dict, labels: Optional[Sequence[int]]) -> list:

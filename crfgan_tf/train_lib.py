@@ -6,6 +6,7 @@ in-training evaluation's place in the loop (replicas: crfgan_tf.distribute).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -18,10 +19,12 @@ import keras
 import tensorflow as tf
 
 from crfgan_tf import config as config_lib
-from crfgan_tf import fileio, intensity, optimizers, rundir, summaries
-from crfgan_tf.checkpointing import checkpoint_managers, make_checkpoint, restore_latest
+from crfgan_tf import dirlock, fileio, intensity, optimizers, preemption, rundir, summaries
+from crfgan_tf.checkpointing import (checkpoint_bytes, checkpoint_managers, make_checkpoint,
+                                     restore_latest)
 from crfgan_tf.data import pipeline, records
-from crfgan_tf.distribute import is_chief, make_distributed_step, make_strategy
+from crfgan_tf.distribute import (is_chief, make_distributed_step, make_stop_agreement,
+                                  make_strategy)
 from crfgan_tf.model import MODEL_CLASSES, SubVolumeGAN
 
 
@@ -99,27 +102,43 @@ def build_model(config: config_lib.TrainConfig,
 
 
 def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
-          flags_text: Optional[str] = None) -> dict:
+          flags_text: Optional[str] = None, break_lock: bool = False) -> dict:
     """Trains (or resumes) until `config.train_steps`; returns the last metrics and step.
 
     Before anything is written: the config is validated and compared with the one stored
     in the run directory (only rundir.RESUMABLE_FIELDS may differ), and the records are
-    checked (they exist and hold img_size^3 volumes).
+    checked (they exist and hold img_size^3 volumes). The run directory's lock
+    (crfgan_tf.dirlock) is held from before the checkpoints are read until the end.
+
+    A signal of `config.save_on_signals` stops the run after the step in progress, with a
+    checkpoint at that step (crfgan_tf.preemption); under multi_worker every worker stops
+    at the same step.
 
     Args:
       config: the run.
       log: progress lines.
       flags_text: the command line as a flagfile, kept as flags.txt.
+      break_lock: take over a lock held from another host (--break_lock).
 
     Raises:
       ValueError: invalid config (before any work); rundir.RunDirError, a run directory
         started with other settings; records.RecordsError, missing, mismatched or damaged
-        records (the file named).
+        records (the file named); dirlock.LockedError, another process writes the run
+        directory (named).
       NonFiniteLossError: a loss became NaN/inf (names the step and phase).
+      preemption.Interrupted: a signal stopped the run; the checkpoint of its step is saved.
+      fileio.DiskFullError: a checkpoint or run file could not be written for want of
+        space (the previous checkpoint is intact).
     """
     files, changed, data_meta = _check_inputs(config)
-    run = _start(config, data_meta, changed, flags_text, log)
-    step = int(run.model.step_counter.numpy())
+    with contextlib.ExitStack() as held:
+        run = _start(config, data_meta, changed, flags_text, log, held, break_lock)
+        return _loop(config, run, files, log)
+
+
+def _loop(config: config_lib.TrainConfig, run: "_Run", files: list, log) -> dict:
+    """The steps of a started run, from its restored step to config.train_steps."""
+    step = start = int(run.model.step_counter.numpy())
     if step >= config.train_steps:
         log(f"train: step {step} >= --train_steps={config.train_steps}; nothing to do")
         return {"step": step, "metrics": {}, "model": run.model}
@@ -138,27 +157,50 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
     log(f"train: {config.model} {config.img_size}^3, batch {config.batch_size} on "
         f"{run.strategy.num_replicas_in_sync} replica(s), {config.mixed_precision}, "
         f"steps {step} -> {config.train_steps}, model_dir {config.model_dir}")
-    if evaluation and step == 0:
-        evaluation.run(run.model, 0, writer)  # the baseline: distances at initialisation
+    signals = preemption.parse_signals(config.save_on_signals)
+    # multi_worker: every worker must stop at the same step (the save is collective)
+    agree = make_stop_agreement(run.strategy) \
+        if signals and config.strategy == "multi_worker" else None
     profile = _Profile(config, log) if run.chief else None
-    metrics = {}
-    while step < config.train_steps:
-        if profile:
-            profile.before(step + 1)
-        try:
-            batch = next(iterator)
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
-            raise records.RecordsError(
-                f"{records.describe_read_error(err, files)} (at step {step + 1}; the last "
-                f"checkpoint, {run.manager.latest_checkpoint}, is intact)") from None
-        metrics = {k: float(v) for k, v in distributed_step(batch).items()}
-        step += 1
-        if profile:
-            profile.after(step)
-        _after_step(config, run, step, metrics, writer, reporter, evaluation)
+    metrics, stop_signal = {}, None
+    with preemption.StopOnSignal(signals, log) as stop:
+        if evaluation and step == 0:
+            evaluation.run(run.model, 0, writer)  # the baseline: distances at initialisation
+        while step < config.train_steps and not stop_signal:
+            if profile:
+                profile.before(step + 1)
+            try:
+                batch = next(iterator)
+            except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
+                raise records.RecordsError(
+                    f"{records.describe_read_error(err, files)} (at step {step + 1}; the last "
+                    f"checkpoint, {run.manager.latest_checkpoint}, is intact)") from None
+            metrics = {k: float(v) for k, v in distributed_step(batch).items()}
+            step += 1
+            if profile:
+                profile.after(step)
+            _after_step(config, run, step, metrics, writer, reporter, evaluation)
+            stop_signal = agree(stop.signum or 0) if agree else stop.signum
     writer.flush()
+    if stop_signal and step < config.train_steps:
+        _stop(config, run, step, start, metrics, stop_signal, log)
     log(f"train: finished at step {step}; checkpoint {run.manager.latest_checkpoint}")
     return {"step": step, "metrics": metrics, "model": run.model}
+
+
+def _stop(config: config_lib.TrainConfig, run: "_Run", step: int, start: int, metrics: dict,
+          signum: int, log) -> None:
+    """The end of a run stopped by a signal: the checkpoint of `step` (unless it was just
+    written, or no step ran), one line, and preemption.Interrupted."""
+    saved = None
+    if step > start:
+        if step % config.checkpoint_every:
+            _save(config, run.writer_manager, run.chief, step, metrics)
+        saved = os.path.join(config.model_dir, rundir.CHECKPOINT_DIR, f"ckpt-{step}")
+    err = preemption.Interrupted(signum, step, saved)
+    if run.chief:
+        log(f"train: {err}")
+    raise err
 
 
 @dataclasses.dataclass
@@ -175,17 +217,19 @@ class _Run:
 
 
 def _start(config: config_lib.TrainConfig, data_meta: Optional[dict], changed: dict,
-           flags_text: Optional[str], log) -> _Run:
-    """Strategy, model and checkpoint restored (or fresh); only then, on the chief, the run
-    directory's config.json, flags.txt and data.json are written."""
+           flags_text: Optional[str], log, held: contextlib.ExitStack,
+           break_lock: bool = False) -> _Run:
+    """Strategy, the run directory's lock (the chief's, kept in `held`), model and
+    checkpoint restored (or fresh); only then, on the chief, the run directory's
+    config.json, flags.txt and data.json are written."""
     strategy = make_strategy(config.strategy, config.cpu_devices)
     chief = is_chief(strategy)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(f"--batch_size={config.batch_size} is not divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas")
     evaluate = _evaluation_wanted(config, chief, log)
-    if chief:
-        fileio.ensure_output_dir(config.model_dir, "--model_dir")
+    if chief:  # before anything is read or removed there: one writer per run directory
+        held.enter_context(dirlock.DirLock(config.model_dir, "--model_dir", break_lock, log))
         rundir.remove_partial_checkpoints(config.model_dir, log)
     for line in cpu_advice(config, bool(tf.config.list_physical_devices("GPU")), _cpu_flags()):
         log(line)
@@ -197,7 +241,10 @@ def _start(config: config_lib.TrainConfig, data_meta: Optional[dict], changed: d
         checkpoint = make_checkpoint(model)
     manager, writer_manager = checkpoint_managers(checkpoint, config.model_dir,
                                                   config.keep_checkpoints, chief, strategy)
-    restored = restore_latest(checkpoint, manager, log)
+    restored = restore_latest(checkpoint, manager, log, move_damaged=chief)
+    if restored and restored != manager.latest_checkpoint:  # damaged ones moved aside
+        manager, writer_manager = checkpoint_managers(checkpoint, config.model_dir,
+                                                      config.keep_checkpoints, chief, strategy)
     if chief:  # only now: the checkpoints fit this config (or there are none)
         rundir.record_config(config, flags_text, changed, log)
         if data_meta:
@@ -292,14 +339,41 @@ def _check_finite(model: SubVolumeGAN, metrics: dict, step: int, manager) -> Non
 
 
 def _save(config: config_lib.TrainConfig, manager, chief: bool, step: int, metrics: dict) -> None:
-    """A checkpoint, and (chief) trainer_state.json; a non-chief's scratch copy is removed."""
-    path = manager.save(checkpoint_number=step)
+    """A checkpoint, and (chief) trainer_state.json; a non-chief's scratch copy is removed.
+
+    Raises:
+      fileio.DiskFullError: no space for the checkpoint (its partial files are removed;
+        the previous checkpoint stays the latest) or for trainer_state.json.
+    """
+    previous = manager.latest_checkpoint
+    try:
+        path = manager.save(checkpoint_number=step)
+    except Exception as err:  # noqa: BLE001 - TensorFlow reports a full disk in several types
+        reason = fileio.disk_full_reason(err)
+        if reason is None:
+            raise
+        if chief:  # free what the failed save wrote
+            rundir.remove_partial_checkpoints(config.model_dir, lambda m: None)
+        raise fileio.disk_full_error(
+            os.path.join(manager.directory, f"ckpt-{step}"), reason,
+            checkpoint_bytes(manager.checkpoint),
+            f"Nothing of it was kept and the previous checkpoint ({previous or 'none'}) is "
+            "intact", "free space and run the same command again to resume from there") from None
     if not chief:
         tf.io.gfile.rmtree(manager.directory)
         return
-    fileio.atomic_write(os.path.join(config.model_dir, rundir.STATE_FILE), json.dumps(
-        {"step": step, "checkpoint": path, "train_steps": config.train_steps,
-         "metrics": metrics, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+    state = os.path.join(config.model_dir, rundir.STATE_FILE)
+    try:
+        fileio.atomic_write(state, json.dumps(
+            {"step": step, "checkpoint": path, "train_steps": config.train_steps,
+             "metrics": metrics, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+    except OSError as err:
+        if fileio.disk_full_reason(err) is None:
+            raise
+        raise fileio.disk_full_error(
+            state, fileio.disk_full_reason(err), None,
+            f"The checkpoint {path} was written and is what a rerun resumes from",
+            "free space and run the same command again") from None
 
 
 class _InTrainingEvaluation:

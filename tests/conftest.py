@@ -1,4 +1,8 @@
 import os
+import re
+import subprocess
+import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -78,3 +82,74 @@ def exported(trained_run, tmp_path_factory):
 
     sm = str(tmp_path_factory.mktemp("export") / "sm")
     return sm, export_lib.export(trained_run[0], sm, log=lambda m: None)
+
+
+# The training command on the tiny model, for the tests of what a real process does
+# (signals, locks, file-size limits): tests/test_preemption.py, test_dirlock.py,
+# test_full_disk.py.
+STEPS = 6
+
+
+def train_args(records, model_dir, *extra):
+    """The tiny 64^3 CRF-GAN of conftest.tiny_config as command-line flags; no scheduled
+    checkpoint before the end, so every checkpoint before it comes from a signal."""
+    return ["--model_dir=" + str(model_dir),
+            "--train_records=" + os.path.join(records, "train-*.tfrecord"),
+            "--img_size=64", "--batch_size=2", f"--train_steps={STEPS}", "--latent_dim=16",
+            "--width=0.0625", "--log_every=1", "--checkpoint_every=100",
+            "--image_every=100", "--seed=1", "--keep_checkpoints=10", *extra]
+
+
+def start_train(args, **popen):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.Popen([sys.executable, "-m", "crfgan_tf.train", *args], cwd=REPO,
+                            env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, **popen)
+
+
+def run_train(args, timeout=300, **popen):
+    proc = start_train(args, **popen)
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
+def wait_for_line(proc, pattern, timeout=240):
+    """Reads the command's stderr until a line matches; returns the lines read."""
+    lines, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if re.search(pattern, line):
+            return lines
+    proc.kill()
+    raise AssertionError(f"no line matching {pattern!r}:\n{''.join(lines)}")
+
+
+def checkpoint_values(prefix):
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(prefix)
+    # save_counter counts saves, not training: a stopped run saved once more
+    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()
+            if "OBJECT_GRAPH" not in n and not n.startswith("save_counter")}
+
+
+@pytest.fixture(scope="session")
+def straight_run(records_64, tmp_path_factory):
+    """The run never stopped, through the same command."""
+    model_dir = tmp_path_factory.mktemp("straight")
+    rc, err = run_train(train_args(records_64, model_dir))
+    assert rc == 0, err
+    return model_dir
+
+
+def assert_bit_identical(model_dir, straight):
+    import numpy as np
+
+    a = checkpoint_values(os.path.join(model_dir, "checkpoints", f"ckpt-{STEPS}"))
+    b = checkpoint_values(os.path.join(straight, "checkpoints", f"ckpt-{STEPS}"))
+    assert a.keys() == b.keys() and len(a) > 100
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)

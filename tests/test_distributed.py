@@ -4,9 +4,12 @@ distributed step `train` runs, on two replicas against one device."""
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -61,8 +64,8 @@ def _free_ports(n):
     return ports
 
 
-def _multi_worker(records, run, steps, log_dir):
-    """Starts both workers of a 2-worker cluster on loopback, waits for both to stop."""
+def _start_workers(records, run, steps, log_dir, *extra):
+    """Starts both workers of a 2-worker cluster on loopback: [(process, log file)]."""
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     procs = []
     for i in range(2):
@@ -72,8 +75,15 @@ def _multi_worker(records, run, steps, log_dir):
         procs.append((subprocess.Popen(
             [sys.executable, "-m", "crfgan_tf.train", *DEMO,
              f"--train_records={records}/train-*.tfrecord", f"--model_dir={run}",
-             "--strategy=multi_worker", f"--train_steps={steps}"],
+             "--strategy=multi_worker", f"--train_steps={steps}", *extra],
             cwd=REPO, env=_env(TF_CONFIG=tf_config), stdout=out, stderr=subprocess.STDOUT), out))
+    return procs
+
+
+def _multi_worker(records, run, steps, log_dir, *extra, procs=None):
+    """Starts both workers of a 2-worker cluster on loopback (or takes `procs`), waits for
+    both to stop; returns their exit codes and logs."""
+    procs = procs or _start_workers(records, run, steps, log_dir, *extra)
     codes = []
     for proc, out in procs:
         try:
@@ -100,6 +110,29 @@ def test_cli_multi_worker_two_processes_checkpoint_resume_export(records_64, tmp
     assert json.load(open(run / "trainer_state.json"))["step"] == 3
     assert sorted(n for n in os.listdir(run) if n.startswith(".worker")) == []
     _export_and_generate(run, tmp_path)
+
+
+def test_cli_multi_worker_signal_to_one_worker_stops_both_at_one_step(records_64, tmp_path):
+    run = tmp_path / "run"
+    procs = _start_workers(records_64, run, 40, str(tmp_path), "--log_every=1",
+                           "--checkpoint_every=100")
+    log1 = os.path.join(str(tmp_path), "worker1-40.log")
+    deadline = time.time() + 300
+    while "step 2/40" not in open(log1).read():
+        assert time.time() < deadline and procs[1][0].poll() is None, open(log1).read()[-3000:]
+        time.sleep(0.2)
+    procs[1][0].send_signal(signal.SIGTERM)  # the other worker gets no signal
+    codes, logs = _multi_worker(records_64, run, 40, str(tmp_path), procs=procs)
+    assert codes == [143, 143], [log[-3000:] for log in logs]
+    assert "SIGTERM received" in logs[1] and "SIGTERM received" not in logs[0]
+    step = int(re.search(r"stopped at step (\d+), checkpoint", logs[0]).group(1))
+    assert 2 <= step < 40
+    assert sorted(n for n in os.listdir(run / "checkpoints") if n.endswith(".index")) == \
+        [f"ckpt-{step}.index"]
+    assert json.load(open(run / "trainer_state.json"))["step"] == step
+    assert not [n for n in os.listdir(run) if n.startswith(".worker")]
+    assert not os.path.exists(run / ".crfgan.lock")  # the chief's, released
+    # (resuming a multi_worker run from its checkpoint: the test above)
 
 
 MIRRORED_SCRIPT = r"""

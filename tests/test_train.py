@@ -89,6 +89,16 @@ def test_unreadable_latest_checkpoint_falls_back(records_64, tmp_path):
     assert any("ckpt-2" in m and "unreadable" in m for m in logs)
     assert any("resumed from" in m and "ckpt-1" in m for m in logs)
     assert out["step"] == 3
+    # moved aside in one line, not left for the next start to trip on
+    assert [m for m in logs if "moved the unreadable checkpoint ckpt-2 to" in m]
+    damaged = tmp_path / "checkpoints" / "damaged"
+    assert sorted(os.listdir(damaged)) == ["ckpt-2.data-00000-of-00001", "ckpt-2.index"]
+    assert open(damaged / "ckpt-2.data-00000-of-00001", "rb").read() == b"garbage"
+    logs = []
+    out = train_lib.train(tiny_config(tmp_path, pattern, train_steps=4, checkpoint_every=1),
+                          log=logs.append)
+    assert out["step"] == 4 and not any(m.startswith("WARNING") for m in logs), logs
+    assert any("resumed from" in m and "ckpt-3" in m for m in logs)
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(records_64, tmp_path, monkeypatch):

@@ -6,8 +6,11 @@
 With --labels_csv=labels.csv (case_id,label[,name]) the records carry class labels for
 conditional training (--num_classes in crfgan_tf.train).
 
-Rerunning the same command resumes. Exit status 1 if any scan failed (each is named,
-with its reason, and listed in manifest.json), 2 for invalid flags.
+Rerunning the same command resumes. While it runs it holds the lock
+`--output_dir/.crfgan.lock`: a second conversion into the same directory is refused.
+Exit status 1 if any scan failed (each is named, with its reason, and listed in
+manifest.json), 2 for invalid flags, a locked output directory or a full disk (the shards
+already complete stay valid; the rerun converts the rest).
 """
 
 import os
@@ -40,6 +43,9 @@ flags.DEFINE_string("labels_csv", "",
                     "LUNA16 nodule labels: python -m data_prep.luna16_labels.")
 flags.DEFINE_integer("num_classes", 0, "With --labels_csv: labels must be below this "
                      "(0: the largest label + 1).")
+flags.DEFINE_bool("break_lock", False,
+                  "Take over --output_dir's lock when it was written on another host whose "
+                  "process cannot be checked from here (only when that conversion is gone).")
 flags.mark_flags_as_required(["dataset", "input_dir", "output_dir"])
 flags.register_validator("size", lambda v: v in convert.SIZES,
                          message=f"--size must be one of {convert.SIZES}")
@@ -64,7 +70,7 @@ def main(argv):
         num_classes=FLAGS.num_classes)
     runtime.quiet_tensorflow()
     try:
-        summary = convert.run_conversion(config)
+        summary = convert.run_conversion(config, break_lock=FLAGS.break_lock)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -30,7 +30,11 @@ flags.DEFINE_string("train_records", "",
                     "Optional: records (data_prep.convert) of the data the reference trained on; "
                     "export takes the intensity window, modality and spacing from them "
                     f"(without: the CT window {list(intensity.CT_WINDOW)} HU and 1 mm spacing).")
-flags.DEFINE_bool("overwrite", False, "Replace a --model_dir that exists and is not empty.")
+flags.DEFINE_bool("overwrite", False, "Replace a --model_dir that exists and is not empty "
+                  "(never one that a running command holds: its lock is named).")
+flags.DEFINE_bool("break_lock", False,
+                  "Take over --model_dir's lock when it was written on another host whose "
+                  "process cannot be checked from here (only when that run is gone).")
 for _name in ("model", "checkpoint_dir", "iteration", "img_size", "model_dir"):
     flags.mark_flag_as_required(_name)
 
@@ -50,7 +54,8 @@ def main(argv):
                                     FLAGS.img_size, FLAGS.model_dir,
                                     latent_dim=FLAGS.latent_dim, overwrite=FLAGS.overwrite,
                                     train_records=FLAGS.train_records,
-                                    log=lambda m: print(m, file=sys.stderr))
+                                    log=lambda m: print(m, file=sys.stderr),
+                                    break_lock=FLAGS.break_lock)
     except reference.ReferenceMismatch as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

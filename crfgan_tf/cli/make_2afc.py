@@ -16,7 +16,7 @@ import sys
 
 from absl import flags
 
-from crfgan_tf import fileio, intensity, runtime
+from crfgan_tf import dirlock, fileio, intensity, runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("real", None, "Real volumes (section 1).")
@@ -39,6 +39,9 @@ flags.DEFINE_integer("label", None, "One class only: real records of that label 
                      "models' samples of it.")
 flags.DEFINE_bool("overwrite", False, "Replace a study already in --output_dir (its collected "
                   "answers can then no longer be analysed).")
+flags.DEFINE_bool("break_lock", False,
+                  "Take over --output_dir's lock when it was written on another host whose "
+                  "process cannot be checked from here (only when that command is gone).")
 flags.mark_flags_as_required(["output_dir"])
 for _name in ("section1_pairs", "section2_pairs"):
     flags.register_validator(_name, lambda v: v >= 0, f"--{_name} must be >= 0")
@@ -63,24 +66,33 @@ def main(argv):
             if need and not getattr(FLAGS, name):
                 raise StudyError(f"--{name} is required for the sections asked for")
         build.check_output_dir(FLAGS.output_dir, FLAGS.overwrite)
-        volumes, specs = {}, {}
-        for name, need in needed.items():
-            spec = getattr(FLAGS, name)
-            if not (need and spec):
-                continue
-            source = sources.open_source(spec, FLAGS.volumes_per_source, FLAGS.seed, 1, window,
-                                         FLAGS.label)
-            count = min(FLAGS.volumes_per_source, source.count or FLAGS.volumes_per_source)
-            volumes[name] = build.load_hu_volumes(source, count, window, name)
-            specs[name] = spec if FLAGS.label is None else f"{spec} (class {FLAGS.label})"
-        build.make_study(
-            volumes, FLAGS.output_dir, FLAGS.section1_pairs, FLAGS.section2_pairs,
-            (FLAGS.model_a_name, FLAGS.model_b_name), FLAGS.seed, tuple(FLAGS.planes),
-            position_range, sources=specs, overwrite=FLAGS.overwrite)
+        with dirlock.DirLock(FLAGS.output_dir, "--output_dir", FLAGS.break_lock):
+            _build(window, position_range, needed)
     except (StudyError, sources.EvaluationError, fileio.OutputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _build(window, position_range, needed: dict) -> None:
+    """The study's volumes, generated or read, and its files (under the output lock)."""
+    from crfgan_tf.evaluation import sources
+    from crfgan_tf.reader_study import build
+
+    volumes, specs = {}, {}
+    for name, need in needed.items():
+        spec = getattr(FLAGS, name)
+        if not (need and spec):
+            continue
+        source = sources.open_source(spec, FLAGS.volumes_per_source, FLAGS.seed, 1, window,
+                                     FLAGS.label)
+        count = min(FLAGS.volumes_per_source, source.count or FLAGS.volumes_per_source)
+        volumes[name] = build.load_hu_volumes(source, count, window, name)
+        specs[name] = spec if FLAGS.label is None else f"{spec} (class {FLAGS.label})"
+    build.make_study(
+        volumes, FLAGS.output_dir, FLAGS.section1_pairs, FLAGS.section2_pairs,
+        (FLAGS.model_a_name, FLAGS.model_b_name), FLAGS.seed, tuple(FLAGS.planes),
+        position_range, sources=specs, overwrite=FLAGS.overwrite)
 
 
 def run():

@@ -7,6 +7,14 @@ Starting again with the same --model_dir resumes from its latest checkpoint; rai
 checkpoint intervals, --keep_checkpoints, --profile_steps, --jit_compile, --strategy and
 --cpu_devices may change on resume; other changes are refused (crfgan_tf/rundir.py).
 --dry_run prints the resolved config and exits.
+
+SIGTERM, SIGINT and SIGUSR1 (--save_on_signals) stop the run after the step in progress
+with a checkpoint at that step; the exit status is then 128 + the signal's number (143
+for SIGTERM, 130 for SIGINT, 138 for SIGUSR1), or 0 with --exit_zero_on_signal. A second
+signal ends the process at once (the previous checkpoint stays intact). While it runs,
+the command holds the lock `--model_dir/.crfgan.lock`: a second writer is refused.
+Exit status: 0 done, 2 invalid flags or inputs, a locked or unwritable run directory, a
+full disk; 3 a non-finite loss; 128 + N stopped by signal N.
 """
 
 import sys
@@ -104,6 +112,17 @@ flags.DEFINE_float("ada_target", _defaults["ada_target"],
                    "> 0: adapt --augment_p so that r_t, the share of D's real logits above 0, "
                    "stays at this (ADA's 0.6 on E[sign] is 0.8 here).")
 flags.DEFINE_float("ada_speed", _defaults["ada_speed"], "ADA: change of p per step.")
+flags.DEFINE_string("save_on_signals", _defaults["save_on_signals"],
+                    "Signals that stop training after the current step with a checkpoint at "
+                    "that step (Slurm: SIGTERM, or SIGUSR1 with #SBATCH --signal=USR1@120); "
+                    "'none': off (the signals' default action).")
+flags.DEFINE_bool("exit_zero_on_signal", False,
+                  "Exit with status 0 after a --save_on_signals stop (default: 128 + the "
+                  "signal's number, e.g. 143 for SIGTERM, as for a process the signal ended).")
+flags.DEFINE_bool("break_lock", False,
+                  "Take over the run directory's lock when it was written on another host "
+                  "whose process cannot be checked from here (only when that run is gone). "
+                  "A lock of this host whose process has ended is taken over without it.")
 flags.DEFINE_bool("dry_run", False, "Print the resolved config and exit.")
 flags.DEFINE_string("demo_data_dir", "",
                     "If set, first write and convert the phantom CT demo data there "
@@ -122,6 +141,13 @@ flags.register_validator("width", lambda v: 0 < v <= 4, message="--width must be
 def config_from_flags() -> config_lib.TrainConfig:
     names = [f.name for f in __import__("dataclasses").fields(config_lib.TrainConfig)]
     return config_lib.TrainConfig(**{n: getattr(FLAGS, n) for n in names})
+
+
+def _flags_text() -> str:
+    """The command line as a flagfile (flags.txt, which resumes the run), without
+    --break_lock: a one-off decision, not a setting of the run."""
+    return "".join(line + "\n" for line in FLAGS.flags_into_string().splitlines()
+                   if not line.startswith(("--break_lock", "--nobreak_lock")))
 
 
 @runtime.reports_user_errors
@@ -148,8 +174,12 @@ def main(argv):
                                log=lambda m: print(m, file=sys.stderr),
                                nodules=FLAGS.demo_nodules)
 
+    from crfgan_tf import preemption
+
     try:
-        train_lib.train(config, flags_text=FLAGS.flags_into_string())
+        train_lib.train(config, flags_text=_flags_text(), break_lock=FLAGS.break_lock)
+    except preemption.Interrupted as err:  # train_lib has said where it saved
+        return preemption.exit_status(err.signum, FLAGS.exit_zero_on_signal)
     except train_lib.NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3

@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional
 
-from crfgan_tf import fileio, intensity
+from crfgan_tf import dirlock, fileio, intensity
 from crfgan_tf.data import labels as labels_lib
 from crfgan_tf.data import manifest as manifest_lib
 from crfgan_tf.data import preprocess
@@ -182,12 +182,17 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_conversion(config: ConvertConfig, log: Callable[[str], None] = _log) -> dict:
+def run_conversion(config: ConvertConfig, log: Callable[[str], None] = _log,
+                   break_lock: bool = False) -> dict:
     """Converts every scan of `config.input_dir`; returns the summary (also in the manifest).
+    The output directory's lock (crfgan_tf.dirlock) is held throughout.
 
     Raises:
       ValueError: invalid settings, no scans found, or an output directory holding a
-        conversion with other settings (unless `overwrite`).
+        conversion with other settings (unless `overwrite`); dirlock.LockedError, another
+        process writes the output directory (named).
+      fileio.DiskFullError: a shard or the manifest could not be written for want of
+        space; the shards already complete stay valid and a rerun converts the rest.
     """
     config.validate()
     start = time.time()
@@ -195,7 +200,14 @@ def run_conversion(config: ConvertConfig, log: Callable[[str], None] = _log) -> 
     table = _apply_labels(config, cases, log) if config.labels_csv else None
     split = split_cases(list(cases), config.val_fraction, config.seed)
     shards = plan_shards(cases, split, config)
-    fileio.ensure_output_dir(config.output_dir, "--output_dir")
+    with dirlock.DirLock(config.output_dir, "--output_dir", break_lock, log):
+        return _convert(config, cases, failures, table, shards, start, log)
+
+
+def _convert(config: ConvertConfig, cases: Dict[str, str], failures: Dict[str, dict],
+             table: Optional[labels_lib.LabelTable], shards: List[Shard], start: float,
+             log) -> dict:
+    """The conversion's work in its locked output directory."""
     manifest = _resume_manifest(config, {s.name for s in shards})
     todo = [s for s in shards if not _shard_done(config, manifest, s)]
     done_cases = sum(len(s.cases) for s in shards) - sum(len(s.cases) for s in todo)
@@ -207,15 +219,22 @@ def run_conversion(config: ConvertConfig, log: Callable[[str], None] = _log) -> 
     def save():
         manifest_lib.finish(manifest, failures, cases, table.num_classes if table else 0,
                             table.names if table else ())
-        manifest_lib.write(config.output_dir, manifest)
+        try:
+            manifest_lib.write(config.output_dir, manifest)
+        except OSError as err:
+            _raise_if_disk_full(err, os.path.join(config.output_dir, manifest_lib.MANIFEST),
+                                None, manifest)
+            raise
 
     progress = Progress(len(cases), log, "convert:", "scans", start=done_cases)
     stream = _results(config, [(cid, path, config.preprocess_options())
                                for shard in todo for cid, path in shard.cases])
-    for shard in todo:
-        _write_shard(config, shard, stream, manifest, table, progress)
-        save()
-    stream.close()
+    try:
+        for shard in todo:
+            _write_shard(config, shard, stream, manifest, table, progress)
+            save()
+    finally:
+        stream.close()  # stops the workers, also when a shard could not be written
     save()
     processed = progress.done - done_cases
     summary = dict(manifest["counts"])
@@ -307,12 +326,45 @@ def _write_shard(config: ConvertConfig, shard: Shard, stream, manifest: dict,
     into place and enters it and its cases in `manifest`."""
     import tensorflow as tf  # deferred: workers must not pay for it
 
-    from crfgan_tf.data import records
-
     final = os.path.join(config.output_dir, shard.name)
     tmp = os.path.join(config.output_dir, f".{shard.name}.tmp-{os.getpid()}")
     options = tf.io.TFRecordOptions(compression_type="GZIP" if config.compression == "gzip" else "")
-    shard_failures = 0
+    try:
+        _write_records(tmp, options, shard, stream, manifest, table, progress)
+        os.replace(tmp, final)
+    except Exception as err:  # noqa: BLE001 - TensorFlow reports a full disk in several types
+        _remove(tmp)  # frees the space; the manifest never listed this shard
+        _raise_if_disk_full(err, final, len(shard.cases) * (config.size ** 3 * 2 + 4096),
+                            manifest)
+        raise
+    shard_failures = sum(manifest["cases"][cid]["status"] != "ok" for cid, _ in shard.cases)
+    manifest["shards"][shard.name] = {
+        "split": shard.split, "cases": [c for c, _ in shard.cases],
+        "num_records": len(shard.cases) - shard_failures,
+        "status": "complete" if shard_failures == 0 else "has_failures",
+        "bytes": os.path.getsize(final)}
+
+
+def _raise_if_disk_full(err: BaseException, path: str, needed: Optional[int],
+                        manifest: dict) -> None:
+    """fileio.DiskFullError for `err` when it is a write that found no space."""
+    reason = fileio.disk_full_reason(err)
+    if reason is None:
+        return
+    done = sum(1 for s in manifest["shards"].values() if s.get("status") == "complete")
+    raise fileio.disk_full_error(
+        path, reason, needed, f"The {done} shard(s) already complete and manifest.json are "
+        "intact", "free space and run the same command again: it converts only what is "
+        "missing") from None
+
+
+def _write_records(tmp: str, options, shard: Shard, stream, manifest: dict,
+                   table: Optional[labels_lib.LabelTable], progress: Progress) -> None:
+    """The records of one shard's cases, from `stream`, into the file `tmp`."""
+    import tensorflow as tf  # deferred: workers must not pay for it
+
+    from crfgan_tf.data import records
+
     with tf.io.TFRecordWriter(tmp, options) as writer:
         for cid, path in shard.cases:
             got_id, status, payload, seconds = next(stream)
@@ -329,16 +381,9 @@ def _write_shard(config: ConvertConfig, shard: Shard, stream, manifest: dict,
                              output_spacing=list(payload.output_spacing))
                 progress.report(progress.done, f"{cid}: ok ({seconds:.1f} s)")
             else:
-                shard_failures += 1
                 entry["reason"] = payload
                 progress.report(progress.done, f"{cid}: FAILED {path}: {payload}")
             manifest["cases"][cid] = entry
-    os.replace(tmp, final)
-    manifest["shards"][shard.name] = {
-        "split": shard.split, "cases": [c for c, _ in shard.cases],
-        "num_records": len(shard.cases) - shard_failures,
-        "status": "complete" if shard_failures == 0 else "has_failures",
-        "bytes": os.path.getsize(final)}
 
 
 def _apply_labels(config: ConvertConfig, cases: Dict[str, str], log) -> labels_lib.LabelTable:

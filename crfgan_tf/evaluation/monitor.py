@@ -229,11 +229,33 @@ def truncate_log(model_dir: str, step: int) -> int:
 
 
 def append_log(model_dir: str, result: dict) -> None:
+    """Appends one evaluation to eval.jsonl, whole or not at all.
+
+    Raises:
+      fileio.DiskFullError: no space for the line (the file is cut back to its earlier
+        lines, so no half line is ever read).
+    """
     path = os.path.join(model_dir, rundir.EVAL_FILE)
-    with open(path, "a") as fh:
-        fh.write(json.dumps(result) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    line = (json.dumps(result) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        before = os.fstat(fd).st_size
+        try:
+            written = 0
+            while written < len(line):  # unbuffered: a short write is seen, not hidden
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
+        except OSError as err:
+            reason = fileio.disk_full_reason(err)
+            if reason is None:
+                raise
+            os.ftruncate(fd, before)
+            raise fileio.disk_full_error(
+                path, reason, len(line), f"Its {before}-byte earlier part and the checkpoints "
+                "are intact", "free space and run the same command again: the run resumes "
+                "from its last checkpoint and evaluates again from there") from None
+    finally:
+        os.close(fd)
 
 
 def write_summaries(writer, result: dict) -> None:

@@ -1,0 +1,180 @@
+"""One writer per output directory: the lock file that `train` (a run directory),
+`import_reference`, `convert` and `make_2afc` hold in the directory they write while they
+run.
+
+The lock is a small JSON file, `LOCK_FILE`, created with O_EXCL: the holder's host, pid,
+process start time, start date and command line. A second writer is refused with one
+line naming the holder. A lock whose holder is gone is taken over with a note: on the
+same host, a pid that no longer runs (or now belongs to a process started later: the
+pid was reused). A lock written on another host cannot be checked from here and is never
+broken silently: `--break_lock` takes it over, for a holder known to be gone (a node
+that crashed). Deciding and taking over run under an flock of the directory, so two
+starts that both find a stale lock do not both take it.
+
+No TensorFlow here; the lock is released when the command ends, and a holder killed with
+SIGKILL leaves it for the next start to take over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from typing import Callable, Optional
+
+from crfgan_tf import fileio
+
+LOCK_FILE = ".crfgan.lock"
+
+
+class LockedError(fileio.OutputError):
+    """The directory is being written by another process (named in the message)."""
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def process_start_ticks(pid: int) -> Optional[int]:
+    """The start time of process `pid` in clock ticks since boot (/proc), or None when
+    there is no such process or no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # the command name (field 2) may hold spaces and parentheses: split after it
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _pid_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it runs
+        return True
+    return True
+
+
+def holder_record() -> dict:
+    """What this process writes into a lock it takes."""
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "start_ticks": process_start_ticks(os.getpid()),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "command": " ".join([os.path.basename(sys.argv[0] or "python")] + sys.argv[1:])[:500]}
+
+
+def holder_state(holder: dict) -> str:
+    """'self', 'alive', 'gone' (same host, the process ended or its pid was reused), or
+    'unknown' (another host)."""
+    if holder.get("host") != socket.gethostname():
+        return "unknown"
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        return "gone"
+    if pid == os.getpid() and holder.get("start_ticks") == process_start_ticks(pid):
+        return "self"
+    if not _pid_runs(pid):
+        return "gone"
+    ticks = holder.get("start_ticks")
+    if ticks is not None and process_start_ticks(pid) not in (None, ticks):
+        return "gone"  # the pid now names a process started after the holder
+    return "alive"
+
+
+def describe(holder: dict) -> str:
+    return (f"pid {holder.get('pid')} on host {holder.get('host')!r} since "
+            f"{holder.get('since')} ({holder.get('command', '?')})")
+
+
+def read_holder(directory: str) -> Optional[dict]:
+    """The lock's record, {} for an unreadable lock file, None when there is none."""
+    try:
+        with open(os.path.join(directory, LOCK_FILE)) as f:
+            record = json.load(f)
+        return record if isinstance(record, dict) else {}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
+@contextlib.contextmanager
+def _directory_guard(directory: str):
+    """An exclusive flock of the directory while a start decides about the lock."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+class DirLock:
+    """The lock of one output directory, for as long as a `with` block runs.
+
+    Args:
+      directory: the directory written (created if missing).
+      flag: its flag, for messages (e.g. "--model_dir").
+      break_lock: take over a lock from another host (`--break_lock`).
+      log: where notes go.
+
+    Raises (on entering):
+      LockedError: another process holds the lock (named), or a host that cannot be
+        checked from here does and break_lock is off.
+    """
+
+    def __init__(self, directory: str, flag: str, break_lock: bool = False,
+                 log: Callable[[str], None] = _log):
+        self.directory, self.flag, self.break_lock, self.log = directory, flag, break_lock, log
+        self.path = os.path.join(directory, LOCK_FILE)
+        self.owned = False
+
+    def __enter__(self) -> "DirLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        fileio.ensure_output_dir(self.directory, self.flag)
+        record = json.dumps(holder_record(), indent=1)
+        with _directory_guard(self.directory):
+            holder = read_holder(self.directory)
+            if holder is not None:
+                state = holder_state(holder)
+                if state == "self":  # this process already holds it (nested use)
+                    return
+                if state == "alive":
+                    raise LockedError(
+                        f"{self.flag} {self.directory!r} is being written by another process: "
+                        f"{describe(holder)}. Refusing to write there too; wait for it to "
+                        f"end or stop it (lock file {self.path})")
+                if state == "unknown" and not self.break_lock:
+                    raise LockedError(
+                        f"{self.flag} {self.directory!r} is locked by {describe(holder)}, "
+                        "which cannot be checked from this host. If that process is gone "
+                        f"(its node crashed), rerun with --break_lock (lock file {self.path})")
+                why = ("--break_lock" if state == "unknown" else
+                       "its process is gone" if holder else "the lock file is unreadable")
+                self.log(f"note: took over the lock of {self.flag} {self.directory} from "
+                         f"{describe(holder) if holder else 'an unknown holder'} ({why})")
+            fileio.atomic_write(self.path, record)
+        self.owned = True
+
+    def release(self) -> None:
+        """Removes the lock if this process still holds it."""
+        if not self.owned:
+            return
+        self.owned = False
+        holder = read_holder(self.directory)
+        if holder and holder.get("pid") == os.getpid() \
+                and holder.get("host") == socket.gethostname():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
+
