@@ -30,16 +30,14 @@ def make_checkpoint(model: SubVolumeGAN) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(**model.checkpoint_items())
 
 
-def checkpoint_bytes(checkpoint: tf.train.Checkpoint) -> int:
-    """About the bytes a checkpoint of `checkpoint` writes: every variable it tracks
-    (networks, optimizer slots, step), without the small index file."""
-    seen, total = set(), 0
-    for item in checkpoint._trackable_children().values():  # the items make_checkpoint named
-        for var in getattr(item, "variables", None) or ([item] if hasattr(item, "dtype") else []):
-            if id(var) not in seen:
-                seen.add(id(var))
-                total += int(np.prod(var.shape)) * tf.as_dtype(var.dtype).size
-    return total
+def checkpoint_bytes(items: dict) -> int:
+    """About the bytes a checkpoint of `items` (SubVolumeGAN.checkpoint_items()) writes:
+    every variable of its networks and optimizers and the step, without the index file."""
+    variables = {}
+    for item in items.values():
+        for var in item.variables if hasattr(item, "variables") else [item]:
+            variables[id(var)] = var
+    return sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in variables.values())
 
 
 _SHAPE_MISMATCH = re.compile(r"incompatible tensor with shape \(([\d, ]*)\) when attempting "

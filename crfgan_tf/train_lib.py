@@ -195,7 +195,7 @@ def _stop(config: config_lib.TrainConfig, run: "_Run", step: int, start: int, me
     saved = None
     if step > start:
         if step % config.checkpoint_every:
-            _save(config, run.writer_manager, run.chief, step, metrics)
+            _save(config, run, step, metrics)
         saved = os.path.join(config.model_dir, rundir.CHECKPOINT_DIR, f"ckpt-{step}")
     err = preemption.Interrupted(signum, step, saved)
     if run.chief:
@@ -270,7 +270,7 @@ def _after_step(config: config_lib.TrainConfig, run: _Run, step: int, metrics: d
         if step % config.eval_every == 0 or last:
             evaluation.run(run.model, step, writer)
     if step % config.checkpoint_every == 0 or last:
-        _save(config, run.writer_manager, run.chief, step, metrics)
+        _save(config, run, step, metrics)
 
 
 class _Profile:
@@ -338,13 +338,14 @@ def _check_finite(model: SubVolumeGAN, metrics: dict, step: int, manager) -> Non
             f"({manager.latest_checkpoint}) is intact")
 
 
-def _save(config: config_lib.TrainConfig, manager, chief: bool, step: int, metrics: dict) -> None:
+def _save(config: config_lib.TrainConfig, run: _Run, step: int, metrics: dict) -> None:
     """A checkpoint, and (chief) trainer_state.json; a non-chief's scratch copy is removed.
 
     Raises:
       fileio.DiskFullError: no space for the checkpoint (its partial files are removed;
         the previous checkpoint stays the latest) or for trainer_state.json.
     """
+    manager, chief = run.writer_manager, run.chief
     previous = manager.latest_checkpoint
     try:
         path = manager.save(checkpoint_number=step)
@@ -356,7 +357,7 @@ def _save(config: config_lib.TrainConfig, manager, chief: bool, step: int, metri
             rundir.remove_partial_checkpoints(config.model_dir, lambda m: None)
         raise fileio.disk_full_error(
             os.path.join(manager.directory, f"ckpt-{step}"), reason,
-            checkpoint_bytes(manager.checkpoint),
+            checkpoint_bytes(run.model.checkpoint_items()),
             f"Nothing of it was kept and the previous checkpoint ({previous or 'none'}) is "
             "intact", "free space and run the same command again to resume from there") from None
     if not chief:
