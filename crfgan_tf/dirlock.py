@@ -2,8 +2,9 @@
 `import_reference`, `convert` and `make_2afc` hold in the directory they write while they
 run.
 
-The lock is a small JSON file, `LOCK_FILE`, created with O_EXCL: the holder's host, pid,
-process start time, start date and command line. A second writer is refused with one
+The lock is a small JSON file, `LOCK_FILE`, put in place whole (a hard link that fails when
+the file exists, or a rename over a stale one): the holder's host, pid, process start
+time, start date and command line. A second writer is refused with one
 line naming the holder. A lock whose holder is gone is taken over with a note: on the
 same host, a pid that no longer runs (or now belongs to a process started later: the
 pid was reused). A lock written on another host cannot be checked from here and is never
@@ -69,8 +70,10 @@ def holder_record() -> dict:
 
 
 def holder_state(holder: dict) -> str:
-    """'self', 'alive', 'gone' (same host, the process ended or its pid was reused), or
-    'unknown' (another host)."""
+    """'self', 'alive', 'gone' (same host, the process ended or its pid was reused; or an
+    unreadable lock file), or 'unknown' (another host)."""
+    if not holder:  # written atomically, so unreadable means damaged: nobody's lock
+        return "gone"
     if holder.get("host") != socket.gethostname():
         return "unknown"
     pid = holder.get("pid")
@@ -108,7 +111,10 @@ def _directory_guard(directory: str):
     """An exclusive flock of the directory while a start decides about the lock."""
     fd = os.open(directory, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock (some NFS mounts): taking over a
+            pass         # stale lock is then unguarded; creating a new one is not
         yield
     finally:
         os.close(fd)  # releases the flock
@@ -164,8 +170,37 @@ class DirLock:
                        "its process is gone" if holder else "the lock file is unreadable")
                 self.log(f"note: took over the lock of {self.flag} {self.directory} from "
                          f"{describe(holder) if holder else 'an unknown holder'} ({why})")
-            fileio.atomic_write(self.path, record)
+            if not self._write(record, replace=holder is not None):
+                return self.acquire()  # another start created it since: decide again
         self.owned = True
+
+    def _write(self, record: str, replace: bool) -> bool:
+        """Puts the whole record in place: a new lock by a hard link, which fails when the
+        file appeared meanwhile (False), a stale one by an atomic rename over it."""
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "w") as f:
+                f.write(record)
+                f.flush()
+                os.fsync(f.fileno())
+            if replace:
+                os.replace(tmp, self.path)
+                return True
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                return False
+            except OSError:  # a file system without hard links: create it exclusively
+                try:
+                    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "w") as f:
+                    f.write(record)
+            return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
 
     def release(self) -> None:
         """Removes the lock if this process still holds it."""

@@ -39,7 +39,7 @@ def parse_signals(text: str, flag: str = "--save_on_signals") -> tuple:
         name = name if name.startswith("SIG") else f"SIG{name}"
         if name in _UNCATCHABLE:
             raise ValueError(f"{flag}: {name} cannot be caught by any process")
-        sig = getattr(signal.Signals, name, None) if name in signal.Signals.__members__ else None
+        sig = signal.Signals.__members__.get(name)
         if sig is None:
             raise ValueError(f"{flag}: unknown signal {raw.strip()!r}; e.g. {DEFAULT_SIGNALS}")
         out.append(int(sig))

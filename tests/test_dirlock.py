@@ -56,6 +56,7 @@ def test_holder_states(live_process):
     assert dirlock.holder_state({"host": host, "pid": pid, "start_ticks": ticks - 1}) == "gone"
     assert dirlock.holder_state({"host": host, "pid": dead_pid()}) == "gone"
     assert dirlock.holder_state({"host": "node-17", "pid": pid}) == "unknown"
+    assert dirlock.holder_state({}) == "gone"  # an unreadable lock file (read_holder's {})
 
 
 def test_second_train_on_the_same_run_directory_is_refused_and_the_first_is_unharmed(
