@@ -4,7 +4,7 @@ run.
 
 The lock is a small JSON file, `LOCK_FILE`, put in place whole (a hard link that fails when
 the file exists, or a rename over a stale one): the holder's host, pid, process start
-time, start date and command line. A second writer is refused with one
+time, start date and command (its flag names, not their values). A second writer is refused with one
 line naming the holder. A lock whose holder is gone is taken over with a note: on the
 same host, a pid that no longer runs (or now belongs to a process started later: the
 pid was reused). A lock written on another host cannot be checked from here and is never
@@ -66,7 +66,15 @@ def holder_record() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(),
             "start_ticks": process_start_ticks(os.getpid()),
             "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "command": " ".join([os.path.basename(sys.argv[0] or "python")] + sys.argv[1:])[:500]}
+            "command": command_line()}
+
+
+def command_line() -> str:
+    """This process's program and the names of its flags, without their values: a lock
+    left behind by a killed process stays in a directory people share, and values are
+    often paths whose folder names identify patients."""
+    flags = [a.split("=", 1)[0] for a in sys.argv[1:] if a.startswith("-")]
+    return " ".join([os.path.basename(sys.argv[0] or "python")] + flags)[:500]
 
 
 def holder_state(holder: dict) -> str:

@@ -59,6 +59,14 @@ def test_holder_states(live_process):
     assert dirlock.holder_state({}) == "gone"  # an unreadable lock file (read_holder's {})
 
 
+def test_lock_records_flag_names_not_values(monkeypatch):
+    # a lock left by a killed process stays in a shared directory; values may be paths
+    # whose folder names identify patients
+    monkeypatch.setattr(sys, "argv", ["/opt/x/crfgan-convert", "--input_dir=/data/DOE_JOHN",
+                                      "--size=256", "--overwrite"])
+    assert dirlock.holder_record()["command"] == "crfgan-convert --input_dir --size --overwrite"
+
+
 def test_second_train_on_the_same_run_directory_is_refused_and_the_first_is_unharmed(
         records_64, tmp_path):
     args = train_args(records_64, tmp_path, "--train_steps=100000")
