@@ -4,8 +4,8 @@ run.
 
 The lock is a small JSON file, `LOCK_FILE`, put in place whole (a hard link that fails when
 the file exists, or a rename over a stale one): the holder's host, pid, process start
-time, start date and command (its flag names, not their values). A second writer is refused with one
-line naming the holder. A lock whose holder is gone is taken over with a note: on the
+time, start date and command (its flag names, not their values). A second writer is
+refused with one line naming the holder. A lock whose holder is gone is taken over with a note: on the
 same host, a pid that no longer runs (or now belongs to a process started later: the
 pid was reused). A lock written on another host cannot be checked from here and is never
 broken silently: `--break_lock` takes it over, for a holder known to be gone (a node
@@ -158,29 +158,40 @@ class DirLock:
     def acquire(self) -> None:
         fileio.ensure_output_dir(self.directory, self.flag)
         record = json.dumps(holder_record(), indent=1)
-        with _directory_guard(self.directory):
-            holder = read_holder(self.directory)
-            if holder is not None:
-                state = holder_state(holder)
-                if state == "self":  # this process already holds it (nested use)
-                    return
-                if state == "alive":
-                    raise LockedError(
-                        f"{self.flag} {self.directory!r} is being written by another process: "
-                        f"{describe(holder)}. Refusing to write there too; wait for it to "
-                        f"end or stop it (lock file {self.path})")
-                if state == "unknown" and not self.break_lock:
-                    raise LockedError(
-                        f"{self.flag} {self.directory!r} is locked by {describe(holder)}, "
-                        "which cannot be checked from this host. If that process is gone "
-                        f"(its node crashed), rerun with --break_lock (lock file {self.path})")
-                why = ("--break_lock" if state == "unknown" else
-                       "its process is gone" if holder else "the lock file is unreadable")
-                self.log(f"note: took over the lock of {self.flag} {self.directory} from "
-                         f"{describe(holder) if holder else 'an unknown holder'} ({why})")
-            if not self._write(record, replace=holder is not None):
-                return self.acquire()  # another start created it since: decide again
+        while True:  # again only when another start created the lock since we looked
+            with _directory_guard(self.directory):
+                holder = read_holder(self.directory)
+                if holder is not None and not self._may_take(holder):
+                    return  # this process holds it already (nested use)
+                if self._write(record, replace=holder is not None):
+                    break
         self.owned = True
+
+    def _may_take(self, holder: dict) -> bool:
+        """Whether an existing lock may be taken over (noted); False when this process
+        holds it already.
+
+        Raises:
+          LockedError: its holder runs, or runs on a host that cannot be checked.
+        """
+        state = holder_state(holder)
+        if state == "self":
+            return False
+        if state == "alive":
+            raise LockedError(
+                f"{self.flag} {self.directory!r} is being written by another process: "
+                f"{describe(holder)}. Refusing to write there too; wait for it to end or "
+                f"stop it (lock file {self.path})")
+        if state == "unknown" and not self.break_lock:
+            raise LockedError(
+                f"{self.flag} {self.directory!r} is locked by {describe(holder)}, which "
+                "cannot be checked from this host. If that process is gone (its node "
+                f"crashed), rerun with --break_lock (lock file {self.path})")
+        why = ("--break_lock" if state == "unknown" else
+               "its process is gone" if holder else "the lock file is unreadable")
+        self.log(f"note: took over the lock of {self.flag} {self.directory} from "
+                 f"{describe(holder) if holder else 'an unknown holder'} ({why})")
+        return True
 
     def _write(self, record: str, replace: bool) -> bool:
         """Puts the whole record in place: a new lock by a hard link, which fails when the

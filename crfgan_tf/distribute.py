@@ -57,7 +57,6 @@ def make_distributed_step(strategy: tf.distribute.Strategy, model: SubVolumeGAN,
     return distributed_step
 
 
-
 def make_stop_agreement(strategy: tf.distribute.Strategy) -> Callable[[int], int]:
     """For multi_worker: a function that every worker calls after every step with its own
     pending stop signal (0: none) and that answers alike on all of them: non-zero when
