@@ -26,6 +26,7 @@ setup(
         "keras>=3.10,<4",
         "numpy>=1.26,<3",
         "SimpleITK>=2.3,<3",
+        "pydicom>=3.0,<4",  # DICOM headers (only the tags it needs: none is patient data)
         "scipy>=1.11,<2",
         "absl-py>=2.0,<3",
         "tensorboard>=2.21,<2.22",  # tf.summary needs it; TF 2.21 no longer installs it

@@ -1,7 +1,14 @@
-"""Converts a LUNA16 / GSP / generic scan archive into sharded TFRecords.
+"""Converts a LUNA16 / GSP / DICOM / generic scan archive into sharded TFRecords.
 
   python -m data_prep.convert --dataset=luna16 --input_dir=/data/LUNA16 \
       --output_dir=/data/luna16_256 --size=256 --num_shards=16 --workers=2
+  python -m data_prep.convert --dataset=dicom --input_dir=/data/hospital_export \
+      --output_dir=/data/hospital_256
+
+DICOM: every series under --input_dir, at any depth, is one case (its id a hash of the
+SeriesInstanceUID); localizers, derived images and other modalities are skipped, series
+with missing slices, uneven spacing or gantry tilt are refused, each with its reason code
+(crfgan_tf/data/dicom.py). No patient data and no path reaches anything written.
 
 With --labels_csv=labels.csv (case_id,label[,name]) the records carry class labels for
 conditional training (--num_classes in crfgan_tf.train).
@@ -19,11 +26,12 @@ import sys
 from absl import flags
 
 from crfgan_tf import runtime
-from crfgan_tf.data import convert
+from crfgan_tf.data import convert, dicom
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", None, list(convert.DATASETS),
-                  "Archive layout: luna16 (.mhd/.mha, CT), gsp (NIfTI, MRI), generic (any).")
+                  "Archive layout: luna16 (.mhd/.mha, CT), gsp (NIfTI, MRI), dicom (DICOM "
+                  "series, CT unless --modality=mri), generic (any of these).")
 flags.DEFINE_string("input_dir", None, "Archive root, searched recursively (LUNA16: subset0..9).")
 flags.DEFINE_string("output_dir", None, "Where the shards and manifest.json go.")
 flags.DEFINE_integer("size", 256, "Output side (64, 128, 256 or 512).")
@@ -32,7 +40,8 @@ flags.DEFINE_integer("num_val_shards", 0, "Validation shards; 0: round(num_shard
 flags.DEFINE_float("val_fraction", 0.1, "Fraction of cases held out for validation (0 allowed).")
 flags.DEFINE_integer("seed", 0, "Seed of the deterministic train/val split.")
 flags.DEFINE_integer("workers", min(4, os.cpu_count() or 1), "Parallel worker processes.")
-flags.DEFINE_enum("modality", "", ["", "ct", "mri"], "Required with --dataset=generic.")
+flags.DEFINE_enum("modality", "", ["", "ct", "mri"],
+                  "Required with --dataset=generic; --dataset=dicom: ct (default) or mri.")
 flags.DEFINE_enum("compression", "none", ["none", "gzip"], "TFRecord compression (.tfrecord.gz).")
 flags.DEFINE_bool("air_correction", True, "Shift CT scans so that outside air is -1000 HU.")
 flags.DEFINE_float("max_air_shift", 100.0, "Larger air corrections are not applied (HU).")
@@ -43,6 +52,23 @@ flags.DEFINE_string("labels_csv", "",
                     "LUNA16 nodule labels: python -m data_prep.luna16_labels.")
 flags.DEFINE_integer("num_classes", 0, "With --labels_csv: labels must be below this "
                      "(0: the largest label + 1).")
+flags.DEFINE_integer("min_slices", dicom.DEFAULT_MIN_SLICES,
+                     "DICOM: series with fewer slice positions are skipped (scouts, stray slices).")
+flags.DEFINE_enum("series_policy", "thinnest", list(dicom.SERIES_POLICIES),
+                  "DICOM: several reconstructions of one study (kernels, thicknesses): keep the "
+                  "thinnest (smallest slice spacing, then most slices), the largest (most "
+                  "voxels) or all (a study's series always share a split).")
+flags.DEFINE_float("slice_spacing_tolerance", dicom.DEFAULT_SPACING_TOLERANCE,
+                   "DICOM: slice spacing may deviate from the series' median by this fraction "
+                   "(the series is resampled to uniform); beyond it the series is refused.")
+flags.DEFINE_bool("allow_tilt", False,
+                  "DICOM: convert gantry-tilted series by shifting each slice back in-plane "
+                  "(default: refuse them, with the angle).")
+flags.DEFINE_enum("case_ids", "hash", list(dicom.CASE_IDS),
+                  "DICOM case ids: hash (of the SeriesInstanceUID; no identifier written), "
+                  "series_uid (the UID itself, e.g. LIDC-IDRI's public ones), or path (the "
+                  "series' folder relative to --input_dir; paths then appear in the manifest, "
+                  "records and logs: only for folders without patient names).")
 flags.DEFINE_bool("break_lock", False,
                   "Take over --output_dir's lock when it was written on another host whose "
                   "process cannot be checked from here (only when that conversion is gone).")
@@ -67,7 +93,9 @@ def main(argv):
         modality=FLAGS.modality, compression=FLAGS.compression,
         air_correction=FLAGS.air_correction, max_air_shift=FLAGS.max_air_shift,
         overwrite=FLAGS.overwrite, labels_csv=FLAGS.labels_csv,
-        num_classes=FLAGS.num_classes)
+        num_classes=FLAGS.num_classes, min_slices=FLAGS.min_slices,
+        series_policy=FLAGS.series_policy, slice_spacing_tolerance=FLAGS.slice_spacing_tolerance,
+        allow_tilt=FLAGS.allow_tilt, case_ids=FLAGS.case_ids)
     runtime.quiet_tensorflow()
     try:
         summary = convert.run_conversion(config, break_lock=FLAGS.break_lock)

@@ -10,19 +10,27 @@ Guarantees:
   same command only does the missing work and never duplicates a case.
 - A scan that fails is reported by name with its reason; the others are converted; the
   shard that held it is redone on the next run (so a fixed file gets picked up).
+- DICOM series (`--dataset=dicom`, and `generic` finds them too) are chosen and checked by
+  `crfgan_tf.data.dicom`; every series' decision is a reason code in the manifest's
+  `dicom` section and a line of the report. Their case ids, sources and messages hold no
+  path and no patient data unless `--case_ids=path` asks for paths; a study's series share
+  a split.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import multiprocessing
 import os
+import re
 import sys
 import time
 from typing import Callable, Dict, List, Optional
 
 from crfgan_tf import dirlock, fileio, intensity
+from crfgan_tf.data import dicom
 from crfgan_tf.data import labels as labels_lib
 from crfgan_tf.data import manifest as manifest_lib
 from crfgan_tf.data import preprocess
@@ -30,9 +38,14 @@ from crfgan_tf.progress import Progress
 
 SIZES = (64, 128, 256, 512)  # --size (512 for other tools; training: geometry.SIZES)
 LIBRARY_SIZES = (16, 32) + SIZES  # 16 and 32 serve tests
-DATASETS = ("luna16", "gsp", "generic")
+DATASETS = ("luna16", "gsp", "generic", "dicom")
 SUFFIXES = {"luna16": (".mhd", ".mha"), "gsp": (".nii", ".nii.gz"),
-            "generic": preprocess.SCAN_SUFFIXES}
+            "generic": preprocess.SCAN_SUFFIXES, "dicom": ()}
+# ConvertConfig fields of the DICOM rules -> their defaults (settings() holds them for
+# --dataset=dicom, and for generic when they differ from these)
+DICOM_SETTINGS = {"min_slices": dicom.DEFAULT_MIN_SLICES, "series_policy": "thinnest",
+                  "slice_spacing_tolerance": dicom.DEFAULT_SPACING_TOLERANCE,
+                  "allow_tilt": False, "case_ids": "hash"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,10 +68,24 @@ class ConvertConfig:
     overwrite: bool = False
     labels_csv: str = ""  # case_id,label[,name]: labelled records for conditional training
     num_classes: int = 0  # with labels_csv: labels must be below it (0: max label + 1)
+    # DICOM series (crfgan_tf.data.dicom): --dataset=dicom, or found by generic
+    min_slices: int = dicom.DEFAULT_MIN_SLICES
+    series_policy: str = "thinnest"
+    slice_spacing_tolerance: float = dicom.DEFAULT_SPACING_TOLERANCE
+    allow_tilt: bool = False
+    case_ids: str = "hash"
 
     @property
     def resolved_modality(self) -> str:
+        if self.dataset == "dicom":
+            return self.modality or "ct"
         return {"luna16": "ct", "gsp": "mri"}.get(self.dataset, self.modality)
+
+    def series_options(self) -> dicom.SeriesOptions:
+        return dicom.SeriesOptions(
+            modality=self.resolved_modality, min_slices=self.min_slices,
+            series_policy=self.series_policy, spacing_tolerance=self.slice_spacing_tolerance,
+            allow_tilt=self.allow_tilt, case_ids=self.case_ids)
 
     def validate(self) -> None:
         """Raises ValueError naming the offending setting (the flag of the same name)."""
@@ -66,7 +93,7 @@ class ConvertConfig:
             raise ValueError(f"--dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.dataset == "generic" and self.modality not in ("ct", "mri"):
             raise ValueError("--dataset=generic needs --modality=ct or --modality=mri")
-        if self.dataset != "generic" and self.modality not in ("", self.resolved_modality):
+        if self.dataset not in ("generic", "dicom") and self.modality not in ("", self.resolved_modality):
             raise ValueError(f"--modality={self.modality} contradicts --dataset={self.dataset}")
         if self.size not in LIBRARY_SIZES:  # the CLI allows 64-512; 16 and 32 serve tests
             raise ValueError(f"--size must be one of {LIBRARY_SIZES}, got {self.size}")
@@ -87,6 +114,7 @@ class ConvertConfig:
         if self.num_classes < 0 or (self.num_classes and not self.labels_csv):
             raise ValueError("--num_classes needs --labels_csv and must be >= 0, got "
                              f"{self.num_classes}")
+        self.series_options().validate()
 
     def preprocess_options(self) -> preprocess.PreprocessOptions:
         return preprocess.PreprocessOptions(
@@ -100,6 +128,11 @@ class ConvertConfig:
         out = {k: getattr(self, k) for k in keys}
         out["modality"] = self.resolved_modality
         out["input_dir"] = os.path.abspath(self.input_dir)
+        for key, default in DICOM_SETTINGS.items():
+            if self.dataset == "dicom" or getattr(self, key) != default:
+                out[key] = getattr(self, key)
+        if self.dataset == "dicom":  # folder names are often patient names: a hash only
+            out["input_dir_sha256"] = hashlib.sha256(out.pop("input_dir").encode()).hexdigest()
         if self.labels_csv:  # only then: older manifests have no such keys
             with open(self.labels_csv, "rb") as fh:
                 out["labels_sha256"] = hashlib.sha256(fh.read()).hexdigest()
@@ -108,8 +141,11 @@ class ConvertConfig:
 
 
 def discover_scans(input_dir: str, dataset: str) -> List[str]:
-    """All scan files under `input_dir` (recursively) for the dataset, sorted."""
+    """All scan files under `input_dir` (recursively) for the dataset, sorted (DICOM
+    series are found by `crfgan_tf.data.dicom.find_series`)."""
     suffixes = SUFFIXES[dataset]
+    if not suffixes:
+        return []
     found = []
     for root, dirs, files in os.walk(input_dir):
         dirs.sort()
@@ -119,24 +155,31 @@ def discover_scans(input_dir: str, dataset: str) -> List[str]:
     return sorted(found)
 
 
-def split_cases(case_ids: List[str], val_fraction: float, seed: int) -> Dict[str, str]:
+def split_cases(case_ids: List[str], val_fraction: float, seed: int,
+                groups: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """Deterministic train/val split: {case_id: "train" | "val"}.
 
     Cases are ordered by sha256 of (seed, case id); the first round(n * val_fraction)
-    (at least one when val_fraction > 0 and n >= 2) are validation.
+    (at least one when val_fraction > 0 and n >= 2) are validation. With `groups` (case id
+    -> group, e.g. the DICOM study of a series) the groups are split that way instead, so
+    that one patient's study never lands in both splits.
     """
-    order = sorted(case_ids, key=lambda c: hashlib.sha256(f"{seed}:{c}".encode()).hexdigest())
+    groups = groups or {}
+    members: Dict[str, List[str]] = {}
+    for c in case_ids:
+        members.setdefault(groups.get(c, c), []).append(c)
+    order = sorted(members, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
     n_val = int(round(len(order) * val_fraction))
     if val_fraction > 0 and len(order) >= 2:
         n_val = min(max(n_val, 1), len(order) - 1)
-    return {c: ("val" if i < n_val else "train") for i, c in enumerate(order)}
+    return {c: ("val" if i < n_val else "train") for i, g in enumerate(order) for c in members[g]}
 
 
 @dataclasses.dataclass
 class Shard:
     name: str
     split: str
-    cases: List[tuple]  # (case_id, path)
+    cases: List[tuple]  # (case_id, path or dicom.Series)
 
 
 def plan_shards(cases: Dict[str, str], split: Dict[str, str], config: ConvertConfig) -> List[Shard]:
@@ -163,19 +206,39 @@ def _init_worker(threads: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
 
 
+def source_name(scan) -> str:
+    """What the manifest, the records and the log call a case's scan: a file's path, a
+    DICOM series' description (no path unless --case_ids=path)."""
+    return scan.source if isinstance(scan, dicom.Series) else scan
+
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/:]+)+[\\/]?")
+
+
 def _process(task):
-    """Worker: (case_id, path, options) -> ("ok", result with int16 volume) | ("failed", reason)."""
-    case_id, path, options = task
+    """Worker: (case_id, path or dicom.Series, options) -> ("ok", result with int16 volume)
+    | ("failed", reason). The reasons of a DICOM series hold no path."""
+    case_id, scan, options = task
     start = time.time()
+    is_series = isinstance(scan, dicom.Series)
     try:
-        result = preprocess.process_scan(path, options)
-        result.case_id = case_id
+        if is_series:
+            result = dicom.process_series(scan, options)
+        else:
+            result = preprocess.process_scan(scan, options)
+            result.case_id = case_id
         result.volume = intensity.quantize(result.volume)  # half the bytes to ship back
         return case_id, "ok", result, time.time() - start
     except preprocess.ScanError as err:
-        return case_id, "failed", str(err), time.time() - start
+        reason = str(err)
     except (MemoryError, ValueError, OSError, RuntimeError) as err:
-        return case_id, "failed", f"{type(err).__name__}: {err}", time.time() - start
+        reason = f"{type(err).__name__}: {err}"
+    if is_series:  # folder and file names may be patient names
+        for known in sorted({*scan.files, *map(os.path.dirname, scan.files)}, key=len,
+                            reverse=True):
+            reason = reason.replace(known, "<path>")
+        reason = _PATH.sub("<path>", reason)
+    return case_id, "failed", reason, time.time() - start
 
 
 def _log(msg: str) -> None:
@@ -196,19 +259,23 @@ def run_conversion(config: ConvertConfig, log: Callable[[str], None] = _log,
     """
     config.validate()
     start = time.time()
-    cases, failures = _discover_cases(config)
+    cases, failures, series = _discover_cases(config, log)
     table = _apply_labels(config, cases, log) if config.labels_csv else None
-    split = split_cases(list(cases), config.val_fraction, config.seed)
+    studies = {c: s.study for c, s in cases.items() if isinstance(s, dicom.Series)}
+    split = split_cases(list(cases), config.val_fraction, config.seed, studies)
     shards = plan_shards(cases, split, config)
     with dirlock.DirLock(config.output_dir, "--output_dir", break_lock, log):
-        return _convert(config, cases, failures, table, shards, start, log)
+        return _convert(config, cases, failures, table, shards, start, log, series)
 
 
-def _convert(config: ConvertConfig, cases: Dict[str, str], failures: Dict[str, dict],
+def _convert(config: ConvertConfig, cases: Dict[str, object], failures: Dict[str, dict],
              table: Optional[labels_lib.LabelTable], shards: List[Shard], start: float,
-             log) -> dict:
+             log, series: List[dicom.Series]) -> dict:
     """The conversion's work in its locked output directory."""
     manifest = _resume_manifest(config, {s.name for s in shards})
+    if series:
+        manifest["dicom"] = {"series": {s.case_id: s.summary() for s in series},
+                             "reasons": dicom.REASONS}
     todo = [s for s in shards if not _shard_done(config, manifest, s)]
     done_cases = sum(len(s.cases) for s in shards) - sum(len(s.cases) for s in todo)
     log(f"convert: {len(cases)} scans found ({config.dataset}, {config.resolved_modality}) -> "
@@ -219,6 +286,7 @@ def _convert(config: ConvertConfig, cases: Dict[str, str], failures: Dict[str, d
     def save():
         manifest_lib.finish(manifest, failures, cases, table.num_classes if table else 0,
                             table.names if table else ())
+        _series_outcomes(manifest)
         try:
             manifest_lib.write(config.output_dir, manifest)
         except OSError as err:
@@ -249,15 +317,30 @@ def _convert(config: ConvertConfig, cases: Dict[str, str], failures: Dict[str, d
     return summary
 
 
-def _discover_cases(config: ConvertConfig):
-    """({case id: path}, {key: failure}) of the archive; a second file with a case id
-    already seen is a failure (named), not a case."""
+def _discover_cases(config: ConvertConfig, log=_log):
+    """({case id: path or dicom.Series}, {key: failure}, [every DICOM series]) of the
+    archive; a second file with a case id already seen is a failure (named), not a case,
+    and so is a refused DICOM series."""
     paths = discover_scans(config.input_dir, config.dataset)
-    if not paths:
-        raise ValueError(f"no {'/'.join(SUFFIXES[config.dataset])} scans under "
-                         f"--input_dir {config.input_dir!r}")
-    cases: Dict[str, str] = {}
+    series = []
+    if config.dataset in ("dicom", "generic"):
+        scan_files = set(paths)
+        series = _find_series(config, log, lambda p: p in scan_files
+                              or p.lower().endswith((".raw", ".zraw", ".img")))
+    if not paths and not any(s.kept or s.refused for s in series):
+        what = ("DICOM series" if config.dataset == "dicom" else
+                f"{'/'.join(SUFFIXES[config.dataset])} scans"
+                + (" or DICOM series" if config.dataset == "generic" else ""))
+        found = f" ({len(series)} series found, none convertible: see above)" if series else ""
+        raise ValueError(f"no {what} under --input_dir {config.input_dir!r}{found}")
+    cases: Dict[str, object] = {}
     failures: Dict[str, dict] = {}
+    for s in series:
+        if s.kept:
+            cases[s.case_id] = s
+        elif s.refused:
+            failures[s.case_id] = {"case_id": s.case_id, "source": s.source,
+                                   "reason": f"{s.decision}: {s.detail}"}
     for path in paths:
         cid = preprocess.case_id_from_path(path)
         if cid in cases:
@@ -265,7 +348,38 @@ def _discover_cases(config: ConvertConfig):
                                         "reason": f"duplicate case id (also {cases[cid]})"}
             continue
         cases[cid] = path
-    return cases, failures
+    return cases, failures, series
+
+
+def _series_outcomes(manifest: dict) -> None:
+    """The decisions of the manifest's DICOM series updated by what their workers found
+    (a series kept at discovery may be refused when its pixels are read)."""
+    decided = manifest.get("dicom", {}).get("series", {})
+    for cid, entry in manifest["cases"].items():
+        if cid in decided and entry["status"] != "ok":
+            code = entry["reason"].split(":", 1)[0]
+            decided[cid]["decision"] = code if code in dicom.REASONS else "failed"
+            decided[cid]["detail"] = entry["reason"]
+
+
+def _find_series(config: ConvertConfig, log, skip) -> List[dicom.Series]:
+    """The archive's DICOM series with their decisions, reported: one count line, one
+    line per series not kept."""
+    def progress(done, total):
+        if done == total or done % 5000 == 0:
+            meter.total = total
+            meter.report(done, "DICOM headers")
+    meter = Progress(0, log, "convert:", "files")
+    series = dicom.find_series(config.input_dir, config.series_options(), skip, progress)
+    if not series:
+        return series
+    codes = collections.Counter(s.decision for s in series)
+    log(f"convert: {len(series)} DICOM series: " + ", ".join(
+        f"{n} {code}" for code, n in sorted(codes.items(), key=lambda kv: kv[0] != "kept")))
+    for s in series:
+        if not s.kept:
+            log(f"  {s.case_id}: {s.decision}: {s.detail}")
+    return series
 
 
 def _resume_manifest(config: ConvertConfig, planned: set) -> dict:
@@ -366,11 +480,12 @@ def _write_records(tmp: str, options, shard: Shard, stream, manifest: dict,
     from crfgan_tf.data import records
 
     with tf.io.TFRecordWriter(tmp, options) as writer:
-        for cid, path in shard.cases:
+        for cid, scan in shard.cases:
             got_id, status, payload, seconds = next(stream)
             assert got_id == cid, (got_id, cid)  # imap keeps task order
             progress.done += 1
-            entry = {"split": shard.split, "shard": shard.name, "status": status, "source": path}
+            source = source_name(scan)
+            entry = {"split": shard.split, "shard": shard.name, "status": status, "source": source}
             if status == "ok":
                 if table is not None:
                     payload.label = entry["label"] = table.labels[cid]
@@ -382,7 +497,7 @@ def _write_records(tmp: str, options, shard: Shard, stream, manifest: dict,
                 progress.report(progress.done, f"{cid}: ok ({seconds:.1f} s)")
             else:
                 entry["reason"] = payload
-                progress.report(progress.done, f"{cid}: FAILED {path}: {payload}")
+                progress.report(progress.done, f"{cid}: FAILED {source}: {payload}")
             manifest["cases"][cid] = entry
 
 
@@ -396,7 +511,8 @@ def _apply_labels(config: ConvertConfig, cases: Dict[str, str], log) -> labels_l
     table = labels_lib.read_labels_csv(config.labels_csv, config.num_classes)
     unlabelled = sorted(c for c in cases if c not in table.labels)
     for cid in unlabelled:
-        log(f"convert: {cid} ({cases.pop(cid)}): no label in --labels_csv; not converted")
+        log(f"convert: {cid} ({source_name(cases.pop(cid))}): no label in --labels_csv; "
+            "not converted")
     unknown = sorted(set(table.labels) - set(cases) - set(unlabelled))
     if unknown:
         log(f"convert: {len(unknown)} case(s) of --labels_csv are not in the archive "

@@ -307,6 +307,19 @@ def process_scan(path: str, options: PreprocessOptions) -> ScanResult:
       ScanError: with the reason, for any scan that cannot be converted.
     """
     array, spacing, origin, orientation = read_canonical(path)
+    return process_volume(array, spacing, origin, orientation, options,
+                          case_id_from_path(path), path)
+
+
+def process_volume(array: np.ndarray, spacing: Tuple[float, float, float],
+                   origin: Tuple[float, float, float], orientation: str,
+                   options: PreprocessOptions, case_id: str, source: str) -> ScanResult:
+    """Converts one canonical volume (what `read_canonical` or `dicom.read_series`
+    returns) to a size^3 volume in [-1, 1]; `source` is what the record calls it.
+
+    Raises:
+      ScanError: with the reason, for any scan that cannot be converted.
+    """
     original_size = tuple(int(v) for v in array.shape)
     extra = {}
     if options.modality == "ct":
@@ -328,7 +341,7 @@ def process_scan(path: str, options: PreprocessOptions) -> ScanResult:
     origin = (origin[0], origin[1], origin[2] + trimmed[0] * spacing[0])
     volume, out_spacing, out_origin = resize_volume(unit, spacing, origin, options.size,
                                                     options.antialias)
-    return ScanResult(case_id=case_id_from_path(path), source=path, volume=volume,
+    return ScanResult(case_id=case_id, source=source, volume=volume,
                       modality=options.modality, original_size=original_size,
                       original_spacing=spacing, output_spacing=out_spacing,
                       output_origin=out_origin, window=window, trimmed_slices=trimmed,

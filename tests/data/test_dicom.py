@@ -1,0 +1,180 @@
+"""DICOM series through the conversion (crfgan_tf/data/dicom.py, data/convert.py): every
+rule of the module's docstring on the hospital export of tests/dicom_series.py, through
+`python -m data_prep.convert` and `convert.run_conversion`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import dicom_series as ds
+from conftest import REPO
+from crfgan_tf.data import convert, dicom, records
+
+
+@pytest.fixture(scope="session")
+def export(tmp_path_factory):
+    return ds.make_export(str(tmp_path_factory.mktemp("hospital_export")))
+
+
+@pytest.fixture(scope="session")
+def converted(export, tmp_path_factory):
+    """The export through the command, as a user runs it: (output dir, completed process)."""
+    out = str(tmp_path_factory.mktemp("dicom_records"))
+    res = subprocess.run(
+        [sys.executable, "-m", "data_prep.convert", "--dataset=dicom", f"--input_dir={export}",
+         f"--output_dir={out}", "--size=64", "--num_shards=2", "--val_fraction=0",
+         "--workers=2"], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+        capture_output=True, text=True, timeout=600)
+    return out, res
+
+
+@pytest.fixture(scope="session")
+def twin_record(tmp_path_factory):
+    """The kept series' anatomy as a MetaImage file, converted the same way."""
+    root = tmp_path_factory.mktemp("twin")
+    ds.mhd_twin(str(root / "in" / "twin.mhd"))
+    _run(str(root / "in"), str(root / "out"), dataset="generic", modality="ct")
+    return next(records.read_volumes(str(root / "out" / "*.tfrecord")))
+
+
+def _run(input_dir, output_dir, **kw):
+    base = dict(dataset="dicom", input_dir=input_dir, output_dir=output_dir, size=64,
+                num_shards=1, val_fraction=0.0, workers=1)
+    base.update(kw)
+    logs = []
+    summary = convert.run_conversion(convert.ConvertConfig(**base), log=logs.append)
+    return summary, logs
+
+
+def _records(out):
+    return {r.case_id: r for r in records.read_volumes(os.path.join(out, "*.tfrecord"))}
+
+
+def test_every_series_gets_its_decision_in_the_manifest_and_the_report(converted):
+    out, res = converted
+    assert res.returncode == 1, res.stderr[-3000:]  # some series were refused
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    decided = {seed: manifest["dicom"]["series"][ds.case_id(seed)]["decision"]
+               for seed in ds.EXPECTED}
+    assert decided == ds.EXPECTED
+    assert len(manifest["dicom"]["series"]) == len(ds.EXPECTED)  # DICOMDIR, .txt: no series
+    assert set(manifest["dicom"]["reasons"]) >= set(ds.EXPECTED.values())
+    failed = {f["case_id"]: f["reason"] for f in manifest["failures"]}
+    assert set(failed) == {ds.case_id(s) for s in ds.FAILED}
+    assert manifest["counts"] == {"train": 6, "val": 0, "failed": 6}
+    for seed, decision in ds.EXPECTED.items():
+        if decision != "kept":  # one line each, with its code
+            assert f"{ds.case_id(seed)}: {decision}" in res.stderr \
+                or f"FAILED {ds.case_id(seed)}" in res.stderr, seed
+    reason = {s: failed[ds.case_id(s)] for s in ds.FAILED}
+    assert "a gap of 7.50 mm between" in reason["gap"] and "2 slice(s) missing" in reason["gap"]
+    assert "gantry tilt of 20.0 degrees" in reason["tilt"] and "--allow_tilt" in reason["tilt"]
+    assert "deviates 40% from the median 2.500 mm" in reason["uneven"]
+    assert "2 sizes: 32x32 (39 slices), 24x24 (1 slices)" in reason["mixed"]
+    assert "1.2.840.10008.1.2.4.100 (MPEG2" in reason["mpeg2"]
+    assert "different pixels" in reason["dup_diff"]
+    kept = manifest["dicom"]["series"][ds.case_id("jitter")]["detail"]
+    assert "uneven spacing (up to 8% off) resampled to 2.500 mm" in kept
+    assert "1 duplicate position(s)" in manifest["dicom"]["series"][ds.case_id("dup_same")]["detail"]
+
+
+def test_series_records_equal_the_same_anatomy_as_metaimage(converted, twin_record):
+    """Shuffled file names with InstanceNumber reversed, per-slice slopes and intercepts,
+    JPEG lossless, JPEG 2000 and an identical duplicate give the .mhd twin's record."""
+    out, _ = converted
+    got = _records(out)
+    for seed in ("thin", "rescale", "jpeg", "jpeg2000", "dup_same"):
+        rec = got[ds.case_id(seed)]
+        assert rec.source == f"dicom series {ds.case_id(seed)} ({ 41 if seed == 'dup_same' else 40} files)"
+        np.testing.assert_allclose(rec.output_spacing, twin_record.output_spacing, rtol=1e-6)
+        np.testing.assert_allclose(rec.output_origin, twin_record.output_origin, atol=1e-4)
+        assert rec.original_size == twin_record.original_size == (40, 32, 32)
+        mae = float(np.abs(rec.volume - twin_record.volume).mean())
+        assert mae < (1e-3 if seed == "rescale" else 1e-6), (seed, mae)
+    # resampled to uniform spacing: close, not equal (two slices moved by 0.2 mm)
+    mae = float(np.abs(got[ds.case_id("jitter")].volume - twin_record.volume).mean())
+    assert 1e-5 < mae < 5e-3, mae
+
+
+def test_allow_tilt_shifts_slices_back(export, twin_record, tmp_path):
+    summary, logs = _run(os.path.join(export, ds.PATIENT_FOLDERS[1], "tilt"), str(tmp_path / "o"),
+                         allow_tilt=True)
+    assert (summary["train"], summary["failed"]) == (1, 0)
+    manifest = json.load(open(tmp_path / "o" / "manifest.json"))
+    assert "tilt of 20.0 degrees resampled" in manifest["dicom"]["series"][ds.case_id("tilt")]["detail"]
+    rec = _records(str(tmp_path / "o"))[ds.case_id("tilt")]
+    inner = np.s_[8:56, 8:56, 8:56]  # the edge rows shifted in from outside are air
+    mae = float(np.abs(rec.volume[inner] - twin_record.volume[inner]).mean())
+    # uncorrected slices give 0.50 here, shifts of the wrong sign 0.64; what is left is
+    # the blur of interpolating 4 mm pixels twice (writing the tilt, correcting it)
+    assert mae < 0.06, mae
+    assert manifest["settings"]["allow_tilt"] is True
+
+
+@pytest.mark.parametrize("policy,kept", [("thinnest", {"thin"}), ("largest", {"thick"}),
+                                         ("all", {"thin", "thick"})])
+def test_series_policy_chooses_among_reconstructions_of_one_study(export, policy, kept):
+    found = dicom.find_series(os.path.join(export, ds.PATIENT_FOLDERS[0]),
+                              dicom.SeriesOptions(series_policy=policy))
+    by_id = {s.case_id: s for s in found}
+    assert {seed for seed in ("thin", "thick") if by_id[ds.case_id(seed)].kept} == kept
+    if policy != "all":
+        other = ({"thin", "thick"} - kept).pop()
+        assert by_id[ds.case_id(other)].decision == "skipped_series_policy"
+        assert f"{policy}: {ds.case_id(kept.pop())} chosen" in by_id[ds.case_id(other)].detail
+
+
+def test_all_reconstructions_of_a_study_share_a_split(export, tmp_path):
+    summary, _ = _run(export, str(tmp_path / "o"), size=16, series_policy="all",
+                      val_fraction=0.5, seed=4)
+    cases = json.load(open(tmp_path / "o" / "manifest.json"))["cases"]
+    assert cases[ds.case_id("thin")]["split"] == cases[ds.case_id("thick")]["split"]
+    assert summary["train"] and summary["val"]  # both splits used
+    for seed in range(8):  # and for any seed
+        split = convert.split_cases(["a", "b", "c", "d"], 0.5, seed, {"a": "s", "b": "s"})
+        assert split["a"] == split["b"]
+
+
+def test_case_id_modes_and_rerun_resumes(export, converted):
+    folder = os.path.join(export, ds.PATIENT_FOLDERS[0])
+    by_uid = {s.case_id for s in dicom.find_series(folder, dicom.SeriesOptions(case_ids="series_uid"))}
+    assert ds.series_uid("thin") in by_uid
+    by_path = {s.case_id: s.source for s in dicom.find_series(folder, dicom.SeriesOptions(case_ids="path"))}
+    assert by_path["CT_CHEST#2"] == "CT_CHEST#2" and "CT_CHEST#1" in by_path  # two in one folder
+    assert "CT_5MM" in by_path
+    out, _ = converted  # the same command again: only shards holding a failure are redone
+    shards = json.load(open(os.path.join(out, "manifest.json")))["shards"].values()
+    redo = sum(len(s["cases"]) for s in shards if s["status"] != "complete")
+    before = set(_records(out))
+    summary, _ = _run(export, out, num_shards=2)
+    assert 0 < summary["processed"] == redo < 8 and summary["train"] == 6
+    assert set(_records(out)) == before  # the same case ids (hashes of the series UIDs)
+
+
+def test_generic_takes_dicom_series_beside_scan_files(export, tmp_path):
+    root = tmp_path / "mixed"
+    ds.mhd_twin(str(root / "a" / "scan.mhd"))
+    import shutil
+    shutil.copytree(os.path.join(export, ds.PATIENT_FOLDERS[1], "jpeg"), root / "b")
+    summary, _ = _run(str(root), str(tmp_path / "o"), dataset="generic", modality="ct", size=16)
+    assert summary["train"] == 2
+    assert set(_records(str(tmp_path / "o"))) == {"scan", ds.case_id("jpeg")}
+
+
+def test_no_series_and_bad_flags_are_named(tmp_path, export):
+    ds.mhd_twin(str(tmp_path / "in" / "scan.mhd"))
+    with pytest.raises(ValueError, match="no DICOM series under --input_dir"):
+        _run(str(tmp_path / "in"), str(tmp_path / "o"))
+    short = os.path.join(export, ds.PATIENT_FOLDERS[1], "short")
+    with pytest.raises(ValueError, match=r"1 series found, none convertible"):
+        _run(short, str(tmp_path / "o"))
+    for kw, flag in ((dict(min_slices=1), "--min_slices"),
+                     (dict(slice_spacing_tolerance=0.6), "--slice_spacing_tolerance"),
+                     (dict(series_policy="newest"), "--series_policy"),
+                     (dict(case_ids="name"), "--case_ids")):
+        with pytest.raises(ValueError, match=flag):
+            _run(str(tmp_path), str(tmp_path / "o"), **kw)
