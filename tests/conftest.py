@@ -26,6 +26,28 @@ def tiny_archive(tmp_path_factory):
     return str(root), paths
 
 
+@pytest.fixture(scope="session")
+def dicom_export(tmp_path_factory):
+    """A hospital export as DICOM with a series for every rule and patient data everywhere
+    (tests/dicom_series.py)."""
+    import dicom_series
+
+    return dicom_series.make_export(str(tmp_path_factory.mktemp("hospital_export")))
+
+
+@pytest.fixture(scope="session")
+def dicom_converted(dicom_export, tmp_path_factory):
+    """That export through the conversion command at 64^3, as a user runs it:
+    (output dir, completed process)."""
+    out = str(tmp_path_factory.mktemp("dicom_records"))
+    res = subprocess.run(
+        [sys.executable, "-m", "data_prep.convert", "--dataset=dicom",
+         f"--input_dir={dicom_export}", f"--output_dir={out}", "--size=64", "--num_shards=2",
+         "--val_fraction=0", "--workers=2"], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+        capture_output=True, text=True, timeout=600)
+    return out, res
+
+
 def _convert_archive(tiny_archive, out, size, num_shards, val_fraction):
     from crfgan_tf.data import convert
 

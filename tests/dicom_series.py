@@ -21,7 +21,7 @@ PHI_TAGS = {
     "InstitutionName": "ZZPHI INSTITUTION", "InstitutionAddress": "ZZPHI INST ADDRESS",
     "ReferringPhysicianName": "ZZPHI^REFERRER", "PerformingPhysicianName": "ZZPHI^PERFORMER",
     "OperatorsName": "ZZPHI^OPERATOR", "StationName": "ZZPHISTATION",
-    "StudyID": "ZZPHISTUDYID", "StudyDate": "19991231", "StudyTime": "235959",
+    "StudyID": "ZZPHISTUDYID", "StudyDate": "19991231", "StudyTime": "235959.987654",
     "StudyDescription": "ZZPHI STUDY DESCRIPTION", "SeriesDescription": "ZZPHI SERIES DESC",
     "DeviceSerialNumber": "ZZPHISERIAL",
 }
@@ -99,6 +99,7 @@ EXPECTED = {
     "derived": "skipped_derived", "mr": "skipped_modality",
     "short": "skipped_too_few_slices", "report": "skipped_no_image",
 }
+SMITH_STUDY = ("thin", "thick", "scout")  # one study, three series
 FAILED = {"mpeg2", "gap", "uneven", "tilt", "mixed", "dup_diff"}
 
 

@@ -4,32 +4,12 @@ rule of the module's docstring on the hospital export of tests/dicom_series.py, 
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import dicom_series as ds
-from conftest import REPO
 from crfgan_tf.data import convert, dicom, records
-
-
-@pytest.fixture(scope="session")
-def export(tmp_path_factory):
-    return ds.make_export(str(tmp_path_factory.mktemp("hospital_export")))
-
-
-@pytest.fixture(scope="session")
-def converted(export, tmp_path_factory):
-    """The export through the command, as a user runs it: (output dir, completed process)."""
-    out = str(tmp_path_factory.mktemp("dicom_records"))
-    res = subprocess.run(
-        [sys.executable, "-m", "data_prep.convert", "--dataset=dicom", f"--input_dir={export}",
-         f"--output_dir={out}", "--size=64", "--num_shards=2", "--val_fraction=0",
-         "--workers=2"], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
-        capture_output=True, text=True, timeout=600)
-    return out, res
 
 
 @pytest.fixture(scope="session")
@@ -54,8 +34,8 @@ def _records(out):
     return {r.case_id: r for r in records.read_volumes(os.path.join(out, "*.tfrecord"))}
 
 
-def test_every_series_gets_its_decision_in_the_manifest_and_the_report(converted):
-    out, res = converted
+def test_every_series_gets_its_decision_in_the_manifest_and_the_report(dicom_converted):
+    out, res = dicom_converted
     assert res.returncode == 1, res.stderr[-3000:]  # some series were refused
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     decided = {seed: manifest["dicom"]["series"][ds.case_id(seed)]["decision"]
@@ -82,10 +62,10 @@ def test_every_series_gets_its_decision_in_the_manifest_and_the_report(converted
     assert "1 duplicate position(s)" in manifest["dicom"]["series"][ds.case_id("dup_same")]["detail"]
 
 
-def test_series_records_equal_the_same_anatomy_as_metaimage(converted, twin_record):
+def test_series_records_equal_the_same_anatomy_as_metaimage(dicom_converted, twin_record):
     """Shuffled file names with InstanceNumber reversed, per-slice slopes and intercepts,
     JPEG lossless, JPEG 2000 and an identical duplicate give the .mhd twin's record."""
-    out, _ = converted
+    out, _ = dicom_converted
     got = _records(out)
     for seed in ("thin", "rescale", "jpeg", "jpeg2000", "dup_same"):
         rec = got[ds.case_id(seed)]
@@ -100,8 +80,8 @@ def test_series_records_equal_the_same_anatomy_as_metaimage(converted, twin_reco
     assert 1e-5 < mae < 5e-3, mae
 
 
-def test_allow_tilt_shifts_slices_back(export, twin_record, tmp_path):
-    summary, logs = _run(os.path.join(export, ds.PATIENT_FOLDERS[1], "tilt"), str(tmp_path / "o"),
+def test_allow_tilt_shifts_slices_back(dicom_export, twin_record, tmp_path):
+    summary, _ = _run(os.path.join(dicom_export, ds.PATIENT_FOLDERS[1], "tilt"), str(tmp_path / "o"),
                          allow_tilt=True)
     assert (summary["train"], summary["failed"]) == (1, 0)
     manifest = json.load(open(tmp_path / "o" / "manifest.json"))
@@ -117,8 +97,8 @@ def test_allow_tilt_shifts_slices_back(export, twin_record, tmp_path):
 
 @pytest.mark.parametrize("policy,kept", [("thinnest", {"thin"}), ("largest", {"thick"}),
                                          ("all", {"thin", "thick"})])
-def test_series_policy_chooses_among_reconstructions_of_one_study(export, policy, kept):
-    found = dicom.find_series(os.path.join(export, ds.PATIENT_FOLDERS[0]),
+def test_series_policy_chooses_among_reconstructions_of_one_study(dicom_export, policy, kept):
+    found = dicom.find_series(os.path.join(dicom_export, ds.PATIENT_FOLDERS[0]),
                               dicom.SeriesOptions(series_policy=policy))
     by_id = {s.case_id: s for s in found}
     assert {seed for seed in ("thin", "thick") if by_id[ds.case_id(seed)].kept} == kept
@@ -128,8 +108,8 @@ def test_series_policy_chooses_among_reconstructions_of_one_study(export, policy
         assert f"{policy}: {ds.case_id(kept.pop())} chosen" in by_id[ds.case_id(other)].detail
 
 
-def test_all_reconstructions_of_a_study_share_a_split(export, tmp_path):
-    summary, _ = _run(export, str(tmp_path / "o"), size=16, series_policy="all",
+def test_all_reconstructions_of_a_study_share_a_split(dicom_export, tmp_path):
+    summary, _ = _run(dicom_export, str(tmp_path / "o"), size=16, series_policy="all",
                       val_fraction=0.5, seed=4)
     cases = json.load(open(tmp_path / "o" / "manifest.json"))["cases"]
     assert cases[ds.case_id("thin")]["split"] == cases[ds.case_id("thick")]["split"]
@@ -139,37 +119,37 @@ def test_all_reconstructions_of_a_study_share_a_split(export, tmp_path):
         assert split["a"] == split["b"]
 
 
-def test_case_id_modes_and_rerun_resumes(export, converted):
-    folder = os.path.join(export, ds.PATIENT_FOLDERS[0])
+def test_case_id_modes_and_rerun_resumes(dicom_export, dicom_converted):
+    folder = os.path.join(dicom_export, ds.PATIENT_FOLDERS[0])
     by_uid = {s.case_id for s in dicom.find_series(folder, dicom.SeriesOptions(case_ids="series_uid"))}
     assert ds.series_uid("thin") in by_uid
     by_path = {s.case_id: s.source for s in dicom.find_series(folder, dicom.SeriesOptions(case_ids="path"))}
     assert by_path["CT_CHEST#2"] == "CT_CHEST#2" and "CT_CHEST#1" in by_path  # two in one folder
     assert "CT_5MM" in by_path
-    out, _ = converted  # the same command again: only shards holding a failure are redone
+    out, _ = dicom_converted  # the same command again: only shards holding a failure are redone
     shards = json.load(open(os.path.join(out, "manifest.json")))["shards"].values()
     redo = sum(len(s["cases"]) for s in shards if s["status"] != "complete")
     before = set(_records(out))
-    summary, _ = _run(export, out, num_shards=2)
+    summary, _ = _run(dicom_export, out, num_shards=2)
     assert 0 < summary["processed"] == redo < 8 and summary["train"] == 6
     assert set(_records(out)) == before  # the same case ids (hashes of the series UIDs)
 
 
-def test_generic_takes_dicom_series_beside_scan_files(export, tmp_path):
+def test_generic_takes_dicom_series_beside_scan_files(dicom_export, tmp_path):
     root = tmp_path / "mixed"
     ds.mhd_twin(str(root / "a" / "scan.mhd"))
     import shutil
-    shutil.copytree(os.path.join(export, ds.PATIENT_FOLDERS[1], "jpeg"), root / "b")
+    shutil.copytree(os.path.join(dicom_export, ds.PATIENT_FOLDERS[1], "jpeg"), root / "b")
     summary, _ = _run(str(root), str(tmp_path / "o"), dataset="generic", modality="ct", size=16)
     assert summary["train"] == 2
     assert set(_records(str(tmp_path / "o"))) == {"scan", ds.case_id("jpeg")}
 
 
-def test_no_series_and_bad_flags_are_named(tmp_path, export):
+def test_no_series_and_bad_flags_are_named(tmp_path, dicom_export):
     ds.mhd_twin(str(tmp_path / "in" / "scan.mhd"))
     with pytest.raises(ValueError, match="no DICOM series under --input_dir"):
         _run(str(tmp_path / "in"), str(tmp_path / "o"))
-    short = os.path.join(export, ds.PATIENT_FOLDERS[1], "short")
+    short = os.path.join(dicom_export, ds.PATIENT_FOLDERS[1], "short")
     with pytest.raises(ValueError, match=r"1 series found, none convertible"):
         _run(short, str(tmp_path / "o"))
     for kw, flag in ((dict(min_slices=1), "--min_slices"),
