@@ -4,7 +4,7 @@ from setuptools import find_packages, setup
 
 # Every command of crfgan_tf/cli/: console scripts crfgan-train, crfgan-convert, ... (README,
 # "Installation and dependencies"; tests/test_layout.py keeps this list equal to cli/).
-COMMANDS = ("train", "export", "sample", "convert", "make_phantoms", "luna16_labels",
+COMMANDS = ("train", "export", "sample", "convert", "make_phantoms", "luna16_labels", "lidc_labels",
             "fid_mmd", "make_2afc", "analyze_2afc", "class_contrast", "count_params",
             "import_reference", "import_medicalnet", "profile_memory", "deviation_effects",
             "bench_convert", "bench_input", "bench_generate", "bench_features")

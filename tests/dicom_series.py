@@ -148,3 +148,93 @@ def make_export(root):
 def mhd_twin(path, seed=1):
     """The phantom of the kept series as one MetaImage file, same geometry."""
     return phantom.write_scan(volume(seed), path, SPEC.spacing_zyx, origin_xyz=ORIGIN)
+
+
+# LIDC-IDRI: phantoms with nodules as DICOM series, each with the readers' XML beside it.
+LIDC_SPEC = phantom.PhantomSpec(in_plane=128, num_slices=48, spacing_zyx=(2.0, 1.25, 1.25),
+                                blank_slices=2, noise_hu=10.0)
+LIDC_ORIGIN = (-80.0, -80.0, -100.0)
+# scan -> (seed, nodule diameter mm, [per nodule: {reader: malignancy}], point marks)
+LIDC_SCANS = {
+    "A": (21, 10.0, [{0: 4, 1: 5, 2: 4, 3: 3}], True),  # 4 readers: malignant (median 4)
+    "B": (22, 8.0, [{0: 5, 1: 5}], False),  # 2 readers: not a nodule by 3 of 4
+    "C": (23, 8.0, [{0: 2, 1: 2, 2: 3}, {0: 3, 1: 3, 2: 3, 3: 4}], False),  # worst: 3
+    "D": (24, 2.4, [{0: None, 1: None, 2: None, 3: None}], False),  # < 3 mm: point marks
+}
+
+
+def lidc_uid(scan):
+    return dicom_write.uid(f"lidc/{scan}/series")
+
+
+def lidc_contours(centre, diameter, spec, shift_px=0):
+    """The outer border of a nodule's painted voxels (phantom._draw_nodules' ball), slice by
+    slice: {slice index: [(x px, y px), ...]}, as LIDC readers draw it."""
+    import numpy as np
+    from scipy import ndimage
+
+    radius = diameter / 2.0 / np.asarray(spec.spacing_zyx)
+    out = {}
+    for z in range(int(np.floor(centre[0] - radius[0])), int(np.ceil(centre[0] + radius[0])) + 1):
+        yy, xx = np.mgrid[0:spec.in_plane, 0:spec.in_plane]
+        ball = (((z - centre[0]) / radius[0]) ** 2 + ((yy - centre[1]) / radius[1]) ** 2
+                + ((xx - centre[2]) / radius[2]) ** 2) <= 1.0
+        if ball.any():
+            border = ndimage.binary_dilation(ball) & ~ball
+            ys, xs = np.nonzero(border)
+            out[z] = [(int(x) + shift_px, int(y)) for y, x in zip(ys, xs)]
+    return out
+
+
+def _xml(uid, sessions):
+    """An LIDC read message: sessions = [[(contours {z mm: [(x, y)]}, malignancy|None)]]."""
+    ns = "http://www.nih.gov"
+    parts = [f'<?xml version="1.0" encoding="UTF-8"?>\n<LidcReadMessage xmlns="{ns}">',
+             f"<ResponseHeader><Version>1.8.1</Version><SeriesInstanceUid>{uid}"
+             "</SeriesInstanceUid></ResponseHeader>"]
+    for k, marks in enumerate(sessions):
+        parts.append(f"<readingSession><servicingRadiologistID>reader{k}</servicingRadiologistID>")
+        for j, (contours, rating) in enumerate(marks):
+            parts.append(f"<unblindedReadNodule><noduleID>{k}-{j}</noduleID>")
+            if rating is not None:
+                parts.append(f"<characteristics><subtlety>4</subtlety><malignancy>{rating}"
+                             "</malignancy></characteristics>")
+            for z, points in contours.items():
+                parts.append(f"<roi><imageZposition>{z:.6f}</imageZposition><imageSOP_UID>x"
+                             "</imageSOP_UID><inclusion>TRUE</inclusion>")
+                parts += [f"<edgeMap><xCoord>{x}</xCoord><yCoord>{y}</yCoord></edgeMap>"
+                          for x, y in points]
+                parts.append("</roi>")
+            parts.append("</unblindedReadNodule>")
+        parts.append("<nonNodule><nonNoduleID>n</nonNoduleID><imageZposition>0.0"
+                     "</imageZposition><locus><xCoord>5</xCoord><yCoord>5</yCoord></locus>"
+                     "</nonNodule></readingSession>")
+    return "\n".join(parts + ["</LidcReadMessage>"])
+
+
+def make_lidc(root):
+    """Writes LIDC_SCANS as `LIDC-IDRI-000k/<series>/` with the XML beside the slices;
+    returns {scan: [(centre (z, y, x) voxels, diameter mm)]}."""
+    drawn = {}
+    for k, (scan, (seed, diameter, nodules, points)) in enumerate(sorted(LIDC_SCANS.items())):
+        vol, found = phantom.make_phantom_with_nodules(seed, LIDC_SPEC, len(nodules),
+                                                       (diameter, diameter))
+        folder = os.path.join(root, f"LIDC-IDRI-{k + 1:04d}", "series")
+        dicom_write.write_series(vol, folder, LIDC_SPEC.spacing_zyx, LIDC_ORIGIN,
+                                 seed=f"lidc/{scan}", tags=PHI_TAGS)
+        sessions = [[] for _ in range(4)]
+        for (centre, d), readers in zip(found, nodules):
+            for reader, rating in readers.items():
+                if diameter < 3.0:  # readers mark small nodules with one point
+                    z = LIDC_ORIGIN[2] + round(centre[0]) * LIDC_SPEC.spacing_zyx[0]
+                    sessions[reader].append(({z: [(round(centre[2]), round(centre[1]))]}, None))
+                    continue
+                contours = lidc_contours(centre, d, LIDC_SPEC, shift_px=reader % 2)
+                sessions[reader].append(({LIDC_ORIGIN[2] + z * LIDC_SPEC.spacing_zyx[0]: pts
+                                          for z, pts in contours.items()}, rating))
+        if points:  # reader 1 also marks a < 3 mm nodule elsewhere: not a nodule
+            sessions[1].append(({LIDC_ORIGIN[2] + 20 * 2.0: [(30, 40)]}, None))
+        with open(os.path.join(folder, f"{100 + k}.xml"), "w") as fh:
+            fh.write(_xml(lidc_uid(scan), sessions))
+        drawn[scan] = found
+    return drawn

@@ -31,13 +31,19 @@ def reference_like(path: str, size: int) -> np.ndarray:
 
 
 def convert_speed(in_plane: int = 512, num_slices: int = 300, size: int = 256,
-                  repeats: int = 3, with_reference: bool = True, log=print) -> dict:
-    """Seconds per scan (median of `repeats`) of process_scan vs the reference approach."""
+                  repeats: int = 3, with_reference: bool = True, log=print,
+                  dicom_compressions=()) -> dict:
+    """Seconds per scan (median of `repeats`) of process_scan vs the reference approach;
+    with `dicom_compressions` ("" for uncompressed, "jpeg", "jpeg2000") also the same scan
+    as a DICOM series: finding and deciding it (headers) and converting it."""
     with tempfile.TemporaryDirectory() as tmp:
         spec = phantom.PhantomSpec(in_plane=in_plane, num_slices=num_slices)
-        path = phantom.write_scan(phantom.make_phantom(0, spec), os.path.join(tmp, "s.mhd"),
-                                  spec.spacing_zyx)
+        volume = phantom.make_phantom(0, spec)
+        path = phantom.write_scan(volume, os.path.join(tmp, "s.mhd"), spec.spacing_zyx)
         opts = preprocess.PreprocessOptions(size=size)
+        dicom_rows = [_dicom_speed(volume, spec, os.path.join(tmp, f"dicom_{c or 'raw'}"),
+                                   c, opts, repeats, log) for c in dicom_compressions]
+        del volume
         ours = []
         for _ in range(repeats):
             t = time.perf_counter()
@@ -55,7 +61,33 @@ def convert_speed(in_plane: int = 512, num_slices: int = 300, size: int = 256,
                 log(f"reference (skimage resize): {ref[-1]:.2f} s")
             row["reference_s"] = round(statistics.median(ref), 3)
             row["speedup"] = round(row["reference_s"] / row["ours_s"], 2)
+        for dicom_row in dicom_rows:
+            dicom_row["vs_mhd"] = round(dicom_row["total_s"] / row["ours_s"], 2)
+        if dicom_rows:
+            row["dicom"] = dicom_rows
     return row
+
+
+def _dicom_speed(volume, spec, folder: str, compression: str, opts, repeats: int, log) -> dict:
+    """One scan as a DICOM series: seconds to find and decide it, and to convert it."""
+    from crfgan_tf.data import dicom, dicom_write
+
+    dicom_write.write_series(volume, folder, spec.spacing_zyx, compression=compression)
+    found, converted = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        (series,) = dicom.find_series(folder, dicom.SeriesOptions())
+        found.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        dicom.process_series(series, opts)
+        converted.append(time.perf_counter() - t)
+        log(f"DICOM {compression or 'uncompressed'}: find {found[-1]:.2f} s, convert "
+            f"{converted[-1]:.2f} s")
+    out = {"transfer_syntax": series.transfer_syntax, "files": len(series.files),
+           "find_s": round(statistics.median(found), 3),
+           "convert_s": round(statistics.median(converted), 3)}
+    out["total_s"] = round(out["find_s"] + out["convert_s"], 3)
+    return out
 
 
 def child_generate(saved_model: str) -> dict:

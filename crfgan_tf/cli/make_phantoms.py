@@ -1,7 +1,9 @@
-"""Writes a LUNA16-like archive of synthetic chest-CT phantoms (`subsetK/<uid>.mhd/.raw`).
+"""Writes a LUNA16-like archive of synthetic chest-CT phantoms (`subsetK/<uid>.mhd/.raw`),
+or with --format=dicom one DICOM series per phantom (`caseK/`, one file per slice).
 
   python -m data_prep.make_phantoms --output_dir=data/phantoms --num_scans=8 \
       --in_plane=128 --num_slices=80 [--nodules]
+  python -m data_prep.make_phantoms --output_dir=data/phantoms_dicom --format=dicom
 """
 
 import sys
@@ -22,6 +24,8 @@ flags.DEFINE_integer("seed", 0, "Base seed; scan i uses seed + i.")
 flags.DEFINE_bool("nodules", False, "Draw 1-3 solid lung nodules in half of the scans and write "
                   "LUNA16's annotations.csv beside the subsets (for conditional training).")
 flags.DEFINE_list("nodule_diameter_mm", ["4", "30"], "min,max nodule diameter in mm.")
+flags.DEFINE_enum("format", "mhd", ["mhd", "dicom"], "MetaImage files like LUNA16, or DICOM "
+                  "series (without --nodules).")
 flags.mark_flag_as_required("output_dir")
 flags.register_validator("in_plane", lambda v: v >= 16, message="--in_plane must be >= 16")
 flags.register_validator("num_slices", lambda v: v >= 16, message="--num_slices must be >= 16")
@@ -43,6 +47,18 @@ def main(argv):
         print(f"error: --nodule_diameter_mm must be min,max with 0 < min <= max, got "
               f"{FLAGS.nodule_diameter_mm}", file=sys.stderr)
         return 2
+    if FLAGS.format == "dicom":
+        if FLAGS.nodules:
+            print("error: --nodules writes LUNA16's annotations.csv: use --format=mhd",
+                  file=sys.stderr)
+            return 2
+        from crfgan_tf.data import dicom_write
+
+        folders = dicom_write.write_phantom_archive(FLAGS.output_dir, FLAGS.num_scans, spec,
+                                                    FLAGS.seed)
+        print(f"make_phantoms: wrote {len(folders)} DICOM series to {FLAGS.output_dir}",
+              file=sys.stderr)
+        return 0
     paths = phantom.make_luna_archive(FLAGS.output_dir, FLAGS.num_scans, spec, seed=FLAGS.seed,
                                       nodules=FLAGS.nodules, nodule_diameter_mm=(low, high))
     print(f"make_phantoms: wrote {len(paths)} scans to {FLAGS.output_dir}"

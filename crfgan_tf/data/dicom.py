@@ -427,10 +427,10 @@ def read_series(series: Series) -> Tuple[np.ndarray, Tuple[float, float, float],
         try:
             image = sitk.ReadImage(path, sitk.sitkFloat32)
         except RuntimeError:
+            syntax = transfer_syntax_name(series.transfer_syntax)
             raise ScanError(
                 f"refused_undecodable: slice {k + 1} of {len(series.files)} cannot be decoded "
-                f"by SimpleITK/GDCM (transfer syntax {transfer_syntax_name(series.transfer_syntax)})"
-            ) from None
+                f"by SimpleITK/GDCM (transfer syntax {syntax})") from None
         plane = sitk.GetArrayFromImage(image)
         if plane.ndim == 3 and plane.shape[0] == 1:
             plane = plane[0]

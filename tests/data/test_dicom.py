@@ -158,3 +158,19 @@ def test_no_series_and_bad_flags_are_named(tmp_path, dicom_export):
                      (dict(case_ids="name"), "--case_ids")):
         with pytest.raises(ValueError, match=flag):
             _run(str(tmp_path), str(tmp_path / "o"), **kw)
+
+
+def test_make_phantoms_writes_dicom_series_that_convert(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    res = subprocess.run([sys.executable, "-m", "data_prep.make_phantoms", "--format=dicom",
+                          f"--output_dir={tmp_path}", "--num_scans=2", "--in_plane=32",
+                          "--num_slices=20"], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    found = dicom.find_series(str(tmp_path), dicom.SeriesOptions())
+    assert [s.decision for s in found] == ["kept", "kept"]
+    assert all(not f.endswith(".dcm") for s in found for f in s.files)  # names without suffix
