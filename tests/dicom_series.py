@@ -98,6 +98,7 @@ EXPECTED = {
     "dup_diff": "refused_duplicate_position",  # found by the worker
     "derived": "skipped_derived", "mr": "skipped_modality",
     "short": "skipped_too_few_slices", "report": "skipped_no_image",
+    "multiframe": "skipped_multiframe",  # an enhanced CT: all frames in one file
 }
 SMITH_STUDY = ("thin", "thick", "scout")  # one study, three series
 FAILED = {"mpeg2", "gap", "uneven", "tilt", "mixed", "dup_diff"}
@@ -140,6 +141,12 @@ def make_export(root):
     _write(root, f"{doe}/mr", "mr", modality="MR")
     _write(root, f"{doe}/short", "short", volume()[:10])
     _no_image(os.path.join(root, doe, "report", "sr.dcm"), "report")
+    import pydicom
+
+    (frames,) = _write(root, f"{doe}/enhanced", "multiframe", volume()[:1])
+    enhanced = pydicom.dcmread(frames)
+    enhanced.NumberOfFrames = 40
+    enhanced.save_as(frames, enforce_file_format=True)
     open(os.path.join(root, smith, "DICOMDIR"), "wb").write(b"\0" * 128 + b"DICM" + b"\0" * 64)
     open(os.path.join(root, doe, "notes ZZPHIFOLDER.txt"), "w").write("not DICOM")
     return root

@@ -52,7 +52,7 @@ _SAME_POSITION_MM = 1e-3
 HEADER_TAGS = ("SOPClassUID", "SOPInstanceUID", "Modality", "ImageType", "SeriesInstanceUID",
                "StudyInstanceUID", "SeriesNumber", "InstanceNumber", "ImagePositionPatient",
                "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
-               "SliceThickness", "ConvolutionKernel")
+               "SliceThickness", "ConvolutionKernel", "NumberOfFrames")
 MEDIA_DIRECTORY_SOP = "1.2.840.10008.1.3.10"
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 DICOM_MODALITY = {"ct": ("CT",), "mri": ("MR",)}
@@ -62,6 +62,7 @@ REASONS = {
     "kept": "converted",
     "skipped_no_image": "no image (no Rows/Columns): a report, structure set or similar",
     "skipped_modality": "another modality than --modality",
+    "skipped_multiframe": "a multi-frame (enhanced) image: not read by this version",
     "skipped_localizer": "localizer or scout (ImageType)",
     "skipped_derived": "derived image or secondary capture",
     "skipped_too_few_slices": "fewer slices than --min_slices",
@@ -119,6 +120,7 @@ class Slice:
     columns: Optional[int]
     kernel: str
     transfer_syntax: str
+    frames: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +205,13 @@ def _floats(value, n) -> Optional[tuple]:
     return out if len(out) == n and all(math.isfinite(v) for v in out) else None
 
 
+def _int(value, default):
+    try:
+        return int(value) if value is not None and str(value).strip() != "" else default
+    except (TypeError, ValueError):
+        return default
+
+
 def read_header(path: str) -> Optional[Slice]:
     """The header facts of one DICOM file (HEADER_TAGS only); None for a media directory
     or a file pydicom cannot parse (then it is no series' slice)."""
@@ -219,10 +228,7 @@ def read_header(path: str) -> Optional[Slice]:
         return None
     image_type = ds.get("ImageType", ())
     image_type = (image_type,) if isinstance(image_type, str) else tuple(image_type)
-    try:
-        number = int(ds.get("SeriesNumber")) if ds.get("SeriesNumber") is not None else None
-    except (TypeError, ValueError):
-        number = None
+    number = _int(ds.get("SeriesNumber"), None)
     kernel = ds.get("ConvolutionKernel", "")
     return Slice(
         path=path, series_uid=str(ds.SeriesInstanceUID), study_uid=str(ds.get("StudyInstanceUID", "")),
@@ -235,7 +241,8 @@ def read_header(path: str) -> Optional[Slice]:
         rows=int(ds.Rows) if ds.get("Rows") else None,
         columns=int(ds.Columns) if ds.get("Columns") else None,
         kernel="\\".join(kernel) if not isinstance(kernel, str) else str(kernel),
-        transfer_syntax=str(meta.get("TransferSyntaxUID", "")) if meta else "")
+        transfer_syntax=str(meta.get("TransferSyntaxUID", "")) if meta else "",
+        frames=_int(ds.get("NumberOfFrames"), 1))
 
 
 def transfer_syntax_name(uid: str) -> str:
@@ -295,6 +302,10 @@ def _decide(uid: str, slices: List[Slice], options: SeriesOptions, input_dir: st
         return verdict("skipped_no_image", f"SOP class {first.sop_class or 'unknown'}")
     if first.modality not in DICOM_MODALITY[options.modality]:
         return verdict("skipped_modality", f"Modality {first.modality or 'missing'}")
+    if max(s.frames for s in slices) > 1:
+        return verdict("skipped_multiframe",
+                       f"{max(s.frames for s in slices)} frames in one file (SOP class "
+                       f"{first.sop_class}); export the series as single-frame images")
     localizer = next((s for s in slices if {"LOCALIZER", "SCOUT"} & set(s.image_type)), None)
     if localizer is not None:
         return verdict("skipped_localizer", "ImageType " + "\\".join(localizer.image_type))
@@ -422,26 +433,35 @@ def read_series(series: Series) -> Tuple[np.ndarray, Tuple[float, float, float],
     """
     import SimpleITK as sitk
 
-    planes = []
+    count = len(series.files)
+    rows, columns = series.plane
+    volume = np.empty((count, rows, columns), np.float32)  # one float32 copy, filled in place
+    keep = []
     for k, path in enumerate(series.files):
         try:
             image = sitk.ReadImage(path, sitk.sitkFloat32)
         except RuntimeError:
             syntax = transfer_syntax_name(series.transfer_syntax)
             raise ScanError(
-                f"refused_undecodable: slice {k + 1} of {len(series.files)} cannot be decoded "
+                f"refused_undecodable: slice {k + 1} of {count} cannot be decoded "
                 f"by SimpleITK/GDCM (transfer syntax {syntax})") from None
         plane = sitk.GetArrayFromImage(image)
         if plane.ndim == 3 and plane.shape[0] == 1:
             plane = plane[0]
-        if plane.ndim != 2 or (planes and plane.shape != planes[0].shape):
-            raise ScanError(f"refused_mixed_geometry: slice {k + 1} of {len(series.files)} "
-                            "is not one plane of the series' size")
-        planes.append(plane)
-    offsets = np.asarray(series.offsets)
-    planes, offsets, shifts = _drop_duplicates(planes, offsets, series.shifts)
-    volume = np.stack(planes).astype(np.float32)
-    del planes
+        if plane.shape != (rows, columns):
+            raise ScanError(f"refused_mixed_geometry: slice {k + 1} of {count} is not one "
+                            f"{rows}x{columns} plane")
+        if keep and series.offsets[k] - series.offsets[keep[-1]] <= _SAME_POSITION_MM:
+            if not np.array_equal(plane, volume[len(keep) - 1]):
+                raise ScanError(f"refused_duplicate_position: two slices at "
+                                f"{series.offsets[k]:.3f} mm along the normal hold different "
+                                "pixels")
+            continue  # an identical duplicate
+        volume[len(keep)] = plane
+        keep.append(k)
+    volume = volume[:len(keep)]
+    offsets = np.asarray(series.offsets)[keep]
+    shifts = tuple(series.shifts[k] for k in keep) if series.shifts else ()
     if shifts:
         fill = float(volume.min())
         from scipy import ndimage
@@ -452,11 +472,16 @@ def read_series(series: Series) -> Tuple[np.ndarray, Tuple[float, float, float],
                                           cval=fill)
     if series.resample:
         volume = _resample_uniform(volume, offsets, series.spacing)
-    image = sitk.GetImageFromArray(volume)
-    image.SetSpacing([series.pixel_spacing[1], series.pixel_spacing[0], series.spacing])
-    image.SetOrigin([float(v) for v in series.origin])
+    spacing_xyz = [series.pixel_spacing[1], series.pixel_spacing[0], series.spacing]
     row, col = np.array(series.orientation[:3]), np.array(series.orientation[3:])
     direction = np.stack([row, col, np.cross(row, col)], axis=1)
+    if np.allclose(direction, np.eye(3), atol=1e-6):  # axial LPS already: no ITK copies
+        return (volume, tuple(float(v) for v in reversed(spacing_xyz)),
+                tuple(float(v) for v in series.origin), "LPS")
+    image = sitk.GetImageFromArray(volume)
+    del volume  # ITK holds its own copy
+    image.SetSpacing(spacing_xyz)
+    image.SetOrigin([float(v) for v in series.origin])
     image.SetDirection([float(v) for v in direction.ravel()])
     orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(
         image.GetDirection())
@@ -464,19 +489,6 @@ def read_series(series: Series) -> Tuple[np.ndarray, Tuple[float, float, float],
     array = sitk.GetArrayFromImage(image)
     spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
     return array, spacing, tuple(float(v) for v in image.GetOrigin()), orientation
-
-
-def _drop_duplicates(planes: list, offsets: np.ndarray, shifts: Sequence):
-    """Keeps one of slices at one position when their pixels are equal; refuses otherwise."""
-    keep = [0]
-    for k in range(1, len(planes)):
-        if offsets[k] - offsets[keep[-1]] > _SAME_POSITION_MM:
-            keep.append(k)
-        elif not np.array_equal(planes[k], planes[keep[-1]]):
-            raise ScanError(f"refused_duplicate_position: two slices at {offsets[k]:.3f} mm "
-                            "along the normal hold different pixels")
-    return ([planes[k] for k in keep], offsets[keep],
-            tuple(shifts[k] for k in keep) if shifts else ())
 
 
 def _resample_uniform(volume: np.ndarray, offsets: np.ndarray, spacing: float) -> np.ndarray:

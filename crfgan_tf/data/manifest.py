@@ -8,6 +8,8 @@
   counts     {train, val, failed}
   failures   [{case_id, source, reason}]
   classes    {num_classes, names, counts: {train: [...], val: [...]}}  (labelled only)
+  dicom      {series: {case id: {decision, detail, slices, study, spacing_mm, modality,
+              kernel, transfer_syntax}}, reasons: {decision code: meaning}}  (DICOM only)
   updated    time of the last write
 
 Every read of a manifest goes through `read`; records without one (copied alone, or

@@ -140,9 +140,10 @@ def calibrate_hu(array: np.ndarray) -> Tuple[np.ndarray, np.ndarray, float]:
 
     Returns:
       (hu, floor_mask, intercept_shift): float32 HU, bool mask of the voxels at the floor,
-      and the shift that was added (0 or -1024).
+      and the shift that was added (0 or -1024). A float32 `array` is not copied: `hu` is
+      `array`, changed in place.
     """
-    hu = array.astype(np.float32)
+    hu = array.astype(np.float32, copy=False)
     shift = 0.0
     # A real CT holds air (inside the lungs if not outside the body) far below -100 HU;
     # a scan whose lowest value is above that was stored without its intercept.
@@ -315,7 +316,8 @@ def process_volume(array: np.ndarray, spacing: Tuple[float, float, float],
                    origin: Tuple[float, float, float], orientation: str,
                    options: PreprocessOptions, case_id: str, source: str) -> ScanResult:
     """Converts one canonical volume (what `read_canonical` or `dicom.read_series`
-    returns) to a size^3 volume in [-1, 1]; `source` is what the record calls it.
+    returns) to a size^3 volume in [-1, 1]; `source` is what the record calls it. The
+    array is consumed: a float32 one is changed in place.
 
     Raises:
       ScanError: with the reason, for any scan that cannot be converted.

@@ -37,8 +37,9 @@ SCHEMA = (
     Feature("volume", "bytes", 0, "int16 little-endian, C order (S, S, S); value = q / "
             f"{intensity.VOLUME_SCALE:g}"),
     Feature("shape", "int64", 3, "(S, S, S)"),
-    Feature("case_id", "bytes", 0, "LUNA16 series UID or file stem"),
-    Feature("source", "bytes", 0, "path of the source file as given to the converter"),
+    Feature("case_id", "bytes", 0, "LUNA16 series UID, file stem, or DICOM series id"),
+    Feature("source", "bytes", 0, "path of the source file as given to the converter; "
+            "DICOM: `dicom series <id> (<n> files)`, no path"),
     Feature("modality", "bytes", 0, '"ct" or "mri"'),
     Feature("original_size", "int64", 3, "(z, y, x) after reorientation, before trimming"),
     Feature("original_spacing", "float", 3, "(z, y, x) mm"),
