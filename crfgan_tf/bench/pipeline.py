@@ -35,59 +35,58 @@ def convert_speed(in_plane: int = 512, num_slices: int = 300, size: int = 256,
                   dicom_compressions=()) -> dict:
     """Seconds per scan (median of `repeats`) of process_scan vs the reference approach;
     with `dicom_compressions` ("" for uncompressed, "jpeg", "jpeg2000") also the same scan
-    as a DICOM series: finding and deciding it (headers) and converting it."""
+    as a DICOM series: finding and deciding it (headers) and converting it. The variants
+    take turns within each repetition, so that a noisy machine affects them alike; the
+    ratios to the .mhd time are per repetition, then the median."""
+    from crfgan_tf.data import dicom, dicom_write
+
     with tempfile.TemporaryDirectory() as tmp:
         spec = phantom.PhantomSpec(in_plane=in_plane, num_slices=num_slices)
         volume = phantom.make_phantom(0, spec)
         path = phantom.write_scan(volume, os.path.join(tmp, "s.mhd"), spec.spacing_zyx)
-        opts = preprocess.PreprocessOptions(size=size)
-        dicom_rows = [_dicom_speed(volume, spec, os.path.join(tmp, f"dicom_{c or 'raw'}"),
-                                   c, opts, repeats, log) for c in dicom_compressions]
+        folders = {c: os.path.join(tmp, f"dicom_{c or 'raw'}") for c in dicom_compressions}
+        for c, folder in folders.items():
+            dicom_write.write_series(volume, folder, spec.spacing_zyx, compression=c)
         del volume
-        ours = []
-        for _ in range(repeats):
+        opts = preprocess.PreprocessOptions(size=size)
+        times = {key: [] for key in ["mhd", "reference"] + [f"{c}:{part}" for c in folders
+                                                             for part in ("find", "convert")]}
+
+        def timed(key, fn, *args):
             t = time.perf_counter()
-            preprocess.process_scan(path, opts)
-            ours.append(time.perf_counter() - t)
-            log(f"crfgan-tf process_scan: {ours[-1]:.2f} s")
+            out = fn(*args)
+            times[key].append(time.perf_counter() - t)
+            return out
+
+        for _ in range(repeats):
+            timed("mhd", preprocess.process_scan, path, opts)
+            line = f"process_scan (.mhd): {times['mhd'][-1]:.2f} s"
+            if with_reference:
+                timed("reference", reference_like, path, size)
+                line += f"; reference (skimage resize): {times['reference'][-1]:.2f} s"
+            for c, folder in folders.items():
+                (series,) = timed(f"{c}:find", dicom.find_series, folder, dicom.SeriesOptions())
+                timed(f"{c}:convert", dicom.process_series, series, opts)
+                line += (f"; DICOM {c or 'raw'}: find {times[f'{c}:find'][-1]:.2f} s, convert "
+                         f"{times[f'{c}:convert'][-1]:.2f} s")
+            log(line)
+        median = lambda key: round(statistics.median(times[key]), 3)  # noqa: E731
         row = {"scan": f"{in_plane}x{in_plane}x{num_slices} int16", "size": size,
-               "ours_s": round(statistics.median(ours), 3)}
+               "ours_s": median("mhd")}
         if with_reference:
-            ref = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                reference_like(path, size)
-                ref.append(time.perf_counter() - t)
-                log(f"reference (skimage resize): {ref[-1]:.2f} s")
-            row["reference_s"] = round(statistics.median(ref), 3)
+            row["reference_s"] = median("reference")
             row["speedup"] = round(row["reference_s"] / row["ours_s"], 2)
-        for dicom_row in dicom_rows:
-            dicom_row["vs_mhd"] = round(dicom_row["total_s"] / row["ours_s"], 2)
-        if dicom_rows:
-            row["dicom"] = dicom_rows
+        if folders:
+            row["dicom"] = []
+        for c, folder in folders.items():
+            totals = [f + v for f, v in zip(times[f"{c}:find"], times[f"{c}:convert"])]
+            ratios = [t / m for t, m in zip(totals, times["mhd"])]
+            row["dicom"].append({
+                "encoding": c or "raw", "files": num_slices, "find_s": median(f"{c}:find"),
+                "convert_s": median(f"{c}:convert"),
+                "total_s": round(statistics.median(totals), 3),
+                "vs_mhd": round(statistics.median(ratios), 2)})
     return row
-
-
-def _dicom_speed(volume, spec, folder: str, compression: str, opts, repeats: int, log) -> dict:
-    """One scan as a DICOM series: seconds to find and decide it, and to convert it."""
-    from crfgan_tf.data import dicom, dicom_write
-
-    dicom_write.write_series(volume, folder, spec.spacing_zyx, compression=compression)
-    found, converted = [], []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        (series,) = dicom.find_series(folder, dicom.SeriesOptions())
-        found.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        dicom.process_series(series, opts)
-        converted.append(time.perf_counter() - t)
-        log(f"DICOM {compression or 'uncompressed'}: find {found[-1]:.2f} s, convert "
-            f"{converted[-1]:.2f} s")
-    out = {"transfer_syntax": series.transfer_syntax, "files": len(series.files),
-           "find_s": round(statistics.median(found), 3),
-           "convert_s": round(statistics.median(converted), 3)}
-    out["total_s"] = round(out["find_s"] + out["convert_s"], 3)
-    return out
 
 
 def child_generate(saved_model: str) -> dict:
