@@ -59,7 +59,8 @@ def _no_image(path, seed):
     meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality, ds.SeriesInstanceUID = "SR", series_uid(seed)
     ds.StudyInstanceUID = dicom_write.uid(f"{seed}/study")
     for k, v in PHI_TAGS.items():
@@ -149,6 +150,8 @@ def make_export(root):
     enhanced.save_as(frames, enforce_file_format=True)
     open(os.path.join(root, smith, "DICOMDIR"), "wb").write(b"\0" * 128 + b"DICM" + b"\0" * 64)
     open(os.path.join(root, doe, "notes ZZPHIFOLDER.txt"), "w").write("not DICOM")
+    with open(os.path.join(root, doe, "ZZPHIFOLDER broken"), "wb") as fh:  # DICM, no header
+        fh.write(b"\0" * 128 + b"DICM" + b"\xff" * 40)
     return root
 
 

@@ -48,8 +48,8 @@ def main(argv):
         classes=FLAGS.classes, min_diameter_mm=FLAGS.min_diameter_mm,
         min_readers=FLAGS.min_readers, cluster_tolerance_mm=FLAGS.cluster_tolerance_mm,
         case_ids=FLAGS.case_ids)
-    nodules_output = FLAGS.nodules_output or (
-        FLAGS.output[:-4] if FLAGS.output.lower().endswith(".csv") else FLAGS.output) + "_nodules.csv"
+    stem = FLAGS.output[:-4] if FLAGS.output.lower().endswith(".csv") else FLAGS.output
+    nodules_output = FLAGS.nodules_output or stem + "_nodules.csv"
     try:
         options.validate()
         if not os.path.isdir(FLAGS.input_dir):

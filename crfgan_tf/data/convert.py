@@ -93,7 +93,8 @@ class ConvertConfig:
             raise ValueError(f"--dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.dataset == "generic" and self.modality not in ("ct", "mri"):
             raise ValueError("--dataset=generic needs --modality=ct or --modality=mri")
-        if self.dataset not in ("generic", "dicom") and self.modality not in ("", self.resolved_modality):
+        if (self.dataset not in ("generic", "dicom")
+                and self.modality not in ("", self.resolved_modality)):
             raise ValueError(f"--modality={self.modality} contradicts --dataset={self.dataset}")
         if self.size not in LIBRARY_SIZES:  # the CLI allows 64-512; 16 and 32 serve tests
             raise ValueError(f"--size must be one of {LIBRARY_SIZES}, got {self.size}")
@@ -370,7 +371,12 @@ def _find_series(config: ConvertConfig, log, skip) -> List[dicom.Series]:
             meter.total = total
             meter.report(done, "DICOM headers")
     meter = Progress(0, log, "convert:", "files")
-    series = dicom.find_series(config.input_dir, config.series_options(), skip, progress)
+    unread: List[str] = []
+    series = dicom.find_series(config.input_dir, config.series_options(), skip, progress,
+                               unread)
+    if unread:  # counted, not named: file and folder names may be patient names
+        log(f"convert: {len(unread)} DICOM file(s) belong to no series (a header pydicom "
+            "cannot parse, no SeriesInstanceUID, or a media directory): not converted")
     if not series:
         return series
     codes = collections.Counter(s.decision for s in series)

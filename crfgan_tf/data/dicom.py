@@ -29,11 +29,14 @@ The rules, in the order they apply (docs: README "Your own DICOM"):
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
+import logging
 import math
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+import warnings
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -212,13 +215,34 @@ def _int(value, default):
         return default
 
 
+@contextlib.contextmanager
+def _quiet_readers():
+    """pydicom's warnings and log lines, and ITK's warnings, name the file they read:
+    silenced while reading (folder and file names may be patient names)."""
+    import SimpleITK as sitk
+
+    logger = logging.getLogger("pydicom")
+    disabled, itk_warnings = logger.disabled, sitk.ProcessObject.GetGlobalWarningDisplay()
+    logger.disabled = True
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.disabled = disabled
+        sitk.ProcessObject.SetGlobalWarningDisplay(itk_warnings)
+
+
 def read_header(path: str) -> Optional[Slice]:
     """The header facts of one DICOM file (HEADER_TAGS only); None for a media directory
     or a file pydicom cannot parse (then it is no series' slice)."""
     import pydicom  # deferred: only DICOM archives pay for it
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
+        with _quiet_readers():
+            ds = pydicom.dcmread(path, stop_before_pixels=True,
+                                 specific_tags=list(HEADER_TAGS))
     except Exception:  # noqa: BLE001 - pydicom raises many types for a broken file
         return None
     meta = getattr(ds, "file_meta", None)
@@ -231,7 +255,8 @@ def read_header(path: str) -> Optional[Slice]:
     number = _int(ds.get("SeriesNumber"), None)
     kernel = ds.get("ConvolutionKernel", "")
     return Slice(
-        path=path, series_uid=str(ds.SeriesInstanceUID), study_uid=str(ds.get("StudyInstanceUID", "")),
+        path=path, series_uid=str(ds.SeriesInstanceUID),
+        study_uid=str(ds.get("StudyInstanceUID", "")),
         sop_uid=str(ds.get("SOPInstanceUID", "")), sop_class=sop_class,
         modality=str(ds.get("Modality", "")).upper(),
         image_type=tuple(str(v).upper() for v in image_type), series_number=number,
@@ -255,14 +280,19 @@ def transfer_syntax_name(uid: str) -> str:
 
 def find_series(input_dir: str, options: SeriesOptions,
                 skip: Callable[[str], bool] = lambda p: False,
-                progress: Optional[Callable[[int, int], None]] = None) -> List[Series]:
-    """Every series under `input_dir`, each with its decision; in case-id order."""
+                progress: Optional[Callable[[int, int], None]] = None,
+                unread: Optional[list] = None) -> List[Series]:
+    """Every series under `input_dir`, each with its decision; in case-id order. DICOM
+    files that belong to no series (a header pydicom cannot parse, no SeriesInstanceUID,
+    a media directory) are appended to `unread` when given."""
     files = find_files(input_dir, skip)
     by_uid: Dict[str, List[Slice]] = collections.defaultdict(list)
     for k, path in enumerate(files):
         header = read_header(path)
         if header is not None:
             by_uid[header.series_uid].append(header)
+        elif unread is not None:
+            unread.append(path)
         if progress:
             progress(k + 1, len(files))
     series = []
@@ -280,7 +310,8 @@ def _case_id_and_source(uid: str, slices: List[Slice], options: SeriesOptions, i
         folder = os.path.dirname(slices[0].path)
         rel = os.path.relpath(folder, input_dir).replace(os.sep, "/")
         if folders[folder] > 1:  # several series in one folder: the series number tells
-            rel += f"#{slices[0].series_number if slices[0].series_number is not None else hashed_id(uid)}"
+            number = slices[0].series_number
+            rel += f"#{number if number is not None else hashed_id(uid)}"
         return rel, rel
     cid = uid if options.case_ids == "series_uid" else hashed_id(uid)
     return cid, f"dicom series {cid} ({len(slices)} files)"
@@ -439,7 +470,8 @@ def read_series(series: Series) -> Tuple[np.ndarray, Tuple[float, float, float],
     keep = []
     for k, path in enumerate(series.files):
         try:
-            image = sitk.ReadImage(path, sitk.sitkFloat32)
+            with _quiet_readers():
+                image = sitk.ReadImage(path, sitk.sitkFloat32)
         except RuntimeError:
             syntax = transfer_syntax_name(series.transfer_syntax)
             raise ScanError(

@@ -42,6 +42,7 @@ def test_every_series_gets_its_decision_in_the_manifest_and_the_report(dicom_con
                for seed in ds.EXPECTED}
     assert decided == ds.EXPECTED
     assert len(manifest["dicom"]["series"]) == len(ds.EXPECTED)  # DICOMDIR, .txt: no series
+    assert "convert: 1 DICOM file(s) belong to no series" in res.stderr  # the broken one
     assert set(manifest["dicom"]["reasons"]) >= set(ds.EXPECTED.values())
     failed = {f["case_id"]: f["reason"] for f in manifest["failures"]}
     assert set(failed) == {ds.case_id(s) for s in ds.FAILED}
@@ -59,7 +60,8 @@ def test_every_series_gets_its_decision_in_the_manifest_and_the_report(dicom_con
     assert "different pixels" in reason["dup_diff"]
     kept = manifest["dicom"]["series"][ds.case_id("jitter")]["detail"]
     assert "uneven spacing (up to 8% off) resampled to 2.500 mm" in kept
-    assert "1 duplicate position(s)" in manifest["dicom"]["series"][ds.case_id("dup_same")]["detail"]
+    series = manifest["dicom"]["series"]
+    assert "1 duplicate position(s)" in series[ds.case_id("dup_same")]["detail"]
 
 
 def test_series_records_equal_the_same_anatomy_as_metaimage(dicom_converted, twin_record):
@@ -69,7 +71,8 @@ def test_series_records_equal_the_same_anatomy_as_metaimage(dicom_converted, twi
     got = _records(out)
     for seed in ("thin", "rescale", "jpeg", "jpeg2000", "dup_same"):
         rec = got[ds.case_id(seed)]
-        assert rec.source == f"dicom series {ds.case_id(seed)} ({ 41 if seed == 'dup_same' else 40} files)"
+        files = 41 if seed == "dup_same" else 40
+        assert rec.source == f"dicom series {ds.case_id(seed)} ({files} files)"
         np.testing.assert_allclose(rec.output_spacing, twin_record.output_spacing, rtol=1e-6)
         np.testing.assert_allclose(rec.output_origin, twin_record.output_origin, atol=1e-4)
         assert rec.original_size == twin_record.original_size == (40, 32, 32)
@@ -81,11 +84,12 @@ def test_series_records_equal_the_same_anatomy_as_metaimage(dicom_converted, twi
 
 
 def test_allow_tilt_shifts_slices_back(dicom_export, twin_record, tmp_path):
-    summary, _ = _run(os.path.join(dicom_export, ds.PATIENT_FOLDERS[1], "tilt"), str(tmp_path / "o"),
-                         allow_tilt=True)
+    summary, _ = _run(os.path.join(dicom_export, ds.PATIENT_FOLDERS[1], "tilt"),
+                      str(tmp_path / "o"), allow_tilt=True)
     assert (summary["train"], summary["failed"]) == (1, 0)
     manifest = json.load(open(tmp_path / "o" / "manifest.json"))
-    assert "tilt of 20.0 degrees resampled" in manifest["dicom"]["series"][ds.case_id("tilt")]["detail"]
+    detail = manifest["dicom"]["series"][ds.case_id("tilt")]["detail"]
+    assert "tilt of 20.0 degrees resampled" in detail
     rec = _records(str(tmp_path / "o"))[ds.case_id("tilt")]
     inner = np.s_[8:56, 8:56, 8:56]  # the edge rows shifted in from outside are air
     mae = float(np.abs(rec.volume[inner] - twin_record.volume[inner]).mean())
@@ -121,9 +125,11 @@ def test_all_reconstructions_of_a_study_share_a_split(dicom_export, tmp_path):
 
 def test_case_id_modes_and_rerun_resumes(dicom_export, dicom_converted):
     folder = os.path.join(dicom_export, ds.PATIENT_FOLDERS[0])
-    by_uid = {s.case_id for s in dicom.find_series(folder, dicom.SeriesOptions(case_ids="series_uid"))}
+    by_uid = {s.case_id for s in dicom.find_series(
+        folder, dicom.SeriesOptions(case_ids="series_uid"))}
     assert ds.series_uid("thin") in by_uid
-    by_path = {s.case_id: s.source for s in dicom.find_series(folder, dicom.SeriesOptions(case_ids="path"))}
+    by_path = {s.case_id: s.source for s in dicom.find_series(
+        folder, dicom.SeriesOptions(case_ids="path"))}
     assert by_path["CT_CHEST#2"] == "CT_CHEST#2" and "CT_CHEST#1" in by_path  # two in one folder
     assert "CT_5MM" in by_path
     out, _ = dicom_converted  # the same command again: only shards holding a failure are redone

@@ -43,8 +43,9 @@ def test_no_patient_data_in_anything_written_or_printed(dicom_export, dicom_conv
     printed.append(_command("crfgan_tf.train", *train_args(records, run), "--train_steps=2",
                             "--image_every=1"))
     printed.append(_command("crfgan_tf.export", f"--model_dir={run}", f"--export_dir={export}"))
+    # .mha: uncompressed, so its header is searched too
     printed.append(_command("crfgan_tf.sample", f"--saved_model={export}", "--num_samples=1",
-                            f"--output_dir={samples}", "--format=mha"))  # uncompressed: its header is searched
+                            f"--output_dir={samples}", "--format=mha"))
     printed.append(_command("tools.fid_mmd", f"--real={records}/*.tfrecord", f"--fake={export}",
                             "--num_samples=2", "--allow_random_features", "--json",
                             f"--cache_dir={tmp_path / 'cache'}"))
