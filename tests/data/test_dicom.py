@@ -180,3 +180,28 @@ def test_make_phantoms_writes_dicom_series_that_convert(tmp_path):
     found = dicom.find_series(str(tmp_path), dicom.SeriesOptions())
     assert [s.decision for s in found] == ["kept", "kept"]
     assert all(not f.endswith(".dcm") for s in found for f in s.files)  # names without suffix
+
+
+@pytest.mark.parametrize("tag,value,named", [
+    ("ImageOrientationPatient", [1.0, 0.0, 0.0, 0.0, 0.0, -1.0], "2 orientations"),
+    ("PixelSpacing", [3.0, 3.0], "2 pixel spacings"),
+])
+def test_mixed_orientation_or_pixel_spacing_is_refused(tmp_path, tag, value, named):
+    import pydicom
+
+    paths = ds.dicom_write.write_series(ds.volume()[:20], str(tmp_path), ds.SPEC.spacing_zyx,
+                                        seed="mixed")
+    odd = pydicom.dcmread(paths[7])
+    setattr(odd, tag, value)
+    odd.save_as(paths[7], enforce_file_format=True)
+    (series,) = dicom.find_series(str(tmp_path), dicom.SeriesOptions())
+    assert series.decision == "refused_mixed_geometry" and named in series.detail
+    assert "(19 slices)" in series.detail and "(1 slices)" in series.detail
+
+
+def test_mr_series_are_kept_with_modality_mri(dicom_export):
+    folder = os.path.join(dicom_export, ds.PATIENT_FOLDERS[1], "mr")
+    (series,) = dicom.find_series(folder, dicom.SeriesOptions(modality="mri"))
+    assert series.kept
+    (series,) = dicom.find_series(folder, dicom.SeriesOptions())
+    assert series.decision == "skipped_modality" and series.detail == "Modality MR"
