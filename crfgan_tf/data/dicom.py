@@ -2,11 +2,12 @@
 and how it converts (a reason code per decision, never silent), and reading one into the
 canonical (z, y, x) volume that `preprocess.process_volume` takes.
 
-Headers are read with pydicom, and only the tags of HEADER_TAGS: none of them is patient
-data (PS3.15's Basic Profile), so no name, id, date, accession number or institution ever
-enters this process's data structures. Pixels are decoded by SimpleITK (GDCM: raw, JPEG
-lossless, JPEG 2000, RLE), one slice at a time, with each slice's own RescaleSlope and
-RescaleIntercept. Case ids are a hash of the SeriesInstanceUID unless asked otherwise
+Headers are read with pydicom, and only the 13 tags of HEADER_TAGS: none of them names,
+dates or locates the patient, so no name, id, date, accession number or institution ever
+enters this process's data structures. The study and series UIDs, which PS3.15's Basic
+Profile replaces too, are used for grouping and leave only as hashes. Pixels are decoded
+by SimpleITK (GDCM; raw, JPEG lossless and JPEG 2000 are tested), one slice at a time,
+with each slice's own RescaleSlope and RescaleIntercept. Case ids are a hash of the SeriesInstanceUID unless asked otherwise
 (`CASE_IDS`), and a series is described by its case id and slice count, never by its
 path (folder names are often patient names), unless `--case_ids=path` asks for paths.
 
@@ -15,7 +16,8 @@ The rules, in the order they apply (docs: README "Your own DICOM"):
   files (and media directory SOP instances) are ignored;
 - one series per SeriesInstanceUID; a folder with several gives several;
 - skipped (reason code, not a failure): no image (no Rows/Columns), another modality,
-  localizer/scout (ImageType), derived or secondary capture, fewer than `min_slices`;
+  multi-frame, localizer/scout (ImageType), derived or secondary capture, fewer than
+  `min_slices`;
 - refused (a failure, named): mixed orientations, sizes or pixel spacings; duplicate
   positions whose pixels differ (identical duplicates are dropped); a gap over
   GAP_FACTOR x the median spacing (missing slices); spacing deviating from the median by
@@ -51,11 +53,11 @@ GAP_FACTOR = 1.5  # an increment over 1.5x the median spacing is a missing slice
 _EVEN = 0.01  # increments within 1 % of the median need no resampling
 _SAME_POSITION_MM = 1e-3
 
-# The only tags read: geometry, series identity, what decides a series' fate. No PHI.
-HEADER_TAGS = ("SOPClassUID", "SOPInstanceUID", "Modality", "ImageType", "SeriesInstanceUID",
-               "StudyInstanceUID", "SeriesNumber", "InstanceNumber", "ImagePositionPatient",
-               "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
-               "SliceThickness", "ConvolutionKernel", "NumberOfFrames")
+# The only tags read: geometry, series identity, what decides a series' fate. Nothing that
+# names, dates or locates the patient; the two UIDs leave this module only as hashes.
+HEADER_TAGS = ("SOPClassUID", "Modality", "ImageType", "SeriesInstanceUID", "StudyInstanceUID",
+               "SeriesNumber", "ImagePositionPatient", "ImageOrientationPatient",
+               "PixelSpacing", "Rows", "Columns", "ConvolutionKernel", "NumberOfFrames")
 MEDIA_DIRECTORY_SOP = "1.2.840.10008.1.3.10"
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 DICOM_MODALITY = {"ct": ("CT",), "mri": ("MR",)}
@@ -111,7 +113,6 @@ class Slice:
     path: str
     series_uid: str
     study_uid: str
-    sop_uid: str
     sop_class: str
     modality: str
     image_type: Tuple[str, ...]
@@ -257,7 +258,7 @@ def read_header(path: str) -> Optional[Slice]:
     return Slice(
         path=path, series_uid=str(ds.SeriesInstanceUID),
         study_uid=str(ds.get("StudyInstanceUID", "")),
-        sop_uid=str(ds.get("SOPInstanceUID", "")), sop_class=sop_class,
+        sop_class=sop_class,
         modality=str(ds.get("Modality", "")).upper(),
         image_type=tuple(str(v).upper() for v in image_type), series_number=number,
         position=_floats(ds.get("ImagePositionPatient"), 3),
