@@ -205,3 +205,24 @@ def test_mr_series_are_kept_with_modality_mri(dicom_export):
     assert series.kept
     (series,) = dicom.find_series(folder, dicom.SeriesOptions())
     assert series.decision == "skipped_modality" and series.detail == "Modality MR"
+
+
+def test_prone_orientation_reads_to_the_canonical_array(tmp_path):
+    """A patient scanned prone (rows toward patient right, columns anterior): the series
+    goes through ITK's reorientation and gives back the canonical array and origin."""
+    import pydicom
+
+    vol = ds.volume()[:20]
+    paths = ds.dicom_write.write_series(vol[:, ::-1, ::-1], str(tmp_path), ds.SPEC.spacing_zyx,
+                                        ds.ORIGIN, seed="prone")
+    n, (dz, dy, dx) = vol.shape[1], ds.SPEC.spacing_zyx
+    for k, path in enumerate(paths):
+        f = pydicom.dcmread(path)
+        f.ImageOrientationPatient = [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0]
+        f.ImagePositionPatient = [ds.ORIGIN[0] + (n - 1) * dx, ds.ORIGIN[1] + (n - 1) * dy,
+                                  ds.ORIGIN[2] + k * dz]
+        f.save_as(path, enforce_file_format=True)
+    (series,) = dicom.find_series(str(tmp_path), dicom.SeriesOptions())
+    array, spacing, origin, stored = dicom.read_series(series)
+    np.testing.assert_array_equal(array, vol)
+    assert spacing == ds.SPEC.spacing_zyx and origin == ds.ORIGIN and stored == "RAS"
