@@ -135,20 +135,15 @@ def _compress(ds, stored: np.ndarray, compressor: str) -> None:
 
 
 def write_phantom_archive(output_dir: str, num_scans: int, spec, seed: int = 0) -> List[str]:
-    """`num_scans` phantom CTs (crfgan_tf.data.phantom) as DICOM series, one folder each
+    """`num_scans` phantom CTs (crfgan_tf.data.phantom, varied like the scans of
+    `make_luna_archive`) as DICOM series, one folder each
     (`caseK/`), shuffled file names without extension, no patient data: an archive to try
     `crfgan-convert --dataset=dicom` on. Returns the folders."""
-    import dataclasses
-
     from crfgan_tf.data import phantom
 
     folders = []
     for i in range(num_scans):
-        rng = np.random.default_rng(seed + i + 7919)
-        jitter = spec.num_slices // 10
-        scan_spec = dataclasses.replace(
-            spec, num_slices=int(spec.num_slices + rng.integers(-jitter, jitter + 1)),
-            padding_value=(-3024, -2000)[i % 2])
+        scan_spec, _ = phantom.archive_scan_spec(spec, seed, i)
         folder = os.path.join(output_dir, f"case{i:03d}")
         write_series(phantom.make_phantom(seed + i, scan_spec), folder, scan_spec.spacing_zyx,
                      (-180.0, -180.0, -300.0 + 1.5 * i), seed=f"phantom/{seed + i}",

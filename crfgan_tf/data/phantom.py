@@ -238,6 +238,23 @@ def write_scan(array: np.ndarray, path: str, spacing_zyx: Sequence[float],
     return path
 
 
+def archive_scan_spec(spec: PhantomSpec, seed: int, i: int,
+                      slice_jitter: Optional[int] = None) -> tuple:
+    """Scan i of an archive: `spec` with its number of slices varied by +-slice_jitter
+    (default a tenth), its padding value alternating between -3024 and -2000 and its air
+    miscalibrated by up to 15 HU, as across scanners. Returns (spec, the scan's random
+    stream, for further draws)."""
+    jitter = spec.num_slices // 10 if slice_jitter is None else slice_jitter
+    rng = np.random.default_rng(seed + i + 7919)
+    scan_spec = dataclasses.replace(
+        spec,
+        num_slices=int(spec.num_slices + rng.integers(-jitter, jitter + 1)),
+        padding_value=(-3024, -2000)[i % 2],
+        air_offset=float(rng.uniform(-15, 15)),
+    )
+    return scan_spec, rng
+
+
 def make_luna_archive(output_dir: str, num_scans: int, spec: PhantomSpec = PhantomSpec(),
                       seed: int = 0, num_subsets: int = 2,
                       slice_jitter: Optional[int] = None, nodules: bool = False,
@@ -263,15 +280,8 @@ def make_luna_archive(output_dir: str, num_scans: int, spec: PhantomSpec = Phant
       The list of `.mhd` paths written.
     """
     paths, rows = [], []
-    jitter = spec.num_slices // 10 if slice_jitter is None else slice_jitter
     for i in range(num_scans):
-        rng = np.random.default_rng(seed + i + 7919)
-        scan_spec = dataclasses.replace(
-            spec,
-            num_slices=int(spec.num_slices + rng.integers(-jitter, jitter + 1)),
-            padding_value=(-3024, -2000)[i % 2],
-            air_offset=float(rng.uniform(-15, 15)),
-        )
+        scan_spec, rng = archive_scan_spec(spec, seed, i, slice_jitter)
         count = int(rng.integers(1, 4)) if nodules and (i // 2) % 2 == 0 else 0
         volume, drawn = make_phantom_with_nodules(seed + i, scan_spec, count, nodule_diameter_mm)
         uid = f"{LUNA_UID_ROOT}{seed + i:012d}"
