@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import multiprocessing
 import os
@@ -352,6 +353,20 @@ def _discover_cases(config: ConvertConfig, log=_log):
     return cases, failures, series
 
 
+POOLED_HEADERS = 2000  # from this many DICOM files on, --workers processes read headers
+
+
+def _read_headers(workers: int, paths: List[str]):
+    """dicom.read_header of every path, in order: in this process, or for large archives
+    (POOLED_HEADERS files) in `workers` spawned processes."""
+    if workers == 1 or len(paths) < POOLED_HEADERS:
+        yield from map(dicom.read_header, paths)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers) as pool:
+        yield from pool.imap(dicom.read_header, paths, chunksize=64)
+
+
 def _series_outcomes(manifest: dict) -> None:
     """The decisions of the manifest's DICOM series updated by what their workers found
     (a series kept at discovery may be refused when its pixels are read)."""
@@ -373,7 +388,7 @@ def _find_series(config: ConvertConfig, log, skip) -> List[dicom.Series]:
     meter = Progress(0, log, "convert:", "files")
     unread: List[str] = []
     series = dicom.find_series(config.input_dir, config.series_options(), skip, progress,
-                               unread)
+                               unread, functools.partial(_read_headers, config.workers))
     if unread:  # counted, not named: file and folder names may be patient names
         log(f"convert: {len(unread)} DICOM file(s) belong to no series (a header pydicom "
             "cannot parse, no SeriesInstanceUID, or a media directory): not converted")

@@ -38,7 +38,7 @@ import logging
 import math
 import os
 import warnings
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -282,14 +282,18 @@ def transfer_syntax_name(uid: str) -> str:
 def find_series(input_dir: str, options: SeriesOptions,
                 skip: Callable[[str], bool] = lambda p: False,
                 progress: Optional[Callable[[int, int], None]] = None,
-                unread: Optional[list] = None) -> List[Series]:
+                unread: Optional[list] = None,
+                read_headers: Callable[[List[str]], Iterable[Optional[Slice]]] = None
+                ) -> List[Series]:
     """Every series under `input_dir`, each with its decision; in case-id order. DICOM
     files that belong to no series (a header pydicom cannot parse, no SeriesInstanceUID,
-    a media directory) are appended to `unread` when given."""
+    a media directory) are appended to `unread` when given. `read_headers` maps
+    `read_header` over the files in their order (default: here, one by one; the
+    conversion passes its worker pool for large archives)."""
     files = find_files(input_dir, skip)
     by_uid: Dict[str, List[Slice]] = collections.defaultdict(list)
-    for k, path in enumerate(files):
-        header = read_header(path)
+    headers = (read_headers or (lambda paths: map(read_header, paths)))(files)
+    for k, (path, header) in enumerate(zip(files, headers)):
         if header is not None:
             by_uid[header.series_uid].append(header)
         elif unread is not None:

@@ -226,3 +226,15 @@ def test_prone_orientation_reads_to_the_canonical_array(tmp_path):
     array, spacing, origin, stored = dicom.read_series(series)
     np.testing.assert_array_equal(array, vol)
     assert spacing == ds.SPEC.spacing_zyx and origin == ds.ORIGIN and stored == "RAS"
+
+
+def test_headers_read_by_the_worker_pool_give_the_same_decisions(dicom_export, monkeypatch):
+    import functools
+
+    monkeypatch.setattr(convert, "POOLED_HEADERS", 1)  # pool from the first file on
+    options = dicom.SeriesOptions()
+    unread = []
+    pooled = dicom.find_series(dicom_export, options, unread=unread,
+                               read_headers=functools.partial(convert._read_headers, 2))
+    assert pooled == dicom.find_series(dicom_export, options)
+    assert len(pooled) == len(ds.EXPECTED) and len(unread) == 1
