@@ -85,6 +85,10 @@ class Nodule:
     def position(self) -> Tuple[float, float, float]:
         return tuple(float(v) for v in np.mean([m.position for m in self.marks], axis=0))
 
+    def counts(self, min_diameter_mm: float, min_readers: int) -> bool:
+        """Whether this nodule makes a scan a nodule scan (the module docstring's rule)."""
+        return self.readers >= min_readers and self.diameter >= min_diameter_mm
+
 
 def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
@@ -100,17 +104,25 @@ def _text(element, name) -> Optional[str]:
 
 
 def read_xml(path: str) -> Tuple[Optional[str], List[List[dict]]]:
-    """(series UID, [per reading session: [{points: [(x px, y px, z mm)], per_slice:
-    {z: [(x, y)]}, malignancy}]]) of one LIDC XML file; (None, []) for a file that is no
-    CT read message (the chest X-ray ones).
+    """(series UID, [per reading session: [{per_slice: {z mm: [(x px, y px)]},
+    malignancy}]]) of one LIDC XML file; (None, []) for a file that is no CT read message
+    (the chest X-ray ones).
 
     Raises:
-      LidcError: not XML (named).
+      LidcError: not XML, or a roi without numeric coordinates (the file named).
     """
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as err:
         raise LidcError(f"{os.path.basename(path)}: not readable XML ({err})") from None
+    try:
+        return _read_message(root)
+    except (TypeError, ValueError) as err:  # a missing or non-numeric coordinate
+        raise LidcError(f"{os.path.basename(path)}: a roi without a numeric imageZposition "
+                        f"or edgeMap coordinate ({err})") from None
+
+
+def _read_message(root) -> Tuple[Optional[str], List[List[dict]]]:
     header = next((c for c in root if _local(c.tag) == "ResponseHeader"), None)
     uid = None
     if header is not None:
@@ -193,7 +205,7 @@ def cluster(marks: Sequence[Mark],
 def scan_label(nodules: Sequence[Nodule], classes: str, min_diameter_mm: float,
                min_readers: int) -> Optional[int]:
     """The scan's class under `classes` (module docstring); None: no label."""
-    real = [n for n in nodules if n.readers >= min_readers and n.diameter >= min_diameter_mm]
+    real = [n for n in nodules if n.counts(min_diameter_mm, min_readers)]
     if classes == "presence":
         return int(bool(real))
     rated = [n.malignancy for n in real if n.malignancy is not None]
@@ -225,7 +237,7 @@ class LabelOptions:
                             f"the series), got {self.case_ids!r}")
 
 
-def label_archive(input_dir: str, options: LabelOptions, log=print) -> dict:
+def label_archive(input_dir: str, options: LabelOptions) -> dict:
     """Labels every series of `input_dir` that has an LIDC XML file beside it.
 
     Returns:
@@ -259,9 +271,8 @@ def label_archive(input_dir: str, options: LabelOptions, log=print) -> dict:
         matched += 1
         nodules = cluster(to_marks(sessions, by_id[cid]), options.cluster_tolerance_mm)
         label = scan_label(nodules, options.classes, options.min_diameter_mm, options.min_readers)
-        for n in nodules:
-            qualifies = n.readers >= options.min_readers and n.diameter >= options.min_diameter_mm
-            out["nodules"].append((cid, n, qualifies))
+        out["nodules"] += [(cid, n, n.counts(options.min_diameter_mm, options.min_readers))
+                           for n in nodules]
         if label is None:
             out["unlabelled"].append(cid)
         else:

@@ -121,9 +121,13 @@ def test_labels_drive_a_labelled_conversion_and_bad_files_are_named(lidc_archive
     other = (work / "LIDC-IDRI-0002" / "series" / "101.xml").read_text()
     (work / "LIDC-IDRI-0002" / "orphan.xml").write_text(
         other.replace(ds.lidc_uid("B"), "1.2.3.4.5"))
+    (work / "LIDC-IDRI-0003" / "bad_roi.xml").write_text(
+        (work / "LIDC-IDRI-0003" / "series" / "102.xml").read_text().replace(
+            "<imageZposition>", "<imageZposition>z", 1))
     res = _cli(f"--input_dir={work}", f"--output={tmp_path}/l.csv", "--min_readers=2")
     assert res.returncode == 1
     assert "SKIPPED broken.xml: not readable XML" in res.stderr
+    assert "SKIPPED bad_roi.xml: a roi without a numeric imageZposition" in res.stderr
     assert "SKIPPED orphan.xml: its series" in res.stderr and "1.2.3.4.5" not in res.stderr
     labels = {r["case_id"]: int(r["label"]) for r in _csv(tmp_path / "l.csv")}
     assert labels[_cid("B")] == 1  # two readers suffice now
