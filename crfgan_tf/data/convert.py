@@ -347,7 +347,7 @@ def _discover_cases(config: ConvertConfig, log=_log):
         cid = preprocess.case_id_from_path(path)
         if cid in cases:
             failures[f"{cid}@{path}"] = {"case_id": cid, "source": path,
-                                        "reason": f"duplicate case id (also {cases[cid]})"}
+                                        "reason": f"duplicate case id (also {source_name(cases[cid])})"}
             continue
         cases[cid] = path
     return cases, failures, series
