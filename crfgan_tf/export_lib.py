@@ -1,6 +1,7 @@
-"""SavedModel export: G1 and G2 of a run's checkpoint with the `generate` signature, which
-runs G2 slab by slab in bounded memory (networks.generator.Head.by_slabs), and the
-metadata generation needs (from the run directory's data.json)."""
+"""SavedModel export: G1, G2 and the encoder of a run's checkpoint with the `generate`
+signature, which runs G2 slab by slab in bounded memory (networks.generator.Head.by_slabs),
+the `encode` and `reconstruct` signatures of real volumes, and the metadata generation
+needs (from the run directory's data.json)."""
 
 from __future__ import annotations
 
@@ -14,17 +15,31 @@ from crfgan_tf import config as config_lib
 from crfgan_tf import fileio, intensity, rundir
 
 EXPORT_FORMAT = "crfgan-tf-generator/1"
+SIGNATURES = ("generate", "encode", "reconstruct")
+
+
+def pooled_features(embedding):
+    """The feature vector of an embedding (batch, n, n, n, C): per channel the mean and then
+    the standard deviation over the n^3 grid, (batch, 2C)."""
+    mean, var = tf.nn.moments(embedding, axes=[1, 2, 3])
+    return tf.concat([mean, tf.sqrt(var)], axis=-1)
 
 
 class GeneratorModule(tf.Module):
-    """What the SavedModel holds: G1, G2, metadata and the `generate` signature:
-    `generate(z)` float32 [b, latent], or for a conditional model (num_classes > 0)
-    `generate(z, label)` with label int32 [b]; both return {"volume": [b, S, S, S]}."""
+    """What the SavedModel holds: G1, G2, the encoder hE (and HA-GAN's sub-encoder), metadata
+    and three signatures:
+      - `generate(z)` float32 [b, latent], or for a conditional model (num_classes > 0)
+        `generate(z, label)` with label int32 [b]; both return {"volume": [b, S, S, S]};
+      - `encode(volume)`, volume float32 [b, S, S, S] in [-1, 1]: {"embedding": hE(volume)
+        [b, S/4, S/4, S/4, C], "features": pooled_features [b, 2C]} and, for HA-GAN, "latent":
+        its sub-encoder's z [b, latent];
+      - `reconstruct(volume)`: {"volume": G2(hE(volume)) [b, S, S, S]}, G2 slab by slab."""
 
     def __init__(self, trunk, head, latent_dim: int, img_size: int, slab: int, metadata: dict,
-                 num_classes: int = 0):
+                 num_classes: int = 0, encoder=None, sub_encoder=None):
         super().__init__(name="crfgan_generator")
         self.trunk, self.head = trunk, head
+        self.encoder, self.sub_encoder = encoder, sub_encoder
         self.slab = slab
         self.classes = num_classes
         self.num_classes = tf.Variable(num_classes, trainable=False, name="num_classes")
@@ -43,6 +58,22 @@ class GeneratorModule(tf.Module):
                 input_signature=[z_spec, tf.TensorSpec([None], tf.int32, name="label")])
         else:
             self.generate = tf.function(self._generate, input_signature=[z_spec])
+        if encoder is not None:
+            volume_spec = [tf.TensorSpec([None, img_size, img_size, img_size], tf.float32,
+                                         name="volume")]
+            self.encode = tf.function(self._encode, input_signature=volume_spec)
+            self.reconstruct = tf.function(self._reconstruct, input_signature=volume_spec)
+
+    def _encode(self, volume):
+        embedding = tf.cast(self.encoder(volume[..., None], training=False), tf.float32)
+        out = {"embedding": embedding, "features": pooled_features(embedding)}
+        if self.sub_encoder is not None:
+            out["latent"] = tf.cast(self.sub_encoder(embedding, training=False), tf.float32)
+        return out
+
+    def _reconstruct(self, volume):
+        return {"volume": self.head.by_slabs(self.encoder(volume[..., None], training=False),
+                                             self.slab)}
 
     def _generate(self, z):
         embedding = self.trunk(z, training=False)
@@ -87,11 +118,12 @@ def training_metadata(config: config_lib.TrainConfig, model_dir: str, log=print)
     return meta
 
 
-def load_generator(model_dir: str, step=None):
-    """(config, trunk, head, checkpoint path) of a training run, weights restored.
+def load_generator(model_dir: str, step=None, encoders: bool = False):
+    """(config, trunk, head, checkpoint path) of a training run, weights restored; with
+    `encoders`, (config, trunk, head, encoder, sub-encoder or None, checkpoint path).
 
     step: None (the latest), an int, or "best" (model_dir/best, from --eval_every)."""
-    from crfgan_tf.networks import build_head, build_trunk
+    from crfgan_tf.networks import build_encoder, build_head, build_trunk
 
     config = rundir.read_config(model_dir)
     if config is None:
@@ -103,8 +135,18 @@ def load_generator(model_dir: str, step=None):
     trunk = build_trunk(config.img_size, config.latent_dim, config.width,
                         num_classes=config.num_classes)
     head = build_head(config.img_size, config.width)
-    tf.train.Checkpoint(**{rundir.TRUNK_KEY: trunk, rundir.HEAD_KEY: head}).read(ckpt) \
-        .expect_partial().assert_existing_objects_matched()
+    parts = {rundir.TRUNK_KEY: trunk, rundir.HEAD_KEY: head}
+    if encoders:
+        parts[rundir.ENCODER_KEY] = build_encoder(config.img_size, config.width)
+        if config.model == "hagan":
+            from crfgan_tf.networks.hagan import build_sub_encoder
+
+            parts[rundir.SUB_ENCODER_KEY] = build_sub_encoder(config.img_size,
+                                                              config.latent_dim, config.width)
+    tf.train.Checkpoint(**parts).read(ckpt).expect_partial().assert_existing_objects_matched()
+    if encoders:
+        return (config, trunk, head, parts[rundir.ENCODER_KEY],
+                parts.get(rundir.SUB_ENCODER_KEY), ckpt)
     return config, trunk, head, ckpt
 
 
@@ -113,7 +155,8 @@ def export(model_dir: str, export_dir: str, step=None, slab: int = 8,
     """Writes a SavedModel with the `generate` signature; returns its metadata."""
     if slab < 1:
         raise ValueError(f"--slab must be >= 1, got {slab}")
-    config, trunk, head, ckpt = load_generator(model_dir, step)
+    config, trunk, head, encoder, sub_encoder, ckpt = load_generator(model_dir, step,
+                                                                     encoders=True)
     if "://" not in export_dir:  # a local path: fail before the work, not after it
         fileio.ensure_output_dir(os.path.dirname(os.path.abspath(export_dir)), "--export_dir")
         if os.path.exists(export_dir) and not os.path.isdir(export_dir):
@@ -121,11 +164,12 @@ def export(model_dir: str, export_dir: str, step=None, slab: int = 8,
     metadata = training_metadata(config, model_dir, log)
     metadata.update(checkpoint=ckpt, slab=slab)
     module = GeneratorModule(trunk, head, config.latent_dim, config.img_size, slab, metadata,
-                             config.num_classes)
+                             config.num_classes, encoder, sub_encoder)
     tmp = export_dir.rstrip("/") + ".tmp"
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)
-    tf.saved_model.save(module, tmp, signatures={"generate": module.generate})
+    tf.saved_model.save(module, tmp, signatures={name: getattr(module, name)
+                                                 for name in SIGNATURES})
     if tf.io.gfile.exists(export_dir):
         tf.io.gfile.rmtree(export_dir)
     tf.io.gfile.rename(tmp, export_dir)  # a half-written export never has the final name

@@ -50,6 +50,8 @@ EVAL_CACHE_DIR = "eval_cache"
 DATA_FILE = "data.json"
 TRUNK_KEY = "generator_trunk"  # checkpoint keys of G1 and G2: all that generation restores
 HEAD_KEY = "generator_head"
+ENCODER_KEY = "encoder"  # hE, and HA-GAN's sub-encoder: what export's `encode` restores
+SUB_ENCODER_KEY = "sub_encoder"
 
 # What may change when a run resumes: how long it runs, how often it reports and saves,
 # and how it is executed. Everything else decides the weights or the data stream.

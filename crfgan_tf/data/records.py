@@ -335,6 +335,25 @@ def record_labels(files) -> np.ndarray:
     return np.asarray(out, np.int64)
 
 
+def record_case_ids(files) -> list:
+    """The case id of every record of `files`, in stream index order (from the manifests'
+    shard lists, else by reading the case_id feature of every record)."""
+    out = []
+    for f in files:
+        manifest_ = manifest.of_file(f)
+        shard = manifest_.get("shards", {}).get(os.path.basename(f))
+        if shard is None or manifest.shard_records(f) is None:
+            out = None
+            break
+        cases = manifest_.get("cases", {})
+        out += [c for c in shard["cases"] if cases.get(c, {}).get("status") == "ok"]
+    if out is None or len(out) != sum(records_per_file(files)):
+        parse = lambda s: tf.io.parse_single_example(
+            s, {"case_id": FEATURES["case_id"]})["case_id"]
+        out = [c.decode() for c in raw_record_dataset(files).map(parse).as_numpy_iterator()]
+    return list(out)
+
+
 def records_metadata(files, num_classes: int = 0) -> dict:
     """What generation needs to know of the training data, from the first record and the
     manifest: window, modality, a representative output spacing (the median of the
@@ -350,4 +369,7 @@ def records_metadata(files, num_classes: int = 0) -> dict:
     meta["output_spacing"] = manifest.median_output_spacing(directory) or meta["output_spacing"]
     if num_classes:
         meta["class_names"] = manifest.class_names(directory, num_classes)
+    # the cases the generator learnt from: evaluations on real scans (crfgan-downstream,
+    # crfgan-memorization) check that their held-out scans are not among them
+    meta["train_case_ids"] = record_case_ids(files)
     return meta

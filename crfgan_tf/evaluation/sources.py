@@ -183,3 +183,67 @@ def open_source(spec: str, num_samples: int = 0, seed: int = 0, batch_size: int 
     raise EvaluationError(
         f"{spec!r} is not a SavedModel directory and matches no TFRecord (*.tfrecord*) or "
         f"volume ({', '.join(VOLUME_SUFFIXES)}) files")
+
+
+@dataclasses.dataclass
+class Case:
+    """One real volume with its name: case id, label (None: unlabelled) and the float32
+    (S, S, S) volume in [-1, 1]."""
+
+    case_id: str
+    label: Optional[int]
+    volume: np.ndarray
+
+
+def record_cases(pattern: str, flag: str = "--records") -> Iterator[Case]:
+    """The records of a TFRecord glob (several separated by commas) as Cases, in file
+    order; EvaluationError (naming `flag`) when nothing matches or a file is damaged."""
+    try:
+        records.list_record_files(pattern)
+    except (FileNotFoundError, records.RecordsError) as err:
+        raise EvaluationError(f"{flag}: {err}") from None
+    try:
+        for r in records.read_volumes(pattern):
+            yield Case(r.case_id, r.label, r.volume)
+    except records.RecordsError as err:
+        raise EvaluationError(f"{flag}: {err}") from None
+
+
+def scan_paths(pattern: str, flag: str = "--scans") -> list:
+    """The volume files of a folder, file, glob or comma-separated globs, sorted;
+    EvaluationError (naming `flag`) when there is none."""
+    if os.path.isdir(pattern):
+        paths = sorted(p for p in glob.glob(os.path.join(pattern, "**", "*"), recursive=True)
+                       if os.path.isfile(p) and _is_volume_file(p))
+    else:
+        paths = sorted(p for part in pattern.split(",") if part
+                       for p in glob.glob(part, recursive=True)
+                       if os.path.isfile(p) and _is_volume_file(p))
+    if not paths:
+        raise EvaluationError(f"{flag}: {pattern!r} matches no volume file "
+                              f"({', '.join(VOLUME_SUFFIXES)})")
+    return paths
+
+
+def scan_cases(paths, size: int, window, flag: str = "--scans") -> Iterator[Case]:
+    """Volume files (scan_paths) as Cases named by their file stem: files already
+    (size, size, size) are read as `read_volume_file` reads them; any other scan goes
+    through the conversion's preprocessing (data.preprocess) to size^3 with the window."""
+    options = preprocess.PreprocessOptions(size=size, hu_window=tuple(window))
+    for path in paths:
+        volume = read_volume_file(path, window) if path.lower().endswith(".npy") else None
+        if volume is None:
+            try:
+                array, spacing, origin, orientation = preprocess.read_canonical(path)
+                if array.shape == (size,) * 3:
+                    volume = read_volume_file(path, window)
+                else:
+                    volume = preprocess.process_volume(
+                        array, spacing, origin, orientation, options,
+                        preprocess.case_id_from_path(path), path).volume
+            except preprocess.ScanError as err:
+                raise EvaluationError(f"{flag}: {path}: {err}") from None
+        if volume.shape != (size,) * 3:
+            raise EvaluationError(f"{flag}: {path}: shape {volume.shape}, the model needs "
+                                  f"({size}, {size}, {size})")
+        yield Case(preprocess.case_id_from_path(path), None, volume)

@@ -85,7 +85,7 @@ class SubVolumeGAN(keras.Model):
     def modules(self) -> dict:
         """name -> network, in the order of the reference's parameter table."""
         return {rundir.TRUNK_KEY: self.trunk, rundir.HEAD_KEY: self.head,
-                "discriminator": self.discriminator, "encoder": self.encoder}
+                "discriminator": self.discriminator, rundir.ENCODER_KEY: self.encoder}
 
     def slab(self, embedding, position):
         """Per-example embedding slab [r/4, r/4 + S/32) along depth; r = position (batch,)."""

@@ -52,8 +52,8 @@ class HAGAN(SubVolumeGAN):
     def modules(self) -> dict:
         return {rundir.TRUNK_KEY: self.trunk, rundir.HEAD_KEY: self.head,
                 "low_generator": self.low_generator, "discriminator": self.discriminator,
-                "low_discriminator": self.low_discriminator, "encoder": self.encoder,
-                "sub_encoder": self.sub_encoder}
+                "low_discriminator": self.low_discriminator, rundir.ENCODER_KEY: self.encoder,
+                rundir.SUB_ENCODER_KEY: self.sub_encoder}
 
     def phase_weights(self) -> dict:
         return {"d": self.discriminator.trainable_weights
