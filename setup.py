@@ -7,7 +7,8 @@ from setuptools import find_packages, setup
 COMMANDS = ("train", "export", "sample", "convert", "make_phantoms", "luna16_labels", "lidc_labels",
             "fid_mmd", "make_2afc", "analyze_2afc", "class_contrast", "count_params",
             "import_reference", "import_medicalnet", "profile_memory", "deviation_effects",
-            "bench_convert", "bench_input", "bench_generate", "bench_features", "encode")
+            "bench_convert", "bench_input", "bench_generate", "bench_features", "encode",
+            "downstream")
 
 setup(
     name="crfgan-tf",

@@ -89,7 +89,7 @@ class GeneratorModule(tf.Module):
 
 def training_metadata(config: config_lib.TrainConfig, model_dir: str, log=print) -> dict:
     """The SavedModel's metadata: the architecture, and the training data's window,
-    modality, output spacing and class names from the run's data.json. A run started
+    modality, output spacing, class names and case ids from the run's data.json. A run started
     before data.json existed has them read from its records (as they are now), and
     without those the CT defaults are used, with a warning naming what is missing."""
     meta = {"format": EXPORT_FORMAT, "model": config.model, "img_size": config.img_size,
@@ -115,6 +115,8 @@ def training_metadata(config: config_lib.TrainConfig, model_dir: str, log=print)
                 output_spacing=data["output_spacing"], metadata_source=source)
     if config.num_classes:
         meta["class_names"] = data.get("class_names") or [str(k) for k in range(config.num_classes)]
+    if "train_case_ids" in data:  # runs started before it was recorded have none
+        meta["train_case_ids"] = data["train_case_ids"]
     return meta
 
 

@@ -175,3 +175,39 @@ def assert_bit_identical(model_dir, straight):
     assert a.keys() == b.keys() and len(a) > 100
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+# The evaluations of synthetic data (tests/evaluation/test_downstream.py,
+# test_memorization.py): labelled scans with a val split, and a conditional model trained on
+# the train split only.
+@pytest.fixture(scope="session")
+def study_records(tmp_path_factory):
+    """16 tiny phantom scans, nodules in about half, labelled (LUNA16 rule) and converted at
+    64^3 with a val split: (records dir, {case id: label})."""
+    from crfgan_tf.data import convert, labels
+
+    root = tmp_path_factory.mktemp("study")
+    archive = str(root / "archive")
+    paths = phantom.make_luna_archive(archive, 16, TINY, seed=40, nodules=True,
+                                      nodule_diameter_mm=(12.0, 20.0))
+    table = labels.luna16_labels(labels.read_luna_annotations(
+        os.path.join(archive, "annotations.csv")), [os.path.basename(p)[:-4] for p in paths])
+    csv_path = str(root / "labels.csv")
+    labels.write_labels_csv(csv_path, table, labels.LUNA_CLASS_NAMES)
+    out = str(root / "records")
+    convert.run_conversion(convert.ConvertConfig(
+        dataset="luna16", input_dir=archive, output_dir=out, size=64, num_shards=2,
+        val_fraction=0.4, workers=1, seed=3, labels_csv=csv_path), log=lambda m: None)
+    return out, table
+
+
+@pytest.fixture(scope="session")
+def conditional_export(study_records, tmp_path_factory):
+    """A tiny conditional CRF-GAN trained 1 step on study_records' train split, exported."""
+    from crfgan_tf import export_lib, train_lib
+
+    run = tmp_path_factory.mktemp("cond_run")
+    train_lib.train(tiny_config(run, os.path.join(study_records[0], "train-*.tfrecord"),
+                                train_steps=1, checkpoint_every=1, num_classes=2))
+    sm = str(tmp_path_factory.mktemp("cond_export") / "sm")
+    return sm, export_lib.export(str(run), sm, log=lambda m: None)
