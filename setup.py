@@ -8,7 +8,7 @@ COMMANDS = ("train", "export", "sample", "convert", "make_phantoms", "luna16_lab
             "fid_mmd", "make_2afc", "analyze_2afc", "class_contrast", "count_params",
             "import_reference", "import_medicalnet", "profile_memory", "deviation_effects",
             "bench_convert", "bench_input", "bench_generate", "bench_features", "encode",
-            "downstream")
+            "downstream", "memorization")
 
 setup(
     name="crfgan-tf",
