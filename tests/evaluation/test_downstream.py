@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from conftest import REPO
 from crfgan_tf.evaluation import downstream
