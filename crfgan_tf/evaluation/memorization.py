@@ -161,7 +161,7 @@ def run_audit(config: AuditConfig, log=print) -> dict:
         raise EvaluationError("--max_copy_share must be in [0, 1) and --alpha in (0, 1)")
     fileio.ensure_output_dir(config.output_dir, "--output_dir")
     generated = open_source(config.saved_model, config.num_samples, config.seed,
-                            config.batch_size)
+                            config.batch_size, all_classes=True)
     train_ids = _ids(config.train_records, "--train_records")
     hold_ids = _ids(config.holdout_records, "--holdout_records")
     shared = sorted(set(train_ids) & set(hold_ids))

@@ -108,27 +108,33 @@ def read_volume_file(path: str, window) -> np.ndarray:
 
 
 def _saved_model_source(spec: str, num_samples: int, seed: int, batch_size: int,
-                        label: Optional[int] = None) -> Source:
+                        label: Optional[int] = None, all_classes: bool = False) -> Source:
     if num_samples < 2:
         raise EvaluationError(f"{spec} is a SavedModel: at least 2 volumes must be generated "
                               f"from it, got {num_samples}")
     try:
         module, meta = sample_lib.load(spec)
-        sample_lib.resolve_labels(meta, [] if label is None else [label])
+        if all_classes and label is None:
+            cycle = list(range(int(meta.get("num_classes", 0))))
+        else:
+            cycle = sample_lib.resolve_labels(meta, [] if label is None else [label])
     except (sample_lib.SavedModelError, ValueError) as err:
         raise EvaluationError(f"{spec}: {err}") from None
     files = sorted(p for p in glob.glob(os.path.join(spec, "**"), recursive=True)
                    if os.path.isfile(p))
     fingerprint = hashlib.sha256(
         f"savedmodel|{_content_sha256(files, spec)}|{num_samples}|{seed}"
-        f"{'' if label is None else f'|class{label}'}".encode()).hexdigest()
+        f"{f'|class{label}' if label is not None else ''}"
+        f"{'|classes' + ','.join(map(str, cycle)) if cycle and label is None else ''}"
+        .encode()).hexdigest()
 
     def volumes():
         latent_dim = int(module.latent_dim.numpy())
         for first in range(0, num_samples, batch_size):
             count = min(batch_size, num_samples - first)
             out = sample_lib.generate(module, sample_lib.latents(seed, first, count, latent_dim),
-                                      None if label is None else [label] * count)
+                                      [cycle[i % len(cycle)] for i in range(first, first + count)]
+                                      if cycle else None)
             for volume in out:
                 yield volume.astype(np.float32)
 
@@ -137,11 +143,13 @@ def _saved_model_source(spec: str, num_samples: int, seed: int, batch_size: int,
 
 def open_source(spec: str, num_samples: int = 0, seed: int = 0, batch_size: int = 1,
                 window=intensity.CT_WINDOW,
-                label: Optional[int] = None) -> Source:
+                label: Optional[int] = None, all_classes: bool = False) -> Source:
     """Resolves `spec` (see the module docstring) without reading any volume yet; `label`
-    selects one class (TFRecords with labels, conditional SavedModels)."""
+    selects one class (TFRecords with labels, conditional SavedModels); without it,
+    `all_classes` has a conditional SavedModel generate its classes in turn (sample i of
+    class i mod num_classes) where it would otherwise need a label."""
     if os.path.isdir(spec) and os.path.exists(os.path.join(spec, "saved_model.pb")):
-        return _saved_model_source(spec, num_samples, seed, batch_size, label)
+        return _saved_model_source(spec, num_samples, seed, batch_size, label, all_classes)
     if os.path.isdir(spec):
         candidates = sorted(p for p in glob.glob(os.path.join(spec, "**", "*"), recursive=True)
                             if os.path.isfile(p))

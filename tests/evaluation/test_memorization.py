@@ -101,3 +101,26 @@ def test_space_statistics_on_hand_made_points():
     # P(X >= 2), n=3, p = 1/3 (1 / (2 held-out + 1)): 2 copies in 3 is what chance gives
     assert stats["copy_p_value"] == pytest.approx(7 / 27)
     assert not stats["flagged"]
+
+
+def test_a_saved_model_is_audited_only_on_scans_it_never_saw(study_records, conditional_export,
+                                                             tmp_path):
+    records_dir = study_records[0]
+    res = _run(f"--saved_model={conditional_export[0]}",
+               f"--train_records={os.path.join(records_dir, 'val-*.tfrecord')}",
+               f"--holdout_records={os.path.join(records_dir, 'train-*.tfrecord')}",
+               "--allow_random_features", f"--output_dir={tmp_path}")
+    assert res.returncode == 2
+    assert "10 --holdout_records case(s) were in the generator's training data" in res.stderr
+    res = _run(f"--saved_model={conditional_export[0]}",
+               f"--train_records={os.path.join(records_dir, 'train-*.tfrecord')}",
+               f"--holdout_records={os.path.join(records_dir, 'val-*.tfrecord')}",
+               "--allow_random_features", "--num_samples=4", "--voxel_size=16", "--pairs=1",
+               f"--output_dir={tmp_path}", "--json")
+    assert res.returncode == 0, res.stderr
+    result = json.loads(res.stdout)
+    assert result["generated"] == {"source": conditional_export[0], "kind": "savedmodel",
+                                   "count": 4, "seed": 0}
+    assert result["holdout_unseen_by_generator"] == {"generator_training_cases": 10,
+                                                     "train_records_not_in_them": 0}
+    assert result["train"] == 10 and result["holdout"] == 6 and not result["pretrained"]
