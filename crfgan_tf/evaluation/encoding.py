@@ -65,6 +65,7 @@ def encode_cases(encoder, cases: Iterable[Case], count: int, output: str,
            "reconstruction_rmse": [], "latent": [], "embeddings": []}
     batch: list = []
     progress = Progress(count, log, "encode:", "volumes")
+    units = "HU" if meta.get("modality", "ct") == "ct" else "window intensity units"
 
     def flush():
         volumes = np.stack([c.volume for c in batch]).astype(np.float32)
@@ -80,7 +81,7 @@ def encode_cases(encoder, cases: Iterable[Case], count: int, output: str,
         if save_embeddings:
             out["embeddings"].append(enc["embedding"].astype(np.float16))
         progress.report(len(out["case_ids"]),
-                        f"reconstruction {float(np.mean(mae)):.1f} (window units, mean abs)")
+                        f"reconstruction error {float(np.mean(mae)):.1f} {units} (mean abs)")
         batch.clear()
 
     seen = set()
@@ -102,8 +103,7 @@ def encode_cases(encoder, cases: Iterable[Case], count: int, output: str,
     info = {"format": FEATURES_FORMAT, "saved_model": saved_model, "source": source,
             "model": meta.get("model"), "img_size": size, "window": window,
             "features": FEATURE_DEFINITION,
-            "reconstruction_units": "HU" if meta.get("modality", "ct") == "ct"
-            else "window intensity units",
+            "reconstruction_units": units,
             "cases": len(out["case_ids"]),
             "reconstruction_mae_mean": float(np.mean(np.concatenate(out["reconstruction_mae"]))),
             "reconstruction_rmse_mean": float(np.mean(

@@ -81,3 +81,26 @@ def test_encode_cli_errors_are_named(exported, tmp_path):
     res = subprocess.run(base + [f"--scans={tmp_path}", f"--output={tmp_path / 'f.npz'}"],
                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "--scans:" in res.stderr and "matches no volume file" in res.stderr
+
+
+def test_encode_cli_reads_scan_files_at_any_size(exported, tiny_archive, records_64, tmp_path):
+    """--scans: a scan not at the model's size is preprocessed as the conversion does (equal
+    to its record), a volume file at the model's size is read as it is."""
+    read, _ = _first_volumes(records_64, 5)
+    scan = tiny_archive[1][0]  # a 48 x 48 x 32 MetaImage scan
+    record = next(r for r in read if r.case_id == os.path.basename(scan)[:-4])
+    np.save(tmp_path / "as_is.npy", record.volume)
+    os.symlink(scan, tmp_path / os.path.basename(scan))
+    os.symlink(scan[:-4] + ".raw", tmp_path / (os.path.basename(scan)[:-4] + ".raw"))
+    output = str(tmp_path / "f.npz")
+    res = subprocess.run([sys.executable, "-m", "tools.encode", f"--saved_model={exported[0]}",
+                          f"--scans={tmp_path}", f"--output={output}"],
+                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "encode: 2 cases ->" in res.stdout
+    with np.load(output) as data:
+        ids = list(data["case_ids"])
+        assert sorted(ids) == sorted(["as_is", record.case_id])
+        # the preprocessed scan equals its record (int16 storage: within 1/2 quantum)
+        np.testing.assert_allclose(data["features"][ids.index("as_is")],
+                                   data["features"][ids.index(record.case_id)], atol=1e-3)
