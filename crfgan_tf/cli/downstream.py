@@ -44,7 +44,7 @@ flags.DEFINE_integer("seeds", 3, "Seeds per arm (initial weights, batches, augme
 flags.DEFINE_integer("steps", 400, "Training steps per classifier (every arm alike).")
 flags.DEFINE_integer("batch_size", 8, "Classifier batch size.")
 flags.DEFINE_float("learning_rate", 1e-3, "Classifier Adam learning rate.")
-flags.DEFINE_integer("input_size", 32, "Classifier input side: volumes are averaged over "
+flags.DEFINE_integer("input_size", 64, "Classifier input side: volumes are averaged over "
                      "blocks down to input_size^3.")
 flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples of the test set for the AUC CI.")
 # the probe

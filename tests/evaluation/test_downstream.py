@@ -132,3 +132,23 @@ def test_the_probe_on_encoder_features_beside_medicalnet(study_records, conditio
     assert result["probe"]["pretrained_medicalnet"] is False and "arms" not in result
     assert "probe encoder (crfgan hE, pooled): AUC" in res.stdout
     assert not os.path.exists(tmp_path / "probe" / "downstream.png")
+
+
+def test_an_unconditional_generator_needs_a_label_rule(study_records, exported, tmp_path):
+    records, _ = study_records
+    common = [f"--saved_model={exported[0]}",
+              f"--train_records={os.path.join(records, 'train-*.tfrecord')}",
+              f"--test_records={os.path.join(records, 'val-*.tfrecord')}",
+              "--synthetic_ratios=1", "--real_fractions=0.5", "--seeds=1", "--steps=5",
+              "--input_size=16", "--bootstrap=100", f"--output_dir={tmp_path}"]
+    res = _run(*common)
+    assert res.returncode == 2 and "pass --synthetic_labels=real_classifier" in res.stderr
+    res = _run(*common, "--synthetic_labels=real_classifier")
+    assert res.returncode == 0, res.stderr
+    result = json.load(open(tmp_path / "downstream.json"))
+    labelled = result["generator"]["pool_labels_by_real_classifier"]
+    assert [r["seed"] for r in labelled] == [0] and 0 <= labelled[0]["positives"] <= 10
+    assert result["generator"]["conditional"] is False
+    arms = {a["name"]: a for a in result["arms"]}
+    assert list(arms) == ["real", "real+1x", "synthetic", "real@50%"]
+    assert arms["real+1x"]["runs"][0]["train_positives"] == 6 + labelled[0]["positives"]
