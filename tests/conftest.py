@@ -177,6 +177,18 @@ def assert_bit_identical(model_dir, straight):
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+def labelled_phantoms(archive, num_scans, seed):
+    """A tiny LUNA16-like archive with 12-20 mm nodules in about half of the scans, and
+    their labels by the LUNA16 rule: (archive, scan paths, {case id: label})."""
+    from crfgan_tf.data import labels
+
+    paths = phantom.make_luna_archive(archive, num_scans, TINY, seed=seed, nodules=True,
+                                      nodule_diameter_mm=(12.0, 20.0))
+    table = labels.luna16_labels(labels.read_luna_annotations(
+        os.path.join(archive, "annotations.csv")), [os.path.basename(p)[:-4] for p in paths])
+    return archive, paths, table
+
+
 # The evaluations of synthetic data (tests/evaluation/test_downstream.py,
 # test_memorization.py): labelled scans with a val split, and a conditional model trained on
 # the train split only.
@@ -187,11 +199,7 @@ def study_records(tmp_path_factory):
     from crfgan_tf.data import convert, labels
 
     root = tmp_path_factory.mktemp("study")
-    archive = str(root / "archive")
-    paths = phantom.make_luna_archive(archive, 16, TINY, seed=40, nodules=True,
-                                      nodule_diameter_mm=(12.0, 20.0))
-    table = labels.luna16_labels(labels.read_luna_annotations(
-        os.path.join(archive, "annotations.csv")), [os.path.basename(p)[:-4] for p in paths])
+    archive, paths, table = labelled_phantoms(str(root / "archive"), 16, seed=40)
     csv_path = str(root / "labels.csv")
     labels.write_labels_csv(csv_path, table, labels.LUNA_CLASS_NAMES)
     out = str(root / "records")

@@ -20,7 +20,7 @@ from crfgan_tf.data import convert, labels, phantom, pipeline, records
 from crfgan_tf.evaluation import sources
 from crfgan_tf.model import CRFGAN, HAGAN
 
-from conftest import TINY, tiny_batch, tiny_config
+from conftest import TINY, labelled_phantoms, tiny_batch, tiny_config
 from conftest import REPO
 
 ENV = dict(os.environ, PYTHONPATH=REPO)
@@ -178,11 +178,7 @@ def labelled_archive(tmp_path_factory):
     """A tiny archive with nodules in half of the scans and its LUNA16 labels, the last
     scan left out of the CSV: (archive, labels CSV, {case id: label}, paths)."""
     root = tmp_path_factory.mktemp("labelled")
-    archive = str(root / "archive")
-    paths = phantom.make_luna_archive(archive, 6, TINY, seed=20, nodules=True,
-                                      nodule_diameter_mm=(12.0, 20.0))
-    table = labels.luna16_labels(labels.read_luna_annotations(
-        os.path.join(archive, "annotations.csv")), [os.path.basename(p)[:-4] for p in paths])
+    archive, paths, table = labelled_phantoms(str(root / "archive"), 6, seed=20)
     csv_path = str(root / "labels.csv")
     labels.write_labels_csv(csv_path, {c: v for c, v in table.items()
                                        if c != os.path.basename(paths[5])[:-4]},
