@@ -103,6 +103,14 @@ def test_hagan_train_resume_and_export(records_128, tmp_path):
     z = tf.random.stateless_normal((1, 16), seed=[1, 1])
     got = loaded.signatures["generate"](z=z)["volume"].numpy()
     np.testing.assert_allclose(got, second["model"].generate(z)[..., 0].numpy(), atol=5e-5)
+    # the encoder path of the checkpoint: hE, then the sub-encoder's z
+    x = tiny_batch(img_size=128, batch=1)["volume"]
+    encoded = loaded.signatures["encode"](volume=x[..., 0])
+    model = second["model"]
+    embedding = model.encoder(x, training=False)
+    np.testing.assert_allclose(encoded["embedding"].numpy(), embedding.numpy(), atol=1e-5)
+    np.testing.assert_allclose(encoded["latent"].numpy(),
+                               model.sub_encoder(embedding, training=False).numpy(), atol=1e-4)
 
 
 def test_hagan_low_resolution_average_on_request(tmp_path):
