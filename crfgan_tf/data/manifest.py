@@ -63,14 +63,24 @@ def shard_records(record_file: str) -> Optional[int]:
     return int(entry["num_records"])
 
 
-def shard_labels(record_file: str) -> Optional[list]:
-    """The labels of a shard's converted cases in record order (None without a manifest)."""
+def shard_cases(record_file: str) -> Optional[list]:
+    """The case ids of a shard's converted cases in record order; None without a manifest
+    entry for the shard or when the file's size differs from the one recorded."""
     manifest = of_file(record_file)
     shard = manifest.get("shards", {}).get(os.path.basename(record_file))
-    if shard is None:
+    if shard is None or shard_records(record_file) is None:
         return None
     cases = manifest.get("cases", {})
-    return [cases[c]["label"] for c in shard["cases"] if cases.get(c, {}).get("status") == "ok"]
+    return [c for c in shard["cases"] if cases.get(c, {}).get("status") == "ok"]
+
+
+def shard_labels(record_file: str) -> Optional[list]:
+    """The labels of a shard's converted cases in record order (None: see shard_cases)."""
+    ids = shard_cases(record_file)
+    if ids is None:
+        return None
+    cases = of_file(record_file)["cases"]
+    return [cases[c]["label"] for c in ids]
 
 
 def records_in(output_dir: str, split: str) -> Optional[int]:

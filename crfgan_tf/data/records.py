@@ -319,39 +319,32 @@ def check_labels(files, num_classes: int) -> None:
                 "label feature; convert again with --labels_csv=FILE")
 
 
-def record_labels(files) -> np.ndarray:
-    """The label of every record of `files`, in stream index order (from the manifests'
-    shard and case lists, else by reading the label feature of every record)."""
+def _record_values(files, from_manifest, name: str) -> list:
+    """One feature of every record of `files`, in stream index order: from the manifests
+    (`from_manifest(file)`: a shard's list, or None) when they account for every record,
+    else by reading the feature of every record."""
     out = []
     for f in files:
-        labels = manifest.shard_labels(f)
-        if labels is None:
+        values = from_manifest(f)
+        if values is None:
             out = None
             break
-        out += labels
+        out += values
     if out is None or len(out) != sum(records_per_file(files)):
-        parse = lambda s: tf.io.parse_single_example(s, {"label": FEATURES["label"]})["label"]
+        parse = lambda s: tf.io.parse_single_example(s, {name: FEATURES[name]})[name]
         out = list(raw_record_dataset(files).map(parse).as_numpy_iterator())
-    return np.asarray(out, np.int64)
+    return out
+
+
+def record_labels(files) -> np.ndarray:
+    """The label of every record of `files`, in stream index order."""
+    return np.asarray(_record_values(files, manifest.shard_labels, "label"), np.int64)
 
 
 def record_case_ids(files) -> list:
-    """The case id of every record of `files`, in stream index order (from the manifests'
-    shard lists, else by reading the case_id feature of every record)."""
-    out = []
-    for f in files:
-        manifest_ = manifest.of_file(f)
-        shard = manifest_.get("shards", {}).get(os.path.basename(f))
-        if shard is None or manifest.shard_records(f) is None:
-            out = None
-            break
-        cases = manifest_.get("cases", {})
-        out += [c for c in shard["cases"] if cases.get(c, {}).get("status") == "ok"]
-    if out is None or len(out) != sum(records_per_file(files)):
-        parse = lambda s: tf.io.parse_single_example(
-            s, {"case_id": FEATURES["case_id"]})["case_id"]
-        out = [c.decode() for c in raw_record_dataset(files).map(parse).as_numpy_iterator()]
-    return list(out)
+    """The case id of every record of `files`, in stream index order."""
+    return [c.decode() if isinstance(c, bytes) else c
+            for c in _record_values(files, manifest.shard_cases, "case_id")]
 
 
 def records_metadata(files, num_classes: int = 0) -> dict:

@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from crfgan_tf import fileio
-from crfgan_tf.evaluation.sources import EvaluationError, record_cases
+from crfgan_tf.evaluation.sources import EvaluationError, record_case_ids, record_cases
 
 FORMAT = "crfgan-tf-downstream/1"
 LABEL_RULES = ("class", "real_classifier")
@@ -190,12 +190,7 @@ def generator_training_cases(meta: dict, generator_train_records: str) -> Option
     else from the export's metadata (train_case_ids; exports of runs started before it was
     recorded have none: None)."""
     if generator_train_records:
-        from crfgan_tf.data import records
-
-        try:
-            return set(records.record_case_ids(records.list_record_files(generator_train_records)))
-        except (FileNotFoundError, records.RecordsError) as err:
-            raise EvaluationError(f"--generator_train_records: {err}") from None
+        return set(record_case_ids(generator_train_records, "--generator_train_records"))
     ids = meta.get("train_case_ids")
     return None if ids is None else set(ids)
 
@@ -458,7 +453,8 @@ def run_probe(config: StudyConfig, train: RealSet, test: RealSet, log=print) -> 
         feats, _ = features.extract_features(sources.open_source(pattern), extractor, 1,
                                              f"{split} ({extractor.name})", log)
         wanted = set(real.case_ids)  # the labelled records, in the order load_real kept them
-        keep = [i for i, c in enumerate(_record_ids(pattern)) if c in wanted]
+        keep = [i for i, c in enumerate(sources.record_case_ids(pattern, f"--{split}_records"))
+                if c in wanted]
         medicalnet.append(feats[keep].astype(np.float64))
     sets.append((extractor.name, *medicalnet))
     for name, a, b in sets:
@@ -472,12 +468,6 @@ def run_probe(config: StudyConfig, train: RealSet, test: RealSet, log=print) -> 
             f"{result['balanced_accuracy']:.3f}")
     out["pretrained_medicalnet"] = extractor.pretrained
     return out
-
-
-def _record_ids(pattern: str) -> list:
-    from crfgan_tf.data import records
-
-    return records.record_case_ids(records.list_record_files(pattern))
 
 
 # ---- the study -----------------------------------------------------------------------------

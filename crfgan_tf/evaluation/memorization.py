@@ -32,7 +32,8 @@ import numpy as np
 
 from crfgan_tf import fileio, intensity
 from crfgan_tf.evaluation.downstream import downsample
-from crfgan_tf.evaluation.sources import EvaluationError, open_source, record_cases
+from crfgan_tf.evaluation.sources import (EvaluationError, open_source, record_case_ids,
+                                          record_cases)
 from crfgan_tf.progress import Progress
 
 FORMAT = "crfgan-tf-memorization/1"
@@ -162,8 +163,8 @@ def run_audit(config: AuditConfig, log=print) -> dict:
     fileio.ensure_output_dir(config.output_dir, "--output_dir")
     generated = open_source(config.saved_model, config.num_samples, config.seed,
                             config.batch_size, all_classes=True)
-    train_ids = _ids(config.train_records, "--train_records")
-    hold_ids = _ids(config.holdout_records, "--holdout_records")
+    train_ids = record_case_ids(config.train_records, "--train_records")
+    hold_ids = record_case_ids(config.holdout_records, "--holdout_records")
     shared = sorted(set(train_ids) & set(hold_ids))
     if shared:
         raise EvaluationError(f"--train_records and --holdout_records share {len(shared)} "
@@ -256,15 +257,6 @@ def verdict(result: dict) -> str:
             f"{t['max_copy_share']:.0%} beyond chance or the closer-to-train p-value is below "
             f"{t['alpha']:g}; p-values one-sided binomial): "
             + "; ".join(parts))
-
-
-def _ids(pattern: str, flag: str) -> list:
-    from crfgan_tf.data import records
-
-    try:
-        return records.record_case_ids(records.list_record_files(pattern))
-    except (FileNotFoundError, records.RecordsError) as err:
-        raise EvaluationError(f"{flag}: {err}") from None
 
 
 def _plot_ratios(result: dict, path: str) -> None:

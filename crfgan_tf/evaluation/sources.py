@@ -95,6 +95,12 @@ def read_volume_file(path: str, window) -> np.ndarray:
             array, _, _, _ = preprocess.read_canonical(path)
         except preprocess.ScanError as err:
             raise EvaluationError(f"{path}: {err}") from None
+    return _model_range(array, path, window)
+
+
+def _model_range(array: np.ndarray, path: str, window) -> np.ndarray:
+    """A volume file's array in [-1, 1]: integers are intensities in `window`, floats must
+    already be in [-1, 1]."""
     if array.dtype.kind in "iu":
         return intensity.to_unit(array, window)
     array = array.astype(np.float32)
@@ -105,6 +111,15 @@ def read_volume_file(path: str, window) -> np.ndarray:
             "must be in the model range [-1, 1] (integer volumes are read as HU / intensities "
             "and windowed with --window)")
     return array
+
+
+def _files_of(spec: str) -> list:
+    """The files of a folder (recursively), or of a glob / comma-separated globs, sorted."""
+    if os.path.isdir(spec):
+        return sorted(p for p in glob.glob(os.path.join(spec, "**", "*"), recursive=True)
+                      if os.path.isfile(p))
+    return sorted(p for part in spec.split(",") if part
+                  for p in glob.glob(part, recursive=True) if os.path.isfile(p))
 
 
 def _saved_model_source(spec: str, num_samples: int, seed: int, batch_size: int,
@@ -150,12 +165,7 @@ def open_source(spec: str, num_samples: int = 0, seed: int = 0, batch_size: int 
     class i mod num_classes) where it would otherwise need a label."""
     if os.path.isdir(spec) and os.path.exists(os.path.join(spec, "saved_model.pb")):
         return _saved_model_source(spec, num_samples, seed, batch_size, label, all_classes)
-    if os.path.isdir(spec):
-        candidates = sorted(p for p in glob.glob(os.path.join(spec, "**", "*"), recursive=True)
-                            if os.path.isfile(p))
-    else:
-        candidates = sorted(p for part in spec.split(",") if part
-                            for p in glob.glob(part, recursive=True) if os.path.isfile(p))
+    candidates = _files_of(spec)
     record_files = [p for p in candidates if _is_record_file(p)]
     volumes = [p for p in candidates if _is_volume_file(p)]
     if record_files and volumes:
@@ -217,16 +227,19 @@ def record_cases(pattern: str, flag: str = "--records") -> Iterator[Case]:
         raise EvaluationError(f"{flag}: {err}") from None
 
 
+def record_case_ids(pattern: str, flag: str = "--records") -> list:
+    """The case ids of a TFRecord glob's records, in file order (data.records); an
+    EvaluationError naming `flag` when nothing matches or a file is damaged."""
+    try:
+        return records.record_case_ids(records.list_record_files(pattern))
+    except (FileNotFoundError, records.RecordsError) as err:
+        raise EvaluationError(f"{flag}: {err}") from None
+
+
 def scan_paths(pattern: str, flag: str = "--scans") -> list:
     """The volume files of a folder, file, glob or comma-separated globs, sorted;
     EvaluationError (naming `flag`) when there is none."""
-    if os.path.isdir(pattern):
-        paths = sorted(p for p in glob.glob(os.path.join(pattern, "**", "*"), recursive=True)
-                       if os.path.isfile(p) and _is_volume_file(p))
-    else:
-        paths = sorted(p for part in pattern.split(",") if part
-                       for p in glob.glob(part, recursive=True)
-                       if os.path.isfile(p) and _is_volume_file(p))
+    paths = [p for p in _files_of(pattern) if _is_volume_file(p)]
     if not paths:
         raise EvaluationError(f"{flag}: {pattern!r} matches no volume file "
                               f"({', '.join(VOLUME_SUFFIXES)})")
@@ -244,7 +257,7 @@ def scan_cases(paths, size: int, window, flag: str = "--scans") -> Iterator[Case
             try:
                 array, spacing, origin, orientation = preprocess.read_canonical(path)
                 if array.shape == (size,) * 3:
-                    volume = read_volume_file(path, window)
+                    volume = _model_range(array, path, window)
                 else:
                     volume = preprocess.process_volume(
                         array, spacing, origin, orientation, options,
