@@ -36,6 +36,8 @@ class TrainConfig:
     model: str = "crfgan"
     img_size: int = 256
     batch_size: int = 2  # global, over all replicas
+    # > 0: the global batch is this times the replicas (--batch_size is then not used)
+    per_replica_batch_size: int = 0
     train_steps: int = 80000
     latent_dim: int = 1024
     width: float = 1.0
@@ -89,6 +91,8 @@ class TrainConfig:
         need(self.model in MODELS, f"--model must be one of {MODELS}, got {self.model!r}")
         geometry.check_size(self.img_size, self.model)
         need(self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}")
+        need(self.per_replica_batch_size >= 0,
+             f"--per_replica_batch_size must be >= 0, got {self.per_replica_batch_size}")
         need(self.train_steps >= 0, f"--train_steps must be >= 0, got {self.train_steps}")
         need(self.latent_dim >= 1, f"--latent_dim must be >= 1, got {self.latent_dim}")
         need(0 < self.width <= 4, f"--width must be in (0, 4], got {self.width}")
@@ -129,6 +133,28 @@ class TrainConfig:
         need(self.ada_speed > 0, f"--ada_speed must be > 0, got {self.ada_speed}")
         self.profile_range()
         preemption.parse_signals(self.save_on_signals)
+
+    def global_batch(self, replicas: int) -> int:
+        """The global batch on `replicas` replicas: --per_replica_batch_size times the
+        replicas when it is set, else --batch_size, which must divide by the replicas.
+
+        Raises:
+          ValueError: --batch_size does not divide; the message names the nearest valid
+            global batches and --per_replica_batch_size.
+        """
+        if self.per_replica_batch_size:
+            return self.per_replica_batch_size * replicas
+        if self.batch_size % replicas == 0:
+            return self.batch_size
+        below = self.batch_size // replicas * replicas
+        above = below + replicas
+        nearest = " or ".join(f"--batch_size={b}" for b in (below, above) if b >= 1)
+        raise ValueError(
+            f"--batch_size={self.batch_size} is the global batch (all replicas together) and "
+            f"does not divide by the {replicas} replicas. Use {nearest}, or "
+            f"--per_replica_batch_size=N for a global batch of N x {replicas} (it overrides "
+            "--batch_size). The learning rates are used as given whatever the batch "
+            "(docs/training.md, \"Several GPUs\").")
 
     def augment_transforms(self) -> tuple:
         """--augment as a tuple of transform names ('' -> ())."""

@@ -105,7 +105,8 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
           flags_text: Optional[str] = None, break_lock: bool = False) -> dict:
     """Trains (or resumes) until `config.train_steps`; returns the last metrics and step.
 
-    Before anything is written: the config is validated and compared with the one stored
+    Before anything is written: the config is validated, its global batch resolved for
+    the strategy's replicas (TrainConfig.global_batch), and it is compared with the one stored
     in the run directory (only rundir.RESUMABLE_FIELDS may differ), and the records are
     checked (they exist and hold img_size^3 volumes). The run directory's lock
     (crfgan_tf.dirlock) is held from before the checkpoints are read until the end.
@@ -130,10 +131,27 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
       fileio.DiskFullError: a checkpoint or run file could not be written for want of
         space (the previous checkpoint is intact).
     """
+    config.validate()
+    strategy = make_strategy(config.strategy, config.cpu_devices)
+    config = _resolve_batch(config, strategy.num_replicas_in_sync, log)
     files, changed, data_meta = _check_inputs(config)
     with contextlib.ExitStack() as held:
-        run = _start(config, data_meta, changed, flags_text, log, held, break_lock)
+        run = _start(config, strategy, data_meta, changed, flags_text, log, held, break_lock)
         return _loop(config, run, files, log)
+
+
+def _resolve_batch(config: config_lib.TrainConfig, replicas: int,
+                   log) -> config_lib.TrainConfig:
+    """The config with its global batch for `replicas` (config.global_batch) in
+    --batch_size; --per_replica_batch_size is resolved into it (and stored as 0, so a
+    resume compares the batch the run trained with)."""
+    batch = config.global_batch(replicas)
+    if config.per_replica_batch_size:
+        log(f"train: batch {config.per_replica_batch_size} per replica x {replicas} "
+            f"replica(s) = global batch {batch} (--per_replica_batch_size; --batch_size is "
+            "not used)")
+        config = dataclasses.replace(config, batch_size=batch, per_replica_batch_size=0)
+    return config
 
 
 def _loop(config: config_lib.TrainConfig, run: "_Run", files: list, log) -> dict:
@@ -216,17 +234,13 @@ class _Run:
     writer_manager: tf.train.CheckpointManager
 
 
-def _start(config: config_lib.TrainConfig, data_meta: Optional[dict], changed: dict,
-           flags_text: Optional[str], log, held: contextlib.ExitStack,
-           break_lock: bool = False) -> _Run:
-    """Strategy, the run directory's lock (the chief's, kept in `held`), model and
-    checkpoint restored (or fresh); only then, on the chief, the run directory's
+def _start(config: config_lib.TrainConfig, strategy: tf.distribute.Strategy,
+           data_meta: Optional[dict], changed: dict, flags_text: Optional[str], log,
+           held: contextlib.ExitStack, break_lock: bool = False) -> _Run:
+    """The run directory's lock (the chief's, kept in `held`), model and checkpoint
+    restored (or fresh) under `strategy`; only then, on the chief, the run directory's
     config.json, flags.txt and data.json are written."""
-    strategy = make_strategy(config.strategy, config.cpu_devices)
     chief = is_chief(strategy)
-    if config.batch_size % strategy.num_replicas_in_sync:
-        raise ValueError(f"--batch_size={config.batch_size} is not divisible by the "
-                         f"{strategy.num_replicas_in_sync} replicas")
     evaluate = _evaluation_wanted(config, chief, log)
     if chief:  # before anything is read or removed there: one writer per run directory
         held.enter_context(dirlock.DirLock(config.model_dir, "--model_dir", break_lock, log))
@@ -293,8 +307,8 @@ class _Profile:
 def _check_inputs(config: config_lib.TrainConfig):
     """Everything checked before any work: the config, the run directory's stored config
     (returns the resumable fields that changed), the records and, for a conditional run,
-    their labels. Returns (record files, changed fields, the data metadata to store)."""
-    config.validate()
+    their labels (`config` is validated, its batch resolved). Returns (record files,
+    changed fields, the data metadata to store)."""
     if not config.train_records and config.train_steps > 0:
         raise ValueError("--train_records is required")
     changed = rundir.check_config(config)

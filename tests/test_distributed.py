@@ -54,6 +54,51 @@ def test_cli_mirrored_on_two_cpu_devices_checkpoints_resumes_exports(records_64,
     _export_and_generate(run, tmp_path)
 
 
+def documented_command(page, marker):
+    """The flags of the command line of docs/`page` whose block contains `marker`, as
+    written there (line continuations joined, the program name dropped)."""
+    text = open(os.path.join(REPO, "docs", page), encoding="utf-8").read()
+    for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if marker in line:
+                words = line.split("#")[0].split()
+                return [w for w in words[1:] if w.startswith("--")]
+    raise AssertionError(f"no command with {marker!r} in docs/{page}")
+
+
+@pytest.mark.parametrize("replicas", [
+    1, 2, pytest.param(4, marks=pytest.mark.slow), pytest.param(8, marks=pytest.mark.slow)])
+def test_documented_multi_gpu_command_runs_on_1_2_4_8_replicas(records_64, tmp_path, replicas):
+    """docs/training.md's several-GPU command, as written (its flagfile's global
+    --batch_size=2 included), on `replicas` CPU devices; the tests add their data, a
+    64^3 tiny-width size, one step and the device count."""
+    args = documented_command("training.md", "--strategy=mirrored")
+    assert "--flagfile=configs/luna.flags" in args and "--per_replica_batch_size=2" in args
+    res = _module("crfgan_tf.train", *args, f"--model_dir={tmp_path}/run",
+                  f"--train_records={records_64}/train-*.tfrecord", "--img_size=64",
+                  "--width=0.125", "--latent_dim=128", "--train_steps=1", "--eval_every=0",
+                  f"--cpu_devices={replicas}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"2 per replica x {replicas} replica(s) = global batch {2 * replicas}" in res.stderr
+    assert f"batch {2 * replicas} on {replicas} replica(s)" in res.stderr
+    assert "step 1/1" in res.stderr
+    stored = json.load(open(tmp_path / "run" / "config.json"))
+    assert (stored["batch_size"], stored["per_replica_batch_size"]) == (2 * replicas, 0)
+
+
+def test_global_batch_that_does_not_divide_is_refused_with_the_fix(records_64, tmp_path):
+    """--batch_size is global: 6 on 4 replicas is refused before anything is written,
+    naming the nearest valid batches and --per_replica_batch_size."""
+    res = _module("crfgan_tf.train", *DEMO, f"--model_dir={tmp_path}/run",
+                  f"--train_records={records_64}/train-*.tfrecord", "--batch_size=6",
+                  "--strategy=mirrored", "--cpu_devices=4", "--train_steps=1")
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert ("--batch_size=6 is the global batch (all replicas together) and does not divide "
+            "by the 4 replicas. Use --batch_size=4 or --batch_size=8, or "
+            "--per_replica_batch_size=N for a global batch of N x 4") in res.stderr
+    assert not os.path.exists(tmp_path / "run")
+
+
 def _free_ports(n):
     socks = [socket.socket() for _ in range(n)]
     for s in socks:

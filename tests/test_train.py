@@ -279,3 +279,18 @@ def test_documented_command_without_records_says_how_to_make_them(tmp_path):
     assert (f"python -m data_prep.convert --dataset=luna16|gsp|generic --input_dir=<archive> "
             f"--output_dir={tmp_path}/data/luna16_256 --size=256") in res.stderr
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_global_batch_rule():
+    """--batch_size is the global batch; --per_replica_batch_size multiplies by the
+    replicas and overrides it; a batch that does not divide names the nearest ones."""
+    config = tiny_config("/tmp/unused", batch_size=2)
+    assert [config.global_batch(r) for r in (1, 2)] == [2, 2]
+    per_replica = tiny_config("/tmp/unused", batch_size=2, per_replica_batch_size=3)
+    assert [per_replica.global_batch(r) for r in (1, 2, 4, 8)] == [3, 6, 12, 24]
+    with pytest.raises(ValueError, match=r"Use --batch_size=4, or --per_replica_batch_size"):
+        config.global_batch(4)
+    with pytest.raises(ValueError, match=r"Use --batch_size=8 or --batch_size=16, or"):
+        tiny_config("/tmp/unused", batch_size=10).global_batch(8)
+    with pytest.raises(ValueError, match="--per_replica_batch_size must be >= 0"):
+        tiny_config("/tmp/unused", per_replica_batch_size=-1).validate()

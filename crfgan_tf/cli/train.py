@@ -34,7 +34,12 @@ flags.DEFINE_string("train_records", _defaults["train_records"],
 flags.DEFINE_enum("model", _defaults["model"], list(config_lib.MODELS),
                   "crfgan (the paper) or hagan (the HA-GAN baseline, 128/256 only).")
 flags.DEFINE_integer("img_size", _defaults["img_size"], "Volume side S (crfgan_tf.geometry.SIZES).")
-flags.DEFINE_integer("batch_size", _defaults["batch_size"], "Global batch size (all replicas).")
+flags.DEFINE_integer("batch_size", _defaults["batch_size"],
+                     "Global batch size: all replicas together; it must divide by the "
+                     "replicas. Learning rates are not scaled with it.")
+flags.DEFINE_integer("per_replica_batch_size", _defaults["per_replica_batch_size"],
+                     "> 0: the global batch is this times the replicas (GPUs, workers x GPUs "
+                     "or --cpu_devices), whatever their number; --batch_size is then not used.")
 flags.DEFINE_integer("train_steps", _defaults["train_steps"], "Total training iterations.")
 flags.DEFINE_integer("latent_dim", _defaults["latent_dim"], "Size of the latent z.")
 flags.DEFINE_float("width", _defaults["width"], "Channel multiplier (1 = the paper's networks).")
