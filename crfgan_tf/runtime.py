@@ -141,11 +141,16 @@ def peak_memory_bytes() -> int:
 
 
 def run_command(main: Callable, load_tensorflow: bool = True) -> None:
-    """What every command's run() does: configure(), then absl's app.run(main) (flags
-    parsed, exit status from main). `load_tensorflow=False` for commands that may finish
+    """What every command's run() does: --help answered from the command's own flags
+    (crfgan_tf.helptext), else configure(), then absl's app.run(main) (flags parsed,
+    exit status from main). `load_tensorflow=False` for commands that may finish
     without TensorFlow (--dry_run, flag errors, conversion workers' parent)."""
     from absl import app
 
+    from crfgan_tf import helptext
+
+    if helptext.wants_help(sys.argv):
+        helptext.print_help_and_exit(sys.modules[main.__module__])
     configure(load_tensorflow=load_tensorflow)
     app.run(main)
 

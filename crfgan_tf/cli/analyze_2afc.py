@@ -36,6 +36,15 @@ def _fmt_test(t):
             f"p = {t['binomial_p_value']:.3g}")
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Input": "key answers",
+    "Output": "plot json",
+}
+EXAMPLE = ("crfgan-analyze-2afc --key=study/key/key.json --answers='answers/*.csv' "
+           "--plot=difficulty.png")
+
+
 @runtime.reports_user_errors
 def main(argv):
     del argv

@@ -23,6 +23,15 @@ flags.register_validator("dicom", lambda v: set(v) <= {"raw", "jpeg", "jpeg2000"
                          message="--dicom takes raw, jpeg and/or jpeg2000")
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Scan": "in_plane num_slices dicom",
+    "Conversion": "size",
+    "Measurement": "repeats reference",
+}
+EXAMPLE = "crfgan-bench-convert --in_plane=512 --num_slices=300 --size=256 --repeats=3"
+
+
 @runtime.reports_user_errors
 def main(argv):
     del argv

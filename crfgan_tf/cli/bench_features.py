@@ -17,6 +17,13 @@ flags.DEFINE_list("batch_sizes", ["1"], "Volumes per extractor call.")
 flags.DEFINE_integer("repeats", 2, "Timed batches (median reported).")
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Measurement": "img_sizes batch_sizes repeats",
+}
+EXAMPLE = "crfgan-bench-features --img_sizes=128,256 --batch_sizes=1,2"
+
+
 @runtime.reports_user_errors
 def main(argv):
     del argv

@@ -15,6 +15,13 @@ flags.DEFINE_integer("img_size", 256, "Volume side.")
 flags.DEFINE_list("slabs", ["8", "64"], "G2 slab sizes (embedding slices); img_size/4 = one shot.")
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Measurement": "img_size slabs",
+}
+EXAMPLE = "crfgan-bench-generate --img_size=256 --slabs=8,64"
+
+
 @runtime.reports_user_errors
 def main(argv):
     del argv

@@ -27,6 +27,14 @@ flags.DEFINE_list("start_steps", ["0", "1000"], "Measure from these steps (a res
 flags.DEFINE_string("work_dir", "", "Where synthetic records go (default: a temporary dir).")
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Data": "records img_size num_records num_shards work_dir",
+    "Measurement": "batch_size batches start_steps",
+}
+EXAMPLE = "crfgan-bench-input --img_size=256 --num_records=24 --batches=30"
+
+
 @runtime.reports_user_errors
 def main(argv):
     del argv

@@ -25,6 +25,16 @@ flags.mark_flags_as_required(["saved_model", "records"])
 flags.register_validator("num_samples", lambda v: v >= 2, "--num_samples must be >= 2")
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Input": "saved_model records",
+    "Sampling": "num_samples seed",
+    "Output": "json",
+}
+EXAMPLE = ("crfgan-class-contrast --saved_model=exports/luna256_cond "
+           "--records='data/luna16_256_nodules/val-*.tfrecord' --num_samples=32")
+
+
 @runtime.reports_user_errors
 def main(argv):
     del argv

@@ -81,6 +81,18 @@ flags.register_validator("num_shards", lambda v: v >= 1, message="--num_shards m
 flags.register_validator("workers", lambda v: v >= 1, message="--workers must be >= 1")
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Input": "dataset input_dir modality labels_csv num_classes",
+    "DICOM series": "min_slices series_policy slice_spacing_tolerance allow_tilt case_ids",
+    "Preprocessing": "size air_correction max_air_shift",
+    "Output": "output_dir num_shards num_val_shards val_fraction seed compression overwrite",
+    "Running": "workers break_lock",
+}
+EXAMPLE = ("crfgan-convert --dataset=luna16 --input_dir=/data/LUNA16 "
+           "--output_dir=data/luna16_256 --size=256")
+
+
 @runtime.reports_user_errors
 def main(argv):
     if len(argv) > 1:

@@ -22,6 +22,14 @@ flags.register_validator("img_size", lambda v: v in geometry.SIZES,
                          message=f"--img_size must be one of {geometry.SIZES}")
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Model": "model img_size latent_dim width num_classes",
+    "Output": "json",
+}
+EXAMPLE = "crfgan-count-params --img_size=256"
+
+
 @runtime.reports_user_errors
 def main(argv):
     del argv

@@ -19,6 +19,14 @@ flags.DEFINE_integer("seed", 0, "Seed of the weights, the batch and the CRF's W.
 flags.DEFINE_bool("json", False, "Print the rows as JSON instead of a markdown table.")
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Model": "model img_size seed",
+    "Output": "json",
+}
+EXAMPLE = "crfgan-deviation-effects --model=crfgan --img_size=64"
+
+
 @runtime.reports_user_errors
 def main(argv):
     if len(argv) > 1:

@@ -70,6 +70,21 @@ def _floats(values, flag):
         raise EvaluationError(f"--{flag} must be numbers, got {values}") from None
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Data": "train_records test_records labels_csv positive_class generator_train_records",
+    "Synthetic data": "saved_model synthetic_ratios synthetic_labels sample_seed "
+                      "generate_batch_size",
+    "Study": "real_fractions seeds bootstrap",
+    "Classifier": "steps batch_size learning_rate input_size",
+    "Feature probe": "features weights allow_random_features probe_l2",
+    "Output": "output_dir",
+}
+EXAMPLE = ("crfgan-downstream --saved_model=exports/luna256_cond "
+           "--train_records='data/luna16_256_nodules/train-*.tfrecord' "
+           "--test_records='data/test_256/*.tfrecord' --output_dir=results/downstream")
+
+
 @runtime.reports_user_errors
 def main(argv):
     del argv

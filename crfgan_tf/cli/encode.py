@@ -37,6 +37,16 @@ flags.register_multi_flags_validator(
     "give exactly one of --records and --scans")
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Input": "saved_model records scans",
+    "Output": "output save_embeddings json",
+    "Running": "batch_size",
+}
+EXAMPLE = ("crfgan-encode --saved_model=exports/luna256 "
+           "--records='data/luna16_256/val-*.tfrecord' --output=results/features.npz")
+
+
 @runtime.reports_user_errors
 def main(argv):
     del argv

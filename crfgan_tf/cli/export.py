@@ -23,6 +23,15 @@ flags.mark_flags_as_required(["model_dir", "export_dir"])
 flags.register_validator("slab", lambda v: v >= 1, message="--slab must be >= 1")
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Input": "model_dir step",
+    "Output": "export_dir",
+    "Generation": "slab",
+}
+EXAMPLE = "crfgan-export --model_dir=runs/luna256 --export_dir=exports/luna256"
+
+
 @runtime.reports_user_errors
 def main(argv):
     if len(argv) > 1:

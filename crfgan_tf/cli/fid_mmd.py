@@ -40,6 +40,17 @@ flags.register_validator("num_samples", lambda v: v >= 2, "--num_samples must be
 flags.register_validator("batch_size", lambda v: v >= 1, "--batch_size must be >= 1")
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Data": "real fake num_samples seed label window",
+    "Features": "weights allow_random_features cache_dir",
+    "Running": "batch_size",
+    "Output": "json",
+}
+EXAMPLE = ("crfgan-fid-mmd --real='data/luna16_256/val-*.tfrecord' --fake=exports/luna256 "
+           "--weights=weights/resnet_50.npz")
+
+
 @runtime.reports_user_errors
 def main(argv):
     del argv

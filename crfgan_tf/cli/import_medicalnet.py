@@ -22,6 +22,15 @@ flags.DEFINE_string("output", "medicalnet_resnet50.npz", "Where to write the .np
 flags.mark_flag_as_required("checkpoint")
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Input": "checkpoint",
+    "Output": "output",
+}
+EXAMPLE = ("crfgan-import-medicalnet --checkpoint=resnet_50_23dataset.pth "
+           "--output=weights/resnet_50.npz")
+
+
 @runtime.reports_user_errors
 def main(argv):
     del argv

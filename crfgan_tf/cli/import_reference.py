@@ -39,6 +39,16 @@ for _name in ("model", "checkpoint_dir", "iteration", "img_size", "model_dir"):
     flags.mark_flag_as_required(_name)
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Input": "model checkpoint_dir iteration",
+    "Model": "img_size latent_dim",
+    "Output": "model_dir train_records overwrite break_lock",
+}
+EXAMPLE = ("crfgan-import-reference --model=hagan --checkpoint_dir=HA-GAN/checkpoint "
+           "--iteration=80000 --img_size=256 --model_dir=runs/hagan_imported")
+
+
 @runtime.reports_user_errors
 def main(argv):
     if len(argv) > 1:

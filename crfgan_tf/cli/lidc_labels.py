@@ -39,6 +39,15 @@ flags.DEFINE_enum("case_ids", "hash", ["hash", "series_uid"],
 flags.mark_flags_as_required(["input_dir", "output"])
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Input": "input_dir case_ids",
+    "Labels": "classes min_diameter_mm min_readers cluster_tolerance_mm",
+    "Output": "output nodules_output",
+}
+EXAMPLE = "crfgan-lidc-labels --input_dir=/data/LIDC-IDRI --output=data/lidc_labels.csv"
+
+
 @runtime.reports_user_errors
 def main(argv):
     if len(argv) > 1:

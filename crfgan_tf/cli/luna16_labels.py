@@ -29,6 +29,16 @@ flags.register_validator("min_diameter_mm", lambda v: v > 0,
                          message="--min_diameter_mm must be > 0")
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Input": "annotations input_dir",
+    "Labels": "min_diameter_mm",
+    "Output": "output",
+}
+EXAMPLE = ("crfgan-luna16-labels --annotations=/data/LUNA16/annotations.csv "
+           "--input_dir=/data/LUNA16 --output=data/luna16_labels.csv")
+
+
 @runtime.reports_user_errors
 def main(argv):
     if len(argv) > 1:

@@ -49,6 +49,16 @@ flags.register_validator("volumes_per_source", lambda v: v >= 1,
                          "--volumes_per_source must be >= 1")
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Data": "real model_a model_b model_a_name model_b_name label window",
+    "Study design": "section1_pairs section2_pairs volumes_per_source planes position_range seed",
+    "Output": "output_dir overwrite break_lock",
+}
+EXAMPLE = ("crfgan-make-2afc --real='data/luna16_256/val-*.tfrecord' --model_a=exports/luna256 "
+           "--model_b=exports/hagan256 --output_dir=study")
+
+
 @runtime.reports_user_errors
 def main(argv):
     del argv

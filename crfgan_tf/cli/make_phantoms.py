@@ -32,6 +32,15 @@ flags.register_validator("num_slices", lambda v: v >= 16, message="--num_slices 
 flags.register_validator("num_scans", lambda v: v >= 1, message="--num_scans must be >= 1")
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Phantoms": "num_scans in_plane num_slices slice_thickness pixel_spacing seed nodules "
+                "nodule_diameter_mm",
+    "Output": "output_dir format",
+}
+EXAMPLE = "crfgan-make-phantoms --output_dir=phantoms --num_scans=8"
+
+
 @runtime.reports_user_errors
 def main(argv):
     del argv

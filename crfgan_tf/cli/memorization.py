@@ -49,6 +49,19 @@ flags.DEFINE_bool("json", False, "Print the result's statistics as one JSON obje
 flags.mark_flags_as_required(["saved_model", "train_records", "holdout_records", "output_dir"])
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Data": "saved_model train_records holdout_records num_samples seed",
+    "Features": "weights allow_random_features voxel_size",
+    "Verdict": "max_copy_share alpha fail_on_memorisation",
+    "Running": "batch_size",
+    "Output": "output_dir pairs json",
+}
+EXAMPLE = ("crfgan-memorization --saved_model=exports/luna256 "
+           "--train_records='data/luna16_256/train-*.tfrecord' "
+           "--holdout_records='data/luna16_256/val-*.tfrecord' --output_dir=results/memorization")
+
+
 @runtime.reports_user_errors
 def main(argv):
     del argv

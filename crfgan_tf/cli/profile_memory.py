@@ -44,6 +44,16 @@ flags.register_multi_flags_validator(
     message=f"--models=hagan needs --img_size in {geometry.HAGAN_SIZES} (HA-GAN has no 64^3 variant)")
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Models": "models img_size batch_sizes width crf_sample adam",
+    "Speed options": "precision jit_compile lean_cpu_memory",
+    "Measurement": "steps warmup",
+    "Output": "json plot",
+}
+EXAMPLE = "crfgan-profile-memory --models=crfgan,hagan --img_size=128 --batch_sizes=2,4"
+
+
 @runtime.reports_user_errors
 def main(argv):
     del argv

@@ -29,6 +29,15 @@ flags.register_validator("num_samples", lambda v: v >= 1, message="--num_samples
 flags.register_validator("batch_size", lambda v: v >= 1, message="--batch_size must be >= 1")
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Input": "saved_model",
+    "Generation": "num_samples seed batch_size label labels",
+    "Output": "output_dir format",
+}
+EXAMPLE = "crfgan-sample --saved_model=exports/luna256 --num_samples=4 --output_dir=samples/luna256"
+
+
 @runtime.reports_user_errors
 def main(argv):
     if len(argv) > 1:

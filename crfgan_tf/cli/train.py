@@ -155,6 +155,24 @@ def _flags_text() -> str:
                    if not line.startswith(("--break_lock", "--nobreak_lock")))
 
 
+# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+HELP_GROUPS = {
+    "Data": "train_records demo_data_dir demo_nodules shuffle_buffer seed",
+    "Model": "model img_size latent_dim width num_classes lambda_class fake_labels "
+             "balance_classes crf_iterations crf_nodes crf_sample crf_weight_start "
+             "crf_weight_decay_steps hagan_low_res",
+    "Optimisation": "batch_size per_replica_batch_size train_steps lr_g lr_d lr_crf lr_e beta_1 "
+                    "beta_2 adam_epsilon adam",
+    "Augmentation": "augment augment_p ada_target ada_speed",
+    "Speed and devices": "mixed_precision jit_compile strategy cpu_devices",
+    "Evaluation during training": "eval_every eval_records eval_samples fid_weights best_metric",
+    "Output and monitoring": "model_dir log_every checkpoint_every image_every keep_checkpoints "
+                             "profile_steps",
+    "Stopping and resuming": "save_on_signals exit_zero_on_signal break_lock dry_run",
+}
+EXAMPLE = "crfgan-train --flagfile=configs/luna.flags --model_dir=runs/luna256"
+
+
 @runtime.reports_user_errors
 def main(argv):
     if len(argv) > 1:
