@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO
 
-# the README's commands; the tests add --train_steps, their records and run directories
+# the documented commands (docs/training.md); the tests add --train_steps, their records and run directories
 DEMO = ("--flagfile=configs/demo.flags", "--demo_data_dir=", "--eval_every=0")
 
 
