@@ -1,9 +1,16 @@
 """crfgan-tf: CRF-GAN (memory-efficient 3D GAN for 256^3 chest CT) in Keras 3 / TensorFlow."""
 
+import re
+
 from setuptools import find_packages, setup
 
-# Every command of crfgan_tf/cli/: console scripts crfgan-train, crfgan-convert, ... (README,
-# "Installation and dependencies"; tests/test_layout.py keeps this list equal to cli/).
+# The one version number is crfgan_tf.__version__ (importing the package would need its
+# dependencies before they are installed).
+VERSION = re.search(r'__version__ = "([^"]+)"',
+                    open("crfgan_tf/__init__.py", encoding="utf-8").read()).group(1)
+
+# Every command of crfgan_tf/cli/: console scripts crfgan-train, crfgan-convert, ...
+# (docs/installation.md, "Commands"; tests/test_layout.py keeps this list equal to cli/).
 COMMANDS = ("train", "export", "sample", "convert", "make_phantoms", "luna16_labels", "lidc_labels",
             "fid_mmd", "make_2afc", "analyze_2afc", "class_contrast", "count_params",
             "import_reference", "import_medicalnet", "profile_memory", "deviation_effects",
@@ -12,7 +19,7 @@ COMMANDS = ("train", "export", "sample", "convert", "make_phantoms", "luna16_lab
 
 setup(
     name="crfgan-tf",
-    version="0.1.0",
+    version=VERSION,
     description="CRF-GAN for 3D chest CT synthesis in Keras 3 / TensorFlow",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -7,4 +7,4 @@ TensorFlow, so conversion workers start fast. Import submodules directly; the la
 docs/architecture.md.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # CHANGELOG.md; setup.py reads it from here

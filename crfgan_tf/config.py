@@ -24,7 +24,7 @@ AUGMENT_TRANSFORMS = ("translation", "cutout", "intensity")
 class TrainConfig:
     """Everything a training run depends on; saved as `config.json` in the model dir.
 
-    Defaults are the reference code's training semantics (README, "Reference semantics and
+    Defaults are the reference code's training semantics (docs/fidelity.md, "Reference semantics and
     deviations"): learning rates G 1e-4, D 4e-4, CRF 4e-4 (the reference trains the CRF with
     lr_d; the paper states 1e-4), hE 1e-4; Adam with PyTorch's epsilon, betas (0, 0.999);
     a fresh sample for the CRF phase; HA-GAN's low-resolution real volume by nearest

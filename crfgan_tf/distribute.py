@@ -13,7 +13,7 @@ from crfgan_tf.model import REPLICA_INVARIANT, SubVolumeGAN
 def make_strategy(name: str, cpu_devices: int = 1) -> tf.distribute.Strategy:
     """default: one device; mirrored: all local GPUs, or without GPUs the CPU split into
     `cpu_devices` logical devices (one replica each); multi_worker: the cluster in
-    TF_CONFIG (see README). Call before TensorFlow runs any operation."""
+    TF_CONFIG (docs/training.md). Call before TensorFlow runs any operation."""
     if cpu_devices > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(

@@ -1,3 +1,4 @@
+import ast
 import os
 import re
 import subprocess
@@ -16,6 +17,19 @@ from crfgan_tf.data import phantom
 
 TINY = phantom.PhantomSpec(in_plane=48, num_slices=32, spacing_zyx=(2.5, 3.0, 3.0),
                            blank_slices=2, noise_hu=10.0)
+
+
+COMMANDS = next(ast.literal_eval(n.value) for n in ast.parse(open(
+    os.path.join(REPO, "setup.py")).read()).body if isinstance(n, ast.Assign)
+    and getattr(n.targets[0], "id", "") == "COMMANDS")
+
+
+def command_flags(name):
+    """The flags crfgan_tf/cli/<name>.py defines, read from its source (tests/cli/test_help.py
+    checks that --help shows exactly these)."""
+    tree = ast.parse(open(os.path.join(REPO, "crfgan_tf", "cli", f"{name}.py")).read())
+    return sorted(n.args[0].value for n in ast.walk(tree) if isinstance(n, ast.Call)
+                  and getattr(n.func, "attr", "").startswith("DEFINE_"))
 
 
 @pytest.fixture(scope="session")

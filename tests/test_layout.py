@@ -60,10 +60,10 @@ def test_console_scripts_are_the_cli_modules():
     assert sorted(s.split(".")[-1] for s in shims) == sorted(modules)
 
 
-def test_record_schema_table_is_the_readme_table():
+def test_record_schema_table_is_the_data_guide_table():
     from crfgan_tf.data import records
 
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+    with open(os.path.join(REPO, "docs", "data.md"), encoding="utf-8") as f:
         assert records.schema_table() in f.read()
 
 

@@ -1,6 +1,6 @@
 """What each training option that departs from the reference changes in one iteration.
 
-Every option whose default is the reference's behaviour (README, "Reference semantics and
+Every option whose default is the reference's behaviour (docs/fidelity.md, "Reference semantics and
 deviations") is measured the same way: two models with the same initial weights and
 spectral-norm u, one with the reference's setting and one with the option, run one
 `train_step` on the same batch; reported are the losses of both and, per phase, the

@@ -6,7 +6,7 @@
 Reports section-1 accuracy (and its test against chance), the difficulty distribution with
 a bar chart like the paper's Figure 3, section-2 votes per model, mean and standard
 deviation of votes per pair, and the chi-square test of preference with its p-value (which
-test and why: printed under the table, and in README.md).
+test and why: printed under the table, and in docs/evaluation.md).
 """
 
 import glob

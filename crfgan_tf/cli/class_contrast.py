@@ -32,7 +32,7 @@ HELP_GROUPS = {
     "Output": "json",
 }
 EXAMPLE = ("crfgan-class-contrast --saved_model=exports/luna256_cond "
-           "--records='data/luna16_256_nodules/val-*.tfrecord' --num_samples=32")
+           "--records='data/luna16_256_labelled/val-*.tfrecord' --num_samples=32")
 
 
 @runtime.reports_user_errors

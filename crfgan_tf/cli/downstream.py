@@ -81,8 +81,9 @@ HELP_GROUPS = {
     "Output": "output_dir",
 }
 EXAMPLE = ("crfgan-downstream --saved_model=exports/luna256_cond "
-           "--train_records='data/luna16_256_nodules/train-*.tfrecord' "
-           "--test_records='data/test_256/*.tfrecord' --output_dir=results/downstream")
+           "--train_records='data/luna16_256_labelled/train-*.tfrecord' "
+           "--test_records='data/luna16_256_labelled/val-*.tfrecord' "
+           "--output_dir=results/downstream")
 
 
 @runtime.reports_user_errors

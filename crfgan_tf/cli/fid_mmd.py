@@ -48,7 +48,7 @@ HELP_GROUPS = {
     "Output": "json",
 }
 EXAMPLE = ("crfgan-fid-mmd --real='data/luna16_256/val-*.tfrecord' --fake=exports/luna256 "
-           "--weights=weights/resnet_50.npz")
+           "--weights=weights/medicalnet_resnet50.npz")
 
 
 @runtime.reports_user_errors

@@ -27,8 +27,8 @@ HELP_GROUPS = {
     "Input": "checkpoint",
     "Output": "output",
 }
-EXAMPLE = ("crfgan-import-medicalnet --checkpoint=resnet_50_23dataset.pth "
-           "--output=weights/resnet_50.npz")
+EXAMPLE = ("crfgan-import-medicalnet --checkpoint=resnet_50.pth "
+           "--output=weights/medicalnet_resnet50.npz")
 
 
 @runtime.reports_user_errors

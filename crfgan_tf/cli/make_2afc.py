@@ -56,7 +56,7 @@ HELP_GROUPS = {
     "Output": "output_dir overwrite break_lock",
 }
 EXAMPLE = ("crfgan-make-2afc --real='data/luna16_256/val-*.tfrecord' --model_a=exports/luna256 "
-           "--model_b=exports/hagan256 --output_dir=study")
+           "--model_b=exports/luna256_hagan --output_dir=results/study")
 
 
 @runtime.reports_user_errors

@@ -11,7 +11,7 @@ with each slice's own RescaleSlope and RescaleIntercept. Case ids are a hash of 
 (`CASE_IDS`), and a series is described by its case id and slice count, never by its
 path (folder names are often patient names), unless `--case_ids=path` asks for paths.
 
-The rules, in the order they apply (docs: README "Your own DICOM"):
+The rules, in the order they apply (docs/data.md, "Your own DICOM series"):
 - a file is DICOM when it has the "DICM" marker at byte 128, whatever its name; DICOMDIR
   files (and media directory SOP instances) are ignored;
 - one series per SeriesInstanceUID; a folder with several gives several;

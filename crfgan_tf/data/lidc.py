@@ -7,7 +7,7 @@ whose contours span more than one point is a reader's ">= 3 mm nodule" (with its
 `characteristics/malignancy`, 1-5); single-point marks (the readers' "< 3 mm nodules")
 and `nonNodule` marks are not nodules here, as in LUNA16's reference standard.
 
-Rules (stated in the README's LIDC recipe; tests/data/test_lidc.py pins them):
+Rules (stated in docs/data.md, "LIDC-IDRI and labels"; tests/data/test_lidc.py pins them):
 - a mark's position is the mean of its contour points (x, y from the edge maps at the
   series' pixel spacing and origin, z = imageZposition), its diameter the largest
   in-plane distance between two contour points of one slice (mm; LIDC contours run on

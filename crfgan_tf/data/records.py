@@ -1,7 +1,7 @@
 """The TFRecord schema of converted volumes (one `tf.train.Example` per scan): SCHEMA is the
 one table of its features; writing, parsing, reading back and checking records derive
 from it. `python -c "from crfgan_tf.data import records; print(records.schema_table())"`
-prints it; README.md shows the same table.
+prints it; docs/data.md shows the same table.
 
 Volumes are stored as int16 (intensity.quantize): 3e-5 resolution in [-1, 1] (0.025 HU for
 CT) at half the size of float32.
@@ -65,7 +65,7 @@ VolumeRecord = dataclasses.make_dataclass(
 
 
 def schema_table() -> str:
-    """SCHEMA as a Markdown table (README.md shows it)."""
+    """SCHEMA as a Markdown table (docs/data.md shows it)."""
     rows = ["| feature | type | meaning |", "|---|---|---|"]
     for f in SCHEMA:
         kind = f"{f.kind}[{f.length}]" if f.length else f.kind

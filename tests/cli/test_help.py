@@ -1,7 +1,6 @@
 """Every command's --help: its own flags with their help and defaults, by group, ending
 with an example; the same from the console script and from the `python -m` shim."""
 
-import ast
 import os
 import re
 import subprocess
@@ -9,18 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
-
-COMMANDS = next(ast.literal_eval(n.value) for n in ast.parse(open(
-    os.path.join(REPO, "setup.py")).read()).body if isinstance(n, ast.Assign)
-    and getattr(n.targets[0], "id", "") == "COMMANDS")
-
-
-def _defined_flags(name):
-    """The flags crfgan_tf/cli/<name>.py defines, read from its source."""
-    tree = ast.parse(open(os.path.join(REPO, "crfgan_tf", "cli", f"{name}.py")).read())
-    return sorted(n.args[0].value for n in ast.walk(tree) if isinstance(n, ast.Call)
-                  and getattr(n.func, "attr", "").startswith("DEFINE_"))
+from conftest import COMMANDS, REPO, command_flags
 
 
 def _run(argv, status=0):
@@ -44,13 +32,13 @@ def test_help_lists_the_commands_own_flags_by_group_and_ends_with_an_example(nam
     assert by_script.startswith(f"usage: {script} [--flag=value ...]\n"
                                 f"   or: python -m {package}.{name} [--flag=value ...]\n")
     shown = sorted(re.findall(r"^  --(?:\[no\])?(\w+)  \(", by_script, re.M))
-    assert shown == _defined_flags(name)
+    assert shown == command_flags(name)
     assert re.search(r"^[A-Z][\w ]+:\n  --", by_script, re.M)  # a group title, then flags
     last = by_script.rstrip("\n").splitlines()
     assert last[-2] == "Example:" and last[-1].startswith(f"  {script} --")
     # the example's flags are the command's own (or absl's --flagfile)
     used = re.findall(r"--(?:no)?(\w+)", last[-1])
-    assert set(used) <= set(_defined_flags(name)) | {"flagfile"}, used
+    assert set(used) <= set(command_flags(name)) | {"flagfile"}, used
 
 
 def test_help_shows_defaults_required_flags_and_enum_choices():
