@@ -90,8 +90,15 @@ def _flag_name(arg):
     return name
 
 
+def _make_targets():
+    text = open(os.path.join(REPO, "Makefile"), encoding="utf-8").read()
+    return set(re.findall(r"^([\w-]+):", text, re.M))
+
+
 def command_problems(text):
-    problems = []
+    problems = [f"no make target {target!r}" for line in _code_lines(text, inline=False)
+                for target in re.findall(r"^make ([\w-]+)", line)
+                if target not in _make_targets()]
     for name, args, line in invocations(text):
         if name not in COMMANDS:
             problems.append(f"no command {name!r}: {line}")
@@ -165,9 +172,9 @@ def test_a_renamed_flag_or_path_is_caught():
     gone = _text("docs/training.md").replace("configs/luna.flags", "configs/luna16.flags")
     assert "docs/training.md: no such path in the repository: configs/luna16.flags" in \
         path_problems(gone, "docs/training.md")
-    unknown = "```bash\ncrfgan-trian --flagfile=configs/luna.flags\n```\n"
+    unknown = "```bash\ncrfgan-trian --flagfile=configs/luna.flags\nmake tests\n```\n"
     assert command_problems(unknown) == [
-        "no command 'trian': crfgan-trian --flagfile=configs/luna.flags"]
+        "no make target 'tests'", "no command 'trian': crfgan-trian --flagfile=configs/luna.flags"]
 
 
 def test_every_documented_training_command_passes_its_dry_run():
