@@ -142,12 +142,16 @@ def _multi_worker(records, run, steps, log_dir, *extra, procs=None):
 
 
 def test_cli_multi_worker_two_processes_checkpoint_resume_export(records_64, tmp_path):
+    """Two workers of one CPU each: 2 replicas; --per_replica_batch_size=2 makes the
+    global batch 4 (docs/training.md's advice for several hosts)."""
     run = tmp_path / "run"
-    codes, logs = _multi_worker(records_64, run, 2, str(tmp_path))
+    per_replica = "--per_replica_batch_size=2"
+    codes, logs = _multi_worker(records_64, run, 2, str(tmp_path), per_replica)
     assert codes == [0, 0], [log[-3000:] for log in logs]
     for log in logs:
-        assert "on 2 replica(s)" in log and "step 2/2" in log
-    codes, logs = _multi_worker(records_64, run, 3, str(tmp_path))
+        assert "= global batch 4" in log and "batch 4 on 2 replica(s)" in log
+        assert "step 2/2" in log
+    codes, logs = _multi_worker(records_64, run, 3, str(tmp_path), per_replica)
     assert codes == [0, 0], [log[-3000:] for log in logs]
     for log in logs:
         assert "resumed from" in log and "ckpt-2" in log and "step 3/3" in log
