@@ -1,4 +1,5 @@
 import ast
+import functools
 import os
 import re
 import subprocess
@@ -24,6 +25,7 @@ COMMANDS = next(ast.literal_eval(n.value) for n in ast.parse(open(
     and getattr(n.targets[0], "id", "") == "COMMANDS")
 
 
+@functools.lru_cache(maxsize=None)
 def command_flags(name):
     """The flags crfgan_tf/cli/<name>.py defines, read from its source (tests/cli/test_help.py
     checks that --help shows exactly these)."""

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from doc_commands import invocations, page_text
 
 # the documented commands (docs/training.md); the tests add --train_steps, their records and run directories
 DEMO = ("--flagfile=configs/demo.flags", "--demo_data_dir=", "--eval_every=0")
@@ -55,15 +56,11 @@ def test_cli_mirrored_on_two_cpu_devices_checkpoints_resumes_exports(records_64,
 
 
 def documented_command(page, marker):
-    """The flags of the command line of docs/`page` whose block contains `marker`, as
-    written there (line continuations joined, the program name dropped)."""
-    text = open(os.path.join(REPO, "docs", page), encoding="utf-8").read()
-    for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            if marker in line:
-                words = line.split("#")[0].split()
-                return [w for w in words[1:] if w.startswith("--")]
-    raise AssertionError(f"no command with {marker!r} in docs/{page}")
+    """The flags of the first command line of `page` that has `marker`, as written there."""
+    for _, args, _ in invocations(page_text(page), inline=False):
+        if marker in args:
+            return [a for a in args if a.startswith("--")]
+    raise AssertionError(f"no command with {marker!r} in {page}")
 
 
 @pytest.mark.parametrize("replicas", [
@@ -72,7 +69,7 @@ def test_documented_multi_gpu_command_runs_on_1_2_4_8_replicas(records_64, tmp_p
     """docs/training.md's several-GPU command, as written (its flagfile's global
     --batch_size=2 included), on `replicas` CPU devices; the tests add their data, a
     64^3 tiny-width size, one step and the device count."""
-    args = documented_command("training.md", "--strategy=mirrored")
+    args = documented_command("docs/training.md", "--strategy=mirrored")
     assert "--flagfile=configs/luna.flags" in args and "--per_replica_batch_size=2" in args
     res = _module("crfgan_tf.train", *args, f"--model_dir={tmp_path}/run",
                   f"--train_records={records_64}/train-*.tfrecord", "--img_size=64",
