@@ -39,7 +39,7 @@ from typing import Callable, Dict, List
 import numpy as np
 
 from crfgan_tf import config as config_lib
-from crfgan_tf import dirlock, fileio, rundir
+from crfgan_tf import dirlock, fileio, geometry, rundir
 
 # file prefix -> the phase (optimizer) of ours that holds its parameters
 FILES = {"crfgan": {"G": "g", "D": "d", "E": "rec", "crf": "crf"},
@@ -133,6 +133,9 @@ def layout(model) -> Dict[str, List[Tensor]]:
       model: a CRFGAN or HAGAN at width 1 (the reference has no width multiplier).
     """
     size, hagan = model.img_size, hasattr(model, "sub_encoder")
+    if size not in geometry.REFERENCE_SIZES:
+        raise ValueError(f"the references define {geometry.REFERENCE_SIZES}, not {size}^3 "
+                         "(crfgan_tf.geometry's 512^3 networks are this implementation's own)")
     get = lambda net, name: net.get_layer(name)
     g = [("fc1", get(model.trunk, "fc"), "dense_g1")]
     for i in range(5):
@@ -323,6 +326,9 @@ def import_checkpoint(model: str, checkpoint_dir: str, iteration: int, img_size:
 
     if model not in FILES:
         raise ValueError(f"--model must be one of {sorted(FILES)}, got {model!r}")
+    if img_size not in geometry.REFERENCE_SIZES:
+        raise ValueError(f"--img_size must be one of {geometry.REFERENCE_SIZES}, the sizes "
+                         f"the references define, got {img_size}")
     if not os.path.isdir(checkpoint_dir):
         raise FileNotFoundError(f"--checkpoint_dir {checkpoint_dir!r} is not a directory")
     paths = {f: os.path.join(checkpoint_dir, f"{f}_iter{iteration}.pth") for f in FILES[model]}

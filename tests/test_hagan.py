@@ -15,7 +15,7 @@ from conftest import tiny_batch, tiny_config
 W = 0.0625
 
 
-@pytest.mark.parametrize("size", [128, 256])
+@pytest.mark.parametrize("size", [128, 256, 512])
 def test_hagan_network_shapes(size):
     n, c = size // 4, embedding_channels(W)
     emb = tf.zeros((1, n, n, n, c))
@@ -36,6 +36,21 @@ def test_hagan_parameter_counts_equal_reference(size, total, low_d, sub_e):
     # CRF-GAN = HA-GAN - G^L - D^L - sub-encoder + the CRF matrix
     crf = params.count_parameters("crfgan", size)
     assert crf["total"] == total - m["low_generator"] - low_d - sub_e + (size // 4) ** 2
+
+
+def test_hagan_parameter_counts_at_512_follow_the_growth_rule():
+    """HA-GAN at 512^3 against 256^3, by hand: D^L's new first layer (4^3 SN conv 1 -> 16)
+    and its next layer's input from 1 to 16 channels; the sub-encoder's first conv is
+    64 -> 16 (+ GroupNorm) followed by a new 16 -> 32, where 256^3 has one 64 -> 32; G^L
+    unchanged; G1, D and the shared networks as in CRF-GAN."""
+    at256, at512 = (params.count_parameters("hagan", s)["modules"] for s in (256, 512))
+    assert at512["low_discriminator"] - at256["low_discriminator"] == \
+        (64 * 16 + 16) + 64 * (16 - 1) * 32
+    conv_gn = lambda cin, cout: 64 * cin * cout + cout + 2 * cout
+    assert at512["sub_encoder"] - at256["sub_encoder"] == \
+        conv_gn(64, 16) + conv_gn(16, 32) - conv_gn(64, 32)
+    assert at512["low_generator"] == at256["low_generator"] == 69_697
+    assert params.count_parameters("hagan", 512)["total"] == 79_862_396
 
 
 def test_hagan_refuses_64():

@@ -35,15 +35,20 @@ def test_importing_the_package_changes_nothing_configure_does():
 
 
 def test_geometry_pins_the_training_layout():
-    assert [geometry.crop_depth(s) for s in geometry.SIZES] == [8, 16, 32]
-    assert [geometry.slab_depth(s) for s in geometry.SIZES] == [2, 4, 8]
-    assert [geometry.num_positions(s) for s in geometry.SIZES] == [15, 29, 57]
+    assert geometry.SIZES == (64, 128, 256, 512) and geometry.HAGAN_SIZES == (128, 256, 512)
+    assert [geometry.crop_depth(s) for s in geometry.SIZES] == [8, 16, 32, 64]
+    assert [geometry.slab_depth(s) for s in geometry.SIZES] == [2, 4, 8, 16]
+    assert [geometry.embedding_side(s) for s in geometry.SIZES] == [16, 32, 64, 128]
+    assert [geometry.num_positions(s) for s in geometry.SIZES] == [15, 29, 57, 113]
+    assert [geometry.extra_stages(s) for s in geometry.SIZES] == [-2, -1, 0, 1]
     assert geometry.position(geometry.num_positions(256) - 1) == geometry.max_position(256) == 224
+    assert geometry.position(geometry.num_positions(512) - 1) == geometry.max_position(512) == 448
     assert geometry.normalized_position(224, 256) == 1.0
     assert list(geometry.crop_starts(64)) == [0, 8, 16, 24, 32, 40, 48, 56]
-    with pytest.raises(ValueError, match="--img_size must be one of 64, 128, 256"):
+    assert list(geometry.crop_starts(512)) == list(range(0, 512, 64))
+    with pytest.raises(ValueError, match="--img_size must be one of 64, 128, 256, 512"):
         geometry.check_size(96)
-    with pytest.raises(ValueError, match="--model=hagan needs --img_size 128 or 256"):
+    with pytest.raises(ValueError, match="--model=hagan needs --img_size 128, 256, 512"):
         geometry.check_size(64, "hagan")
 
 

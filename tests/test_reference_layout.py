@@ -114,6 +114,16 @@ def test_import_names_missing_files_and_present_iterations(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_import_refuses_sizes_the_references_do_not_define(tmp_path):
+    """512^3 networks are this implementation's own: there is nothing to import."""
+    for f in ("G", "D", "E", "crf"):
+        (tmp_path / f"{f}_iter5.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"--img_size must be one of \(64, 128, 256\)"):
+        reference.import_checkpoint("crfgan", str(tmp_path), 5, 512, str(tmp_path / "run"),
+                                    log=lambda m: None)
+    assert not (tmp_path / "run").exists()
+
+
 def test_import_never_replaces_an_existing_directory_without_overwrite(tmp_path):
     # a --model_dir that exists with anything in it (not only checkpoints) is refused before
     # any file is read, and left as it was

@@ -23,7 +23,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", None, ["crfgan", "hagan"], "Which reference wrote the checkpoint.")
 flags.DEFINE_string("checkpoint_dir", None, "Directory of the reference's *_iter{N}.pth files.")
 flags.DEFINE_integer("iteration", None, "N of the files *_iter{N}.pth.")
-flags.DEFINE_integer("img_size", None, f"Volume side the reference trained at {geometry.SIZES}.")
+flags.DEFINE_integer("img_size", None,
+                     f"Volume side the reference trained at {geometry.REFERENCE_SIZES}.")
 flags.DEFINE_string("model_dir", None, "Run directory to write.")
 flags.DEFINE_integer("latent_dim", 1024, "Size of z (the reference's --latent-dim).")
 flags.DEFINE_string("train_records", "",
@@ -37,6 +38,10 @@ flags.DEFINE_bool("break_lock", False,
                   "process cannot be checked from here (only when that run is gone).")
 for _name in ("model", "checkpoint_dir", "iteration", "img_size", "model_dir"):
     flags.mark_flag_as_required(_name)
+flags.register_validator(
+    "img_size", lambda v: v is None or v in geometry.REFERENCE_SIZES,
+    message=f"--img_size must be one of {geometry.REFERENCE_SIZES}, the sizes the references "
+            "define (512^3 is this implementation's own)")
 
 
 # --help (crfgan_tf/helptext.py): every flag above, by group, then the example

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import keras
 
-from crfgan_tf.geometry import check_size, crop_depth
+from crfgan_tf.geometry import check_size, crop_depth, extra_stages
 from crfgan_tf.networks.layers import SNConv3D, SNDense, scaled_channels
 
 # (filters, kernel, stride, padding) at 256^3; at 128^3 the first layer is dropped and at
-# 64^3 the first two, so the feature map always reaches 1^3 before the dense layers.
+# 64^3 the first two, so the feature map always reaches 1^3 before the dense layers. At
+# 512^3 FIRST_LAYER_512 comes first (geometry's growth rule).
 LAYERS_256 = (
     (16, 4, 2, 1),
     (32, 4, 2, 1),
@@ -18,14 +19,23 @@ LAYERS_256 = (
     (512, (1, 4, 4), (1, 2, 2), (0, 1, 1)),
     (128, (1, 4, 4), 1, 0),
 )
+FIRST_LAYER_512 = (8, 4, 2, 1)
+
+
+def discriminator_layers(img_size: int) -> tuple:
+    """D's convolutions at `img_size` (LAYERS_256 less or more its first stages)."""
+    extra = extra_stages(img_size)
+    if extra > 1:
+        raise ValueError(f"D is defined up to 512^3, not {img_size}^3")
+    return (FIRST_LAYER_512,) + LAYERS_256 if extra == 1 else LAYERS_256[-extra:]
 
 
 def build_discriminator(img_size: int = 256, width: float = 1.0,
                         name: str = "discriminator", num_classes: int = 0) -> keras.Model:
     """D: (sub-volume, crop position) -> real/fake logit.
 
-    Seven SN convolutions with LeakyReLU(0.2) bring the (S/8, S, S) sub-volume to 128
-    features; the crop position r / (7S/8) in [0, 1] is appended (129), then SN dense 64
+    Seven SN convolutions (eight at 512^3) with LeakyReLU(0.2) bring the (S/8, S, S)
+    sub-volume to 128 features; the crop position r / (7S/8) in [0, 1] is appended (129), then SN dense 64
     + LeakyReLU and SN dense 1. Works at batch size 1 (the reference squeezes and breaks).
 
     With num_classes > 0 a second SN dense head on the 64 features gives the auxiliary
@@ -36,11 +46,10 @@ def build_discriminator(img_size: int = 256, width: float = 1.0,
       with num_classes > 0 -> [(batch, 1) logits, (batch, num_classes) class logits].
     """
     check_size(img_size)
-    drop = {256: 0, 128: 1, 64: 2}[img_size]
     x_in = keras.Input((crop_depth(img_size), img_size, img_size, 1), name="subvolume")
     pos = keras.Input((1,), name="position")
     x = x_in
-    for i, (filters, kernel, stride, pad) in enumerate(LAYERS_256[drop:]):
+    for i, (filters, kernel, stride, pad) in enumerate(discriminator_layers(img_size)):
         multiple = 1 if width == 1.0 else 4
         x = SNConv3D(scaled_channels(filters, width, multiple), kernel, stride, pad,
                      name=f"conv{i + 1}")(x)

@@ -6,13 +6,19 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from crfgan_tf.geometry import check_size, embedding_side
+from crfgan_tf.geometry import check_size, embedding_side, extra_stages
 from crfgan_tf.networks.layers import (GroupNorm, UpsampleConv3D, conv_gn_relu,
                                       scaled_channels)
 
 TRUNK_CHANNELS = (512, 512, 256, 128, 64)
 HEAD_CHANNELS = 32
 EMBED_CHANNELS = 64
+
+
+def trunk_channels(img_size: int) -> tuple:
+    """G1's block channels at `img_size`: TRUNK_CHANNELS up to 256; past 256 one more
+    EMBED_CHANNELS block per doubling (geometry's growth rule: 512 has six blocks)."""
+    return TRUNK_CHANNELS + (EMBED_CHANNELS,) * max(extra_stages(img_size), 0)
 
 
 def embedding_channels(width: float = 1.0) -> int:
@@ -27,10 +33,11 @@ def build_trunk(img_size: int = 256, latent_dim: int = 1024, width: float = 1.0,
     Dense(latent (+ num_classes) -> 4^3 x 512), then five 3^3 conv + GroupNorm(8) + ReLU blocks with
     512, 512, 256, 128, 64 channels (times `width`). Nearest-neighbour x2 up-sampling
     precedes the 2nd..5th block at 256^3; at 128^3 the last up-sampling is skipped and at
-    64^3 the last two, so the embedding is always img_size / 4 per side.
+    64^3 the last two, so the embedding is always img_size / 4 per side. At 512^3 a sixth
+    block of 64 channels follows a sixth up-sampling (trunk_channels).
 
     Args:
-      img_size: output volume side S (64, 128 or 256).
+      img_size: output volume side S (64, 128, 256 or 512).
       latent_dim: size of z.
       width: channel multiplier (1.0 = the reference; small values for tests).
       num_classes: > 0 for a class-conditional G1: its input is z concatenated with the
@@ -41,7 +48,7 @@ def build_trunk(img_size: int = 256, latent_dim: int = 1024, width: float = 1.0,
     """
     check_size(img_size)
     num_up = (embedding_side(img_size) // 4).bit_length() - 1  # 4^3 doubled up to S/4
-    ch = [scaled_channels(c, width) for c in TRUNK_CHANNELS]
+    ch = [scaled_channels(c, width) for c in trunk_channels(img_size)]
     z = keras.Input((latent_dim + num_classes,), name="z")
     x = keras.layers.Dense(4 * 4 * 4 * ch[0], name="fc")(z)
     x = keras.layers.Reshape((4, 4, 4, ch[0]), name="reshape")(x)

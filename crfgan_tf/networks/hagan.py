@@ -5,10 +5,22 @@ from __future__ import annotations
 
 import keras
 
-from crfgan_tf.geometry import check_size
+from crfgan_tf.geometry import check_size, embedding_side, extra_stages
 from crfgan_tf.networks.generator import embedding_channels
 from crfgan_tf.networks.layers import (SNConv3D, conv3d, conv_gn_relu,
                                       scaled_channels)
+
+
+LOW_D_CHANNELS_256 = (32, 64, 128, 256)  # D^L's stride-2 convs at 256^3
+SUB_ENCODER_CHANNELS = {128: (64, 128, 256), 256: (32, 64, 128, 256),
+                        512: (16, 32, 64, 128, 256)}
+
+
+def low_discriminator_channels(img_size: int) -> tuple:
+    """D^L's stride-2 conv channels: LOW_D_CHANNELS_256 without its first at 128^3, with
+    a first of 16 at 512^3 (geometry's growth rule), so the map reaches 4^3."""
+    extra = extra_stages(img_size)
+    return (16,) * extra + LOW_D_CHANNELS_256 if extra >= 0 else LOW_D_CHANNELS_256[-extra:]
 
 
 def build_low_generator(img_size: int = 256, width: float = 1.0,
@@ -21,7 +33,7 @@ def build_low_generator(img_size: int = 256, width: float = 1.0,
       Model mapping (batch, S/4, S/4, S/4, C) -> (batch, S/4, S/4, S/4, 1) float32.
     """
     check_size(img_size)
-    n = img_size // 4
+    n = embedding_side(img_size)
     emb = keras.Input((n, n, n, embedding_channels(width)), name="embedding")
     x = conv_gn_relu(emb, scaled_channels(32, width), 3, 1, 1, name="block1")
     x = conv_gn_relu(x, scaled_channels(16, width), 3, 1, 1, name="block2")
@@ -36,16 +48,17 @@ def build_low_discriminator(img_size: int = 256, width: float = 1.0,
 
     SN convs 4^3/2 with 32, 64, 128, 256 channels (LeakyReLU 0.2), then an SN 4^3 valid conv
     to 1 (to 1 + num_classes when conditional: the class logits share the last conv, as
-    in the reference). At 128^3 the first conv is dropped (the next takes 1 channel), so
-    the map always reaches 4^3 before the last conv.
+    in the reference). At 128^3 the first conv is dropped (the next takes 1 channel), at
+    512^3 one of 16 channels comes first, so the map always reaches 4^3 before the last
+    conv.
 
     Returns:
       Model mapping (batch, S/4, S/4, S/4, 1) -> (batch, 1) float32 logits, or with
       num_classes > 0 -> [(batch, 1) logits, (batch, num_classes) class logits].
     """
     check_size(img_size, "hagan")  # at 64^3 D^L would need 4^3 input after dropping two layers
-    n = img_size // 4
-    channels = (32, 64, 128, 256)[{256: 0, 128: 1}[img_size]:]
+    n = embedding_side(img_size)
+    channels = low_discriminator_channels(img_size)
     multiple = 1 if width == 1.0 else 4
     x_in = keras.Input((n, n, n, 1), name="low_volume")
     x = x_in
@@ -64,14 +77,15 @@ def build_sub_encoder(img_size: int = 256, latent_dim: int = 1024, width: float 
     """Sub-encoder: the whole hE embedding -> latent z (trained to reconstruct through G).
 
     Convs 4^3/2 with 32, 64, 128, 256 channels, each + GroupNorm(8) + ReLU, then a 4^3
-    valid conv to the latent. At 128^3 the first two are replaced by one 64 -> 64 conv.
+    valid conv to the latent. At 128^3 the first two are replaced by one 64 -> 64 conv; at
+    512^3 one of 16 channels comes first (SUB_ENCODER_CHANNELS).
 
     Returns:
       Model mapping (batch, S/4, S/4, S/4, C) -> (batch, latent_dim).
     """
     check_size(img_size, "hagan")
-    n = img_size // 4
-    channels = (32, 64, 128, 256) if img_size == 256 else (64, 128, 256)
+    n = embedding_side(img_size)
+    channels = SUB_ENCODER_CHANNELS[img_size]
     emb = keras.Input((n, n, n, embedding_channels(width)), name="embedding")
     x = emb
     for i, c in enumerate(channels):

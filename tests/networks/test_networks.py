@@ -16,7 +16,7 @@ from conftest import REPO
 W = 0.0625
 
 
-@pytest.mark.parametrize("size", [64, 128, 256])
+@pytest.mark.parametrize("size", [64, 128, 256, 512])
 def test_shapes_at_every_resolution(size):
     n, c = size // 4, embedding_channels(W)
     trunk = build_trunk(size, latent_dim=8, width=W)
@@ -58,6 +58,21 @@ def test_parameter_counts_equal_reference(size, total):
     assert result["total"] == total == result["reference"]
     for name, count in REFERENCE_MODULES[size].items():
         assert result["modules"][name] == count, name
+
+
+def test_parameter_counts_at_512_follow_the_growth_rule():
+    """512^3 is 256^3 plus geometry's growth rule, counted by hand: G1's sixth block
+    (3^3 conv 64 -> 64 with bias, GroupNorm's gamma and beta), D's new first layer (4^3 SN conv
+    1 -> 8 with bias) and its second layer's input growing from 1 to 8 channels, and the CRF's
+    128 x 128 matrix. G2 and hE are unchanged."""
+    at256, at512 = (params.count_parameters("crfgan", s)["modules"] for s in (256, 512))
+    assert at512["generator_trunk"] - at256["generator_trunk"] == 27 * 64 * 64 + 64 + 2 * 64
+    assert at512["discriminator"] - at256["discriminator"] == (64 * 8 + 8) + 64 * (8 - 1) * 16
+    assert at512["crf"] == 128 * 128
+    for same in ("generator_head", "encoder"):
+        assert at512[same] == at256[same]
+    result = params.count_parameters("crfgan", 512)
+    assert result["total"] == 57_375_354 and result["reference"] is None
 
 
 def test_count_params_cli_json():
