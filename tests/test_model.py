@@ -149,3 +149,25 @@ def test_fresh_crf_sample_uses_z_c(tmp_path):
             losses[mode, shift] = float(model.train_step(batch)["crf_loss"])
     assert losses["fresh", 0.0] != losses["fresh", 1.0]
     assert losses["reuse", 0.0] == losses["reuse", 1.0]
+
+
+@pytest.mark.parametrize("model_name,img_size", [("crfgan", 64), ("hagan", 128)])
+def test_int16_volume_trains_as_its_float32_dequantisation(tmp_path, model_name, img_size):
+    """The input stream hands the whole volume over int16, as stored; a step on it is
+    the step on the float32 volume it stands for: the same losses, the same weights."""
+    from crfgan_tf import intensity
+
+    batch = tiny_batch(img_size, batch=1)
+    q = tf.cast(tf.round(batch["volume"] * intensity.VOLUME_SCALE), tf.int16)
+    as_float = dict(batch, volume=intensity.dequantize(tf.cast(q, tf.float32)))
+    as_int16 = dict(batch, volume=q)
+    runs, models = [], [_build(tmp_path / str(i), model=model_name, img_size=img_size,
+                               batch_size=1) for i in range(2)]
+    for a, b in zip(models[0].weights, models[1].weights):
+        b.assign(a)
+    for model, data in zip(models, (as_float, as_int16)):
+        out = model.train_step(data)
+        runs.append(({k: float(v) for k, v in out.items()}, [v.numpy() for v in model.weights]))
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_array_equal(a, b)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from crfgan_tf import checkpointing, rundir, train_lib
+from crfgan_tf import checkpointing, intensity, rundir, train_lib
 from crfgan_tf.data import pipeline
 from crfgan_tf.model import CRFGAN
 
@@ -27,12 +27,17 @@ def test_pipeline_shapes_alignment_and_resume_determinism(records_64):
     batches = list(ds.take(5))  # 10 elements over 4 records: crosses epochs
     b = batches[0]
     assert b["volume"].shape == (2, 64, 64, 64, 1) and b["crop"].shape == (2, 8, 64, 64, 1)
+    # the whole volume stays int16 as stored (a 512^3 one is 256 MiB, not 512); only the
+    # crop is float32, the dequantised slice
+    assert b["volume"].dtype == tf.int16 and b["crop"].dtype == tf.float32
     assert b["z_d"].shape == (2, 16) and b["position"].dtype == tf.int32
     for batch in batches:
         for i in range(2):
             r = int(batch["position"][i])
             assert r % 4 == 0 and 0 <= r <= 56
-            np.testing.assert_array_equal(batch["crop"][i], batch["volume"][i, r:r + 8])
+            np.testing.assert_array_equal(
+                batch["crop"][i], intensity.dequantize(batch["volume"][i, r:r + 8].numpy()
+                                                       .astype(np.float32)))
     # every epoch visits each of the 4 records once
     sums = [float(tf.reduce_sum(v)) for bb in batches[:2] for v in bb["volume"]]
     assert len(set(np.round(sums, 3))) == 4

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from crfgan_tf import geometry
+from crfgan_tf import geometry, intensity
 from crfgan_tf.data import records
 from crfgan_tf.data.records import RecordsError
 
@@ -43,6 +43,11 @@ def training_example(volume: tf.Tensor, index: tf.Tensor, img_size: int, latent_
     three latents are stateless functions of (seed, index): a resumed run sees exactly the
     stream an uninterrupted one would, and replicas need no shared random state.
 
+    An int16 `volume` (the stored values) stays int16 and only the crop is dequantised to
+    float32: the models dequantise the whole volume where they use it
+    (SubVolumeGAN.real_volume), so the stream's buffers hold half the bytes (a 512^3
+    volume: 256 MiB, not 512).
+
     With num_classes > 0 the example also has `label` (the record's) and `fake_label`, the
     class its generated samples are conditioned on: the same label (fake_labels="batch",
     as the references do) or one drawn uniformly from (seed, index) ("uniform").
@@ -55,7 +60,10 @@ def training_example(volume: tf.Tensor, index: tf.Tensor, img_size: int, latent_
     # z_c (the CRF phase's) from its own key, so that z_d and z_g are those of earlier runs
     z_c = tf.random.stateless_normal([latent_dim], seed=key + tf.constant([0, 2 << 40], tf.int64))
     volume = volume[..., None]
-    out = {"volume": volume, "crop": volume[r:r + geometry.crop_depth(img_size)], "position": r,
+    crop = volume[r:r + geometry.crop_depth(img_size)]
+    if volume.dtype == tf.int16:  # stored values: only the crop is made float32 here
+        crop = intensity.dequantize(tf.cast(crop, tf.float32))
+    out = {"volume": volume, "crop": crop, "position": r,
            "z_d": z[0], "z_g": z[1], "z_c": z_c}
     if num_classes:
         check = tf.debugging.assert_less(
@@ -139,8 +147,9 @@ def make_train_dataset(file_pattern: str, img_size: int, batch_size: int, latent
         likely (balanced_order), instead of a permutation (uncompressed records only).
 
     Returns:
-      Dataset of dicts: volume (B, S, S, S, 1), crop (B, S/8, S, S, 1), position (B,)
-      int32, z_d, z_g and z_c (B, latent_dim), float32.
+      Dataset of dicts: volume (B, S, S, S, 1) int16 as stored (intensity.dequantize
+      maps it to [-1, 1]), crop (B, S/8, S, S, 1) float32 in [-1, 1], position (B,) int32,
+      z_d, z_g and z_c (B, latent_dim) float32.
     """
     files = records.list_record_files(file_pattern)
     records.raw_record_dataset(files)  # rejects a mix of compressed and uncompressed files
@@ -158,9 +167,9 @@ def make_train_dataset(file_pattern: str, img_size: int, batch_size: int, latent
 
     def example(record, i):
         if not num_classes:
-            return training_example(records.parse_volume(record, img_size), i, img_size,
-                                    latent_dim, seed)
-        volume, label = records.parse_volume(record, img_size, with_label=True)
+            return training_example(records.parse_volume(record, img_size, quantized=True),
+                                    i, img_size, latent_dim, seed)
+        volume, label = records.parse_volume(record, img_size, with_label=True, quantized=True)
         return training_example(volume, i, img_size, latent_dim, seed, label, num_classes,
                                 fake_labels)
 

@@ -128,12 +128,19 @@ def parse_example(serialized: tf.Tensor) -> dict:
     return parsed
 
 
-def parse_volume(serialized: tf.Tensor, size: int, with_label: bool = False):
+def parse_volume(serialized: tf.Tensor, size: int, with_label: bool = False,
+                 quantized: bool = False):
     """Parses only the volume, with a static (size, size, size) shape (training input);
-    with_label: (volume, int32 label, -1 when the record has none)."""
+    with_label: (volume, int32 label, -1 when the record has none). quantized: the int16
+    values as stored (intensity.dequantize gives the float32 volume), half the bytes."""
     keys = ("volume", "shape", "label") if with_label else ("volume", "shape")
     parsed = tf.io.parse_single_example(serialized, {k: FEATURES[k] for k in keys})
-    volume = tf.ensure_shape(decode_volume(parsed["volume"], parsed["shape"]), (size, size, size))
+    if quantized:
+        q = tf.io.decode_raw(parsed["volume"], tf.int16, little_endian=True)
+        volume = tf.reshape(q, tf.cast(parsed["shape"], tf.int32))
+    else:
+        volume = decode_volume(parsed["volume"], parsed["shape"])
+    volume = tf.ensure_shape(volume, (size, size, size))
     return (volume, tf.cast(parsed["label"], tf.int32)) if with_label else volume
 
 

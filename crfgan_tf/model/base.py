@@ -93,6 +93,14 @@ class SubVolumeGAN(keras.Model):
         idx = start[:, None] + tf.range(self.slab_depth)[None, :]
         return tf.gather(embedding, idx, axis=1, batch_dims=1)
 
+    def real_volume(self, volume, dtype=None):
+        """A batch's whole real volume in `dtype` (default: the compute dtype) and [-1, 1]:
+        int16 as the input stream hands it over (dequantised in float32, as
+        records.decode_volume does, then cast), or already float."""
+        if volume.dtype.is_integer:
+            volume = intensity.dequantize(tf.cast(volume, tf.float32))
+        return tf.cast(volume, dtype or self.compute_dtype)
+
     def normalized_position(self, position):
         """r / (7S/8) as the (batch, 1) float32 input of D."""
         return geometry.normalized_position(tf.cast(position, tf.float32)[:, None],

@@ -132,7 +132,8 @@ class CRFGAN(SubVolumeGAN):
         """One iteration of all four phases.
 
         Args:
-          data: dict with `volume` (batch, S, S, S, 1), `crop` (batch, S/8, S, S, 1),
+          data: dict with `volume` (batch, S, S, S, 1) float, or int16 as stored
+            (real_volume), `crop` (batch, S/8, S, S, 1),
             `position` (batch,) int32 crop start r (a multiple of 4), `z_d`, `z_g` and
             `z_c` (batch, latent_dim; z_c is used with crf_sample="fresh"); when
           conditional also `label` and `fake_label` (batch,) int32 (fake_label conditions
@@ -144,7 +145,7 @@ class CRFGAN(SubVolumeGAN):
           means (sum them over replicas), and crf_weight (the same on every replica;
           listed in REPLICA_INVARIANT).
         """
-        volume = tf.cast(data["volume"], self.compute_dtype)
+        volume = self.real_volume(data["volume"])
         crop = tf.cast(data["crop"], self.compute_dtype)
         position = data["position"]
         label, fake_label = data.get("label"), data.get("fake_label")

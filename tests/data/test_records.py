@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from crfgan_tf import train_lib
+from crfgan_tf import intensity, train_lib
 from crfgan_tf.data import pipeline, records
 
 from conftest import tiny_config
@@ -35,7 +35,8 @@ def test_every_epoch_is_a_full_permutation_across_shards(records_64):
     assert len(by_shard) == 4 and len(set(by_shard.values())) == 2
     ds = pipeline.make_train_dataset(pattern, 64, batch_size=1, latent_dim=4, seed=3,
                                  shuffle_buffer=2)
-    seq = [_identity(b["volume"][0, ..., 0]) for b in ds.take(4 * 30)]
+    seq = [_identity(intensity.dequantize(tf.cast(b["volume"][0, ..., 0], tf.float32)))
+           for b in ds.take(4 * 30)]
     epochs = [seq[i:i + 4] for i in range(0, len(seq), 4)]
     for e in epochs:
         assert sorted(e) == sorted(by_shard), e
