@@ -32,18 +32,24 @@ flags.DEFINE_list("window", [f"{v:g}" for v in intensity.CT_WINDOW],
                   "Intensity window of integer volume files (HU for CT), mapped to [-1, 1].")
 flags.DEFINE_string("cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "crfgan_tf"),
                     "Where real-set features are cached ('' to disable).")
+flags.DEFINE_integer("feature_side", 256,
+                     "Volumes with a larger side (512^3) are averaged over f^3 blocks down to "
+                     "this side before MedicalNet (memory stays that of 256^3); the output "
+                     "states the side used.")
 flags.DEFINE_bool("json", False, "Print one JSON object.")
 flags.DEFINE_integer("label", None, "Compare one class: the records of that label and a "
                      "conditional SavedModel's samples of it.")
 flags.mark_flags_as_required(["real", "fake"])
 flags.register_validator("num_samples", lambda v: v >= 2, "--num_samples must be >= 2")
 flags.register_validator("batch_size", lambda v: v >= 1, "--batch_size must be >= 1")
+flags.register_validator("feature_side", lambda v: v >= 16,
+                         "--feature_side must be >= 16 (MedicalNet down-samples 16x)")
 
 
 # --help (crfgan_tf/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Data": "real fake num_samples seed label window",
-    "Features": "weights allow_random_features cache_dir",
+    "Features": "weights allow_random_features feature_side cache_dir",
     "Running": "batch_size",
     "Output": "json",
 }
@@ -62,7 +68,8 @@ def main(argv):
         opened = {name: sources.open_source(getattr(FLAGS, name), FLAGS.num_samples,
                                             FLAGS.seed, FLAGS.batch_size, window, FLAGS.label)
                   for name in ("real", "fake")}
-        extractor = features.load_extractor(FLAGS.weights, FLAGS.allow_random_features)
+        extractor = features.load_extractor(FLAGS.weights, FLAGS.allow_random_features,
+                                            max_side=FLAGS.feature_side)
         log(f"extractor {extractor.name}, weights sha256 {extractor.weights_sha256}")
         for name, source in opened.items():
             log(f"--{name}: {source.kind}, {source.count} volumes")
@@ -80,6 +87,11 @@ def main(argv):
           f"{result['mmd']:.6g}")
     print(f"n_real {result['n_real']}, n_fake {result['n_fake']}, extractor "
           f"{result['extractor']}, weights sha256 {result['weights_sha256']}")
+    sides = (result["real_feature_side"], result["fake_feature_side"])
+    shapes = (max(result["real_shape"]), max(result["fake_shape"]))
+    if sides != shapes:
+        print(f"features taken at {sides[0]}^3 (real, from {shapes[0]}^3) and {sides[1]}^3 "
+              f"(fake, from {shapes[1]}^3): --feature_side={FLAGS.feature_side}")
     return 0
 
 

@@ -17,7 +17,8 @@ from crfgan_tf.evaluation import medicalnet
 from crfgan_tf.evaluation.sources import EvaluationError, Source
 from crfgan_tf.progress import Progress
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the key names the feature side
+FEATURE_SIDE = 256  # volumes with a larger side are averaged down to this before features
 WEIGHTS_HELP = (
     "3D FID needs the MedicalNet ResNet-50 weights: download resnet_50.pth from the "
     "MedicalNet release (github.com/Tencent/MedicalNet, 'pretrain' archive), then run "
@@ -27,25 +28,52 @@ WEIGHTS_HELP = (
     "network (labelled as such; its numbers are not comparable with published FIDs).")
 
 
+def average_down(batch: np.ndarray, factor: int) -> np.ndarray:
+    """(b, d, h, w) -> (b, d/f, h/f, w/f): the mean of each f^3 block, in float32."""
+    b, d, h, w = batch.shape
+    out = np.empty((b, d // factor, h // factor, w // factor), np.float32)
+    for i in range(b):  # one volume at a time: no float64 or whole-batch temporary
+        out[i] = batch[i].reshape(d // factor, factor, h // factor, factor, w // factor,
+                                  factor).mean(axis=(1, 3, 5), dtype=np.float32)
+    return out
+
+
 @dataclasses.dataclass
 class Extractor:
+    """MedicalNet features of [-1, 1] volumes (b, S, S, S); volumes with S above
+    `max_side` are first averaged over f^3 blocks, f = S / max_side, so memory stays that
+    of max_side^3 whatever the resolution (MedicalNet at 512^3 would keep a 256^3 x 64
+    first feature map: 4 GiB per volume)."""
     model: object
     name: str
     weights_sha256: str
     pretrained: bool
+    max_side: int = FEATURE_SIDE
 
     def __post_init__(self):
         self._forward = tf.function(lambda x: self.model(x, training=False),
                                     reduce_retracing=True)
 
+    def input_side(self, side: int) -> int:
+        """The side the features of a side^3 volume are taken at."""
+        return min(side, self.max_side)
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        side = max(batch.shape[1:4])
+        if side > self.max_side:
+            if any(n % self.max_side for n in batch.shape[1:4]):
+                raise ValueError(f"volumes of shape {batch.shape[1:4]} cannot be averaged down "
+                                 f"to --feature_side={self.max_side}: their sides must be "
+                                 "multiples of it")
+            batch = average_down(batch, side // self.max_side)
         return self._forward(tf.convert_to_tensor(batch[..., None])).numpy()
 
 
 def load_extractor(weights: Optional[str], allow_random: bool = False,
-                   random_seed: int = 0) -> Extractor:
+                   random_seed: int = 0, max_side: int = FEATURE_SIDE) -> Extractor:
     """The MedicalNet ResNet-50 with `weights` (.npz from tools.import_medicalnet); without
-    weights, a fixed-seed random network only when `allow_random`, else EvaluationError."""
+    weights, a fixed-seed random network only when `allow_random`, else EvaluationError.
+    Volumes larger than max_side^3 are averaged down to it first (Extractor)."""
     if weights and not os.path.isfile(weights):
         raise EvaluationError(f"--weights: no file {weights!r}. {WEIGHTS_HELP}")
     if not weights and not allow_random:
@@ -57,11 +85,11 @@ def load_extractor(weights: Optional[str], allow_random: bool = False,
             medicalnet.set_weights(model, state)
         except (ValueError, OSError) as err:
             raise EvaluationError(f"--weights {weights!r}: {err}") from None
-        return Extractor(model, medicalnet.NAME, medicalnet.state_sha256(state), True)
+        return Extractor(model, medicalnet.NAME, medicalnet.state_sha256(state), True, max_side)
     state = medicalnet.random_state(model, random_seed)
     medicalnet.set_weights(model, state)
     return Extractor(model, f"{medicalnet.NAME}-random-seed{random_seed}",
-                     medicalnet.state_sha256(state), False)
+                     medicalnet.state_sha256(state), False, max_side)
 
 
 def extract_features(source: Source, extractor: Extractor, batch_size: int = 1,
@@ -99,7 +127,8 @@ def extract_features(source: Source, extractor: Extractor, batch_size: int = 1,
 
 def cache_key(source: Source, extractor: Extractor) -> str:
     return hashlib.sha256(f"v{CACHE_VERSION}|{source.fingerprint}|{extractor.name}|"
-                          f"{extractor.weights_sha256}".encode()).hexdigest()[:32]
+                          f"{extractor.weights_sha256}|side<={extractor.max_side}"
+                          .encode()).hexdigest()[:32]
 
 
 def cached_features(source: Source, extractor: Extractor, cache_dir: Optional[str],

@@ -43,4 +43,6 @@ def fid_mmd(real: Source, fake: Source, extractor: Extractor, batch_size: int = 
         "mmd_sigma": sigma, "mmd_kernel": "gaussian, sigma = median pooled pairwise distance",
         "real": real.spec, "fake": fake.spec, "real_shape": list(real_shape),
         "fake_shape": list(fake_shape), "real_cache": cache,
+        "real_feature_side": extractor.input_side(max(real_shape)),
+        "fake_feature_side": extractor.input_side(max(fake_shape)),
         "seconds": round(time.time() - t0, 1)}

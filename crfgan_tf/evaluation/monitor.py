@@ -168,6 +168,7 @@ class Evaluator:
             alarms.append(f"r_t = {r_t:.3f}: D calls nearly every real volume real (overfitting "
                           "or D overpowering G; --augment / --ada_target, a lower --lr_d)")
         result.update(alarms=alarms, extractor=self.extractor.name,
+                      feature_side=self.extractor.input_side(self.config.img_size),
                       pretrained=self.extractor.pretrained, n_real=real["count"],
                       n_fake=int(features.shape[0]), seconds=round(time.time() - t0, 2))
         return result

@@ -99,6 +99,27 @@ def test_fid_mmd_records_vs_savedmodel_equals_direct_computation(records_64, exp
     assert features.cache_key(real, other) != features.cache_key(real, extractor)
 
 
+def test_volumes_above_the_feature_side_are_averaged_down_first(volume_dirs, extractor,
+                                                                tmp_path):
+    """512^3 volumes would need MedicalNet at 512^3 (a 256^3 x 64-channel first map per
+    volume): above --feature_side they are averaged over f^3 blocks (f = side / feature
+    side) first, and the results say at which side the features were taken."""
+    small = features.load_extractor(None, allow_random=True, max_side=8)
+    vols = np.random.default_rng(1).uniform(-1, 1, (2, 16, 16, 16)).astype(np.float32)
+    blocks = vols.reshape(2, 8, 2, 8, 2, 8, 2).mean(axis=(2, 4, 6))
+    np.testing.assert_allclose(small(vols), extractor(blocks), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(small(blocks), extractor(blocks))  # at or below: as is
+    assert (small.input_side(16), small.input_side(8), extractor.input_side(512)) == (8, 8, 256)
+    src = sources.open_source(volume_dirs[0])  # 16^3 volumes
+    assert features.cache_key(src, small) != features.cache_key(src, extractor)
+    result = fid_mmd.fid_mmd(src, sources.open_source(volume_dirs[1]), small,
+                             log=lambda m: None)
+    assert result["real_feature_side"] == result["fake_feature_side"] == 8
+    assert fid_mmd.fid_mmd(src, src, extractor, log=lambda m: None)["real_feature_side"] == 16
+    with pytest.raises(ValueError, match="--feature_side"):
+        small(np.zeros((1, 12, 12, 12), np.float32))  # not a multiple of 8
+
+
 def test_fid_of_a_set_with_itself_is_zero(volume_dirs, extractor):
     src = sources.open_source(volume_dirs[0])
     result = fid_mmd.fid_mmd(src, src, extractor, log=lambda m: None)

@@ -111,6 +111,7 @@ def test_eval_log_is_written_and_resumes_without_duplicates(records_64, tmp_path
                 "seconds"):
         assert row[key] is not None and np.isfinite(row[key]), key
     assert row["extractor"].startswith("medicalnet-resnet50-random") and not row["pretrained"]
+    assert row["feature_side"] == 64  # the run's own side (only sides above 256 are averaged)
     assert row["n_real"] == 5 and row["n_fake"] == 2 and rows[0]["r_t"] is None
     assert any(l.startswith("eval: step 2: fd ") for l in lines)
     assert os.path.exists(run / rundir.EVAL_CACHE_DIR)  # the real features, once
