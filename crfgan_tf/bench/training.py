@@ -38,9 +38,10 @@ def measure(request: dict) -> dict:
     import tensorflow as tf
 
     from crfgan_tf import config as config_lib
-    from crfgan_tf import params, train_lib
+    from crfgan_tf import intensity, params, train_lib
     from crfgan_tf.data import pipeline
 
+    after_import = runtime.peak_memory_bytes()  # nothing built yet: the framework's own RSS
     req = ProfileRequest(**request)
     train_lib.set_precision(req.precision)
     cfg = config_lib.TrainConfig(model_dir="/nonexistent", model=req.model,
@@ -51,6 +52,8 @@ def measure(request: dict) -> dict:
     model = train_lib.build_model(cfg)
     s, b = req.img_size, req.batch_size
     batch = pipeline.synthetic_batch(s, b, req.latent_dim)
+    # the whole volume as the input stream hands it over: int16, as stored
+    batch["volume"] = tf.cast(tf.round(batch["volume"] * intensity.VOLUME_SCALE), tf.int16)
     step = tf.function(model.train_step, jit_compile=req.jit_compile or None)
     gpu = bool(tf.config.list_physical_devices("GPU"))
     for _ in range(req.warmup):
@@ -65,9 +68,13 @@ def measure(request: dict) -> dict:
     device = (tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
               .get("device_name", "GPU") if gpu else f"CPU ({os.cpu_count()} cores)")
     median = statistics.median(times)
+    peak = runtime.peak_memory_bytes()
     return {"model": req.model, "img_size": s, "batch_size": b,
-            "peak_bytes": runtime.peak_memory_bytes(),
+            "peak_bytes": peak,
             "peak_kind": "gpu_allocator_peak" if gpu else "process_max_rss",
+            # CPU: the iteration's own memory, peak RSS less the RSS after the imports
+            "rss_after_import_bytes": None if gpu else after_import,
+            "working_bytes": None if gpu else peak - after_import,
             "iters_per_sec": round(1.0 / median, 4), "sec_per_iter": round(median, 4),
             "params": sum(params.trainable_count(m) for m in model.modules().values()),
             "device": device, "precision": req.precision, "width": req.width,

@@ -2,6 +2,7 @@
 
   python -m tools.count_params --model=crfgan --img_size=256 --json
   python -m tools.count_params --model=hagan --img_size=128 --num_classes=2
+  python -m tools.count_params --img_size=512
 """
 
 import json
@@ -50,6 +51,9 @@ def main(argv):
     if result["reference"] is not None:
         same = "equal" if result["reference"] == result["total"] else "DIFFERENT"
         print(f"  reference        {result['reference']:>14,d} ({same})")
+    elif result["img_size"] not in geometry.REFERENCE_SIZES:
+        print(f"  reference        {'-':>14s} (the references stop at 256^3; this size follows "
+              "their growth rule: docs/resolution.md)")
 
 
 def run():

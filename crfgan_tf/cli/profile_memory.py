@@ -3,7 +3,9 @@
   python -m tools.profile_memory --models=crfgan,hagan --img_size=128 --batch_sizes=2,4,6 --steps=5 --json
 
 Each (model, size, batch) runs in its own fresh process. Peak memory: the GPU allocator's
-peak (reset after warm-up) on a GPU, the process's peak resident memory on CPU.
+peak (reset after warm-up) on a GPU, the process's peak resident memory on CPU, there also
+split into the RSS right after the imports and the working memory above it. The batch is
+shaped as the input stream's (the whole volume int16, the crop float32).
 """
 
 import json
@@ -71,8 +73,11 @@ def main(argv):
                 print(f"{model:8s} {FLAGS.img_size}^3 batch {batch}: out of memory (-)",
                       file=out, flush=True)
             else:
+                working = (f" = {r['rss_after_import_bytes'] / 2**20:,.0f} after import + "
+                           f"{r['working_bytes'] / 2**20:,.0f} working"
+                           if r.get("working_bytes") is not None else "")
                 print(f"{model:8s} {FLAGS.img_size}^3 batch {batch}: "
-                      f"{r['peak_bytes'] / 2**20:,.0f} MiB peak ({r['peak_kind']}), "
+                      f"{r['peak_bytes'] / 2**20:,.0f} MiB peak ({r['peak_kind']}{working}), "
                       f"{r['iters_per_sec']:.3f} it/s ({r['sec_per_iter']:.2f} s/it), "
                       f"{r['params']:,} params, {r['device']}, {r['precision']}, "
                       f"{r['cpu_allocator']} allocator", file=out,

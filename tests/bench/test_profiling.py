@@ -43,6 +43,9 @@ def test_profile_memory_cli_json(tmp_path):
                           "params", "device", "precision"}
         assert r["peak_bytes"] > 100 * 2**20 and r["iters_per_sec"] > 0
         assert r["cpu_allocator"] == "default"
+        # CPU: peak = RSS after the imports (TensorFlow alone: hundreds of MiB) + working
+        assert r["rss_after_import_bytes"] > 100 * 2**20 and r["working_bytes"] > 0
+        assert r["rss_after_import_bytes"] + r["working_bytes"] == r["peak_bytes"]
     assert rows[0]["params"] < rows[1]["params"]
     assert os.path.exists(tmp_path / "m.png")
 

@@ -85,6 +85,20 @@ def test_count_params_cli_json():
     assert out["total"] == 57_079_938 and out["modules"]["crf"] == 256
 
 
+def test_count_params_cli_prints_the_512_table():
+    env = dict(os.environ, PYTHONPATH=REPO)
+    res = subprocess.run([sys.executable, "-m", "tools.count_params", "--img_size=512"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    lines = [" ".join(line.split()) for line in res.stdout.splitlines()]
+    assert lines[0] == "crfgan at 512^3"
+    for want in ("generator_trunk 52,503,040", "generator_head 56,257",
+                 "discriminator 4,638,521", "encoder 161,152", "crf 16,384",
+                 "total 57,375,354"):
+        assert want in lines, want
+    assert "the references stop at 256^3" in res.stdout
+
+
 def test_spectral_norm_matches_svd():
     # A kernel with known singular values (3, 1.5, 1, ...): power iteration converges at
     # rate (1.5/3)^2 per step, so 60 steps pin sigma to float32 precision regardless of
