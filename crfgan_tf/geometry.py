@@ -13,7 +13,7 @@ defines 64, 128 and 256; going from 64 to 256 it adds, per doubling of S, one x2
 stage to G1 and one stride-2 layer to D (D^L and the sub-encoder likewise for HA-GAN), while
 G2 and hE, which map an embedding slab to its crop at a fixed 4x, stay the same. 512 follows
 that rule one step further (`extra_stages(512) == 1`): G1 gains a sixth block (64 channels,
-after a sixth up-sampling) so the embedding stays S/4 = 128^3, D gains a first layer of 8
+after a fifth up-sampling) so the embedding stays S/4 = 128^3, D gains a first layer of 8
 channels, D^L and the sub-encoder a first stride-2 layer of 16 channels; G2, hE and the
 CRF's formula do not change (the CRF has S/4 = 128 nodes). 64-256 are exactly the
 reference's networks.

@@ -106,12 +106,14 @@ def child_generate(saved_model: str) -> dict:
             "rss_after_load_bytes": before, "peak_rss_bytes": peak}
 
 
-def generate_memory(img_size: int = 256, slabs=(8, 64), work_dir: str = None, log=print) -> list:
+def generate_memory(img_size: int = 256, slabs=(8, 64), work_dir: str = None,
+                    width: float = 1.0, log=print) -> list:
     """Peak CPU memory of generating one volume from an export, per slab size.
 
-    A full-width model with random weights is checkpointed and exported once per slab
-    size (weights do not change memory); each generation runs in a fresh process. A slab
-    of img_size / 4 embedding slices is the whole embedding: one-shot G2.
+    A model with random weights (full width unless `width`) is checkpointed as training
+    does (G1, G2 and hE, which every export carries) and exported once per slab size
+    (weights do not change memory); each generation runs in a fresh process. A slab of
+    img_size / 4 embedding slices is the whole embedding: one-shot G2.
     """
     import tensorflow as tf
 
@@ -121,9 +123,11 @@ def generate_memory(img_size: int = 256, slabs=(8, 64), work_dir: str = None, lo
 
     work = work_dir or tempfile.mkdtemp(prefix="crfgan_genmem_")
     run = os.path.join(work, "run")
-    rundir.record_config(config_lib.TrainConfig(model_dir=run, img_size=img_size), None, {}, log)
-    model = CRFGAN(img_size=img_size)
-    checkpoint = tf.train.Checkpoint(**{rundir.TRUNK_KEY: model.trunk, rundir.HEAD_KEY: model.head})
+    rundir.record_config(config_lib.TrainConfig(model_dir=run, img_size=img_size, width=width),
+                         None, {}, log)
+    model = CRFGAN(img_size=img_size, width=width)
+    checkpoint = tf.train.Checkpoint(**{rundir.TRUNK_KEY: model.trunk, rundir.HEAD_KEY: model.head,
+                                        rundir.ENCODER_KEY: model.encoder})
     tf.train.CheckpointManager(checkpoint, os.path.join(run, rundir.CHECKPOINT_DIR), 1).save(1)
     rows = []
     for slab in slabs:

@@ -62,9 +62,9 @@ class Extractor:
         side = max(batch.shape[1:4])
         if side > self.max_side:
             if any(n % self.max_side for n in batch.shape[1:4]):
-                raise ValueError(f"volumes of shape {batch.shape[1:4]} cannot be averaged down "
-                                 f"to --feature_side={self.max_side}: their sides must be "
-                                 "multiples of it")
+                raise EvaluationError(
+                    f"volumes of shape {batch.shape[1:4]} cannot be averaged down to "
+                    f"--feature_side={self.max_side}: their sides must be multiples of it")
             batch = average_down(batch, side // self.max_side)
         return self._forward(tf.convert_to_tensor(batch[..., None])).numpy()
 

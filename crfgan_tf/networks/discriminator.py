@@ -35,7 +35,8 @@ def build_discriminator(img_size: int = 256, width: float = 1.0,
     """D: (sub-volume, crop position) -> real/fake logit.
 
     Seven SN convolutions (eight at 512^3) with LeakyReLU(0.2) bring the (S/8, S, S)
-    sub-volume to 128 features; the crop position r / (7S/8) in [0, 1] is appended (129), then SN dense 64
+    sub-volume to 128 features; the crop position r / (7S/8) in [0, 1] is appended (129),
+    then SN dense 64
     + LeakyReLU and SN dense 1. Works at batch size 1 (the reference squeezes and breaks).
 
     With num_classes > 0 a second SN dense head on the 64 features gives the auxiliary

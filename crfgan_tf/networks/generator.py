@@ -34,7 +34,7 @@ def build_trunk(img_size: int = 256, latent_dim: int = 1024, width: float = 1.0,
     512, 512, 256, 128, 64 channels (times `width`). Nearest-neighbour x2 up-sampling
     precedes the 2nd..5th block at 256^3; at 128^3 the last up-sampling is skipped and at
     64^3 the last two, so the embedding is always img_size / 4 per side. At 512^3 a sixth
-    block of 64 channels follows a sixth up-sampling (trunk_channels).
+    block of 64 channels follows a fifth up-sampling (trunk_channels).
 
     Args:
       img_size: output volume side S (64, 128, 256 or 512).

@@ -76,3 +76,16 @@ def test_training_imports_no_simpleitk():
     code = ("import sys, crfgan_tf.train_lib, crfgan_tf.bench.training; "
             "print('SimpleITK' in sys.modules)")
     assert _python(code) == "False"
+
+
+def test_generate_memory_exports_and_generates_in_a_fresh_process(tmp_path):
+    """bench-generate checkpoints a model the way training does (the encoder too: every
+    export has `encode`), exports it and generates one volume per slab size."""
+    from crfgan_tf.bench import pipeline as bench_pipeline
+
+    rows = bench_pipeline.generate_memory(64, slabs=(4, 16), work_dir=str(tmp_path),
+                                          width=0.0625, log=lambda m: None)
+    assert [(r["slab"], r["shape"]) for r in rows] == [(4, [1, 64, 64, 64]), (16, [1, 64, 64, 64])]
+    for r in rows:
+        assert r["peak_rss_bytes"] >= r["rss_after_load_bytes"] > 100 * 2**20
+        assert r["seconds"] > 0 and "failed" not in r

@@ -116,7 +116,7 @@ def test_volumes_above_the_feature_side_are_averaged_down_first(volume_dirs, ext
                              log=lambda m: None)
     assert result["real_feature_side"] == result["fake_feature_side"] == 8
     assert fid_mmd.fid_mmd(src, src, extractor, log=lambda m: None)["real_feature_side"] == 16
-    with pytest.raises(ValueError, match="--feature_side"):
+    with pytest.raises(sources.EvaluationError, match="--feature_side"):
         small(np.zeros((1, 12, 12, 12), np.float32))  # not a multiple of 8
 
 
