@@ -33,7 +33,9 @@ flags.DEFINE_string("train_records", _defaults["train_records"],
                     "Glob(s) of training TFRecords (comma-separated), from data_prep.convert.")
 flags.DEFINE_enum("model", _defaults["model"], list(config_lib.MODELS),
                   "crfgan (the paper) or hagan (the HA-GAN baseline, 128/256 only).")
-flags.DEFINE_integer("img_size", _defaults["img_size"], "Volume side S (crfgan_tf.geometry.SIZES).")
+flags.DEFINE_integer("img_size", _defaults["img_size"],
+                     "Volume side S: 64, 128, 256 or 512 (crfgan_tf.geometry.SIZES; 512 is "
+                     "beyond the references, docs/resolution.md).")
 flags.DEFINE_integer("batch_size", _defaults["batch_size"],
                      "Global batch size: all replicas together; it must divide by the "
                      "replicas. Learning rates are not scaled with it.")
