@@ -139,10 +139,10 @@ class HAGAN(SubVolumeGAN):
           d_loss, g_loss, rec_loss, sub_rec_loss, d_real, d_fake: per-replica shares of
           global-batch means (sum them over replicas).
         """
-        volume = self.real_volume(data["volume"])
+        volume32 = self.real_volume(data["volume"], tf.float32)  # dequantised once
+        volume = tf.cast(volume32, self.compute_dtype)
         crop = tf.cast(data["crop"], self.compute_dtype)
-        low = tf.cast(self.low_resolution(self.real_volume(data["volume"], tf.float32)),
-                      self.compute_dtype)
+        low = tf.cast(self.low_resolution(volume32), self.compute_dtype)
         position = data["position"]
         label, fake_label = data.get("label"), data.get("fake_label")
         out = self.d_step(crop, low, position, data["z_d"], label, fake_label)
