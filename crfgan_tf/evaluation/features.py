@@ -64,7 +64,8 @@ class Extractor:
             if any(n % self.max_side for n in batch.shape[1:4]):
                 raise EvaluationError(
                     f"volumes of shape {batch.shape[1:4]} cannot be averaged down to "
-                    f"--feature_side={self.max_side}: their sides must be multiples of it")
+                    f"--feature_side={self.max_side}: their sides must be multiples of it "
+                    f"(--feature_side={side} takes the features at full size)")
             batch = average_down(batch, side // self.max_side)
         return self._forward(tf.convert_to_tensor(batch[..., None])).numpy()
 
