@@ -158,7 +158,7 @@ def test_int16_volume_trains_as_its_float32_dequantisation(tmp_path, model_name,
     from crfgan_tf import intensity
 
     batch = tiny_batch(img_size, batch=1)
-    q = tf.cast(tf.round(batch["volume"] * intensity.VOLUME_SCALE), tf.int16)
+    q = tf.constant(intensity.quantize(batch["volume"].numpy()))
     as_float = dict(batch, volume=intensity.dequantize(tf.cast(q, tf.float32)))
     as_int16 = dict(batch, volume=q)
     runs, models = [], [_build(tmp_path / str(i), model=model_name, img_size=img_size,

@@ -53,7 +53,7 @@ def measure(request: dict) -> dict:
     s, b = req.img_size, req.batch_size
     batch = pipeline.synthetic_batch(s, b, req.latent_dim)
     # the whole volume as the input stream hands it over: int16, as stored
-    batch["volume"] = tf.cast(tf.round(batch["volume"] * intensity.VOLUME_SCALE), tf.int16)
+    batch["volume"] = tf.constant(intensity.quantize(batch["volume"].numpy()))
     step = tf.function(model.train_step, jit_compile=req.jit_compile or None)
     gpu = bool(tf.config.list_physical_devices("GPU"))
     for _ in range(req.warmup):
