@@ -115,10 +115,15 @@ def serialize_result(result) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
 
+def decode_quantized(volume_bytes: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
+    """int16 bytes -> the int16 tensor of `shape` as stored."""
+    q = tf.io.decode_raw(volume_bytes, tf.int16, little_endian=True)
+    return tf.reshape(q, tf.cast(shape, tf.int32))
+
+
 def decode_volume(volume_bytes: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
     """int16 bytes -> float32 tensor of `shape` in [-1, 1]."""
-    q = tf.io.decode_raw(volume_bytes, tf.int16, little_endian=True)
-    return tf.reshape(intensity.dequantize(tf.cast(q, tf.float32)), tf.cast(shape, tf.int32))
+    return intensity.dequantize(tf.cast(decode_quantized(volume_bytes, shape), tf.float32))
 
 
 def parse_example(serialized: tf.Tensor) -> dict:
@@ -135,12 +140,8 @@ def parse_volume(serialized: tf.Tensor, size: int, with_label: bool = False,
     values as stored (intensity.dequantize gives the float32 volume), half the bytes."""
     keys = ("volume", "shape", "label") if with_label else ("volume", "shape")
     parsed = tf.io.parse_single_example(serialized, {k: FEATURES[k] for k in keys})
-    if quantized:
-        q = tf.io.decode_raw(parsed["volume"], tf.int16, little_endian=True)
-        volume = tf.reshape(q, tf.cast(parsed["shape"], tf.int32))
-    else:
-        volume = decode_volume(parsed["volume"], parsed["shape"])
-    volume = tf.ensure_shape(volume, (size, size, size))
+    decode = decode_quantized if quantized else decode_volume
+    volume = tf.ensure_shape(decode(parsed["volume"], parsed["shape"]), (size, size, size))
     return (volume, tf.cast(parsed["label"], tf.int32)) if with_label else volume
 
 
