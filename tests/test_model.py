@@ -171,3 +171,49 @@ def test_int16_volume_trains_as_its_float32_dequantisation(tmp_path, model_name,
     assert runs[0][0] == runs[1][0]
     for a, b in zip(runs[0][1], runs[1][1]):
         np.testing.assert_array_equal(a, b)
+
+
+# ops that compute nothing and allocate nothing (constants, captured handles, views)
+VIEWS = ("Const", "NoOp", "Placeholder", "Identity", "StopGradient")
+
+
+def _phase_ranges(graph, phases):
+    """(start, end] op indices of each phase in the traced step: a phase ends with the last
+    op of its optimizer (adam_<phase>/...)."""
+    ops = graph.get_operations()
+    end = {p: max(i for i, op in enumerate(ops) if op.name.startswith(f"adam_{p}/"))
+           for p in phases}
+    bounds = [-1] + [end[p] for p in phases]
+    return ops, {p: (bounds[k], bounds[k + 1]) for k, p in enumerate(phases)}
+
+
+@pytest.mark.parametrize("model_name,img_size", [("crfgan", 64), ("hagan", 128)])
+def test_each_phase_runs_after_the_previous_phase_backward(tmp_path, model_name, img_size):
+    """In the traced step every op of a phase's networks (their weights' reads included)
+    and every volume-shaped op depends on the previous phase's gradients, so TensorFlow cannot run it while that phase's
+    backward pass still holds its activations. Without the ordering CRF-GAN's hE pass
+    over the whole volume (phase 3) and both models' next generator pass were free to
+    start with the first phase."""
+    model = _build(tmp_path, model=model_name, img_size=img_size, batch_size=1)
+    spec = {k: tf.TensorSpec(v.shape, v.dtype) for k, v in tiny_batch(img_size, 1).items()}
+    spec["volume"] = tf.TensorSpec(spec["volume"].shape, tf.int16)
+    graph = tf.function(model.train_step).get_concrete_function(spec).graph
+    ops, ranges = _phase_ranges(graph, model.PHASES)
+    networks = {m.name for m in model.modules().values()}  # their ops' name scopes
+    index = {op.name: i for i, op in enumerate(ops)}
+    for prev, phase in zip(model.PHASES, model.PHASES[1:]):
+        lo, hi = ranges[prev]
+        after = set()  # ops that (transitively) depend on prev's gradients
+        for i in range(lo + 1, len(ops)):
+            op = ops[i]
+            if (op.name.startswith("gradient_tape/") and i <= hi) or any(
+                    index[d.name] > lo and d.name in after
+                    for d in [t.op for t in op.inputs] + list(op.control_inputs)):
+                after.add(op.name)
+        start, end = ranges[phase]
+        free = [op.name for op in ops[start + 1:end + 1]
+                if op.type not in VIEWS and op.name not in after
+                and (op.name.split("/")[0].rstrip("_0123456789") in networks
+                     or any(t.shape.rank == 5 for t in op.outputs))]
+        assert not free, f"{model_name} phase {phase!r}: {len(free)} ops may run before " \
+                         f"phase {prev!r}'s backward pass, e.g. {free[:5]}"

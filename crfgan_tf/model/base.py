@@ -3,6 +3,9 @@ discriminator update and the hE reconstruction phase (SubVolumeGAN)."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import keras
 import tensorflow as tf
 
@@ -62,6 +65,8 @@ class SubVolumeGAN(keras.Model):
         self.step_counter = self.add_weight(name="step", shape=(), dtype="int64",
                                             initializer="zeros", trainable=False,
                                             aggregation="only_first_replica")
+        # the last applied phase's gradients, per replica thread (phase_in_order)
+        object.__setattr__(self, "_order", threading.local())
         self.augment = tuple(augment)
         self.augment_window = tuple(float(v) for v in augment_window)
         self.seed = int(seed)
@@ -186,9 +191,35 @@ class SubVolumeGAN(keras.Model):
         """Applies the gradients of a loss scaled inside `tape` by the phase optimizer's
         scale_loss (LossScaleOptimizer multiplies by its scale, any other optimizer
         returns the loss unchanged); LossScaleOptimizer.apply unscales and skips
-        non-finite steps."""
+        non-finite steps. The next phase_in_order() waits for these gradients."""
         variables = self.phase_weights()[phase]
-        self._phase_optimizers[phase].apply(tape.gradient(scaled_loss, variables), variables)
+        gradients = tape.gradient(scaled_loss, variables)
+        self._phase_optimizers[phase].apply(gradients, variables)
+        self._order.gradients = [g.values if isinstance(g, tf.IndexedSlices) else g
+                                 for g in gradients if g is not None]
+
+    def start_step(self):
+        """Forgets the previous step's phases (train_step calls it first)."""
+        self._order.gradients = []
+
+    @contextlib.contextmanager
+    def phase_in_order(self):
+        """Ops created inside run only once the previous phase's gradients exist.
+
+        Inside tf.function TensorFlow orders a phase after an earlier one only where it
+        reads a variable the earlier one wrote; everything else, such as CRF-GAN's hE pass
+        over the whole volume or the next phase's generator pass, is free to run while the
+        earlier phase's backward pass still holds its activations, and does (a 512^3
+        iteration held about twice the live tensors of the program order). This makes the
+        step run its phases in program order, as the reference does, so that one phase's
+        activations are gone before the next phase's exist; the results are the same.
+        """
+        gradients = getattr(self._order, "gradients", None)
+        if gradients and not tf.executing_eagerly():
+            with tf.control_dependencies(gradients):
+                yield
+        else:
+            yield
 
     def _scale(self, phase, loss):
         return self._phase_optimizers[phase].scale_loss(loss)

@@ -145,18 +145,23 @@ class CRFGAN(SubVolumeGAN):
           means (sum them over replicas), and crf_weight (the same on every replica;
           listed in REPLICA_INVARIANT).
         """
-        volume = self.real_volume(data["volume"])
+        self.start_step()
         crop = tf.cast(data["crop"], self.compute_dtype)
         position = data["position"]
         label, fake_label = data.get("label"), data.get("fake_label")
         out = self.d_step(crop, position, data["z_d"], label, fake_label)
-        g = self.g_step(position, data["z_g"], fake_label)
+        with self.phase_in_order():
+            g = self.g_step(position, data["z_g"], fake_label)
         fake = (g.pop("fake_embedding"), g.pop("fake_logits"))
-        if self.crf_sample == "fresh":
-            fake = self.fake_for_crf(position, data["z_c"], fake_label)
-        out.update(self.crf_step(volume, crop, position, *fake))
+        with self.phase_in_order():
+            if self.crf_sample == "fresh":
+                fake = self.fake_for_crf(position, data["z_c"], fake_label)
+            # the whole volume in the compute dtype only now: phase 3 is its one reader
+            volume = self.real_volume(data["volume"])
+            out.update(self.crf_step(volume, crop, position, *fake))
         out.update(g)
-        out.update(self.rec_step(crop))
+        with self.phase_in_order():
+            out.update(self.rec_step(crop))
         self.step_counter.assign_add(1)
         return out
 

@@ -65,11 +65,12 @@ class HAGAN(SubVolumeGAN):
 
     def low_resolution(self, volume):
         """(batch, S, S, S, 1) -> (batch, S/4, S/4, S/4, 1) float32: every 4th voxel
-        (nearest) or the 4^3 average (there is no float16 AvgPool3D kernel on CPU)."""
-        volume = tf.cast(volume, tf.float32)
+        (nearest) or the 4^3 average (there is no float16 AvgPool3D kernel on CPU).
+        `volume`: float in [-1, 1], or int16 as stored (real_volume; "nearest" then
+        dequantises only the voxels it keeps, the same values)."""
         if self.low_res == "nearest":
-            return volume[:, ::4, ::4, ::4]
-        return tf.nn.avg_pool3d(volume, 4, 4, "VALID")
+            return self.real_volume(volume[:, ::4, ::4, ::4], tf.float32)
+        return tf.nn.avg_pool3d(self.real_volume(volume, tf.float32), 4, 4, "VALID")
 
     def crop_embeddings(self, volume):
         """hE of the eight S/8 crops of `volume`, concatenated along depth: the whole
@@ -139,16 +140,21 @@ class HAGAN(SubVolumeGAN):
           d_loss, g_loss, rec_loss, sub_rec_loss, d_real, d_fake: per-replica shares of
           global-batch means (sum them over replicas).
         """
-        volume32 = self.real_volume(data["volume"], tf.float32)  # dequantised once
-        volume = tf.cast(volume32, self.compute_dtype)
+        self.start_step()
         crop = tf.cast(data["crop"], self.compute_dtype)
-        low = tf.cast(self.low_resolution(volume32), self.compute_dtype)
+        low = tf.cast(self.low_resolution(data["volume"]), self.compute_dtype)
         position = data["position"]
         label, fake_label = data.get("label"), data.get("fake_label")
         out = self.d_step(crop, low, position, data["z_d"], label, fake_label)
-        out.update(self.g_step(position, data["z_g"], fake_label))
-        out.update(self.rec_step(crop))
-        out.update(self.sub_rec_step(volume, crop, low, position, label))
+        with self.phase_in_order():
+            out.update(self.g_step(position, data["z_g"], fake_label))
+        with self.phase_in_order():
+            out.update(self.rec_step(crop))
+        with self.phase_in_order():
+            # the whole volume again (from the int16 batch) only now, for its one reader:
+            # a float copy kept from the first phase would live through all four
+            volume = self.real_volume(data["volume"])
+            out.update(self.sub_rec_step(volume, crop, low, position, label))
         self.step_counter.assign_add(1)
         return out
 
