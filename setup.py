@@ -13,9 +13,9 @@ VERSION = re.search(r'__version__ = "([^"]+)"',
 # (docs/installation.md, "Commands"; tests/test_layout.py keeps this list equal to cli/).
 COMMANDS = ("train", "export", "sample", "convert", "make_phantoms", "luna16_labels", "lidc_labels",
             "fid_mmd", "make_2afc", "analyze_2afc", "class_contrast", "count_params",
-            "import_reference", "import_medicalnet", "profile_memory", "deviation_effects",
-            "bench_convert", "bench_input", "bench_generate", "bench_features", "encode",
-            "downstream", "memorization")
+            "import_reference", "import_medicalnet", "profile_memory", "plan_memory",
+            "deviation_effects", "bench_convert", "bench_input", "bench_generate",
+            "bench_features", "bench_device", "encode", "downstream", "memorization")
 
 setup(
     name="crfgan-tf",
