@@ -4,4 +4,5 @@
   training    speed and peak memory of training iterations (tools.profile_memory)
   pipeline    conversion, input stream, generation and feature-extraction costs
   deviations  the effect of each deviation from the reference's training semantics
+  device      the GPU figures (training, generation) beside the memory planner's
 """

@@ -97,13 +97,19 @@ def child_generate(saved_model: str) -> dict:
 
     module = tf.saved_model.load(saved_model)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    if gpu:
+        tf.config.experimental.reset_memory_stats("GPU:0")
     t = time.perf_counter()
     z = tf.random.stateless_normal([1, int(module.latent_dim.numpy())], seed=[0, 0])
     volume = module.generate(z=z)["volume"].numpy()
     seconds = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"shape": list(volume.shape), "seconds": round(seconds, 2),
-            "rss_after_load_bytes": before, "peak_rss_bytes": peak}
+            "rss_after_load_bytes": before, "peak_rss_bytes": peak,
+            # the GPU allocator's peak while generating (weights loaded before the reset)
+            "gpu_peak_bytes": (int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+                               if gpu else None)}
 
 
 def generate_memory(img_size: int = 256, slabs=(8, 64), work_dir: str = None,

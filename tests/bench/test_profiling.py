@@ -89,3 +89,35 @@ def test_generate_memory_exports_and_generates_in_a_fresh_process(tmp_path):
     for r in rows:
         assert r["peak_rss_bytes"] >= r["rss_after_load_bytes"] > 100 * 2**20
         assert r["seconds"] > 0 and "failed" not in r
+
+
+def test_bench_device_cli_on_cpu(tmp_path):
+    """The GPU benchmark's whole path at the smallest size on CPU: a training row with
+    the planner's prediction beside it, a generated volume, the JSON file and the table."""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    out = tmp_path / "bench.json"
+    res = subprocess.run([sys.executable, "-m", "tools.bench_device",
+                          "--configs=crfgan:64:1:float32", "--generate_sizes=64",
+                          "--width=0.0625", "--latent_dim=16", "--steps=1", "--warmup=1",
+                          f"--json_out={out}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads(out.read_text())
+    (row,) = result["training"]
+    assert (row["model"], row["img_size"], row["batch_size"]) == ("crfgan", 64, 1)
+    assert row["planned_kind"] == "cpu working memory"
+    assert row["measured_bytes"] == row["working_bytes"] > 0 and row["planned_bytes"] > 0
+    assert row["planned_over_measured"] == round(row["planned_bytes"] / row["measured_bytes"], 3)
+    (gen,) = result["generate"]
+    assert gen["shape"] == [1, 64, 64, 64] and gen["gpu_peak_bytes"] is None
+    assert "| crfgan 64³ batch 1 float32 |" in res.stdout and "| 64³ |" in res.stdout
+
+
+@pytest.mark.parametrize("config", ["crfgan:64:1", "gan:64:1:float32", "hagan:64:1:float32",
+                                    "crfgan:64:0:float32", "crfgan:64:1:float16",
+                                    "crfgan:64:1:float32:jit"])
+def test_bench_device_refuses_bad_configs_before_any_work(config):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    res = subprocess.run([sys.executable, "-m", "tools.bench_device", f"--configs={config}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "--configs" in res.stderr and "training" not in res.stdout
