@@ -209,10 +209,11 @@ class SubVolumeGAN(keras.Model):
         Inside tf.function TensorFlow orders a phase after an earlier one only where it
         reads a variable the earlier one wrote; everything else, such as CRF-GAN's hE pass
         over the whole volume or the next phase's generator pass, is free to run while the
-        earlier phase's backward pass still holds its activations, and does (a 512^3
-        iteration held about twice the live tensors of the program order). This makes the
-        step run its phases in program order, as the reference does, so that one phase's
-        activations are gone before the next phase's exist; the results are the same.
+        earlier phase's backward pass still holds its activations, and did, depending on
+        the machine's load (one 512^3 CRF-GAN step held 9.5 to 12.8 GiB on one CPU). This
+        makes the step run its phases in program order, as the reference does, so that one
+        phase's activations are gone before the next phase's exist and the peak is the same
+        from run to run (what crfgan_tf.memory_plan replays); the results are the same.
         """
         gradients = getattr(self._order, "gradients", None)
         if gradients and not tf.executing_eagerly():
