@@ -159,8 +159,14 @@ def _print_fits(rows: list, model: str) -> None:
 @runtime.reports_user_errors
 def main(argv):
     del argv
+    import tensorflow as tf
+
     from crfgan_tf import memory_plan
 
+    try:  # tracing needs no GPU: leave a GPU that is training something alone
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # devices already initialised (not from this command's main)
+        pass
     req = memory_plan.PlanRequest(model=FLAGS.model, img_size=FLAGS.img_size,
                                   batch_size=FLAGS.batch_size, precision=FLAGS.precision,
                                   width=FLAGS.width, latent_dim=FLAGS.latent_dim,
