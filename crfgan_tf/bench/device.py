@@ -8,7 +8,11 @@ each beside the memory planner's prediction, in one run of a few minutes.
              slab), per size (bench.pipeline.generate_memory)
   planned    crfgan_tf.memory_plan's prediction for each training row: gpu_bytes less
              the CUDA reserve on a GPU (what the allocator's peak should be), working_bytes
-             on CPU
+             on CPU; traced in one CPU-only process that runs beside the measurements
+
+The default plan (GPU_CONFIGS and 256^3/512^3 generation) is sized to take about 8 minutes
+on one GPU: five fresh training processes (each: start-up, tracing, 2 warm-up and 5 timed
+iterations) and two exports. That estimate is not yet checked on a GPU.
 """
 
 from __future__ import annotations
@@ -25,62 +29,41 @@ GPU_CONFIGS = (
     ("crfgan", 256, 2, "mixed_float16", False),
     ("hagan", 256, 2, "mixed_float16", False),
     ("crfgan", 256, 2, "mixed_float16", True),
-    ("crfgan", 256, 2, "float32", False),
     ("crfgan", 512, 1, "mixed_float16", False),
     ("hagan", 512, 1, "mixed_float16", False),
 )
 
 
-def planned_bytes(model: str, img_size: int, batch_size: int, precision: str, width: float,
-                  latent_dim: int, on_gpu: bool, log=print) -> tuple:
-    """(the planner's prediction comparable to the measured peak, its kind)."""
+def child_plans(requests: list) -> list:
+    """In a fresh CPU-only process: memory_plan.plan of each PlanRequest (as dicts)."""
     from crfgan_tf import memory_plan
 
-    req = memory_plan.PlanRequest(model=model, img_size=img_size, batch_size=batch_size,
-                                  precision=precision, width=width, latent_dim=latent_dim)
-    # traced in a fresh process: the planner builds a model, which this process must not
-    from crfgan_tf.bench.runner import run_fresh
-
-    child = run_fresh("crfgan_tf.bench.device:child_plan", dataclasses.asdict(req),
-                      env={"CUDA_VISIBLE_DEVICES": "-1"})  # tracing needs no GPU
-    if child.value is None:
-        log(f"  planner failed: {child.failure}")
-        return None, None
-    p = child.value
-    if on_gpu:
-        return p["gpu_bytes"] - memory_plan.GPU_RESERVE_BYTES, "gpu allocator peak"
-    return p["working_bytes"], "cpu working memory"
-
-
-def child_plan(request: dict) -> dict:
-    from crfgan_tf import memory_plan
-
-    return memory_plan.plan(memory_plan.PlanRequest(**request))
+    return [memory_plan.plan(memory_plan.PlanRequest(**r)) for r in requests]
 
 
 def run(configs=GPU_CONFIGS, generate_sizes=(256, 512), width: float = 1.0,
         latent_dim: int = 1024, steps: int = 5, warmup: int = 2, log=print) -> dict:
     """Measures every training configuration and generation size; returns
-    {"device", "training": [rows], "generate": [rows]}."""
+    {"device", "host_cpus", "training": [rows], "generate": [rows]}."""
+    from crfgan_tf import memory_plan
     from crfgan_tf.bench import pipeline
+    from crfgan_tf.bench.runner import finish_fresh, start_fresh
 
-    rows, device, on_gpu = [], None, False
+    requests = [dataclasses.asdict(memory_plan.PlanRequest(
+        model=m, img_size=s, batch_size=b, precision=p, width=width, latent_dim=latent_dim))
+        for m, s, b, p, _ in configs]
+    planner = start_fresh("crfgan_tf.bench.device:child_plans", requests,
+                          env={"CUDA_VISIBLE_DEVICES": "-1"})  # tracing needs no GPU
+    rows = []
     for model, size, batch, precision, xla in configs:
-        label = f"{model} {size}^3 batch {batch} {precision}{' XLA' if xla else ''}"
-        log(f"training {label} ...")
+        log(f"training {model} {size}^3 batch {batch} {precision}{' XLA' if xla else ''} ...")
         row = training.profile(training.ProfileRequest(
             model=model, img_size=size, batch_size=batch, steps=steps, warmup=warmup,
             precision=precision, width=width, latent_dim=latent_dim, jit_compile=xla))
         row["jit_compile"] = xla
-        device = device or row.get("device")
-        on_gpu = on_gpu or row.get("peak_kind") == "gpu_allocator_peak"
-        measured = (row.get("working_bytes") if row.get("peak_kind") == "process_max_rss"
-                    else row.get("peak_bytes"))
-        planned, kind = planned_bytes(model, size, batch, precision, width, latent_dim,
-                                      row.get("peak_kind") == "gpu_allocator_peak", log)
-        row.update(measured_bytes=measured, planned_bytes=planned, planned_kind=kind,
-                   planned_over_measured=(round(planned / measured, 3)
-                                          if planned and measured else None))
+        row["measured_bytes"] = (row.get("working_bytes")
+                                 if row.get("peak_kind") == "process_max_rss"
+                                 else row.get("peak_bytes"))
         log("  " + describe_training(row))
         rows.append(row)
     generated = []
@@ -91,6 +74,21 @@ def run(configs=GPU_CONFIGS, generate_sizes=(256, 512), width: float = 1.0,
                                               log=lambda m: None):
                 generated.append(g)
                 log("  " + describe_generation(g))
+    log("collecting the planner's predictions ...")
+    plans = finish_fresh(planner)
+    if plans.value is None:
+        log(f"  the planner failed: {plans.failure}")
+    for i, row in enumerate(rows):
+        p = plans.value[i] if plans.value is not None else None
+        gpu = row.get("peak_kind") == "gpu_allocator_peak"
+        planned = (None if p is None else
+                   p["gpu_bytes"] - memory_plan.GPU_RESERVE_BYTES if gpu else p["working_bytes"])
+        measured = row.get("measured_bytes")
+        row.update(planned_bytes=planned,
+                   planned_kind="gpu allocator peak" if gpu else "cpu working memory",
+                   planned_over_measured=(round(planned / measured, 3)
+                                          if planned and measured else None))
+    device = next((r["device"] for r in rows if r.get("device")), None)
     return {"device": device or platform.processor() or "unknown", "host_cpus": os.cpu_count(),
             "training": rows, "generate": generated}
 

@@ -46,6 +46,12 @@ def run_fresh(target: str, *args, env: Optional[dict] = None,
       env: environment variables set (or, with value None, removed) for the child.
       timeout: seconds before subprocess.TimeoutExpired.
     """
+    return finish_fresh(start_fresh(target, *args, env=env), timeout=timeout)
+
+
+def start_fresh(target: str, *args, env: Optional[dict] = None):
+    """Starts run_fresh's child without waiting for it (finish_fresh collects it), so
+    that a measurement can run beside it."""
     import subprocess
 
     child_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -54,16 +60,27 @@ def run_fresh(target: str, *args, env: Optional[dict] = None,
             child_env.pop(key, None)
         else:
             child_env[key] = value
-    proc = subprocess.run([sys.executable, "-m", "crfgan_tf.bench.runner", target,
-                           json.dumps(args)], capture_output=True, text=True, env=child_env,
-                          timeout=timeout)
+    return subprocess.Popen([sys.executable, "-m", "crfgan_tf.bench.runner", target,
+                             json.dumps(args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=child_env)
+
+
+def finish_fresh(proc, timeout: Optional[float] = None) -> ChildResult:
+    """Waits for a start_fresh child; its result, or why it failed."""
+    import subprocess
+
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
     if proc.returncode == 0:
-        return ChildResult(value=json.loads(proc.stdout.strip().splitlines()[-1]))
-    text = proc.stderr
-    lines = text.strip().splitlines()
-    return ChildResult(oom=proc.returncode in (-9, 137) or any(m in text for m in OOM_MARKERS),
+        return ChildResult(value=json.loads(stdout.strip().splitlines()[-1]))
+    lines = stderr.strip().splitlines()
+    return ChildResult(oom=proc.returncode in (-9, 137) or any(m in stderr for m in OOM_MARKERS),
                        error=lines[-1][:300] if lines else f"exit code {proc.returncode}",
-                       stderr=text[-3000:])
+                       stderr=stderr[-3000:])
 
 
 def _main(argv) -> None:

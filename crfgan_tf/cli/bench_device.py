@@ -1,7 +1,8 @@
-"""The device benchmark: training it/s and peak memory at 256^3 and 512^3 (mixed
-precision, XLA, float32) for CRF-GAN and HA-GAN, seconds and memory per generated
-256^3/512^3 volume, and the memory planner's prediction beside each training row
-(crfgan_tf/bench/device.py). About 8 minutes on one GPU; on CPU give small configs.
+"""The device benchmark: training it/s and peak memory at 256^3 batch 2 and 512^3 batch 1
+(mixed precision, and XLA at 256^3) for CRF-GAN and HA-GAN, seconds and memory per
+generated 256^3/512^3 volume, and the memory planner's prediction beside each training
+row (crfgan_tf/bench/device.py). Planned to take about 8 minutes on one GPU (not yet run
+on one); on CPU give small configs.
 
   python -m tools.bench_device --json_out=bench_device.json
   python -m tools.bench_device --configs=crfgan:64:1:float32 --generate_sizes=64 --width=0.0625
