@@ -121,3 +121,19 @@ def test_bench_device_refuses_bad_configs_before_any_work(config):
     res = subprocess.run([sys.executable, "-m", "tools.bench_device", f"--configs={config}"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and "--configs" in res.stderr and "training" not in res.stdout
+
+
+def test_fresh_process_results_failures_and_out_of_memory():
+    """bench.runner: a child's JSON result; its error line; running out of memory as a
+    result, not a crash; two children started side by side (start_fresh/finish_fresh)."""
+    from crfgan_tf.bench import runner
+
+    ok = runner.run_fresh("json:dumps", [1, 2])
+    assert (ok.value, ok.failure) == ("[1, 2]", None)
+    bad = runner.run_fresh("operator:truediv", 1, 0)
+    assert bad.value is None and not bad.oom and "ZeroDivisionError" in bad.failure
+    oom = runner.run_fresh("builtins:bytearray", 10 ** 15)
+    assert oom.oom and oom.failure == "out of memory"
+    first, second = (runner.start_fresh("json:dumps", {"n": n}) for n in (1, 2))
+    assert runner.finish_fresh(second).value == '{"n": 2}'
+    assert runner.finish_fresh(first).value == '{"n": 1}'
