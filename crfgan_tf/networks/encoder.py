@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
+import tensorflow as tf
 
-from crfgan_tf.geometry import check_size
+from crfgan_tf.geometry import EMBED_FACTOR, check_size
 from crfgan_tf.networks.generator import embedding_channels
 from crfgan_tf.networks.layers import conv_gn_relu, scaled_channels
+
+# hE's blocks: (name, channels at width 1 (None: the embedding's), kernel, stride); each
+# pads one voxel per side
+BLOCKS = (("block1", 32, 4, 2), ("block2", 32, 3, 1), ("block3", None, 4, 2))
+# input slices beyond a slab on each side that make the three blocks' output exact over
+# the slab (two stride-2 4-tap convolutions and a 3-tap one; encode_by_slabs checks it)
+SLAB_HALO = 8
 
 
 def build_encoder(img_size: int = 256, width: float = 1.0, name: str = "encoder") -> keras.Model:
@@ -14,13 +23,153 @@ def build_encoder(img_size: int = 256, width: float = 1.0, name: str = "encoder"
 
     Maps a sub-volume (S/8, S, S) to its embedding slab (S/32, S/4, S/4, 64) and the whole
     volume (S, S, S) to the whole embedding; the depth is free (any multiple of 4).
+    `encode_by_slabs` computes the whole embedding in bounded memory.
 
     Returns:
       Model mapping (batch, d, S, S, 1) -> (batch, d/4, S/4, S/4, 64 * width).
     """
     check_size(img_size)
-    x_in = keras.Input((None, img_size, img_size, 1), name="volume")
-    x = conv_gn_relu(x_in, scaled_channels(32, width), 4, 2, 1, name="block1")
-    x = conv_gn_relu(x, scaled_channels(32, width), 3, 1, 1, name="block2")
-    x = conv_gn_relu(x, embedding_channels(width), 4, 2, 1, name="block3")
+    x = x_in = keras.Input((None, img_size, img_size, 1), name="volume")
+    for block, channels, kernel, stride in BLOCKS:
+        filters = embedding_channels(width) if channels is None else scaled_channels(channels, width)
+        x = conv_gn_relu(x, filters, kernel, stride, 1, name=block)
     return keras.Model(x_in, x, name=name)
+
+
+def _exact_conv(conv, x, lo, hi, depth, kernel, stride):
+    """`conv` (padding one voxel per side) on the input slices [lo, hi) of a tensor `depth`
+    slices deep: its output cropped to the slices it computes exactly, i.e. those whose
+    window lies inside [lo, hi) or reaches past the tensor's true ends, where zero padding
+    is what the whole-tensor convolution sees too.
+
+    Returns:
+      (output, its slices' range [lo', hi'), the output's whole depth).
+    """
+    if lo % stride:  # a slab starting off the stride grid computes other output slices
+        skip = stride - lo % stride
+        x, lo = x[:, skip:], lo + skip
+    y = conv(x)
+    out_depth = depth // stride
+    new_lo = 0 if lo == 0 else -(-(lo + 1) // stride)
+    new_hi = out_depth if hi == depth else (hi + 1 - kernel) // stride + 1
+    first = lo // stride  # the global index of y's first slice
+    return y[:, new_lo - first: new_hi - first], new_lo, new_hi, out_depth
+
+
+def _merge_moments(acc, count, mean, m2):
+    """Chan et al.'s pairwise update of (count, mean, sum of squared deviations)."""
+    if acc is None:
+        return count, mean, m2
+    n_a, mean_a, m2_a = acc
+    n = n_a + count
+    delta = mean - mean_a
+    return n, mean_a + delta * (count / n), m2_a + m2 + tf.square(delta) * (n_a * count / n)
+
+
+def _group_norm_affine(moments, norm):
+    """Whole-tensor GroupNorm as per-(example, channel) float32 scale and shift, from the
+    per-channel (count, mean, squared deviations) in float64."""
+    count, mean, m2 = moments
+    channels = mean.shape[-1]
+    per_group = channels // norm.groups
+    grouped_mean = tf.reshape(mean, (-1, norm.groups, per_group))
+    group_mean = tf.reduce_mean(grouped_mean, axis=-1, keepdims=True)
+    group_m2 = tf.reduce_sum(tf.reshape(m2, (-1, norm.groups, per_group))
+                             + count * tf.square(grouped_mean - group_mean), axis=-1,
+                             keepdims=True)
+    variance = group_m2 / (count * per_group)
+    scale = tf.math.rsqrt(variance + norm.epsilon)
+    shape = tf.shape(grouped_mean)
+    scale = tf.reshape(tf.broadcast_to(scale, shape), (-1, channels))
+    mean = tf.reshape(tf.broadcast_to(group_mean, shape), (-1, channels))
+    scale = tf.cast(scale, tf.float32)
+    if norm.scale:
+        scale = scale * tf.cast(norm.gamma, tf.float32)
+    shift = -tf.cast(mean, tf.float32) * scale
+    if norm.center:
+        shift = shift + tf.cast(norm.beta, tf.float32)
+    return scale[:, None, None, None, :], shift[:, None, None, None, :]
+
+
+def encode_by_slabs(encoder: keras.Model, volume, slab: int, prepare=None):
+    """hE on the whole volume, `slab` embedding slices (4 x slab volume slices) at a time:
+    encoder(prepare(volume)) up to float rounding, in memory that grows with the slab.
+
+    The one-shot pass holds two (S/2)^3 x 32-channel tensors at once (4 GiB for one 512^3
+    volume in float32). Each block's GroupNorm normalises over the whole volume, so the
+    blocks run in passes over the slabs: pass k computes blocks 1..k-1 with the whole-
+    volume statistics found so far and block k's convolution, and accumulates block k's
+    statistics over each slab's own slices (per channel, merged in float64); the last pass
+    also keeps the last convolution's output, which is the embedding's size, and
+    normalises it. The convolutions of block 1 run three times, of block 2 twice. Each
+    slab is computed from its input slices with SLAB_HALO more on each side, and each slab
+    starts after the previous one has finished (inside tf.function too), so one slab's
+    tensors are alive at a time.
+
+    Args:
+      encoder: build_encoder's model.
+      volume: (batch, S, S, S, 1), a static depth S; any dtype `prepare` accepts.
+      slab: embedding slices per slab (>= 1; the last may be shorter).
+      prepare: applied to each slab of input slices (element-wise, e.g. dequantising
+        int16), so that the whole volume is never converted; default: none.
+
+    Returns:
+      (batch, S/4, S/4, S/4, C) in the encoder's compute dtype.
+    """
+    if slab < 1:
+        raise ValueError(f"slab must be >= 1 embedding slice, got {slab}")
+    depth = volume.shape[1]
+    if depth is None or depth % EMBED_FACTOR:
+        raise ValueError(f"encode_by_slabs needs a static depth divisible by {EMBED_FACTOR}, "
+                         f"got {depth}")
+    blocks = [(encoder.get_layer(f"{name}_conv"), encoder.get_layer(f"{name}_gn"), kernel,
+               stride) for name, _, kernel, stride in BLOCKS]
+    dtype = encoder.compute_dtype
+    side = depth // EMBED_FACTOR
+    bounds = [(a, min(a + slab, side)) for a in range(0, side, slab)]
+    affines = []  # each finished block's GroupNorm as (scale, shift)
+    after = []  # the tensor the next slab waits for
+
+    def forward(a, b, num_blocks):
+        """Blocks 1..num_blocks on embedding slab [a, b): the last block's convolution
+        output (before its GroupNorm) over the slab's own slices."""
+        lo, hi = max(EMBED_FACTOR * a - SLAB_HALO, 0), min(EMBED_FACTOR * b + SLAB_HALO, depth)
+        with tf.control_dependencies(after[-1:]):
+            x = volume[:, lo:hi]
+        x = prepare(x) if prepare is not None else x
+        size = depth
+        for i, (conv, _, kernel, stride) in enumerate(blocks[:num_blocks]):
+            if i:
+                scale, shift = affines[i - 1]
+                x = tf.nn.relu(tf.cast(tf.cast(x, tf.float32) * scale + shift, dtype))
+            x, lo, hi, size = _exact_conv(conv, x, lo, hi, size, kernel, stride)
+        per = size // side  # this block's slices per embedding slice
+        if not (lo <= per * a and per * b <= hi):
+            raise AssertionError(f"SLAB_HALO too small: block {num_blocks} is exact over "
+                                 f"[{lo}, {hi}), slab needs [{per * a}, {per * b})")
+        return x[:, per * a - lo: per * b - lo]
+
+    kept = []
+    for k in range(1, len(blocks) + 1):
+        moments = None
+        for a, b in bounds:
+            x = forward(a, b, k)
+            if k == len(blocks):
+                kept.append(x)
+            x = tf.cast(x, tf.float32)
+            mean = tf.reduce_mean(x, axis=(1, 2, 3))
+            m2 = tf.reduce_sum(tf.math.squared_difference(x, mean[:, None, None, None]),
+                               axis=(1, 2, 3))
+            count = int(np.prod(x.shape[1:4]))
+            moments = _merge_moments(moments, count, tf.cast(mean, tf.float64),
+                                     tf.cast(m2, tf.float64))
+            after.append(moments[2])
+        affines.append(_group_norm_affine(moments, blocks[k - 1][1]))
+    scale, shift = affines[-1]
+    outputs = []
+    for x in kept:
+        with tf.control_dependencies(after[-1:]):
+            x = tf.nn.relu(tf.cast(tf.cast(x, tf.float32) * scale + shift, dtype))
+        outputs.append(x)
+        after.append(x)
+    return tf.concat(outputs, axis=1)

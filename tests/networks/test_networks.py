@@ -291,3 +291,72 @@ def test_spectral_norm_gradient_is_pytorch_one():
     # y = sum_j (x^T W)_j / sigma -> dy/dW = x 1^T / sigma - (x^T W 1) v u'^T / sigma^2
     expected = np.outer(xs, np.ones(3)) / sigma - (xs @ w).sum() * np.outer(v, u_new) / sigma**2
     np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6)
+
+
+def _encoder_with_affine(size, width):
+    """hE with GroupNorm scales and shifts away from 1 and 0 (as after training)."""
+    enc = build_encoder(size, width=width)
+    rng = np.random.RandomState(1)
+    for layer in enc.layers:
+        if layer.name.endswith("_gn"):
+            layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape))
+            layer.beta.assign(rng.uniform(-0.5, 0.5, layer.beta.shape))
+    return enc
+
+
+@pytest.mark.parametrize("slab", [1, 3, 16, 40])  # one slice; uneven; the whole; past it
+def test_encode_by_slabs_equals_the_one_shot_encoder(slab):
+    """The whole-volume embedding slab by slab (three passes for hE's three GroupNorms, a
+    halo of SLAB_HALO slices) equals hE on the whole volume, from an int16 volume
+    dequantised slab by slab, eagerly and traced."""
+    from crfgan_tf import intensity
+    from crfgan_tf.networks.encoder import encode_by_slabs
+
+    enc = _encoder_with_affine(64, W)
+    hu = np.random.RandomState(0).uniform(-1024, 600, (2, 64, 64, 64, 1))
+    q = tf.constant(intensity.quantize(intensity.to_unit(hu)))
+    prepare = lambda x: intensity.dequantize(tf.cast(x, tf.float32))
+    one_shot = enc(prepare(q)).numpy()
+    assert one_shot.shape == (2, 16, 16, 16, embedding_channels(W))
+    eager = encode_by_slabs(enc, q, slab, prepare).numpy()
+    traced = tf.function(lambda v: encode_by_slabs(enc, v, slab, prepare))(q).numpy()
+    for got in (eager, traced):
+        np.testing.assert_allclose(got, one_shot, atol=2e-5, rtol=1e-5)
+
+
+def test_encode_by_slabs_halo_is_the_smallest_exact_one(monkeypatch):
+    """With one input slice less on each side the blocks' exact output no longer covers
+    a slab, and encode_by_slabs says so instead of returning a wrong embedding."""
+    from crfgan_tf.networks import encoder
+
+    enc = build_encoder(64, width=W)
+    volume = tf.zeros((1, 64, 64, 64, 1))
+    monkeypatch.setattr(encoder, "SLAB_HALO", encoder.SLAB_HALO - 1)
+    with pytest.raises(AssertionError, match="SLAB_HALO too small"):
+        encoder.encode_by_slabs(enc, volume, 4)
+
+
+def test_encode_by_slabs_runs_one_slab_at_a_time():
+    """Traced, every slab's first op (its input slices) waits for the previous slab, so
+    TensorFlow cannot run the slabs side by side (which would hold them all at once)."""
+    from crfgan_tf.networks.encoder import encode_by_slabs
+
+    enc = build_encoder(64, width=W)
+    graph = tf.function(lambda v: encode_by_slabs(enc, v, 4)).get_concrete_function(
+        tf.TensorSpec((1, 64, 64, 64, 1), tf.float32)).graph
+    slices = [op for op in graph.get_operations() if op.type == "StridedSlice"
+              and op.inputs[0].op.type == "Placeholder"]
+    assert len(slices) == 3 * 4  # three passes over four slabs
+    # the control edge sits on the slice or on the slice's bounds made in the same block
+    waits = [any(o.control_inputs for o in [op] + [t.op for t in op.inputs]) for op in slices]
+    assert waits == [False] + [True] * 11
+
+
+def test_encode_by_slabs_refuses_bad_arguments():
+    from crfgan_tf.networks.encoder import encode_by_slabs
+
+    enc = build_encoder(64, width=W)
+    with pytest.raises(ValueError, match="slab must be >= 1"):
+        encode_by_slabs(enc, tf.zeros((1, 64, 64, 64, 1)), 0)
+    with pytest.raises(ValueError, match="static depth divisible by 4"):
+        encode_by_slabs(enc, tf.zeros((1, 62, 64, 64, 1)), 2)
