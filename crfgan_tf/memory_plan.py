@@ -105,6 +105,7 @@ class PlanRequest:
     width: float = 1.0
     latent_dim: int = 1024
     crf_sample: str = "fresh"
+    crf_encoder_slab: int = -1
     num_classes: int = 0
 
     def check(self) -> None:
@@ -119,6 +120,9 @@ class PlanRequest:
                              f"got {self.precision!r}")
         if not self.width > 0:
             raise ValueError(f"--width must be positive, got {self.width}")
+        if self.crf_encoder_slab < -1:
+            raise ValueError("--crf_encoder_slab must be >= 1, 0 (one pass) or -1 (the "
+                             f"default for the size), got {self.crf_encoder_slab}")
 
 
 @dataclasses.dataclass
@@ -284,12 +288,7 @@ def trace(req: PlanRequest) -> StepGraph:
     keras.backend.clear_session()
     train_lib.set_precision(req.precision)
     try:
-        cfg = config_lib.TrainConfig(model_dir="/nonexistent", model=req.model,
-                                     img_size=req.img_size, batch_size=req.batch_size,
-                                     width=req.width, latent_dim=req.latent_dim,
-                                     mixed_precision=req.precision, crf_sample=req.crf_sample,
-                                     num_classes=req.num_classes)
-        model = train_lib.build_model(cfg)
+        model = train_lib.build_model(config_lib.step_config(req))
         s, d = req.img_size, geometry.crop_depth(req.img_size)
         spec = {"volume": tf.TensorSpec((None, s, s, s, 1), tf.int16),
                 "crop": tf.TensorSpec((None, d, s, s, 1), tf.float32),

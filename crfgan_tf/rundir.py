@@ -57,7 +57,8 @@ SUB_ENCODER_KEY = "sub_encoder"
 # and how it is executed. Everything else decides the weights or the data stream.
 RESUMABLE_FIELDS = ("model_dir", "train_steps", "log_every", "checkpoint_every",
                     "image_every", "keep_checkpoints", "profile_steps", "jit_compile",
-                    "strategy", "cpu_devices", "eval_every", "save_on_signals")
+                    "strategy", "cpu_devices", "eval_every", "save_on_signals",
+                    "crf_encoder_slab")
 
 
 class RunDirError(ValueError):

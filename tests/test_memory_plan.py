@@ -106,6 +106,18 @@ def test_transient_grows_with_the_batch_and_largest_batch_fits(tiny_step):
     assert mp.largest_batch(step, req, plans[0]["gpu_bytes"] - 1) == 0
 
 
+def test_encoder_slabs_lower_the_crf_phase_peak():
+    """The planner sees what --crf_encoder_slab saves: the CRF phase's peak (hE over the
+    whole volume) falls, the other phases' peaks stay."""
+    req = mp.PlanRequest(model="crfgan", img_size=64, batch_size=2, width=0.125,
+                         latent_dim=16, crf_encoder_slab=0)
+    whole = mp.plan(req, mp.trace(req))["phase_transient_bytes"]
+    slabs = dataclasses.replace(req, crf_encoder_slab=2)
+    by_slabs = mp.plan(slabs, mp.trace(slabs))["phase_transient_bytes"]
+    assert by_slabs["crf"] < 0.6 * whole["crf"]
+    assert {p: by_slabs[p] for p in ("d", "g", "rec")} == {p: whole[p] for p in ("d", "g", "rec")}
+
+
 @pytest.mark.parametrize("text, expected", [("24GB", 24 * 10 ** 9), ("24GiB", 24 * 2 ** 30),
                                             ("80g", 80 * 10 ** 9), ("16000MiB", 16000 * 2 ** 20),
                                             ("40", 40 * 10 ** 9)])
@@ -151,6 +163,7 @@ def test_cli_text_with_fits_table():
 @pytest.mark.parametrize("args, flag", [(["--gpu_memory=lots"], "--gpu_memory"),
                                         (["--model=hagan", "--img_size=64"], "--img_size"),
                                         (["--batch_size=0"], "--batch_size"),
+                                        (["--crf_encoder_slab=-2"], "--crf_encoder_slab"),
                                         (["--fits_precisions=float64"], "--fits_precisions")])
 def test_cli_refuses_bad_flags_before_any_work(args, flag):
     res = _cli(*args)

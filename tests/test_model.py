@@ -173,6 +173,42 @@ def test_int16_volume_trains_as_its_float32_dequantisation(tmp_path, model_name,
         np.testing.assert_array_equal(a, b)
 
 
+def test_encoder_slabs_train_as_the_one_pass_encoder(tmp_path):
+    """--crf_encoder_slab: a traced step whose phase 3 encodes the int16 volume 3
+    embedding slices at a time gives the one-pass step's losses and weights, up to float
+    rounding (hE's GroupNorm statistics are summed slab by slab)."""
+    from crfgan_tf import intensity
+
+    batch = tiny_batch(64, batch=2)
+    batch["volume"] = tf.constant(intensity.quantize(batch["volume"].numpy()))
+    models = [_build(tmp_path / str(s), crf_encoder_slab=s) for s in (0, 3)]
+    assert [m.encoder_slab for m in models] == [0, 3]
+    for a, b in zip(models[0].weights, models[1].weights):
+        b.assign(a)
+    models[0].crf.w.assign(tf.fill(models[0].crf.w.shape, 0.1))  # W = 0 ignores hE(x)
+    models[1].crf.w.assign(models[0].crf.w)
+    runs = []
+    for model in models:
+        out = tf.function(model.train_step)(batch)
+        runs.append(({k: float(v) for k, v in out.items()}, [v.numpy() for v in model.weights]))
+    for key in runs[0][0]:
+        np.testing.assert_allclose(runs[1][0][key], runs[0][0][key], rtol=1e-5, err_msg=key)
+    crf_w = [i for i, v in enumerate(models[0].weights) if v is models[0].crf.w][0]
+    assert not np.array_equal(runs[0][1][crf_w], 0.1)  # phase 3 moved W, through hE(x)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_encoder_slab_default_follows_the_size():
+    from crfgan_tf.config import TrainConfig
+
+    assert [TrainConfig(model_dir="x", img_size=s).encoder_slab() for s in (64, 256, 512)] \
+        == [0, 0, 16]
+    assert TrainConfig(model_dir="x", img_size=512, crf_encoder_slab=0).encoder_slab() == 0
+    with pytest.raises(ValueError, match="--crf_encoder_slab"):
+        TrainConfig(model_dir="x", crf_encoder_slab=-2).validate()
+
+
 # ops that compute nothing and allocate nothing (constants, captured handles, views)
 VIEWS = ("Const", "NoOp", "Placeholder", "Identity", "StopGradient")
 
@@ -187,14 +223,17 @@ def _phase_ranges(graph, phases):
     return ops, {p: (bounds[k], bounds[k + 1]) for k, p in enumerate(phases)}
 
 
-@pytest.mark.parametrize("model_name,img_size", [("crfgan", 64), ("hagan", 128)])
-def test_each_phase_runs_after_the_previous_phase_backward(tmp_path, model_name, img_size):
+@pytest.mark.parametrize("model_name,img_size,slab", [("crfgan", 64, 0), ("crfgan", 64, 4),
+                                                     ("hagan", 128, 0)])
+def test_each_phase_runs_after_the_previous_phase_backward(tmp_path, model_name, img_size,
+                                                          slab):
     """In the traced step every op of a phase's networks (their weights' reads included)
     and every volume-shaped op depends on the previous phase's gradients, so TensorFlow cannot run it while that phase's
     backward pass still holds its activations. Without the ordering CRF-GAN's hE pass
     over the whole volume (phase 3) and both models' next generator pass were free to
     start with the first phase."""
-    model = _build(tmp_path, model=model_name, img_size=img_size, batch_size=1)
+    model = _build(tmp_path, model=model_name, img_size=img_size, batch_size=1,
+                   crf_encoder_slab=slab)
     spec = {k: tf.TensorSpec(v.shape, v.dtype) for k, v in tiny_batch(img_size, 1).items()}
     spec["volume"] = tf.TensorSpec(spec["volume"].shape, tf.int16)
     graph = tf.function(model.train_step).get_concrete_function(spec).graph

@@ -29,6 +29,7 @@ class ProfileRequest:
     jit_compile: bool = False
     lean_cpu_memory: bool = False  # runtime.lean_cpu_memory() in the child
     crf_sample: str = "fresh"  # TrainConfig.crf_sample (CRF-GAN)
+    crf_encoder_slab: int = -1  # TrainConfig.crf_encoder_slab (CRF-GAN)
     adam: str = "pytorch"  # TrainConfig.adam
 
 
@@ -44,11 +45,7 @@ def measure(request: dict) -> dict:
     after_import = runtime.peak_memory_bytes()  # nothing built yet: the framework's own RSS
     req = ProfileRequest(**request)
     train_lib.set_precision(req.precision)
-    cfg = config_lib.TrainConfig(model_dir="/nonexistent", model=req.model,
-                                 img_size=req.img_size, batch_size=req.batch_size,
-                                 width=req.width, latent_dim=req.latent_dim,
-                                 mixed_precision=req.precision, crf_sample=req.crf_sample,
-                                 adam=req.adam)
+    cfg = config_lib.step_config(req)
     model = train_lib.build_model(cfg)
     s, b = req.img_size, req.batch_size
     batch = pipeline.synthetic_batch(s, b, req.latent_dim)
@@ -80,7 +77,8 @@ def measure(request: dict) -> dict:
             "device": device, "precision": req.precision, "width": req.width,
             "steps": req.steps, "warmup": req.warmup,
             "cpu_allocator": "lean" if req.lean_cpu_memory else "default",
-            "crf_sample": req.crf_sample, "adam": req.adam}
+            "crf_sample": req.crf_sample, "crf_encoder_slab": cfg.encoder_slab(),
+            "adam": req.adam}
 
 
 def profile(req: ProfileRequest, timeout: float = 3600) -> dict:

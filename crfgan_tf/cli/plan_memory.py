@@ -27,6 +27,7 @@ flags.DEFINE_enum("precision", "float32", ["float32", "mixed_float16", "mixed_bf
 flags.DEFINE_float("width", 1.0, "Channel multiplier (1 = the paper's networks).")
 flags.DEFINE_integer("latent_dim", 1024, "Latent size.")
 flags.DEFINE_enum("crf_sample", "fresh", ["fresh", "reuse"], "CRF-GAN's --crf_sample.")
+flags.DEFINE_integer("crf_encoder_slab", -1, "CRF-GAN's --crf_encoder_slab (-1: the default for the size).")
 flags.DEFINE_integer("num_classes", 0, "Classes of a conditional model (0: unconditional).")
 flags.DEFINE_bool("lean_cpu_memory", False,
                   "Plan the CPU working memory for crfgan-train's lean allocator "
@@ -39,6 +40,9 @@ flags.DEFINE_list("fits_precisions", ["float32", "mixed_float16"],
                   "Precisions of the fits table.")
 flags.DEFINE_bool("json", False, "Print the plan as JSON (working_bytes: the predicted CPU "
                   "working memory; gpu_bytes: what a GPU needs), with the fits table.")
+flags.register_validator("crf_encoder_slab", lambda v: v >= -1,
+                         message="--crf_encoder_slab must be >= 1, 0 (one pass) or -1 (the "
+                         "default for the size)")
 flags.register_validator("img_size", lambda v: v in geometry.SIZES,
                          message=f"--img_size must be one of {geometry.SIZES}")
 flags.register_validator("batch_size", lambda v: v >= 1, message="--batch_size must be >= 1")
@@ -70,7 +74,8 @@ flags.register_validator("gpu_memory", _check_gpu_memory)
 
 # --help (crfgan_tf/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
-    "Run to plan": "model img_size batch_size precision width latent_dim crf_sample num_classes",
+    "Run to plan": "model img_size batch_size precision width latent_dim crf_sample crf_encoder_slab "
+                   "num_classes",
     "Devices": "lean_cpu_memory gpu_memory fits fits_precisions",
     "Output": "json",
 }
@@ -170,7 +175,9 @@ def main(argv):
     req = memory_plan.PlanRequest(model=FLAGS.model, img_size=FLAGS.img_size,
                                   batch_size=FLAGS.batch_size, precision=FLAGS.precision,
                                   width=FLAGS.width, latent_dim=FLAGS.latent_dim,
-                                  crf_sample=FLAGS.crf_sample, num_classes=FLAGS.num_classes)
+                                  crf_sample=FLAGS.crf_sample,
+                                  crf_encoder_slab=FLAGS.crf_encoder_slab,
+                                  num_classes=FLAGS.num_classes)
     progress = sys.stderr if FLAGS.json else sys.stdout
     allocator = memory_plan.CPU_LEAN if FLAGS.lean_cpu_memory else memory_plan.CPU_DEFAULT
     print(f"tracing {req.model} {req.img_size}^3 {req.precision} ...", file=progress, flush=True)

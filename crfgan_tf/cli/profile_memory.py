@@ -31,6 +31,7 @@ flags.DEFINE_bool("lean_cpu_memory", False,
                   "lower peak RSS, slower iterations.")
 flags.DEFINE_enum("crf_sample", "fresh", ["fresh", "reuse"],
                   "CRF-GAN's CRF phase sample (crfgan_tf.train --crf_sample).")
+flags.DEFINE_integer("crf_encoder_slab", -1, "CRF-GAN's --crf_encoder_slab (-1: the default for the size).")
 flags.DEFINE_enum("adam", "pytorch", ["pytorch", "keras"], "Adam variant (--adam).")
 flags.DEFINE_bool("json", False, "Print a JSON list of rows.")
 flags.DEFINE_string("plot", "profile_memory.png", "PNG of memory against batch size ('' for none).")
@@ -40,6 +41,9 @@ flags.register_validator("models", lambda v: all(m in ("crfgan", "hagan") for m 
                          message="--models must be crfgan and/or hagan")
 flags.register_validator("batch_sizes", lambda v: all(x.isdigit() and int(x) >= 1 for x in v),
                          message="--batch_sizes must be positive integers")
+flags.register_validator("crf_encoder_slab", lambda v: v >= -1,
+                         message="--crf_encoder_slab must be >= 1, 0 (one pass) or -1 (the "
+                         "default for the size)")
 flags.register_multi_flags_validator(
     ["models", "img_size"],
     lambda f: "hagan" not in f["models"] or f["img_size"] in geometry.HAGAN_SIZES,
@@ -48,7 +52,7 @@ flags.register_multi_flags_validator(
 
 # --help (crfgan_tf/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
-    "Models": "models img_size batch_sizes width crf_sample adam",
+    "Models": "models img_size batch_sizes width crf_sample crf_encoder_slab adam",
     "Speed options": "precision jit_compile lean_cpu_memory",
     "Measurement": "steps warmup",
     "Output": "json plot",
@@ -66,7 +70,8 @@ def main(argv):
                 model=model, img_size=FLAGS.img_size, batch_size=int(batch), steps=FLAGS.steps,
                 warmup=FLAGS.warmup, precision=FLAGS.precision, width=FLAGS.width,
                 jit_compile=FLAGS.jit_compile, lean_cpu_memory=FLAGS.lean_cpu_memory,
-                crf_sample=FLAGS.crf_sample, adam=FLAGS.adam)))
+                crf_sample=FLAGS.crf_sample, crf_encoder_slab=FLAGS.crf_encoder_slab,
+                adam=FLAGS.adam)))
             r = rows[-1]
             out = sys.stderr if FLAGS.json else sys.stdout  # progress stays off the JSON
             if r.get("oom"):

@@ -65,6 +65,12 @@ flags.DEFINE_enum("crf_nodes", _defaults["crf_nodes"], ["slices", "channels"],
 flags.DEFINE_enum("crf_sample", _defaults["crf_sample"], list(config_lib.CRF_SAMPLES),
                   "CRF phase: fresh = a new z, G and D run again on it (the reference); "
                   "reuse = phase 2's embedding and D logit (one G and D forward less).")
+flags.DEFINE_integer("crf_encoder_slab", _defaults["crf_encoder_slab"],
+                     "CRF phase: hE encodes the whole real volume this many embedding slices "
+                     "(4x as many volume slices) at a time: the same embedding up to float "
+                     "rounding, in memory bounded by the slab, for about 1.7x hE's time. "
+                     "0: in one pass (the reference); -1: 0 up to 256^3, 16 at 512^3. "
+                     "May change when a run resumes.")
 flags.DEFINE_enum("hagan_low_res", _defaults["hagan_low_res"], list(config_lib.LOW_RES_MODES),
                   "HA-GAN's S/4 real volume: nearest (every 4th voxel, the reference) or "
                   "average (4^3 average pooling, anti-aliased).")
@@ -161,7 +167,7 @@ def _flags_text() -> str:
 HELP_GROUPS = {
     "Data": "train_records demo_data_dir demo_nodules shuffle_buffer seed",
     "Model": "model img_size latent_dim width num_classes lambda_class fake_labels "
-             "balance_classes crf_iterations crf_nodes crf_sample crf_weight_start "
+             "balance_classes crf_iterations crf_nodes crf_sample crf_encoder_slab crf_weight_start "
              "crf_weight_decay_steps hagan_low_res",
     "Optimisation": "batch_size per_replica_batch_size train_steps lr_g lr_d lr_crf lr_e beta_1 "
                     "beta_2 adam_epsilon adam",

@@ -8,6 +8,7 @@ from crfgan_tf import geometry, losses
 from crfgan_tf.config import CRF_SAMPLES
 from crfgan_tf.model.base import SubVolumeGAN
 from crfgan_tf.networks import SliceCRF
+from crfgan_tf.networks.encoder import encode_by_slabs
 
 
 class CRFGAN(SubVolumeGAN):
@@ -30,6 +31,10 @@ class CRFGAN(SubVolumeGAN):
       crf_iterations, crf_nodes: see SliceCRF.
       crf_weight_start, crf_weight_decay_steps: the schedule of w.
       crf_sample: "fresh" (the reference) or "reuse".
+      encoder_slab: 0: phase 3 encodes the whole real volume in one pass (the
+        reference); N > 0: N embedding slices at a time (encode_by_slabs: the same
+        embedding up to float rounding, in memory bounded by the slab, for two more
+        passes of hE's first convolutions).
     """
 
     PHASES = ("d", "g", "crf", "rec")
@@ -40,12 +45,15 @@ class CRFGAN(SubVolumeGAN):
     def __init__(self, img_size=256, latent_dim=1024, width=1.0, crf_iterations=10,
                  crf_nodes="slices", crf_weight_start=0.5, crf_weight_decay_steps=60000,
                  global_batch_size=2, crf_sample="fresh", num_classes=0, lambda_class=0.1,
-                 **kwargs):
+                 encoder_slab=0, **kwargs):
         super().__init__(img_size, latent_dim, width, global_batch_size,
                          num_classes=num_classes, lambda_class=lambda_class, **kwargs)
         if crf_sample not in CRF_SAMPLES:
             raise ValueError(f"crf_sample must be one of {CRF_SAMPLES}, got {crf_sample!r}")
+        if encoder_slab < 0:
+            raise ValueError(f"encoder_slab must be >= 0, got {encoder_slab}")
         self.crf_sample = crf_sample
+        self.encoder_slab = encoder_slab
         self.crf_iterations = crf_iterations
         self.crf_nodes = crf_nodes
         self.crf_weight_start = crf_weight_start
@@ -113,12 +121,21 @@ class CRFGAN(SubVolumeGAN):
                                                          training=True))
         return tf.stop_gradient(embedding), tf.stop_gradient(logits)
 
+    def encode_volume(self, volume):
+        """hE's embedding of whole real volumes (as stored: int16 or float), converted to
+        the compute dtype only here (phase 3 is their one reader), slab by slab with
+        encoder_slab."""
+        if self.encoder_slab:
+            return encode_by_slabs(self.encoder, volume, self.encoder_slab, self.real_volume)
+        return self.encoder(self.real_volume(volume), training=True)
+
     def crf_step(self, volume, crop, position, fake_embedding, fake_logits):
         """Phase 3: update W to tell hE(x) embeddings from G1(z) embeddings.
 
+        volume: the whole real volumes as stored (encode_volume).
         fake_embedding, fake_logits: from fake_for_crf (fresh) or phase 2 (reuse)."""
         pos = self.normalized_position(position)
-        real_embedding = tf.stop_gradient(self.encoder(volume, training=True))
+        real_embedding = tf.stop_gradient(self.encode_volume(volume))
         real_logits = tf.stop_gradient(
             self.split_logits(self.discriminator([self.d_view(crop, 5), pos], training=True))[0])
         with tf.GradientTape() as tape:
@@ -156,9 +173,7 @@ class CRFGAN(SubVolumeGAN):
         with self.phase_in_order():
             if self.crf_sample == "fresh":
                 fake = self.fake_for_crf(position, data["z_c"], fake_label)
-            # the whole volume in the compute dtype only now: phase 3 is its one reader
-            volume = self.real_volume(data["volume"])
-            out.update(self.crf_step(volume, crop, position, *fake))
+            out.update(self.crf_step(data["volume"], crop, position, *fake))
         out.update(g)
         with self.phase_in_order():
             out.update(self.rec_step(crop))
@@ -171,4 +186,5 @@ class CRFGAN(SubVolumeGAN):
                     crf_weight_start=self.crf_weight_start,
                     crf_weight_decay_steps=self.crf_weight_decay_steps,
                     global_batch_size=self.global_batch_size, crf_sample=self.crf_sample,
-                    num_classes=self.num_classes, lambda_class=self.lambda_class)
+                    num_classes=self.num_classes, lambda_class=self.lambda_class,
+                    encoder_slab=self.encoder_slab)
