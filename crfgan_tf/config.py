@@ -55,8 +55,8 @@ class TrainConfig:
     crf_nodes: str = "slices"
     crf_sample: str = "fresh"  # CRF phase: "fresh" z (the reference) or "reuse" phase 2's
     # CRF phase's hE over the whole real volume: embedding slices per slab (0: one pass, as
-    # the reference; -1: geometry.default_encoder_slab, i.e. 0 up to 256^3 and 16 at 512^3)
-    crf_encoder_slab: int = -1
+    # the reference; less memory, more time: docs/resolution.md)
+    crf_encoder_slab: int = 0
     hagan_low_res: str = "nearest"  # HA-GAN's S/4 real volume: "nearest" (ref.) or "average"
     num_classes: int = 0  # > 0: class-conditional (the references' --num-class)
     lambda_class: float = 0.1  # weight of the generator's auxiliary-classifier loss
@@ -105,8 +105,8 @@ class TrainConfig:
         need(self.crf_weight_decay_steps >= 1, "--crf_weight_decay_steps must be >= 1")
         need(0 <= self.crf_weight_start <= 1, "--crf_weight_start must be in [0, 1]")
         need(self.crf_iterations >= 0, "--crf_iterations must be >= 0")
-        need(self.crf_encoder_slab >= -1, "--crf_encoder_slab must be >= 1 embedding slices, "
-             f"0 (one pass) or -1 (the default for --img_size), got {self.crf_encoder_slab}")
+        need(self.crf_encoder_slab >= 0, "--crf_encoder_slab must be >= 1 embedding slices "
+             f"or 0 (one pass), got {self.crf_encoder_slab}")
         need(self.crf_nodes in ("slices", "channels"),
              f"--crf_nodes must be slices or channels, got {self.crf_nodes!r}")
         need(self.num_classes >= 0, f"--num_classes must be >= 0, got {self.num_classes}")
@@ -138,12 +138,6 @@ class TrainConfig:
         need(self.ada_speed > 0, f"--ada_speed must be > 0, got {self.ada_speed}")
         self.profile_range()
         preemption.parse_signals(self.save_on_signals)
-
-    def encoder_slab(self) -> int:
-        """--crf_encoder_slab with -1 resolved for --img_size (CRFGAN's encoder_slab)."""
-        if self.crf_encoder_slab >= 0:
-            return self.crf_encoder_slab
-        return geometry.default_encoder_slab(self.img_size)
 
     def global_batch(self, replicas: int) -> int:
         """The global batch on `replicas` replicas: --per_replica_batch_size times the

@@ -53,14 +53,6 @@ def embedding_side(img_size: int) -> int:
     return img_size // EMBED_FACTOR
 
 
-def default_encoder_slab(img_size: int) -> int:
-    """CRF-GAN's phase-3 hE slab at `img_size` (embedding slices per slab; 0: the whole
-    volume in one pass, the reference's computation): whole up to 256^3; 16 slices
-    (64 volume slices) at 512^3, where the one-shot pass is the step's peak
-    (docs/resolution.md, "Planning memory")."""
-    return 16 if img_size >= 512 else 0
-
-
 def crop_depth(img_size: int) -> int:
     """Axial slices of a training sub-volume: S/8."""
     return img_size // CROP_FRACTION

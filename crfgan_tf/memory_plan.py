@@ -105,7 +105,7 @@ class PlanRequest:
     width: float = 1.0
     latent_dim: int = 1024
     crf_sample: str = "fresh"
-    crf_encoder_slab: int = -1
+    crf_encoder_slab: int = 0
     num_classes: int = 0
 
     def check(self) -> None:
@@ -120,9 +120,9 @@ class PlanRequest:
                              f"got {self.precision!r}")
         if not self.width > 0:
             raise ValueError(f"--width must be positive, got {self.width}")
-        if self.crf_encoder_slab < -1:
-            raise ValueError("--crf_encoder_slab must be >= 1, 0 (one pass) or -1 (the "
-                             f"default for the size), got {self.crf_encoder_slab}")
+        if self.crf_encoder_slab < 0:
+            raise ValueError("--crf_encoder_slab must be >= 1 or 0 (one pass), "
+                             f"got {self.crf_encoder_slab}")
 
 
 @dataclasses.dataclass

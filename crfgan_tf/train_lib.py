@@ -90,7 +90,7 @@ def build_model(config: config_lib.TrainConfig,
         common.update(crf_iterations=config.crf_iterations, crf_nodes=config.crf_nodes,
                       crf_weight_start=config.crf_weight_start,
                       crf_weight_decay_steps=config.crf_weight_decay_steps,
-                      crf_sample=config.crf_sample, encoder_slab=config.encoder_slab())
+                      crf_sample=config.crf_sample, encoder_slab=config.crf_encoder_slab)
     else:
         common.update(low_res=config.hagan_low_res)
     cls = MODEL_CLASSES[config.model]

@@ -199,14 +199,12 @@ def test_encoder_slabs_train_as_the_one_pass_encoder(tmp_path):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
-def test_encoder_slab_default_follows_the_size():
+def test_crf_encoder_slab_is_checked_by_name():
     from crfgan_tf.config import TrainConfig
 
-    assert [TrainConfig(model_dir="x", img_size=s).encoder_slab() for s in (64, 256, 512)] \
-        == [0, 0, 16]
-    assert TrainConfig(model_dir="x", img_size=512, crf_encoder_slab=0).encoder_slab() == 0
+    assert TrainConfig(model_dir="x").crf_encoder_slab == 0  # the reference's one pass
     with pytest.raises(ValueError, match="--crf_encoder_slab"):
-        TrainConfig(model_dir="x", crf_encoder_slab=-2).validate()
+        TrainConfig(model_dir="x", crf_encoder_slab=-1).validate()
 
 
 # ops that compute nothing and allocate nothing (constants, captured handles, views)

@@ -29,7 +29,7 @@ class ProfileRequest:
     jit_compile: bool = False
     lean_cpu_memory: bool = False  # runtime.lean_cpu_memory() in the child
     crf_sample: str = "fresh"  # TrainConfig.crf_sample (CRF-GAN)
-    crf_encoder_slab: int = -1  # TrainConfig.crf_encoder_slab (CRF-GAN)
+    crf_encoder_slab: int = 0  # TrainConfig.crf_encoder_slab (CRF-GAN)
     adam: str = "pytorch"  # TrainConfig.adam
 
 
@@ -77,7 +77,7 @@ def measure(request: dict) -> dict:
             "device": device, "precision": req.precision, "width": req.width,
             "steps": req.steps, "warmup": req.warmup,
             "cpu_allocator": "lean" if req.lean_cpu_memory else "default",
-            "crf_sample": req.crf_sample, "crf_encoder_slab": cfg.encoder_slab(),
+            "crf_sample": req.crf_sample, "crf_encoder_slab": req.crf_encoder_slab,
             "adam": req.adam}
 
 

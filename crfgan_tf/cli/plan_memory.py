@@ -27,7 +27,7 @@ flags.DEFINE_enum("precision", "float32", ["float32", "mixed_float16", "mixed_bf
 flags.DEFINE_float("width", 1.0, "Channel multiplier (1 = the paper's networks).")
 flags.DEFINE_integer("latent_dim", 1024, "Latent size.")
 flags.DEFINE_enum("crf_sample", "fresh", ["fresh", "reuse"], "CRF-GAN's --crf_sample.")
-flags.DEFINE_integer("crf_encoder_slab", -1, "CRF-GAN's --crf_encoder_slab (-1: the default for the size).")
+flags.DEFINE_integer("crf_encoder_slab", 0, "CRF-GAN's --crf_encoder_slab (0: one pass).")
 flags.DEFINE_integer("num_classes", 0, "Classes of a conditional model (0: unconditional).")
 flags.DEFINE_bool("lean_cpu_memory", False,
                   "Plan the CPU working memory for crfgan-train's lean allocator "
@@ -40,9 +40,8 @@ flags.DEFINE_list("fits_precisions", ["float32", "mixed_float16"],
                   "Precisions of the fits table.")
 flags.DEFINE_bool("json", False, "Print the plan as JSON (working_bytes: the predicted CPU "
                   "working memory; gpu_bytes: what a GPU needs), with the fits table.")
-flags.register_validator("crf_encoder_slab", lambda v: v >= -1,
-                         message="--crf_encoder_slab must be >= 1, 0 (one pass) or -1 (the "
-                         "default for the size)")
+flags.register_validator("crf_encoder_slab", lambda v: v >= 0,
+                         message="--crf_encoder_slab must be >= 1 or 0 (one pass)")
 flags.register_validator("img_size", lambda v: v in geometry.SIZES,
                          message=f"--img_size must be one of {geometry.SIZES}")
 flags.register_validator("batch_size", lambda v: v >= 1, message="--batch_size must be >= 1")
@@ -112,6 +111,9 @@ def _print_plan(p: dict, gpu_memory: int) -> None:
         f"{t['op']} {_mib(t['bytes'])}" for t in p["largest_at_peak"][:3]))
     print("  each phase's transient peak: " + ", ".join(
         f"{k} {_mib(v)}" for k, v in p["phase_transient_bytes"].items()))
+    if p["model"] == "crfgan" and p["peak_phase"] == "crf" and not p.get("crf_encoder_slab"):
+        print("  the peak is hE embedding the whole real volume in one pass: "
+              "--crf_encoder_slab=16 embeds it slab by slab (less memory, more time)")
     alloc = memory_plan.ALLOCATORS[p["allocator"]]
     print(f"  {'CPU working memory (' + alloc.name + ')':52s} {_mib(p['working_bytes']):>12s}"
           f"   = persistent + {alloc.factor:g} x transient + {_mib(alloc.runtime_bytes)} "

@@ -31,7 +31,7 @@ flags.DEFINE_bool("lean_cpu_memory", False,
                   "lower peak RSS, slower iterations.")
 flags.DEFINE_enum("crf_sample", "fresh", ["fresh", "reuse"],
                   "CRF-GAN's CRF phase sample (crfgan_tf.train --crf_sample).")
-flags.DEFINE_integer("crf_encoder_slab", -1, "CRF-GAN's --crf_encoder_slab (-1: the default for the size).")
+flags.DEFINE_integer("crf_encoder_slab", 0, "CRF-GAN's --crf_encoder_slab (0: one pass).")
 flags.DEFINE_enum("adam", "pytorch", ["pytorch", "keras"], "Adam variant (--adam).")
 flags.DEFINE_bool("json", False, "Print a JSON list of rows.")
 flags.DEFINE_string("plot", "profile_memory.png", "PNG of memory against batch size ('' for none).")
@@ -41,9 +41,8 @@ flags.register_validator("models", lambda v: all(m in ("crfgan", "hagan") for m 
                          message="--models must be crfgan and/or hagan")
 flags.register_validator("batch_sizes", lambda v: all(x.isdigit() and int(x) >= 1 for x in v),
                          message="--batch_sizes must be positive integers")
-flags.register_validator("crf_encoder_slab", lambda v: v >= -1,
-                         message="--crf_encoder_slab must be >= 1, 0 (one pass) or -1 (the "
-                         "default for the size)")
+flags.register_validator("crf_encoder_slab", lambda v: v >= 0,
+                         message="--crf_encoder_slab must be >= 1 or 0 (one pass)")
 flags.register_multi_flags_validator(
     ["models", "img_size"],
     lambda f: "hagan" not in f["models"] or f["img_size"] in geometry.HAGAN_SIZES,
