@@ -34,7 +34,7 @@ class CRFGAN(SubVolumeGAN):
       encoder_slab: 0: phase 3 encodes the whole real volume in one pass (the
         reference); N > 0: N embedding slices at a time (encode_by_slabs: the same
         embedding up to float rounding, in memory bounded by the slab, for two more
-        passes of hE's first convolutions).
+        passes of hE's first convolution and one more of its second).
     """
 
     PHASES = ("d", "g", "crf", "rec")
