@@ -67,8 +67,9 @@ def _merge_moments(acc, count, mean, m2):
 
 
 def _group_norm_affine(moments, norm):
-    """Whole-tensor GroupNorm as per-(example, channel) float32 scale and shift, from the
-    per-channel (count, mean, squared deviations) in float64."""
+    """Whole-tensor GroupNorm `norm` as per-(example, channel) float32 scale and shift
+    (GroupNorm.scale_shift), from the per-channel (count, mean, squared deviations) in
+    float64."""
     count, mean, m2 = moments
     channels = mean.shape[-1]
     per_group = channels // norm.groups
@@ -77,18 +78,18 @@ def _group_norm_affine(moments, norm):
     group_m2 = tf.reduce_sum(tf.reshape(m2, (-1, norm.groups, per_group))
                              + count * tf.square(grouped_mean - group_mean), axis=-1,
                              keepdims=True)
-    variance = group_m2 / (count * per_group)
-    scale = tf.math.rsqrt(variance + norm.epsilon)
     shape = tf.shape(grouped_mean)
-    scale = tf.reshape(tf.broadcast_to(scale, shape), (-1, channels))
-    mean = tf.reshape(tf.broadcast_to(group_mean, shape), (-1, channels))
-    scale = tf.cast(scale, tf.float32)
-    if norm.scale:
-        scale = scale * tf.cast(norm.gamma, tf.float32)
-    shift = -tf.cast(mean, tf.float32) * scale
-    if norm.center:
-        shift = shift + tf.cast(norm.beta, tf.float32)
+    per_channel = lambda g: tf.cast(tf.reshape(tf.broadcast_to(g, shape), (-1, channels)),
+                                    tf.float32)
+    scale, shift = norm.scale_shift(per_channel(group_mean),
+                                    per_channel(group_m2 / (count * per_group)))
     return scale[:, None, None, None, :], shift[:, None, None, None, :]
+
+
+def _normalize_relu(x, affine, dtype):
+    """A block's GroupNorm (as (scale, shift)) and ReLU on a slab, in `dtype`."""
+    scale, shift = affine
+    return tf.nn.relu(tf.cast(tf.cast(x, tf.float32) * scale + shift, dtype))
 
 
 def encode_by_slabs(encoder: keras.Model, volume, slab: int, prepare=None):
@@ -140,8 +141,7 @@ def encode_by_slabs(encoder: keras.Model, volume, slab: int, prepare=None):
         size = depth
         for i, (conv, _, kernel, stride) in enumerate(blocks[:num_blocks]):
             if i:
-                scale, shift = affines[i - 1]
-                x = tf.nn.relu(tf.cast(tf.cast(x, tf.float32) * scale + shift, dtype))
+                x = _normalize_relu(x, affines[i - 1], dtype)
             x, lo, hi, size = _exact_conv(conv, x, lo, hi, size, kernel, stride)
         per = size // side  # this block's slices per embedding slice
         if not (lo <= per * a and per * b <= hi):
@@ -165,11 +165,10 @@ def encode_by_slabs(encoder: keras.Model, volume, slab: int, prepare=None):
                                      tf.cast(m2, tf.float64))
             after.append(moments[2])
         affines.append(_group_norm_affine(moments, blocks[k - 1][1]))
-    scale, shift = affines[-1]
     outputs = []
     for x in kept:
         with tf.control_dependencies(after[-1:]):
-            x = tf.nn.relu(tf.cast(tf.cast(x, tf.float32) * scale + shift, dtype))
+            x = _normalize_relu(x, affines[-1], dtype)
         outputs.append(x)
         after.append(x)
     return tf.concat(outputs, axis=1)

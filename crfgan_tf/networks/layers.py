@@ -287,11 +287,17 @@ class GroupNorm(keras.layers.GroupNormalization):
         mean = group_average(tf.reduce_mean(x, axis=axes))
         variance = group_average(tf.reduce_mean(
             tf.math.squared_difference(x, tf.reshape(mean, per_channel_shape)), axis=axes))
+        scale, shift = self.scale_shift(mean, variance)
+        out = x * tf.reshape(scale, per_channel_shape) + tf.reshape(shift, per_channel_shape)
+        return ops.cast(out, self.compute_dtype)
+
+    def scale_shift(self, mean, variance):
+        """The normalisation as one multiply-add: float32 (scale, shift) of the same shape
+        as `mean` and `variance` (per example and channel, each its group's statistic)."""
         scale = tf.math.rsqrt(variance + self.epsilon)
         if self.scale:
             scale = scale * tf.cast(self.gamma, "float32")
         shift = -mean * scale
         if self.center:
             shift = shift + tf.cast(self.beta, "float32")
-        out = x * tf.reshape(scale, per_channel_shape) + tf.reshape(shift, per_channel_shape)
-        return ops.cast(out, self.compute_dtype)
+        return scale, shift
