@@ -52,6 +52,24 @@ def test_frechet_distance_singular_covariances_fewer_samples_than_features():
     assert np.isfinite(value) and value > 0 and isinstance(value, float)
 
 
+@pytest.mark.parametrize("n_real,n_fake,dim", [(5, 2, 2048), (7, 5, 40), (300, 200, 8)])
+def test_fid_from_features_equals_the_covariance_route(n_real, n_fake, dim, monkeypatch):
+    """fid_from_features takes the sample route (the nuclear norm of A1 A2^T, no D x D
+    matrix) while the samples are fewer than the features' dimension squared; it is the same
+    number as the covariance route, rank-deficient or not."""
+    rng = np.random.default_rng(n_real)
+    real = rng.standard_normal((n_real, dim)) * 2.0 + 0.1
+    fake = rng.standard_normal((n_fake, dim)) @ np.diag(rng.uniform(0.5, 1.5, dim))
+    want = metrics.frechet_distance(*metrics.feature_statistics(real),
+                                    *metrics.feature_statistics(fake))
+    sample_route = n_real * n_fake <= dim * dim
+    if sample_route:  # no D x D covariance is formed, so no eigendecomposition of one
+        monkeypatch.setattr(metrics, "frechet_distance", None)
+    got = metrics.fid_from_features(real, fake)
+    assert got == pytest.approx(want, rel=1e-9)
+    assert metrics.fid_from_features(real, real) == pytest.approx(0.0, abs=1e-9 * want)
+
+
 def test_frechet_distance_rejects_bad_shapes():
     with pytest.raises(ValueError, match="covariances"):
         metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(3), np.eye(4))
