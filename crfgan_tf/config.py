@@ -18,6 +18,15 @@ FAKE_LABELS = ("batch", "uniform")
 BEST_METRICS = ("fd", "mmd", "hist_w1_hu", "profile_l1_hu")
 # crfgan_tf/augment.py; no flips (chest anatomy is asymmetric)
 AUGMENT_TRANSFORMS = ("translation", "cutout", "intensity")
+# MedicalNet features (crfgan_tf/evaluation/features.py), in every command that takes them:
+# volumes with a larger side are averaged down to the feature side first
+FEATURE_SIDE = 256
+MIN_FEATURE_SIDE = 16  # MedicalNet down-samples 16x
+FEATURE_SIDE_HELP = (
+    "Volumes with a larger side are averaged over f^3 blocks down to this side before "
+    "MedicalNet (memory and time stay those of this side^3; the volumes' side must be a "
+    "multiple of it); the output states the side used. Features at different sides are not "
+    "comparable.")
 
 
 @dataclasses.dataclass
@@ -77,6 +86,7 @@ class TrainConfig:
     eval_records: str = ""  # default: the val-* records beside the training records
     eval_samples: int = 16  # generated volumes per evaluation (fixed latents)
     fid_weights: str = ""  # MedicalNet .npz; without it, the labelled random-feature net
+    eval_feature_side: int = FEATURE_SIDE  # MedicalNet's input side (FEATURE_SIDE_HELP)
     best_metric: str = "fd"  # the evaluation metric that picks the best checkpoint
     augment: str = ""  # D-side differentiable augmentation: "translation,cutout,intensity"
     augment_p: float = 0.5  # probability per example and transform (ADA: the start)
@@ -128,6 +138,10 @@ class TrainConfig:
             need(getattr(self, name) >= 1, f"--{name} must be >= 1, got {getattr(self, name)}")
         need(self.eval_every >= 0, f"--eval_every must be >= 0, got {self.eval_every}")
         need(self.eval_samples >= 2, f"--eval_samples must be >= 2, got {self.eval_samples}")
+        need(self.eval_feature_side >= MIN_FEATURE_SIDE and (
+            self.img_size <= self.eval_feature_side or self.img_size % self.eval_feature_side == 0),
+            f"--eval_feature_side must be >= {MIN_FEATURE_SIDE} and divide --img_size "
+            f"({self.img_size}) when below it, got {self.eval_feature_side}")
         need(self.best_metric in BEST_METRICS,
              f"--best_metric must be one of {BEST_METRICS}, got {self.best_metric!r}")
         self.augment_transforms()

@@ -16,6 +16,7 @@ import sys
 from absl import flags
 
 from crfgan_tf import runtime
+from crfgan_tf.config import FEATURE_SIDE, FEATURE_SIDE_HELP
 
 FLAGS = flags.FLAGS
 # data
@@ -54,6 +55,8 @@ flags.DEFINE_string("weights", "", "MedicalNet ResNet-50 .npz (tools.import_medi
                     "the probe's comparison.")
 flags.DEFINE_bool("allow_random_features", False, "Without --weights, the probe compares with "
                   "a fixed-seed random ResNet-50 (labelled as such).")
+flags.DEFINE_integer("feature_side", FEATURE_SIDE, "MedicalNet's input side in the probe. "
+                     + FEATURE_SIDE_HELP)
 flags.DEFINE_float("probe_l2", 1.0, "L2 penalty of the logistic regression (standardised "
                    "features).")
 # output
@@ -77,7 +80,7 @@ HELP_GROUPS = {
                       "generate_batch_size",
     "Study": "real_fractions seeds bootstrap",
     "Classifier": "steps batch_size learning_rate input_size",
-    "Feature probe": "features weights allow_random_features probe_l2",
+    "Feature probe": "features weights allow_random_features feature_side probe_l2",
     "Output": "output_dir",
 }
 EXAMPLE = ("crfgan-downstream --saved_model=exports/luna256_cond "
@@ -104,6 +107,7 @@ def main(argv):
             synthetic_labels=FLAGS.synthetic_labels,
             generator_train_records=FLAGS.generator_train_records, bootstrap=FLAGS.bootstrap,
             weights=FLAGS.weights, allow_random_features=FLAGS.allow_random_features,
+            feature_side=FLAGS.feature_side,
             probe_l2=FLAGS.probe_l2, generate_batch_size=FLAGS.generate_batch_size)
         result = downstream.run_study(config, log=lambda m: print(m, file=sys.stderr))
     except EvaluationError as err:

@@ -18,6 +18,7 @@ import sys
 from absl import flags
 
 from crfgan_tf import intensity, runtime
+from crfgan_tf.config import FEATURE_SIDE, FEATURE_SIDE_HELP, MIN_FEATURE_SIDE
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("real", None, "Real volumes: TFRecord glob, volume folder/glob, or SavedModel.")
@@ -32,18 +33,16 @@ flags.DEFINE_list("window", [f"{v:g}" for v in intensity.CT_WINDOW],
                   "Intensity window of integer volume files (HU for CT), mapped to [-1, 1].")
 flags.DEFINE_string("cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "crfgan_tf"),
                     "Where real-set features are cached ('' to disable).")
-flags.DEFINE_integer("feature_side", 256,
-                     "Volumes with a larger side (512^3) are averaged over f^3 blocks down to "
-                     "this side before MedicalNet (memory stays that of 256^3); the output "
-                     "states the side used.")
+flags.DEFINE_integer("feature_side", FEATURE_SIDE, "MedicalNet's input side. " + FEATURE_SIDE_HELP)
 flags.DEFINE_bool("json", False, "Print one JSON object.")
 flags.DEFINE_integer("label", None, "Compare one class: the records of that label and a "
                      "conditional SavedModel's samples of it.")
 flags.mark_flags_as_required(["real", "fake"])
 flags.register_validator("num_samples", lambda v: v >= 2, "--num_samples must be >= 2")
 flags.register_validator("batch_size", lambda v: v >= 1, "--batch_size must be >= 1")
-flags.register_validator("feature_side", lambda v: v >= 16,
-                         "--feature_side must be >= 16 (MedicalNet down-samples 16x)")
+flags.register_validator("feature_side", lambda v: v >= MIN_FEATURE_SIDE,
+                         f"--feature_side must be >= {MIN_FEATURE_SIDE} (MedicalNet "
+                         "down-samples 16x)")
 
 
 # --help (crfgan_tf/helptext.py): every flag above, by group, then the example

@@ -20,6 +20,7 @@ import sys
 from absl import flags
 
 from crfgan_tf import runtime
+from crfgan_tf.config import FEATURE_SIDE, FEATURE_SIDE_HELP
 
 FLAGS = flags.FLAGS
 # data
@@ -34,6 +35,7 @@ flags.DEFINE_integer("batch_size", 1, "Volumes per generator call.")
 flags.DEFINE_string("weights", "", "MedicalNet ResNet-50 .npz from tools.import_medicalnet.")
 flags.DEFINE_bool("allow_random_features", False, "Without --weights, a fixed-seed random "
                   "ResNet-50 (labelled; smoke tests only).")
+flags.DEFINE_integer("feature_side", FEATURE_SIDE, "MedicalNet's input side. " + FEATURE_SIDE_HELP)
 flags.DEFINE_integer("voxel_size", 32, "Voxel space: volumes averaged over blocks down to "
                      "voxel_size^3.")
 # the verdict
@@ -52,7 +54,7 @@ flags.mark_flags_as_required(["saved_model", "train_records", "holdout_records",
 # --help (crfgan_tf/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Data": "saved_model train_records holdout_records num_samples seed",
-    "Features": "weights allow_random_features voxel_size",
+    "Features": "weights allow_random_features feature_side voxel_size",
     "Verdict": "max_copy_share alpha fail_on_memorisation",
     "Running": "batch_size",
     "Output": "output_dir pairs json",
@@ -74,7 +76,7 @@ def main(argv):
             holdout_records=FLAGS.holdout_records, output_dir=FLAGS.output_dir,
             num_samples=FLAGS.num_samples, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
             voxel_size=FLAGS.voxel_size, weights=FLAGS.weights,
-            allow_random_features=FLAGS.allow_random_features,
+            allow_random_features=FLAGS.allow_random_features, feature_side=FLAGS.feature_side,
             max_copy_share=FLAGS.max_copy_share, alpha=FLAGS.alpha, pairs=FLAGS.pairs),
             log=lambda m: print(m, file=sys.stderr))
     except EvaluationError as err:

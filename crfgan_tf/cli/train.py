@@ -110,6 +110,8 @@ flags.DEFINE_string("eval_records", _defaults["eval_records"],
                     "--train_records).")
 flags.DEFINE_integer("eval_samples", _defaults["eval_samples"],
                      "Volumes generated per evaluation, from fixed latents.")
+flags.DEFINE_integer("eval_feature_side", _defaults["eval_feature_side"],
+                     "MedicalNet's input side in the evaluation. " + config_lib.FEATURE_SIDE_HELP)
 flags.DEFINE_string("fid_weights", _defaults["fid_weights"],
                     "MedicalNet ResNet-50 .npz (tools.import_medicalnet) for FD = FID; without "
                     "it a fixed-seed random network (labelled; the run's own trend only).")
@@ -173,7 +175,7 @@ HELP_GROUPS = {
                     "beta_2 adam_epsilon adam",
     "Augmentation": "augment augment_p ada_target ada_speed",
     "Speed and devices": "mixed_precision jit_compile strategy cpu_devices",
-    "Evaluation during training": "eval_every eval_records eval_samples fid_weights best_metric",
+    "Evaluation during training": "eval_every eval_records eval_samples eval_feature_side fid_weights best_metric",
     "Output and monitoring": "model_dir log_every checkpoint_every image_every keep_checkpoints "
                              "profile_steps",
     "Stopping and resuming": "save_on_signals exit_zero_on_signal break_lock dry_run",

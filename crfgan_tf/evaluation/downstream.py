@@ -37,6 +37,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from crfgan_tf import fileio
+from crfgan_tf.config import FEATURE_SIDE, MIN_FEATURE_SIDE
 from crfgan_tf.evaluation.sources import EvaluationError, record_case_ids, record_cases
 
 FORMAT = "crfgan-tf-downstream/1"
@@ -72,6 +73,7 @@ class StudyConfig:
     bootstrap: int = 1000
     weights: str = ""
     allow_random_features: bool = False
+    feature_side: int = FEATURE_SIDE
     probe_l2: float = 1.0
     generate_batch_size: int = 1
 
@@ -86,7 +88,8 @@ class StudyConfig:
             raise EvaluationError(f"--real_fractions must be in (0, 1) (100 % is the 'real' "
                                   f"arm), got {list(self.real_fractions)}")
         for name, low in (("seeds", 1), ("steps", 1), ("batch_size", 1), ("input_size", 4),
-                          ("bootstrap", 100), ("generate_batch_size", 1)):
+                          ("bootstrap", 100), ("generate_batch_size", 1),
+                          ("feature_side", MIN_FEATURE_SIDE)):
             if getattr(self, name) < low:
                 raise EvaluationError(f"--{name} must be >= {low}, got {getattr(self, name)}")
         if self.synthetic_labels not in LABEL_RULES:
@@ -446,12 +449,13 @@ def run_probe(config: StudyConfig, train: RealSet, test: RealSet, log=print) -> 
            "l2": config.probe_l2, "probes": []}
     sets = [(f"encoder ({data['meta'].get('model', '?')} hE, pooled)", rows(train.case_ids),
              rows(test.case_ids))]
-    extractor = features.load_extractor(config.weights or None, config.allow_random_features)
+    extractor = features.load_extractor(config.weights or None, config.allow_random_features,
+                                        max_side=config.feature_side)
     medicalnet = []
     for split, pattern, real in (("train", config.train_records, train),
                                  ("test", config.test_records, test)):
-        feats, _ = features.extract_features(sources.open_source(pattern), extractor, 1,
-                                             f"{split} ({extractor.name})", log)
+        feats, shape = features.extract_features(sources.open_source(pattern), extractor, 1,
+                                                 f"{split} ({extractor.name})", log)
         wanted = set(real.case_ids)  # the labelled records, in the order load_real kept them
         keep = [i for i, c in enumerate(sources.record_case_ids(pattern, f"--{split}_records"))
                 if c in wanted]
@@ -467,6 +471,7 @@ def run_probe(config: StudyConfig, train: RealSet, test: RealSet, log=print) -> 
             f"[{result['auc_ci'][0]:.3f}, {result['auc_ci'][1]:.3f}], balanced accuracy "
             f"{result['balanced_accuracy']:.3f}")
     out["pretrained_medicalnet"] = extractor.pretrained
+    out["medicalnet_feature_side"] = extractor.input_side(max(shape))
     return out
 
 

@@ -13,12 +13,12 @@ import numpy as np
 import tensorflow as tf
 
 from crfgan_tf import fileio
+from crfgan_tf.config import FEATURE_SIDE
 from crfgan_tf.evaluation import medicalnet
 from crfgan_tf.evaluation.sources import EvaluationError, Source
 from crfgan_tf.progress import Progress
 
 CACHE_VERSION = 2  # 2: the key names the feature side
-FEATURE_SIDE = 256  # volumes with a larger side are averaged down to this before features
 WEIGHTS_HELP = (
     "3D FID needs the MedicalNet ResNet-50 weights: download resnet_50.pth from the "
     "MedicalNet release (github.com/Tencent/MedicalNet, 'pretrain' archive), then run "

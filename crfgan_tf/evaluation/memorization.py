@@ -31,6 +31,7 @@ from typing import List
 import numpy as np
 
 from crfgan_tf import fileio, intensity
+from crfgan_tf.config import FEATURE_SIDE, MIN_FEATURE_SIDE
 from crfgan_tf.evaluation.downstream import downsample
 from crfgan_tf.evaluation.sources import (EvaluationError, open_source, record_case_ids,
                                           record_cases)
@@ -52,6 +53,7 @@ class AuditConfig:
     voxel_size: int = 32
     weights: str = ""
     allow_random_features: bool = False
+    feature_side: int = FEATURE_SIDE
     max_copy_share: float = 0.05
     alpha: float = 0.01
     pairs: int = 8
@@ -65,6 +67,7 @@ class Embedded:
     features: np.ndarray
     voxels: np.ndarray
     tiles: List[np.ndarray]
+    side: int  # the volumes' largest side
 
 
 def embed(volumes, count: int, extractor, voxel_size: int, what: str, log) -> Embedded:
@@ -81,7 +84,7 @@ def embed(volumes, count: int, extractor, voxel_size: int, what: str, log) -> Em
     if not names:
         raise EvaluationError(f"memorization: no {what} volumes")
     return Embedded(names, np.stack(feats).astype(np.float64),
-                    np.stack(voxels).astype(np.float64), tiles)
+                    np.stack(voxels).astype(np.float64), tiles, max(volume.shape))
 
 
 def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -155,7 +158,8 @@ def run_audit(config: AuditConfig, log=print) -> dict:
     from crfgan_tf.data import records
     from crfgan_tf.evaluation import features
 
-    for name, low in (("num_samples", 2), ("batch_size", 1), ("voxel_size", 4), ("pairs", 0)):
+    for name, low in (("num_samples", 2), ("batch_size", 1), ("voxel_size", 4), ("pairs", 0),
+                      ("feature_side", MIN_FEATURE_SIDE)):
         if getattr(config, name) < low:
             raise EvaluationError(f"--{name} must be >= {low}, got {getattr(config, name)}")
     if not 0 <= config.max_copy_share < 1 or not 0 < config.alpha < 1:
@@ -189,7 +193,8 @@ def run_audit(config: AuditConfig, log=print) -> dict:
     window = records.records_metadata(records.list_record_files(config.train_records))["window"]
     scale = {"features": 1.0, "voxels": (float(window[1]) - float(window[0])) / 2.0
              / float(config.voxel_size ** 3) ** 0.5}
-    extractor = features.load_extractor(config.weights or None, config.allow_random_features)
+    extractor = features.load_extractor(config.weights or None, config.allow_random_features,
+                                        max_side=config.feature_side)
     log(f"memorization: extractor {extractor.name}; {generated.count} generated ({generated.kind}),"
         f" {len(train_ids)} training, {len(hold_ids)} held-out volumes")
     gen = embed(((f"generated {i}", v) for i, v in enumerate(generated.volumes())),
@@ -207,6 +212,7 @@ def run_audit(config: AuditConfig, log=print) -> dict:
               "holdout_records": config.holdout_records, "holdout": len(hold.names),
               "holdout_unseen_by_generator": checked,
               "extractor": extractor.name, "pretrained": extractor.pretrained,
+              "feature_side": extractor.input_side(train.side),
               "voxel_size": config.voxel_size,
               "units": {"features": "Euclidean, feature units",
                         "voxels": "RMS difference in the window's units (HU for CT) at "

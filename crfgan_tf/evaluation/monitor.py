@@ -84,7 +84,8 @@ class Evaluator:
         self.pattern = check_eval_records(config)
         pattern = config.eval_records or default_eval_records(config.train_records)
         self.extractor = features_lib.load_extractor(config.fid_weights or None,
-                                                   allow_random=not config.fid_weights)
+                                                   allow_random=not config.fid_weights,
+                                                   max_side=config.eval_feature_side)
         self.cache_dir = os.path.join(config.model_dir, rundir.EVAL_CACHE_DIR)
         t0 = time.time()
         self.real = self._real_side()

@@ -89,7 +89,9 @@ def test_d_sees_real_and_fake_augmented_alike_and_g_learns_through_it(tmp_path):
 # ---- in-training evaluation ----------------------------------------------------------
 
 def _eval_config(run, records, **kw):
-    base = dict(eval_every=1, eval_samples=2, eval_records=os.path.join(records, "*.tfrecord"))
+    """Evaluation every step, features at 32^3 (MedicalNet at 64^3 is 8x the time)."""
+    base = dict(eval_every=1, eval_samples=2, eval_records=os.path.join(records, "*.tfrecord"),
+                eval_feature_side=32)
     base.update(kw)
     return tiny_config(run, os.path.join(records, "train-*.tfrecord"), **base)
 
@@ -99,10 +101,13 @@ def _log_rows(run):
         return [json.loads(line) for line in fh]
 
 
-def test_eval_log_is_written_and_resumes_without_duplicates(records_64, tmp_path):
+def test_eval_log_best_checkpoint_and_resume_without_duplicates(records_64, tmp_path):
+    """eval.jsonl gets a baseline and a row per evaluation; the best checkpoint survives the
+    rolling deletion and exports; a restart drops evaluations past its checkpoint."""
     run = tmp_path / "run"
     lines = []
-    train_lib.train(_eval_config(run, records_64, train_steps=2), log=lines.append)
+    train_lib.train(_eval_config(run, records_64, train_steps=2, keep_checkpoints=1,
+                                 checkpoint_every=1), log=lines.append)
     rows = _log_rows(run)
     assert [r["step"] for r in rows] == [0, 1, 2]  # a baseline at step 0, then every step
     row = rows[-1]
@@ -111,35 +116,31 @@ def test_eval_log_is_written_and_resumes_without_duplicates(records_64, tmp_path
                 "seconds"):
         assert row[key] is not None and np.isfinite(row[key]), key
     assert row["extractor"].startswith("medicalnet-resnet50-random") and not row["pretrained"]
-    assert row["feature_side"] == 64  # the run's own side (only sides above 256 are averaged)
+    assert row["feature_side"] == 32  # 64^3 volumes averaged down to --eval_feature_side
     assert row["n_real"] == 5 and row["n_fake"] == 2 and rows[0]["r_t"] is None
     assert any(l.startswith("eval: step 2: fd ") for l in lines)
     assert os.path.exists(run / rundir.EVAL_CACHE_DIR)  # the real features, once
-    # a crash after an evaluation of step 3 whose checkpoint was never written: the
-    # restart from step 2 drops that line and evaluates step 3 again
-    with open(run / rundir.EVAL_FILE, "a") as fh:
-        fh.write(json.dumps(dict(row, step=3, fd=-1.0)) + "\n")
-    train_lib.train(_eval_config(run, records_64, train_steps=3))
-    rows = _log_rows(run)
-    assert [r["step"] for r in rows] == [0, 1, 2, 3] and rows[-1]["fd"] != -1.0
-
-
-def test_best_checkpoint_survives_rolling_deletion_and_exports(records_64, tmp_path):
-    run = tmp_path / "run"
-    train_lib.train(_eval_config(run, records_64, train_steps=3, keep_checkpoints=1,
-                                 checkpoint_every=1))
-    rows = _log_rows(run)
-    best_row = min(rows[1:], key=lambda r: r["fd"])  # the baseline at step 0 never counts
+    # the best checkpoint: the lowest fd after the baseline (step 0 never counts), kept
+    # beside the rolling checkpoints (--keep_checkpoints=1 keeps only the last)
+    best_row = min(rows[1:], key=lambda r: r["fd"])
     with open(run / rundir.BEST_FILE) as fh:
         best = json.load(fh)
     assert best["step"] == best_row["step"] and best["value"] == pytest.approx(best_row["fd"])
     assert sorted(os.listdir(run / rundir.CHECKPOINT_DIR)) == \
-        ["checkpoint", "ckpt-3.data-00000-of-00001", "ckpt-3.index"]  # rolling: the last
+        ["checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index"]
     assert os.path.exists(run / rundir.BEST_DIR / f"ckpt-{best['step']}.index")
     _, _, _, path = export_lib.load_generator(str(run), "best")
     assert path.endswith(os.path.join(rundir.BEST_DIR, f"ckpt-{best['step']}"))
     meta = export_lib.export(str(run), str(tmp_path / "export"), "best", log=lambda m: None)
     assert meta["checkpoint"] == path
+    # a crash after an evaluation of step 3 whose checkpoint was never written: the
+    # restart from step 2 drops that line and evaluates step 3 again
+    with open(run / rundir.EVAL_FILE, "a") as fh:
+        fh.write(json.dumps(dict(row, step=3, fd=-1.0)) + "\n")
+    train_lib.train(_eval_config(run, records_64, train_steps=3, keep_checkpoints=1,
+                                 checkpoint_every=1))
+    rows = _log_rows(run)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3] and rows[-1]["fd"] != -1.0
 
 
 def test_collapse_and_overfitting_raise_the_alarms(records_64, tmp_path):
@@ -154,6 +155,14 @@ def test_collapse_and_overfitting_raise_the_alarms(records_64, tmp_path):
     assert result["ms_ssim"] == pytest.approx(1.0) and result["diversity_ratio"] == pytest.approx(0.0, abs=1e-9)
     assert any("mode collapse" in a for a in result["alarms"])
     assert any("r_t = 0.999" in a for a in result["alarms"])
+
+
+@pytest.mark.parametrize("side", [8, 48])
+def test_an_eval_feature_side_that_cannot_be_used_is_refused_by_name(side):
+    with pytest.raises(ValueError, match=f"--eval_feature_side must be >= 16 and divide "
+                                         f"--img_size \\(64\\) when below it, got {side}"):
+        tiny_config("/tmp/unused", eval_feature_side=side).validate()
+    tiny_config("/tmp/unused", eval_feature_side=128).validate()  # above the side: full size
 
 
 def test_missing_eval_records_are_refused_before_anything_is_written(records_64, tmp_path):
