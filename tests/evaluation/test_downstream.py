@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import REPO
 from crfgan_tf.evaluation import downstream
+from crfgan_tf.evaluation.sources import EvaluationError
 
 ENV = dict(os.environ, PYTHONPATH=REPO)
 
@@ -85,6 +87,12 @@ def test_the_study_through_the_command(study_records, conditional_export, tmp_pa
     assert "real+1x" in res.stdout and "real-data equivalent" in res.stdout
 
 
+def test_a_feature_side_below_medicalnets_is_refused_by_name():
+    config = downstream.StudyConfig("train", "test", "out", features="f.npz", feature_side=8)
+    with pytest.raises(EvaluationError, match="--feature_side must be >= 16, got 8"):
+        config.validate()
+
+
 def test_the_classifier_depends_on_its_seed_and_data_alone():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(6, 8, 8, 8)).astype(np.float32), np.array([0, 1] * 3, np.float32)
@@ -119,7 +127,8 @@ def test_the_probe_on_encoder_features_beside_medicalnet(study_records, conditio
                           f"--output={features}"], cwd=REPO, env=ENV, capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    res = _run(f"--features={features}", "--allow_random_features", "--bootstrap=200",
+    res = _run(f"--features={features}", "--allow_random_features", "--feature_side=32",
+               "--bootstrap=200",
                f"--train_records={os.path.join(records, 'train-*.tfrecord')}",
                f"--test_records={os.path.join(records, 'val-*.tfrecord')}",
                f"--output_dir={tmp_path / 'probe'}")
@@ -130,6 +139,7 @@ def test_the_probe_on_encoder_features_beside_medicalnet(study_records, conditio
                                                "medicalnet-resnet50-random-seed0"]
     assert [p["dimensions"] for p in probes] == [16, 2048]
     assert result["probe"]["pretrained_medicalnet"] is False and "arms" not in result
+    assert result["probe"]["medicalnet_feature_side"] == 32
     assert "probe encoder (crfgan hE, pooled): AUC" in res.stdout
     assert not os.path.exists(tmp_path / "probe" / "downstream.png")
 

@@ -47,7 +47,7 @@ def _audit(study_records, generated, out):
     return _run(f"--saved_model={generated}",
                 f"--train_records={os.path.join(records_dir, 'train-*.tfrecord')}",
                 f"--holdout_records={os.path.join(records_dir, 'val-*.tfrecord')}",
-                "--allow_random_features", "--voxel_size=16", "--pairs=3",
+                "--allow_random_features", "--feature_side=32", "--voxel_size=16", "--pairs=3",
                 f"--output_dir={out}", "--fail_on_memorisation")
 
 
@@ -56,6 +56,7 @@ def test_training_scans_plus_noise_are_flagged(study_records, planted, tmp_path)
     assert res.returncode == 1, res.stderr
     assert res.stdout.startswith("MEMORISATION SUSPECTED")
     result = json.load(open(tmp_path / "memorization.json"))
+    assert result["feature_side"] == 32  # 64^3 scans averaged down to --feature_side
     for space in ("features", "voxels"):
         stats = result["spaces"][space]
         assert stats["copies"] == 10 and stats["copy_share"] == 1.0 and stats["flagged"]
@@ -103,6 +104,14 @@ def test_space_statistics_on_hand_made_points():
     assert not stats["flagged"]
 
 
+def test_a_feature_side_below_medicalnets_is_refused_by_name(tmp_path):
+    config = memorization.AuditConfig("gen", "train", "hold", str(tmp_path / "out"),
+                                      feature_side=8)
+    with pytest.raises(memorization.EvaluationError, match="--feature_side must be >= 16, got 8"):
+        memorization.run_audit(config, log=lambda m: None)
+    assert not os.path.exists(tmp_path / "out")
+
+
 def test_a_saved_model_is_audited_only_on_scans_it_never_saw(study_records, conditional_export,
                                                              tmp_path):
     records_dir = study_records[0]
@@ -115,7 +124,8 @@ def test_a_saved_model_is_audited_only_on_scans_it_never_saw(study_records, cond
     res = _run(f"--saved_model={conditional_export[0]}",
                f"--train_records={os.path.join(records_dir, 'train-*.tfrecord')}",
                f"--holdout_records={os.path.join(records_dir, 'val-*.tfrecord')}",
-               "--allow_random_features", "--num_samples=4", "--voxel_size=16", "--pairs=1",
+               "--allow_random_features", "--feature_side=32", "--num_samples=4",
+               "--voxel_size=16", "--pairs=1",
                f"--output_dir={tmp_path}", "--json")
     assert res.returncode == 0, res.stderr
     result = json.loads(res.stdout)
