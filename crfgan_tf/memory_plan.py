@@ -340,13 +340,18 @@ def plan(req: PlanRequest, step: Optional[StepGraph] = None,
 
 def largest_batch(step: StepGraph, req: PlanRequest, device_bytes: int,
                   limit: int = 256) -> int:
-    """The largest batch whose gpu_bytes fit in `device_bytes` (0: not even batch 1)."""
-    best = 0
-    for b in range(1, limit + 1):
-        if plan(dataclasses.replace(req, batch_size=b), step)["gpu_bytes"] > device_bytes:
-            break
-        best = b
-    return best
+    """The largest batch up to `limit` whose gpu_bytes fit in `device_bytes` (0: not even
+    batch 1). gpu_bytes grows with the batch, so a bisection finds it in log2(limit) plans
+    (a scan of every batch took 1,792 plans for seven cards)."""
+    fits = lambda b: plan(dataclasses.replace(req, batch_size=b), step)["gpu_bytes"] <= device_bytes
+    low, high = 0, limit  # fits(low) (batch 0 always "fits"); the answer is in [low, high]
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def parse_memory(text: str) -> int:

@@ -104,6 +104,11 @@ def test_transient_grows_with_the_batch_and_largest_batch_fits(tiny_step):
     assert mp.largest_batch(step, req, plans[2]["gpu_bytes"]) == 3
     assert mp.largest_batch(step, req, plans[2]["gpu_bytes"] - 1) == 2
     assert mp.largest_batch(step, req, plans[0]["gpu_bytes"] - 1) == 0
+    # the bisection finds what a scan of every batch finds, at and beside each boundary
+    need = [mp.plan(dataclasses.replace(req, batch_size=b), step)["gpu_bytes"]
+            for b in range(1, 41)]
+    for device in sorted({n + d for n in need[::3] + [need[-1]] for d in (-1, 0, 1)}):
+        assert mp.largest_batch(step, req, device, limit=40) == sum(n <= device for n in need)
 
 
 def test_encoder_slabs_lower_the_crf_phase_peak():
@@ -151,21 +156,25 @@ def test_cli_json_and_gpu_verdict():
 
 def test_cli_text_with_fits_table():
     res = _cli("--img_size=64", "--batch_size=1", "--width=0.125", "--latent_dim=16",
-               "--fits_precisions=float32")
+               "--fits_precisions=float32", "--fits_sizes=128,64")  # 64: the plan's own trace
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout
     assert "CRF-GAN 64^3 batch 1, float32" in out and "transient peak of the step" in out
     assert "CPU working memory (cpu)" in out and "GPU memory" in out
     assert "--crf_encoder_slab" not in out  # the 64^3 peak is not the CRF phase's hE
     table = out[out.index("largest batch per card"):].splitlines()
-    assert [line.split()[0] for line in table[2:6]] == ["64", "128", "256", "512"]
+    assert [line.split()[0] for line in table[2:4]] == ["64", "128"]  # --fits_sizes, in order
+    assert table[4].startswith("  '-': not even batch 1")
 
 
 @pytest.mark.parametrize("args, flag", [(["--gpu_memory=lots"], "--gpu_memory"),
                                         (["--model=hagan", "--img_size=64"], "--img_size"),
                                         (["--batch_size=0"], "--batch_size"),
                                         (["--crf_encoder_slab=-1"], "--crf_encoder_slab"),
-                                        (["--fits_precisions=float64"], "--fits_precisions")])
+                                        (["--fits_precisions=float64"], "--fits_precisions"),
+                                        (["--fits_sizes=96"], "--fits_sizes"),
+                                        (["--model=hagan", "--img_size=128", "--fits_sizes=64"],
+                                         "--fits_sizes")])
 def test_cli_refuses_bad_flags_before_any_work(args, flag):
     res = _cli(*args)
     assert res.returncode != 0 and flag in res.stderr and "tracing" not in res.stdout

@@ -6,7 +6,7 @@ training step (crfgan_tf/memory_plan.py) and what fits on which GPU.
   python -m tools.plan_memory --img_size=128 --batch_size=2 --nofits --json
 
 It builds the model and traces its training step (no volume is computed: seconds, on any
-machine); the fits table traces every size at each precision (a few minutes).
+machine); the fits table traces every size (or --fits_sizes) at each precision (a few minutes).
 """
 
 import dataclasses
@@ -38,6 +38,8 @@ flags.DEFINE_bool("fits", True, "Also print, per size and precision, the GPU mem
                   "1, 2 and 4 and the largest batch on 12-141 GB cards (traces every size).")
 flags.DEFINE_list("fits_precisions", ["float32", "mixed_float16"],
                   "Precisions of the fits table.")
+flags.DEFINE_list("fits_sizes", [], "Sizes of the fits table, e.g. 256,512 (default: every "
+                  "size the model has; each is one trace per precision).")
 flags.DEFINE_bool("json", False, "Print the plan as JSON (working_bytes: the predicted CPU "
                   "working memory; gpu_bytes: what a GPU needs), with the fits table.")
 flags.register_validator("crf_encoder_slab", lambda v: v >= 0,
@@ -50,6 +52,14 @@ flags.register_validator(
     "fits_precisions",
     lambda v: bool(v) and all(p in ("float32", "mixed_float16", "mixed_bfloat16") for p in v),
     message="--fits_precisions must name float32, mixed_float16 and/or mixed_bfloat16")
+flags.register_validator(
+    "fits_sizes", lambda v: all(s.isdigit() and int(s) in geometry.SIZES for s in v),
+    message=f"--fits_sizes must name sizes in {geometry.SIZES}")
+flags.register_multi_flags_validator(
+    ["model", "fits_sizes"],
+    lambda f: f["model"] != "hagan" or all(int(s) in geometry.HAGAN_SIZES for s in f["fits_sizes"]),
+    message=f"--model=hagan needs --fits_sizes in {geometry.HAGAN_SIZES} (HA-GAN has no 64^3 "
+            "variant)")
 flags.register_multi_flags_validator(
     ["model", "img_size"],
     lambda f: f["model"] != "hagan" or f["img_size"] in geometry.HAGAN_SIZES,
@@ -75,7 +85,7 @@ flags.register_validator("gpu_memory", _check_gpu_memory)
 HELP_GROUPS = {
     "Run to plan": "model img_size batch_size precision width latent_dim crf_sample crf_encoder_slab "
                    "num_classes",
-    "Devices": "lean_cpu_memory gpu_memory fits fits_precisions",
+    "Devices": "lean_cpu_memory gpu_memory fits fits_precisions fits_sizes",
     "Output": "json",
 }
 EXAMPLE = "crfgan-plan-memory --model=crfgan --img_size=256 --batch_size=2 --gpu_memory=24GB"
@@ -127,22 +137,27 @@ def _print_plan(p: dict, gpu_memory: int) -> None:
               f"{p['largest_batch_on_gpu_memory']}")
 
 
-def _fits_table(req, progress) -> list:
-    """Per (size, precision): GPU bytes at FITS_BATCHES and the largest batch per card."""
+def _fits_table(req, step, progress) -> list:
+    """Per (size, precision): GPU bytes at FITS_BATCHES and the largest batch per card
+    (`step`, req's own trace, is reused for its size and precision)."""
     from crfgan_tf import memory_plan
 
     sizes = geometry.HAGAN_SIZES if req.model == "hagan" else geometry.SIZES
+    if FLAGS.fits_sizes:
+        sizes = sorted({int(s) for s in FLAGS.fits_sizes})
     rows = []
     for precision in FLAGS.fits_precisions:
         for size in sizes:
-            print(f"tracing {req.model} {size}^3 {precision} ...", file=progress, flush=True)
             r = dataclasses.replace(req, img_size=size, precision=precision, batch_size=1)
-            step = memory_plan.trace(r)
+            traced = step
+            if (size, precision) != (req.img_size, req.precision):
+                print(f"tracing {req.model} {size}^3 {precision} ...", file=progress, flush=True)
+                traced = memory_plan.trace(r)
             rows.append({
                 "img_size": size, "precision": precision,
                 "gpu_bytes": {b: memory_plan.plan(dataclasses.replace(r, batch_size=b),
-                                                  step)["gpu_bytes"] for b in FITS_BATCHES},
-                "largest_batch": {gb: memory_plan.largest_batch(step, r, gb * memory_plan.GB)
+                                                  traced)["gpu_bytes"] for b in FITS_BATCHES},
+                "largest_batch": {gb: memory_plan.largest_batch(traced, r, gb * memory_plan.GB)
                                   for gb in memory_plan.DEVICE_MEMORY_GB}})
     return rows
 
@@ -193,7 +208,7 @@ def main(argv):
     if not FLAGS.json:
         _print_plan(p, gpu_memory)
     if FLAGS.fits:
-        p["fits"] = _fits_table(req, progress)
+        p["fits"] = _fits_table(req, step, progress)
         if not FLAGS.json:
             _print_fits(p["fits"], req.model)
     if FLAGS.json:
