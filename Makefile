@@ -37,11 +37,16 @@ demo: $(STAMP)
 	@echo "demo: TensorBoard: $(VENV)/bin/tensorboard --logdir $(DEMO_DIR)/model"
 
 # Fast tier (what CI runs). `make test-all` adds the tests marked slow.
+# TEST_WORKERS pytest processes (pytest-xdist), each test file on one of them; 1: in this
+# process, one test after the other.
+TEST_WORKERS ?= 2
+PYTEST := TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist=loadfile)
+
 test: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 test-all: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache build *.egg-info

@@ -42,7 +42,8 @@ setup(
         "matplotlib>=3.7",  # the memory/batch-size plot of tools.profile_memory
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        # pytest-xdist: `make test` runs the suite on both cores (--dist=loadfile)
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
         # The reference pipeline's resize, only for tools/bench_convert.py's comparison.
         "bench": ["scikit-image>=0.22"],
         # Only tools/import_medicalnet.py (reading MedicalNet's .pth) and its equivalence test.

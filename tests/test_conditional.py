@@ -81,7 +81,8 @@ def _compiled(cls, lambda_class, **kw):
     return model
 
 
-@pytest.mark.parametrize("cls,size", [(CRFGAN, 64), (HAGAN, 128)])
+@pytest.mark.parametrize("cls,size", [(CRFGAN, 64),
+                                      pytest.param(HAGAN, 128, marks=pytest.mark.slow)])
 def test_class_losses_enter_d_and_g_as_the_references_define_them(cls, size):
     """D: BCE(real, 1) + BCE(fake, 0) + CE(real class); G: its BCE + lambda * CE(fake
     class). At batch 1 the BCE terms follow from D's probabilities; lambda changes g_loss by

@@ -64,7 +64,9 @@ def documented_command(page, marker):
 
 
 @pytest.mark.parametrize("replicas", [
-    1, 2, pytest.param(4, marks=pytest.mark.slow), pytest.param(8, marks=pytest.mark.slow)])
+    # 2 replicas through the CLI: test_cli_mirrored_on_two_cpu_devices_... in the fast tier
+    1, pytest.param(2, marks=pytest.mark.slow), pytest.param(4, marks=pytest.mark.slow),
+    pytest.param(8, marks=pytest.mark.slow)])
 def test_documented_multi_gpu_command_runs_on_1_2_4_8_replicas(records_64, tmp_path, replicas):
     """docs/training.md's several-GPU command, as written (its flagfile's global
     --batch_size=2 included), on `replicas` CPU devices; the tests add their data, a
@@ -138,6 +140,8 @@ def _multi_worker(records, run, steps, log_dir, *extra, procs=None):
     return codes, logs
 
 
+@pytest.mark.slow  # two workers, twice, then an export: about two minutes (the fast tier
+# runs two workers in test_cli_multi_worker_signal_to_one_worker_stops_both_at_one_step)
 def test_cli_multi_worker_two_processes_checkpoint_resume_export(records_64, tmp_path):
     """Two workers of one CPU each: 2 replicas; --per_replica_batch_size=2 makes the
     global batch 4 (docs/training.md's advice for several hosts)."""

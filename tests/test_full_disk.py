@@ -53,6 +53,7 @@ def test_disk_full_reasons():
                         "about 3.0 MiB). The previous checkpoint is intact; free space")
 
 
+@pytest.mark.slow  # a training run on a tiny file system, then its rerun: about 2 minutes
 def test_checkpoint_that_does_not_fit_is_named_the_previous_kept_and_the_rerun_resumes(
         records_64, tmp_path, straight_run):
     args = train_args(records_64, tmp_path)

@@ -79,6 +79,7 @@ train.run()
 """
 
 
+@pytest.mark.slow  # a save slowed down on purpose, then a rerun: over a minute
 def test_a_second_signal_while_saving_exits_at_once_keeping_the_last_checkpoint(
         records_64, tmp_path):
     args = train_args(records_64, tmp_path)
