@@ -41,6 +41,8 @@ def _export_and_generate(model_dir, tmp_path):
     assert np.load(tmp_path / "samples" / sample).shape == (64, 64, 64)
 
 
+@pytest.mark.slow  # two CLI runs and an export on two devices: minutes beside another test
+# (the fast tier runs the documented command on 2 replicas and the 2-replica step's numerics)
 def test_cli_mirrored_on_two_cpu_devices_checkpoints_resumes_exports(records_64, tmp_path):
     run = tmp_path / "run"
     common = (*DEMO, f"--train_records={records_64}/train-*.tfrecord", f"--model_dir={run}",
@@ -64,9 +66,7 @@ def documented_command(page, marker):
 
 
 @pytest.mark.parametrize("replicas", [
-    # 2 replicas through the CLI: test_cli_mirrored_on_two_cpu_devices_... in the fast tier
-    1, pytest.param(2, marks=pytest.mark.slow), pytest.param(4, marks=pytest.mark.slow),
-    pytest.param(8, marks=pytest.mark.slow)])
+    1, 2, pytest.param(4, marks=pytest.mark.slow), pytest.param(8, marks=pytest.mark.slow)])
 def test_documented_multi_gpu_command_runs_on_1_2_4_8_replicas(records_64, tmp_path, replicas):
     """docs/training.md's several-GPU command, as written (its flagfile's global
     --batch_size=2 included), on `replicas` CPU devices; the tests add their data, a

@@ -1,6 +1,7 @@
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -106,9 +107,12 @@ def test_unreadable_latest_checkpoint_falls_back(records_64, tmp_path):
     assert any("resumed from" in m and "ckpt-3" in m for m in logs)
 
 
-def test_non_finite_loss_stops_and_keeps_last_checkpoint(records_64, tmp_path, monkeypatch):
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(records_64, trained_run, tmp_path,
+                                                         monkeypatch):
     pattern = _train_glob(records_64)
-    train_lib.train(tiny_config(tmp_path, pattern, train_steps=1, checkpoint_every=1))
+    # a copy of the session's run at step 1 (this test's config but for --model_dir, which
+    # may change on a resume)
+    shutil.copytree(trained_run[0], tmp_path, dirs_exist_ok=True)
     real_rec_step = CRFGAN.rec_step
 
     def nan_rec_step(self, crop):
