@@ -85,8 +85,12 @@ def profile(req: ProfileRequest, timeout: float = 3600) -> dict:
     """Measures one configuration in a fresh process; out-of-memory becomes a row with
     `"oom": true` (the paper's "-") instead of an exception."""
     env = {"CRFGAN_LEAN_CPU_MEMORY": "1" if req.lean_cpu_memory else "0"}
-    if not req.lean_cpu_memory and runtime.lean_cpu_memory_requested():
-        env["TF_ONEDNN_USE_SYSTEM_ALLOCATOR"] = None  # set by this process's own lean mode
+    if req.lean_cpu_memory:
+        env.update(runtime.lean_start_environment())
+    elif runtime.lean_cpu_memory_requested():  # set by this process's own lean mode
+        env["TF_ONEDNN_USE_SYSTEM_ALLOCATOR"] = None
+        if os.environ.get("GLIBC_TUNABLES") == runtime.LEAN_GLIBC_TUNABLE:
+            env["GLIBC_TUNABLES"] = None
     child = run_fresh("crfgan_tf.bench.training:measure", dataclasses.asdict(req), env=env,
                       timeout=timeout)
     if child.value is not None:

@@ -71,6 +71,31 @@ def test_lean_cpu_memory_is_opt_in_and_applied_by_configure():
     assert _python("from crfgan_tf import runtime; print(runtime.lean_cpu_memory())") == "True"
 
 
+def test_lean_commands_start_again_with_glibc_huge_pages():
+    """With CRFGAN_LEAN_CPU_MEMORY=1 a command starts itself again (the same process) with
+    glibc.malloc.hugetlb=1 added to GLIBC_TUNABLES (glibc reads it only at start), once,
+    keeping the user's other tunables and an explicit hugetlb setting; without it, not at
+    all."""
+    command = ("import os; from crfgan_tf import runtime; runtime.run_command(lambda argv: "
+               "print(os.environ.get('GLIBC_TUNABLES', '-'), os.getpid()), load_tensorflow=False)")
+
+    def run(**env):
+        env = {**{k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"},
+               "PYTHONPATH": REPO, **env}
+        proc = subprocess.Popen([sys.executable, "-c", command], env=env,
+                                stdout=subprocess.PIPE, text=True)
+        tunables, pid = proc.communicate(timeout=120)[0].split()
+        assert proc.returncode == 0 and int(pid) == proc.pid  # exec'd in place, not a child
+        return tunables
+
+    assert run(CRFGAN_LEAN_CPU_MEMORY="0") == "-"
+    assert run(CRFGAN_LEAN_CPU_MEMORY="1") == "glibc.malloc.hugetlb=1"
+    assert run(CRFGAN_LEAN_CPU_MEMORY="1", GLIBC_TUNABLES="glibc.malloc.arena_max=2") == \
+        "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert run(CRFGAN_LEAN_CPU_MEMORY="1", GLIBC_TUNABLES="glibc.malloc.hugetlb=0") == \
+        "glibc.malloc.hugetlb=0"
+
+
 def test_training_imports_no_simpleitk():
     """SimpleITK (conversion, sample writing) costs a training process ~90 MiB of RSS."""
     code = ("import sys, crfgan_tf.train_lib, crfgan_tf.bench.training; "
