@@ -111,7 +111,7 @@ def lean_cpu_memory_requested(environ=os.environ) -> bool:
 # glibc (>= 2.35) then advises the kernel to back its mmapped chunks with transparent huge
 # pages: the blocks lean_cpu_memory() maps and unmaps every iteration are faulted in 2 MiB
 # at a time instead of 4 KiB (CRF-GAN 128^3 batch 2 on CPU: the lean allocator's time cost
-# falls from about 16 % to about 4 %, docs/benchmarks.md). glibc reads it only when a
+# falls from about 12 % to about 5 %, means of 3 runs, docs/benchmarks.md). glibc reads it only when a
 # process starts; where THP is off, or off glibc, it changes nothing.
 LEAN_GLIBC_TUNABLE = "glibc.malloc.hugetlb=1"
 
@@ -164,8 +164,9 @@ def run_command(main: Callable, load_tensorflow: bool = True) -> None:
     """What every command's run() does: --help answered from the command's own flags
     (crfgan_tf.helptext), else configure(), then absl's app.run(main) (flags parsed,
     exit status from main). With CRFGAN_LEAN_CPU_MEMORY=1 the command first starts itself
-    again (same process id, same arguments) with lean_start_environment() added. `load_tensorflow=False` for commands that may finish
-    without TensorFlow (--dry_run, flag errors, conversion workers' parent)."""
+    again (same process id, same arguments) with lean_start_environment() added.
+    `load_tensorflow=False` for commands that may finish without TensorFlow (--dry_run,
+    flag errors, conversion workers' parent)."""
     from absl import app
 
     from crfgan_tf import helptext
