@@ -28,6 +28,12 @@ FEATURE_SIDE_HELP = (
     "multiple of it); the output states the side used. Features at different sides are not "
     "comparable.")
 
+EMBEDDING_FACTOR_HELP = (
+    "Volume voxels per embedding voxel along each axis: 4 (the reference's, every size) or, "
+    "CRF-GAN at --img_size=512 only, 8: G1's embedding stays 64^3 (the 256^3 trunk), G2 "
+    "gains a third up-sampling stage and hE a third stride-2 stage, the CRF keeps 64 nodes "
+    "(docs/resolution.md compares the two). 0: the size's default, 8 for CRF-GAN at 512 "
+    "and 4 otherwise.")
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -44,6 +50,10 @@ class TrainConfig:
     train_records: str = ""
     model: str = "crfgan"
     img_size: int = 256
+    # volume voxels per embedding voxel: 4 (the reference's) or, CRF-GAN at 512 only, 8
+    # (a 64^3 embedding, one more G2 and hE stage; docs/resolution.md compares the two);
+    # 0 (the default) becomes geometry.default_factor on construction: 8 for CRF-GAN at 512
+    embedding_factor: int = 0
     batch_size: int = 2  # global, over all replicas
     # > 0: the global batch is this times the replicas (--batch_size is then not used)
     per_replica_batch_size: int = 0
@@ -95,6 +105,10 @@ class TrainConfig:
     # signals that stop the run after the current step with a checkpoint ("" or "none": off)
     save_on_signals: str = preemption.DEFAULT_SIGNALS
 
+    def __post_init__(self):
+        if self.embedding_factor == 0 and self.img_size in geometry.SIZES:
+            self.embedding_factor = geometry.default_factor(self.img_size, self.model)
+
     def validate(self) -> None:
         """Raises ValueError naming the flag of any invalid setting."""
         def need(ok, msg):
@@ -103,6 +117,7 @@ class TrainConfig:
         need(bool(self.model_dir), "--model_dir is required")
         need(self.model in MODELS, f"--model must be one of {MODELS}, got {self.model!r}")
         geometry.check_size(self.img_size, self.model)
+        geometry.check_factor(self.img_size, self.embedding_factor, self.model)
         need(self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}")
         need(self.per_replica_batch_size >= 0,
              f"--per_replica_batch_size must be >= 0, got {self.per_replica_batch_size}")

@@ -93,7 +93,7 @@ def training_metadata(config: config_lib.TrainConfig, model_dir: str, log=print)
     before data.json existed has them read from its records (as they are now), and
     without those the CT defaults are used, with a warning naming what is missing."""
     meta = {"format": EXPORT_FORMAT, "model": config.model, "img_size": config.img_size,
-            "latent_dim": config.latent_dim, "width": config.width,
+            "embedding_factor": config.embedding_factor, "latent_dim": config.latent_dim, "width": config.width,
             "num_classes": config.num_classes}
     data = rundir.read_data_metadata(model_dir)
     source = os.path.join(model_dir, rundir.DATA_FILE)
@@ -134,12 +134,13 @@ def load_generator(model_dir: str, step=None, encoders: bool = False):
     ckpt = rundir.checkpoint_path(model_dir, step)
     keras.mixed_precision.set_global_policy("float32")  # generate in float32 whatever trained
     # G1 and G2 are all that generation needs, for CRF-GAN and HA-GAN alike.
+    factor = config.embedding_factor
     trunk = build_trunk(config.img_size, config.latent_dim, config.width,
-                        num_classes=config.num_classes)
-    head = build_head(config.img_size, config.width)
+                        num_classes=config.num_classes, factor=factor)
+    head = build_head(config.img_size, config.width, factor=factor)
     parts = {rundir.TRUNK_KEY: trunk, rundir.HEAD_KEY: head}
     if encoders:
-        parts[rundir.ENCODER_KEY] = build_encoder(config.img_size, config.width)
+        parts[rundir.ENCODER_KEY] = build_encoder(config.img_size, config.width, factor=factor)
         if config.model == "hagan":
             from crfgan_tf.networks.hagan import build_sub_encoder
 

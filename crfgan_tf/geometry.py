@@ -2,10 +2,13 @@
 volume and in G1's embedding. Every other module asks here.
 
   S               the volume side: 64, 128, 256 or 512 (HA-GAN: 128, 256 or 512)
-  embedding       G1's output, S/4 per side
+  f               the embedding factor: volume voxels per embedding voxel along each axis,
+                  4 (the reference's, at every size) or 8 (512 only: `EMBED_FACTORS`;
+                  CRF-GAN's default there, `default_factor`)
+  embedding       G1's output, S/f per side
   crop            the real training sub-volume x[r : r + S/8] (S/8 axial slices)
-  slab            its embedding slices [r/4, r/4 + S/32)
-  r               the crop start: a multiple of 4 in 0..7S/8, so that crop and slab cover
+  slab            its embedding slices [r/f, r/f + S/(8f))
+  r               the crop start: a multiple of f in 0..7S/8, so that crop and slab cover
                   the same slices (the reference draws any r and misaligns them by up to 3)
 
 How the networks grow with S (docs/resolution.md has the parameter counts). The reference
@@ -18,6 +21,12 @@ channels, D^L and the sub-encoder a first stride-2 layer of 16 channels; G2, hE 
 CRF's formula do not change (the CRF has S/4 = 128 nodes). 64-256 are exactly the
 reference's networks.
 
+The other rule at 512 (embedding factor 8, CRF-GAN only): the embedding stays 64^3 (G1 is
+the 256^3 trunk), G2 gains a third x2 up-sampling stage and hE a third stride-2 stage, the
+CRF keeps 64 nodes, and crops start at multiples of 8. Measured side by side it trains
+faster in as much memory, so it is CRF-GAN's default at 512 (`default_factor`; HA-GAN
+keeps 4); docs/resolution.md has the comparison. `--embedding_factor=4` selects the first.
+
 This module imports nothing heavy: configs, tools and the networks all use it.
 """
 
@@ -27,7 +36,8 @@ SIZES = (64, 128, 256, 512)
 HAGAN_SIZES = (128, 256, 512)  # the reference has no 64^3 HA-GAN
 REFERENCE_SIZES = (64, 128, 256)  # the sizes the PyTorch references define (512 is ours)
 BASE_SIZE = 256  # the size whose networks the per-size tables start from
-EMBED_FACTOR = 4  # volume voxels per embedding voxel, along each axis
+EMBED_FACTOR = 4  # volume voxels per embedding voxel, along each axis (the default)
+EMBED_FACTORS = {4: SIZES, 8: (512,)}  # factor -> the sizes it is defined at
 CROP_FRACTION = 8  # a training crop is S/8 axial slices
 
 
@@ -40,6 +50,39 @@ def check_size(img_size: int, model: str = "crfgan", flag: str = "img_size") -> 
                          f"(the reference has no {img_size}^3 HA-GAN), got {img_size}")
 
 
+def check_factor(img_size: int, factor: int, model: str = "crfgan",
+                 flag: str = "embedding_factor") -> None:
+    """Raises ValueError naming `flag` when `factor` is not an embedding factor of `model`
+    at `img_size` (4 everywhere; 8 for CRF-GAN at 512)."""
+    if factor not in EMBED_FACTORS:
+        raise ValueError(f"--{flag} must be one of {', '.join(map(str, EMBED_FACTORS))}, "
+                         f"got {factor}")
+    if img_size not in EMBED_FACTORS[factor]:
+        raise ValueError(f"--{flag}={factor} needs --img_size "
+                         f"{', '.join(map(str, EMBED_FACTORS[factor]))}, got {img_size}")
+    if factor != EMBED_FACTOR and model != "crfgan":
+        raise ValueError(f"--{flag}={factor} is defined for --model=crfgan only "
+                         f"(HA-GAN's sub-encoder and G^L assume S/{EMBED_FACTOR})")
+
+
+def default_factor(img_size: int, model: str = "crfgan") -> int:
+    """The embedding factor of a model at a size when none is given: 8 for CRF-GAN at 512
+    (docs/resolution.md: 0.8x the time per iteration of factor 4 in as much working
+    memory), 4 everywhere else (the references' 64-256, HA-GAN at 512)."""
+    return 8 if (model == "crfgan" and img_size == 512) else EMBED_FACTOR
+
+
+def resolve_factor(img_size: int, factor: int, model: str = "crfgan") -> int:
+    """`factor`, or default_factor when it is 0 ("the size's default")."""
+    return factor or default_factor(img_size, model)
+
+
+def factor_stages(factor: int = EMBED_FACTOR) -> int:
+    """x2 stages between the embedding and the volume: 2 at factor 4, 3 at factor 8. G2
+    up-samples, and hE strides, this many times."""
+    return factor.bit_length() - 1
+
+
 def extra_stages(img_size: int) -> int:
     """Doublings of S past 256: -2 at 64, -1 at 128, 0 at 256, 1 at 512. A network that
     sees the whole volume or the full-resolution crop has this many more stride-2 (or x2
@@ -48,9 +91,9 @@ def extra_stages(img_size: int) -> int:
         else -((BASE_SIZE // img_size).bit_length() - 1)
 
 
-def embedding_side(img_size: int) -> int:
-    """Side of G1's embedding: S/4."""
-    return img_size // EMBED_FACTOR
+def embedding_side(img_size: int, factor: int = EMBED_FACTOR) -> int:
+    """Side of G1's embedding: S/f."""
+    return img_size // factor
 
 
 def crop_depth(img_size: int) -> int:
@@ -58,9 +101,9 @@ def crop_depth(img_size: int) -> int:
     return img_size // CROP_FRACTION
 
 
-def slab_depth(img_size: int) -> int:
-    """Embedding slices of a training sub-volume: S/32."""
-    return crop_depth(img_size) // EMBED_FACTOR
+def slab_depth(img_size: int, factor: int = EMBED_FACTOR) -> int:
+    """Embedding slices of a training sub-volume: S/(8f) (S/32 at f = 4)."""
+    return crop_depth(img_size) // factor
 
 
 def max_position(img_size: int) -> int:
@@ -68,14 +111,14 @@ def max_position(img_size: int) -> int:
     return img_size - crop_depth(img_size)
 
 
-def num_positions(img_size: int) -> int:
-    """How many crop starts there are (0, 4, ..., 7S/8): 7S/32 + 1."""
-    return max_position(img_size) // EMBED_FACTOR + 1
+def num_positions(img_size: int, factor: int = EMBED_FACTOR) -> int:
+    """How many crop starts there are (0, f, ..., 7S/8): 7S/(8f) + 1 (7S/32 + 1 at f = 4)."""
+    return max_position(img_size) // factor + 1
 
 
-def position(k: int):
-    """The k-th crop start, 4k (works on ints and tensors alike)."""
-    return EMBED_FACTOR * k
+def position(k: int, factor: int = EMBED_FACTOR):
+    """The k-th crop start, fk (works on ints and tensors alike)."""
+    return factor * k
 
 
 def crop_starts(img_size: int) -> range:

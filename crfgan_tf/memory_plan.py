@@ -107,12 +107,15 @@ class PlanRequest:
     crf_sample: str = "fresh"
     crf_encoder_slab: int = 0
     num_classes: int = 0
+    embedding_factor: int = 0  # 0: the size's default (geometry.default_factor)
 
     def check(self) -> None:
         """ValueError naming the flag of the first setting that cannot be planned."""
         if self.model not in ("crfgan", "hagan"):
             raise ValueError(f"--model must be crfgan or hagan, got {self.model!r}")
         geometry.check_size(self.img_size, self.model)
+        geometry.check_factor(self.img_size, geometry.resolve_factor(
+            self.img_size, self.embedding_factor, self.model), self.model)
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be at least 1, got {self.batch_size}")
         if self.precision not in PRECISIONS:
@@ -326,6 +329,8 @@ def plan(req: PlanRequest, step: Optional[StepGraph] = None,
     working = persistent + allocator.factor * peak["transient_bytes"] + allocator.runtime_bytes
     gpu = persistent + GPU.factor * peak["transient_bytes"] + GPU.runtime_bytes + GPU_RESERVE_BYTES
     return {**dataclasses.asdict(req), "params": step.params, "graph_ops": step.num_ops,
+            "embedding_factor": geometry.resolve_factor(req.img_size, req.embedding_factor,
+                                                        req.model),
             "trace_seconds": round(step.trace_seconds, 1),
             "weights_bytes": step.weight_bytes, "optimizer_bytes": step.optimizer_bytes,
             "input_bytes": step.input_fixed + b * step.input_per_example,

@@ -29,18 +29,21 @@ def trainable_count(layer) -> int:
 
 
 def count_parameters(model: str = "crfgan", img_size: int = 256, latent_dim: int = 1024,
-                     width: float = 1.0, num_classes: int = 0) -> dict:
+                     width: float = 1.0, num_classes: int = 0,
+                     embedding_factor: int = 0) -> dict:
     """Builds the networks (no training state) and counts their learnable parameters.
 
     Returns:
-      {"model", "img_size", "total", "modules": {name: count}, "reference": count or None}
+      {"model", "img_size", "embedding_factor", "total", "modules": {name: count},
+       "reference": count or None}; embedding_factor 0 is the size's default
+      (geometry.default_factor), and the result says which it was.
     """
     from crfgan_tf.model import MODEL_CLASSES
 
     if model not in MODEL_CLASSES:
         raise ValueError(f"unknown model {model!r}; one of {sorted(MODEL_CLASSES)}")
     net = MODEL_CLASSES[model](img_size=img_size, latent_dim=latent_dim, width=width,
-                               num_classes=num_classes)
+                               num_classes=num_classes, embedding_factor=embedding_factor)
     modules = {name: trainable_count(m) for name, m in net.modules().items()}
     total = sum(modules.values())
     # the reference's grouping: G = G1 + G2 (+ G^L), D = D^H (+ D^L)
@@ -49,5 +52,6 @@ def count_parameters(model: str = "crfgan", img_size: int = 256, latent_dim: int
     modules["discriminator_total"] = modules["discriminator"] + modules.get("low_discriminator", 0)
     reference = REFERENCE.get((model, img_size, num_classes)) \
         if (latent_dim, width) == (1024, 1.0) else None
-    return {"model": model, "img_size": img_size, "num_classes": num_classes, "total": total,
+    return {"model": model, "img_size": img_size, "embedding_factor": net.embedding_factor,
+            "num_classes": num_classes, "total": total,
             "modules": modules, "reference": reference}

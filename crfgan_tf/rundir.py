@@ -35,7 +35,7 @@ import time
 from typing import Callable, Optional, Union
 
 from crfgan_tf import config as config_lib
-from crfgan_tf import fileio
+from crfgan_tf import fileio, geometry
 
 CONFIG_FILE = "config.json"
 FLAGS_FILE = "flags.txt"
@@ -73,7 +73,9 @@ def read_config(model_dir: str) -> Optional[config_lib.TrainConfig]:
     with open(path) as f:
         stored = json.load(f)
     known = {k: v for k, v in stored.items() if k in config_lib.TrainConfig.__dataclass_fields__}
-    # a field added after the run started keeps its default, which is what the run used
+    # a field added after the run started keeps its default, which is what the run used;
+    # but embedding_factor's default depends on the size, and runs before it used 4
+    known.setdefault("embedding_factor", geometry.EMBED_FACTOR)
     return config_lib.TrainConfig(**known)
 
 

@@ -81,7 +81,8 @@ def build_model(config: config_lib.TrainConfig,
                 window=intensity.CT_WINDOW) -> SubVolumeGAN:
     """The model of `config.model` with one optimizer per phase, all slots built (call
     inside strategy.scope()); `window` is the records' intensity window (augmentation)."""
-    common = dict(img_size=config.img_size, latent_dim=config.latent_dim, width=config.width,
+    common = dict(img_size=config.img_size, embedding_factor=config.embedding_factor,
+                  latent_dim=config.latent_dim, width=config.width,
                   global_batch_size=config.batch_size, name=config.model,
                   num_classes=config.num_classes, lambda_class=config.lambda_class,
                   augment=config.augment_transforms(), augment_p=config.augment_p,
@@ -166,7 +167,7 @@ def _loop(config: config_lib.TrainConfig, run: "_Run", files: list, log) -> dict
         config.train_records, config.img_size, config.batch_size, config.latent_dim,
         seed=config.seed, start_step=step, shuffle_buffer=config.shuffle_buffer,
         num_classes=config.num_classes, fake_labels=config.fake_labels,
-        balance_classes=config.balance_classes)
+        balance_classes=config.balance_classes, factor=config.embedding_factor)
     iterator = iter(run.strategy.experimental_distribute_dataset(dataset))
     distributed_step = make_distributed_step(run.strategy, run.model, config.jit_compile)
     writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train")) \

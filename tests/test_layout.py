@@ -52,6 +52,25 @@ def test_geometry_pins_the_training_layout():
         geometry.check_size(64, "hagan")
 
 
+def test_geometry_of_the_second_512_rule_embedding_factor_8():
+    """--embedding_factor=8: a 64^3 embedding at 512, 8-slice slabs of the same 64-slice
+    crops, crops at multiples of 8; refused by name at other sizes and for HA-GAN."""
+    assert geometry.embedding_side(512, 8) == 64 and geometry.slab_depth(512, 8) == 8
+    assert geometry.crop_depth(512) == 64 and geometry.num_positions(512, 8) == 57
+    assert geometry.position(56, 8) == geometry.max_position(512) == 448
+    assert [geometry.factor_stages(f) for f in (4, 8)] == [2, 3]
+    for size in geometry.SIZES:
+        geometry.check_factor(size, 4)
+        geometry.check_factor(size, 4, "hagan")
+    geometry.check_factor(512, 8)
+    with pytest.raises(ValueError, match="--embedding_factor=8 needs --img_size 512, got 256"):
+        geometry.check_factor(256, 8)
+    with pytest.raises(ValueError, match="--embedding_factor=8 is defined for --model=crfgan"):
+        geometry.check_factor(512, 8, "hagan")
+    with pytest.raises(ValueError, match="--embedding_factor must be one of 4, 8, got 2"):
+        geometry.check_factor(512, 2)
+
+
 def test_console_scripts_are_the_cli_modules():
     tree = ast.parse(open(os.path.join(REPO, "setup.py")).read())
     commands = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)

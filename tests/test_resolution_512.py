@@ -34,8 +34,8 @@ def records_512(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["crfgan", "hagan"])
-def test_train_export_sample_at_512(records_512, tmp_path, model):
+@pytest.mark.parametrize("model,factor", [("crfgan", 4), ("hagan", 4), ("crfgan", 8)])
+def test_train_export_sample_at_512(records_512, tmp_path, model, factor):
     with open(os.path.join(records_512, "manifest.json")) as f:
         spacings = {tuple(c["output_spacing"]) for c in json.load(f)["cases"].values()}
     assert len(spacings) == 1  # the phantoms share one field of view
@@ -46,9 +46,12 @@ def test_train_export_sample_at_512(records_512, tmp_path, model):
     res = _run("crfgan_tf.train", f"--model={model}", f"--model_dir={run}",
                f"--train_records={records_512}/train-*.tfrecord", "--img_size=512",
                "--batch_size=1", "--latent_dim=16", "--width=0.0625", "--train_steps=1",
-               "--log_every=1", "--checkpoint_every=1", "--image_every=100")
+               "--log_every=1", "--checkpoint_every=1", "--image_every=100",
+               f"--embedding_factor={factor}")
     assert f"train: {model} 512^3, batch 1" in res.stderr
     assert "train: finished at step 1" in res.stderr
+    with open(os.path.join(run, "config.json")) as f:
+        assert json.load(f)["embedding_factor"] == factor
     _run("crfgan_tf.export", f"--model_dir={run}", f"--export_dir={export}")
     _run("crfgan_tf.sample", f"--saved_model={export}", f"--output_dir={samples}",
          "--num_samples=1")

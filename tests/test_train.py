@@ -137,6 +137,7 @@ def _cli(*args, timeout=600):
     ("--img_size=100", "--img_size"), ("--batch_size=0", "--batch_size"),
     ("--mixed_precision=float8", "--mixed_precision"), ("--profile_steps=5", "--profile_steps"),
     ("--crf_nodes=voxels", "--crf_nodes"),
+    ("--embedding_factor=8", "--embedding_factor=8 needs --img_size 512, got 256"),
 ])
 def test_cli_rejects_invalid_flags_before_work(tmp_path, flag, match):
     res = _cli(f"--model_dir={tmp_path}/run", flag)
@@ -152,6 +153,27 @@ def test_cli_dry_run_prints_config(tmp_path):
     assert not os.path.exists(tmp_path / "run")
     res = _cli(f"--model_dir={tmp_path}/run", "--model=hagan", "--img_size=64", "--dry_run")
     assert res.returncode == 2 and "--model=hagan" in res.stderr
+
+
+def test_embedding_factor_default_is_the_sizes_and_a_resumed_run_keeps_its_own(tmp_path):
+    """0 (the flag's default) is 8 for CRF-GAN at 512 and 4 elsewhere; a run directory
+    whose config.json predates the field (a 512^3 run trained with 4) resumes with 4."""
+    from crfgan_tf import rundir
+    from crfgan_tf.config import TrainConfig
+
+    assert TrainConfig(model_dir="x", img_size=512).embedding_factor == 8
+    assert TrainConfig(model_dir="x", img_size=512, model="hagan").embedding_factor == 4
+    assert TrainConfig(model_dir="x", img_size=256).embedding_factor == 4
+    old = tmp_path / "old512"
+    old.mkdir()
+    stored = json.loads(TrainConfig(model_dir=str(old), img_size=512).to_json())
+    del stored["embedding_factor"]  # written before the field existed
+    (old / "config.json").write_text(json.dumps(stored))
+    assert rundir.read_config(str(old)).embedding_factor == 4
+    for run, want in ((old, 4), (tmp_path / "new512", 8)):
+        res = _cli(f"--model_dir={run}", "--img_size=512", "--dry_run")
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert json.loads(res.stdout)["embedding_factor"] == want
 
 
 def test_demo_flagfile_end_to_end(tmp_path):

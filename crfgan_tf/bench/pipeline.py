@@ -113,7 +113,7 @@ def child_generate(saved_model: str) -> dict:
 
 
 def generate_memory(img_size: int = 256, slabs=(8, 64), work_dir: str = None,
-                    width: float = 1.0, log=print) -> list:
+                    width: float = 1.0, embedding_factor: int = 0, log=print) -> list:
     """Peak CPU memory of generating one volume from an export, per slab size.
 
     A model with random weights (full width unless `width`) is checkpointed as training
@@ -129,9 +129,11 @@ def generate_memory(img_size: int = 256, slabs=(8, 64), work_dir: str = None,
 
     work = work_dir or tempfile.mkdtemp(prefix="crfgan_genmem_")
     run = os.path.join(work, "run")
-    rundir.record_config(config_lib.TrainConfig(model_dir=run, img_size=img_size, width=width),
-                         None, {}, log)
-    model = CRFGAN(img_size=img_size, width=width)
+    config = config_lib.TrainConfig(model_dir=run, img_size=img_size, width=width,
+                                    embedding_factor=embedding_factor)  # 0: the default
+    rundir.record_config(config, None, {}, log)
+    embedding_factor = config.embedding_factor
+    model = CRFGAN(img_size=img_size, width=width, embedding_factor=embedding_factor)
     checkpoint = tf.train.Checkpoint(**{rundir.TRUNK_KEY: model.trunk, rundir.HEAD_KEY: model.head,
                                         rundir.ENCODER_KEY: model.encoder})
     tf.train.CheckpointManager(checkpoint, os.path.join(run, rundir.CHECKPOINT_DIR), 1).save(1)
@@ -145,7 +147,7 @@ def generate_memory(img_size: int = 256, slabs=(8, 64), work_dir: str = None,
             log(f"generate {img_size}^3 slab {slab}: FAILED ({reason})")
             rows.append({"img_size": img_size, "slab": slab, "failed": reason})
             continue
-        row.update(img_size=img_size, slab=slab)
+        row.update(img_size=img_size, slab=slab, embedding_factor=embedding_factor)
         log(f"generate {img_size}^3 slab {slab}: peak RSS {row['peak_rss_bytes'] / 2**20:,.0f} MiB "
             f"(after load {row['rss_after_load_bytes'] / 2**20:,.0f} MiB), {row['seconds']} s")
         rows.append(row)

@@ -30,6 +30,7 @@ class ProfileRequest:
     lean_cpu_memory: bool = False  # runtime.lean_cpu_memory() in the child
     crf_sample: str = "fresh"  # TrainConfig.crf_sample (CRF-GAN)
     crf_encoder_slab: int = 0  # TrainConfig.crf_encoder_slab (CRF-GAN)
+    embedding_factor: int = 0  # TrainConfig.embedding_factor (0: the size's default)
     adam: str = "pytorch"  # TrainConfig.adam
 
 
@@ -48,7 +49,7 @@ def measure(request: dict) -> dict:
     cfg = config_lib.step_config(req)
     model = train_lib.build_model(cfg)
     s, b = req.img_size, req.batch_size
-    batch = pipeline.synthetic_batch(s, b, req.latent_dim)
+    batch = pipeline.synthetic_batch(s, b, req.latent_dim, factor=cfg.embedding_factor)
     # the whole volume as the input stream hands it over: int16, as stored
     batch["volume"] = tf.constant(intensity.quantize(batch["volume"].numpy()))
     step = tf.function(model.train_step, jit_compile=req.jit_compile or None)
@@ -78,7 +79,7 @@ def measure(request: dict) -> dict:
             "steps": req.steps, "warmup": req.warmup,
             "cpu_allocator": "lean" if req.lean_cpu_memory else "default",
             "crf_sample": req.crf_sample, "crf_encoder_slab": req.crf_encoder_slab,
-            "adam": req.adam}
+            "embedding_factor": cfg.embedding_factor, "adam": req.adam}
 
 
 def profile(req: ProfileRequest, timeout: float = 3600) -> dict:

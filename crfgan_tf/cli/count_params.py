@@ -3,6 +3,7 @@
   python -m tools.count_params --model=crfgan --img_size=256 --json
   python -m tools.count_params --model=hagan --img_size=128 --num_classes=2
   python -m tools.count_params --img_size=512
+  python -m tools.count_params --img_size=512 --embedding_factor=4
 """
 
 import json
@@ -10,11 +11,15 @@ import sys
 
 from absl import flags
 
+from crfgan_tf import config as config_lib
 from crfgan_tf import geometry, params, runtime
+from crfgan_tf.cli import validate_embedding_factor
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "crfgan", ["crfgan", "hagan"], "Model type.")
 flags.DEFINE_integer("img_size", 256, "Volume side (crfgan_tf.geometry.SIZES).")
+flags.DEFINE_integer("embedding_factor", 0, config_lib.EMBEDDING_FACTOR_HELP)
+validate_embedding_factor("model")
 flags.DEFINE_integer("latent_dim", 1024, "Latent size.")
 flags.DEFINE_float("width", 1.0, "Channel multiplier.")
 flags.DEFINE_integer("num_classes", 0, "Classes of a conditional model (0: unconditional).")
@@ -25,7 +30,7 @@ flags.register_validator("img_size", lambda v: v in geometry.SIZES,
 
 # --help (crfgan_tf/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
-    "Model": "model img_size latent_dim width num_classes",
+    "Model": "model img_size embedding_factor latent_dim width num_classes",
     "Output": "json",
 }
 EXAMPLE = "crfgan-count-params --img_size=256"
@@ -36,7 +41,7 @@ def main(argv):
     del argv
     try:
         result = params.count_parameters(FLAGS.model, FLAGS.img_size, FLAGS.latent_dim,
-                                         FLAGS.width, FLAGS.num_classes)
+                                         FLAGS.width, FLAGS.num_classes, FLAGS.embedding_factor)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -44,7 +49,9 @@ def main(argv):
         print(json.dumps(result))
         return
     classes = f", {result['num_classes']} classes" if result["num_classes"] else ""
-    print(f"{result['model']} at {result['img_size']}^3{classes}")
+    factor = (f", embedding factor {result['embedding_factor']}"
+              if result["embedding_factor"] != geometry.EMBED_FACTOR else "")
+    print(f"{result['model']} at {result['img_size']}^3{classes}{factor}")
     for name, count in result["modules"].items():
         print(f"  {name:16s} {count:>14,d}")
     print(f"  {'total':16s} {result['total']:>14,d}")

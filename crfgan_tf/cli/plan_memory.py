@@ -15,7 +15,9 @@ import sys
 
 from absl import flags
 
+from crfgan_tf import config as config_lib
 from crfgan_tf import geometry, runtime
+from crfgan_tf.cli import validate_embedding_factor
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "crfgan", ["crfgan", "hagan"], "Model type.")
@@ -27,6 +29,8 @@ flags.DEFINE_enum("precision", "float32", ["float32", "mixed_float16", "mixed_bf
 flags.DEFINE_float("width", 1.0, "Channel multiplier (1 = the paper's networks).")
 flags.DEFINE_integer("latent_dim", 1024, "Latent size.")
 flags.DEFINE_enum("crf_sample", "fresh", ["fresh", "reuse"], "CRF-GAN's --crf_sample.")
+flags.DEFINE_integer("embedding_factor", 0, config_lib.EMBEDDING_FACTOR_HELP)
+validate_embedding_factor("model")
 flags.DEFINE_integer("crf_encoder_slab", 0, "CRF-GAN's --crf_encoder_slab (0: one pass).")
 flags.DEFINE_integer("num_classes", 0, "Classes of a conditional model (0: unconditional).")
 flags.DEFINE_bool("lean_cpu_memory", False,
@@ -83,7 +87,7 @@ flags.register_validator("gpu_memory", _check_gpu_memory)
 
 # --help (crfgan_tf/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
-    "Run to plan": "model img_size batch_size precision width latent_dim crf_sample crf_encoder_slab "
+    "Run to plan": "model img_size embedding_factor batch_size precision width latent_dim crf_sample crf_encoder_slab "
                    "num_classes",
     "Devices": "lean_cpu_memory gpu_memory fits fits_precisions fits_sizes",
     "Output": "json",
@@ -106,7 +110,10 @@ def _print_plan(p: dict, gpu_memory: int) -> None:
 
     name = "CRF-GAN" if p["model"] == "crfgan" else "HA-GAN"
     print(f"{name} {p['img_size']}^3 batch {p['batch_size']}, {p['precision']}, width "
-          f"{p['width']:g}: {p['params']:,} parameters; training step traced "
+          f"{p['width']:g}"
+          + (f", embedding factor {p['embedding_factor']}"
+             if p["embedding_factor"] != geometry.EMBED_FACTOR else "")
+          + f": {p['params']:,} parameters; training step traced "
           f"({p['graph_ops']:,} ops, {p['trace_seconds']:.0f} s)")
     rows = [("weights (and spectral-norm vectors)", p["weights_bytes"]),
             ("optimizer slots (Adam m and v, every phase)", p["optimizer_bytes"]),
@@ -122,8 +129,9 @@ def _print_plan(p: dict, gpu_memory: int) -> None:
     print("  each phase's transient peak: " + ", ".join(
         f"{k} {_mib(v)}" for k, v in p["phase_transient_bytes"].items()))
     if p["model"] == "crfgan" and p["peak_phase"] == "crf" and not p.get("crf_encoder_slab"):
+        slab = 64 // p["embedding_factor"]  # 64 volume slices at a time
         print("  the peak is hE embedding the whole real volume in one pass: "
-              "--crf_encoder_slab=16 embeds it slab by slab (less memory, more time)")
+              f"--crf_encoder_slab={slab} embeds it slab by slab (less memory, more time)")
     alloc = memory_plan.ALLOCATORS[p["allocator"]]
     print(f"  {'CPU working memory (' + alloc.name + ')':52s} {_mib(p['working_bytes']):>12s}"
           f"   = persistent + {alloc.factor:g} x transient + {_mib(alloc.runtime_bytes)} "
@@ -148,7 +156,11 @@ def _fits_table(req, step, progress) -> list:
     rows = []
     for precision in FLAGS.fits_precisions:
         for size in sizes:
-            r = dataclasses.replace(req, img_size=size, precision=precision, batch_size=1)
+            factor = req.embedding_factor  # a factor given for 512 (8) is 512's only:
+            if factor and size not in geometry.EMBED_FACTORS[factor]:
+                factor = 0  # other sizes take their default
+            r = dataclasses.replace(req, img_size=size, precision=precision, batch_size=1,
+                                    embedding_factor=factor)
             traced = step
             if (size, precision) != (req.img_size, req.precision):
                 print(f"tracing {req.model} {size}^3 {precision} ...", file=progress, flush=True)
@@ -194,6 +206,7 @@ def main(argv):
                                   width=FLAGS.width, latent_dim=FLAGS.latent_dim,
                                   crf_sample=FLAGS.crf_sample,
                                   crf_encoder_slab=FLAGS.crf_encoder_slab,
+                                  embedding_factor=FLAGS.embedding_factor,
                                   num_classes=FLAGS.num_classes)
     progress = sys.stderr if FLAGS.json else sys.stdout
     allocator = memory_plan.CPU_LEAN if FLAGS.lean_cpu_memory else memory_plan.CPU_DEFAULT

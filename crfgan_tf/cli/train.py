@@ -22,7 +22,8 @@ import sys
 from absl import flags
 
 from crfgan_tf import config as config_lib
-from crfgan_tf import geometry, runtime
+from crfgan_tf import geometry, rundir, runtime
+from crfgan_tf.cli import validate_embedding_factor
 
 FLAGS = flags.FLAGS
 _D = config_lib.TrainConfig  # defaults live in one place: the dataclass
@@ -36,6 +37,9 @@ flags.DEFINE_enum("model", _defaults["model"], list(config_lib.MODELS),
 flags.DEFINE_integer("img_size", _defaults["img_size"],
                      "Volume side S: 64, 128, 256 or 512 (crfgan_tf.geometry.SIZES; 512 is "
                      "beyond the references, docs/resolution.md).")
+flags.DEFINE_integer("embedding_factor", _defaults["embedding_factor"],
+                     config_lib.EMBEDDING_FACTOR_HELP)
+validate_embedding_factor("model")
 flags.DEFINE_integer("batch_size", _defaults["batch_size"],
                      "Global batch size: all replicas together; it must divide by the "
                      "replicas. Learning rates are not scaled with it.")
@@ -155,7 +159,18 @@ flags.register_validator("width", lambda v: 0 < v <= 4, message="--width must be
 
 def config_from_flags() -> config_lib.TrainConfig:
     names = [f.name for f in __import__("dataclasses").fields(config_lib.TrainConfig)]
-    return config_lib.TrainConfig(**{n: getattr(FLAGS, n) for n in names})
+    values = {n: getattr(FLAGS, n) for n in names}
+    if not values["embedding_factor"] and FLAGS.model_dir:
+        # --embedding_factor=0 (the size's default): a run resumes with the factor it has
+        # (a 512^3 CRF-GAN run started with 4, e.g. before 8 became the default there)
+        try:
+            stored = rundir.read_config(FLAGS.model_dir)
+        except (OSError, ValueError, TypeError):  # unreadable: train() reports it
+            stored = None
+        if stored is not None and (stored.img_size, stored.model) == (values["img_size"],
+                                                                       values["model"]):
+            values["embedding_factor"] = stored.embedding_factor
+    return config_lib.TrainConfig(**values)
 
 
 def _flags_text() -> str:
@@ -168,7 +183,7 @@ def _flags_text() -> str:
 # --help (crfgan_tf/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Data": "train_records demo_data_dir demo_nodules shuffle_buffer seed",
-    "Model": "model img_size latent_dim width num_classes lambda_class fake_labels "
+    "Model": "model img_size embedding_factor latent_dim width num_classes lambda_class fake_labels "
              "balance_classes crf_iterations crf_nodes crf_sample crf_encoder_slab crf_weight_start "
              "crf_weight_decay_steps hagan_low_res",
     "Optimisation": "batch_size per_replica_batch_size train_steps lr_g lr_d lr_crf lr_e beta_1 "

@@ -34,11 +34,12 @@ def balanced_order(labels: np.ndarray, seed: int, epoch: tf.Tensor) -> tf.Tensor
 
 def training_example(volume: tf.Tensor, index: tf.Tensor, img_size: int, latent_dim: int,
                      seed: int, label: Optional[tf.Tensor] = None, num_classes: int = 0,
-                     fake_labels: str = "batch") -> dict:
+                     fake_labels: str = "batch", factor: int = geometry.EMBED_FACTOR) -> dict:
     """One training example from a volume and its global stream index.
 
-    The crop start r is a multiple of 4 drawn uniformly from 0..7S/8, so that the real
-    crop x[r : r + S/8] and the generator's embedding slab [r/4, r/4 + S/32) cover the same
+    The crop start r is a multiple of the embedding factor f (4; 8 with
+    --embedding_factor=8) drawn uniformly from 0..7S/8, so that the real crop
+    x[r : r + S/8] and the generator's embedding slab [r/f, r/f + S/(8f)) cover the same
     slices (the reference draws any r and misaligns the two by up to 3 slices). r and the
     three latents are stateless functions of (seed, index): a resumed run sees exactly the
     stream an uninterrupted one would, and replicas need no shared random state.
@@ -54,8 +55,9 @@ def training_example(volume: tf.Tensor, index: tf.Tensor, img_size: int, latent_
     """
     key = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
     k = tf.random.stateless_uniform([], seed=key, minval=0,
-                                    maxval=geometry.num_positions(img_size), dtype=tf.int32)
-    r = geometry.position(k)
+                                    maxval=geometry.num_positions(img_size, factor),
+                                    dtype=tf.int32)
+    r = geometry.position(k, factor)
     z = tf.random.stateless_normal([2, latent_dim], seed=key + tf.constant([0, 1 << 40], tf.int64))
     # z_c (the CRF phase's) from its own key, so that z_d and z_g are those of earlier runs
     z_c = tf.random.stateless_normal([latent_dim], seed=key + tf.constant([0, 2 << 40], tf.int64))
@@ -121,8 +123,8 @@ def _records_interleaved(files, seed: int, epoch: tf.Tensor, buffer: int) -> tf.
 def make_train_dataset(file_pattern: str, img_size: int, batch_size: int, latent_dim: int,
                        seed: int = 0, start_step: int = 0, shuffle_buffer: int = 8,
                        num_records: Optional[int] = None, num_classes: int = 0,
-                       fake_labels: str = "batch",
-                       balance_classes: bool = False) -> tf.data.Dataset:
+                       fake_labels: str = "batch", balance_classes: bool = False,
+                       factor: int = geometry.EMBED_FACTOR) -> tf.data.Dataset:
     """The training stream: read, parse, crop, batch, prefetch (autotuned).
 
     Epoch e visits every record once, in a full permutation of all records across all
@@ -168,10 +170,10 @@ def make_train_dataset(file_pattern: str, img_size: int, batch_size: int, latent
     def example(record, i):
         if not num_classes:
             return training_example(records.parse_volume(record, img_size, quantized=True),
-                                    i, img_size, latent_dim, seed)
+                                    i, img_size, latent_dim, seed, factor=factor)
         volume, label = records.parse_volume(record, img_size, with_label=True, quantized=True)
         return training_example(volume, i, img_size, latent_dim, seed, label, num_classes,
-                                fake_labels)
+                                fake_labels, factor)
 
     stream = stream.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     stream = stream.batch(batch_size, drop_remainder=True)
@@ -197,13 +199,15 @@ def _serialized_stream(files, counts, n: int, seed: int, first: int, shuffle_buf
     return _records_by_index(files, counts, order.skip(first - first_epoch * n))
 
 
-def synthetic_batch(img_size: int, batch: int, latent_dim: int, seed: int = 0) -> dict:
+def synthetic_batch(img_size: int, batch: int, latent_dim: int, seed: int = 0,
+                    factor: int = geometry.EMBED_FACTOR) -> dict:
     """A training batch of uniform random volumes, as make_train_dataset's batches are
     shaped: crop starts cycled over every position, each crop cut at its start, latents
     normal (profiling and tests; tf.random.Generator from `seed`)."""
     g = tf.random.Generator.from_seed(seed)
     volume = g.uniform((batch, img_size, img_size, img_size, 1), -1, 1)
-    positions = [geometry.position(i % geometry.num_positions(img_size)) for i in range(batch)]
+    positions = [geometry.position(i % geometry.num_positions(img_size, factor), factor)
+                 for i in range(batch)]
     depth = geometry.crop_depth(img_size)
     return {"volume": volume, "crop": tf.stack([volume[i, r:r + depth] for i, r in
                                                 enumerate(positions)]),

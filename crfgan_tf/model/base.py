@@ -42,26 +42,35 @@ class SubVolumeGAN(keras.Model):
         which ADA adjusts from outside).
       augment_window: the intensity window of the volumes (HU for CT).
       seed: mixed into the augmentation's stateless randomness.
+      embedding_factor: volume voxels per embedding voxel (geometry; 4, or 8 for CRF-GAN
+        at 512: G1's embedding S/8, one more stage in G2 and hE); 0: the size's default
+        (geometry.default_factor: 8 for CRF-GAN at 512).
     """
 
+    MODEL = ""  # the --model name
     PHASES: tuple = ()
     LEARNING_RATES: dict = {}
     LOSS_PHASE: dict = {}
 
     def __init__(self, img_size=256, latent_dim=1024, width=1.0, global_batch_size=2,
                  num_classes=0, lambda_class=0.1, augment=(), augment_p=0.5,
-                 augment_window=intensity.CT_WINDOW, seed=0, **kwargs):
+                 augment_window=intensity.CT_WINDOW, seed=0,
+                 embedding_factor=0, **kwargs):
         super().__init__(**kwargs)
+        embedding_factor = geometry.resolve_factor(img_size, embedding_factor, self.MODEL)
+        geometry.check_factor(img_size, embedding_factor, self.MODEL)
         self.img_size = img_size
+        self.embedding_factor = embedding_factor
         self.latent_dim = latent_dim
         self.width = width
         self.global_batch_size = global_batch_size
         self.num_classes = num_classes
         self.lambda_class = lambda_class
-        self.trunk = build_trunk(img_size, latent_dim, width, num_classes=num_classes)
-        self.head = build_head(img_size, width)
+        self.trunk = build_trunk(img_size, latent_dim, width, num_classes=num_classes,
+                                 factor=embedding_factor)
+        self.head = build_head(img_size, width, factor=embedding_factor)
         self.discriminator = build_discriminator(img_size, width, num_classes=num_classes)
-        self.encoder = build_encoder(img_size, width)
+        self.encoder = build_encoder(img_size, width, factor=embedding_factor)
         self.step_counter = self.add_weight(name="step", shape=(), dtype="int64",
                                             initializer="zeros", trainable=False,
                                             aggregation="only_first_replica")
@@ -79,8 +88,8 @@ class SubVolumeGAN(keras.Model):
     # ---- networks and shapes ---------------------------------------------------------
     @property
     def slab_depth(self) -> int:
-        """Embedding slices per training sub-volume: S/32."""
-        return geometry.slab_depth(self.img_size)
+        """Embedding slices per training sub-volume: S/(8f) (S/32 at f = 4)."""
+        return geometry.slab_depth(self.img_size, self.embedding_factor)
 
     @property
     def crop_depth(self) -> int:
@@ -93,8 +102,8 @@ class SubVolumeGAN(keras.Model):
                 "discriminator": self.discriminator, rundir.ENCODER_KEY: self.encoder}
 
     def slab(self, embedding, position):
-        """Per-example embedding slab [r/4, r/4 + S/32) along depth; r = position (batch,)."""
-        start = tf.cast(position, tf.int32) // geometry.EMBED_FACTOR
+        """Per-example embedding slab [r/f, r/f + S/(8f)) along depth; r = position (batch,)."""
+        start = tf.cast(position, tf.int32) // self.embedding_factor
         idx = start[:, None] + tf.range(self.slab_depth)[None, :]
         return tf.gather(embedding, idx, axis=1, batch_dims=1)
 

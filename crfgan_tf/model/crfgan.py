@@ -37,6 +37,7 @@ class CRFGAN(SubVolumeGAN):
         passes of hE's first convolution and one more of its second).
     """
 
+    MODEL = "crfgan"
     PHASES = ("d", "g", "crf", "rec")
     LEARNING_RATES = {"d": "lr_d", "g": "lr_g", "crf": "lr_crf", "rec": "lr_e"}
     LOSS_PHASE = {"d_loss": "discriminator (phase 1)", "g_loss": "generator (phase 2)",
@@ -58,7 +59,7 @@ class CRFGAN(SubVolumeGAN):
         self.crf_nodes = crf_nodes
         self.crf_weight_start = crf_weight_start
         self.crf_weight_decay_steps = crf_weight_decay_steps
-        self.crf = SliceCRF(geometry.embedding_side(img_size), crf_iterations, crf_nodes, name="crf")
+        self.crf = SliceCRF(geometry.embedding_side(img_size, self.embedding_factor), crf_iterations, crf_nodes, name="crf")
         self.crf.build()
 
     def modules(self) -> dict:
@@ -126,7 +127,8 @@ class CRFGAN(SubVolumeGAN):
         the compute dtype only here (phase 3 is their one reader), slab by slab with
         encoder_slab."""
         if self.encoder_slab:
-            return encode_by_slabs(self.encoder, volume, self.encoder_slab, self.real_volume)
+            return encode_by_slabs(self.encoder, volume, self.encoder_slab, self.real_volume,
+                                   self.embedding_factor)
         return self.encoder(self.real_volume(volume), training=True)
 
     def crf_step(self, volume, crop, position, fake_embedding, fake_logits):

@@ -30,6 +30,7 @@ class HAGAN(SubVolumeGAN):
     with low_res="average", the 4^3 average (anti-aliased).
     """
 
+    MODEL = "hagan"
     PHASES = ("d", "g", "rec", "sub_rec")
     LEARNING_RATES = {"d": "lr_d", "g": "lr_g", "rec": "lr_e", "sub_rec": "lr_e"}
     LOSS_PHASE = {"d_loss": "discriminator (phase 1)", "g_loss": "generator (phase 2)",

@@ -61,18 +61,71 @@ def test_parameter_counts_equal_reference(size, total):
 
 
 def test_parameter_counts_at_512_follow_the_growth_rule():
-    """512^3 is 256^3 plus geometry's growth rule, counted by hand: G1's sixth block
+    """512^3 with embedding factor 4 is 256^3 plus geometry's growth rule, counted by hand: G1's sixth block
     (3^3 conv 64 -> 64 with bias, GroupNorm's gamma and beta), D's new first layer (4^3 SN conv
     1 -> 8 with bias) and its second layer's input growing from 1 to 8 channels, and the CRF's
     128 x 128 matrix. G2 and hE are unchanged."""
-    at256, at512 = (params.count_parameters("crfgan", s)["modules"] for s in (256, 512))
+    at256, at512 = (params.count_parameters("crfgan", s, embedding_factor=4)["modules"]
+                    for s in (256, 512))
     assert at512["generator_trunk"] - at256["generator_trunk"] == 27 * 64 * 64 + 64 + 2 * 64
     assert at512["discriminator"] - at256["discriminator"] == (64 * 8 + 8) + 64 * (8 - 1) * 16
     assert at512["crf"] == 128 * 128
     for same in ("generator_head", "encoder"):
         assert at512[same] == at256[same]
-    result = params.count_parameters("crfgan", 512)
+    result = params.count_parameters("crfgan", 512, embedding_factor=4)
     assert result["total"] == 57_375_354 and result["reference"] is None
+
+
+def test_the_second_512_rule_embedding_factor_8_shapes_and_counts():
+    """--embedding_factor=8 at 512 (CRF-GAN's default there): G1 is 256's (a 64^3 embedding), G2 gains an up-sampling
+    block of 32 channels (3^3 conv 32 -> 32 with bias, GroupNorm), hE a stride-2 block of 32
+    channels before its last (4^3 conv 32 -> 32 with bias, GroupNorm), the CRF has 64 nodes;
+    D is 512's. Counted by hand against the 256^3 networks."""
+    c = embedding_channels(W)
+    emb = build_trunk(512, latent_dim=8, width=W, factor=8)(tf.zeros((1, 8)))
+    assert emb.shape == (1, 64, 64, 64, c)
+    crop = build_head(512, width=W, factor=8)(emb[:, :8])
+    assert crop.shape == (1, 64, 512, 512, 1) and crop.dtype == tf.float32
+    assert build_encoder(512, width=W, factor=8)(crop).shape == (1, 8, 64, 64, c)
+
+    at256 = params.count_parameters("crfgan", 256)["modules"]
+    a, b = (params.count_parameters("crfgan", 512, embedding_factor=f) for f in (4, 8))
+    got = b["modules"]
+    assert got["generator_trunk"] == at256["generator_trunk"]
+    assert got["generator_head"] - at256["generator_head"] == 27 * 32 * 32 + 32 + 2 * 32
+    assert got["encoder"] - at256["encoder"] == 64 * 32 * 32 + 32 + 2 * 32
+    assert got["crf"] == 64 * 64
+    assert got["discriminator"] == a["modules"]["discriminator"]
+    assert b["total"] == 57_345_658 and b["embedding_factor"] == 8 and b["reference"] is None
+    # the default at 512: factor 8 for CRF-GAN, 4 for HA-GAN (geometry.default_factor)
+    assert params.count_parameters("crfgan", 512)["total"] == 57_345_658
+    assert params.count_parameters("hagan", 512)["embedding_factor"] == 4
+
+
+def test_factor_8_slab_by_slab_paths_equal_the_one_shot_networks():
+    """G2 by slabs (three passes: two GroupNorms) and hE by slabs (four passes, a 16-slice
+    halo) at factor 8 equal the one-shot networks. The tolerance is float32's: the one-shot
+    GroupNorms reduce millions of voxels in float32 (slab 1 and the whole differ by
+    ~2e-4 of outputs up to 5 from it, uniformly over the slices, not at slab edges)."""
+    from crfgan_tf.networks.encoder import encode_by_slabs
+
+    head = build_head(512, width=0.125, factor=8)
+    for v in head.weights:  # GroupNorm gamma/beta away from 1/0 so that statistics matter
+        v.assign(tf.random.stateless_normal(v.shape, seed=[1, v.shape.num_elements()]) * 0.3
+                 + (1.0 if "gamma" in v.path else 0.0))
+    emb = tf.random.stateless_uniform((1, 5, 64, 64, 8), seed=[2, 3])
+    one_shot = head(emb)[..., 0].numpy()
+    assert one_shot.shape == (1, 40, 512, 512)
+    for slab in (1, 2):
+        np.testing.assert_allclose(head.by_slabs(emb, slab).numpy(), one_shot, atol=5e-4)
+
+    enc = _encoder_with_affine(512, 0.125, factor=8)
+    volume = tf.random.stateless_uniform((1, 32, 512, 512, 1), seed=[4, 5], minval=-1)
+    one_shot = enc(volume).numpy()
+    assert one_shot.shape == (1, 4, 64, 64, embedding_channels(0.125))
+    for got in (encode_by_slabs(enc, volume, 1, factor=8),
+                tf.function(lambda v: encode_by_slabs(enc, v, 3, factor=8))(volume)):
+        np.testing.assert_allclose(got.numpy(), one_shot, atol=5e-4, rtol=1e-4)
 
 
 def test_count_params_cli_json():
@@ -91,10 +144,10 @@ def test_count_params_cli_prints_the_512_table():
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     lines = [" ".join(line.split()) for line in res.stdout.splitlines()]
-    assert lines[0] == "crfgan at 512^3"
-    for want in ("generator_trunk 52,503,040", "generator_head 56,257",
-                 "discriminator 4,638,521", "encoder 161,152", "crf 16,384",
-                 "total 57,375,354"):
+    assert lines[0] == "crfgan at 512^3, embedding factor 8"  # the default at 512
+    for want in ("generator_trunk 52,392,256", "generator_head 84,001",
+                 "discriminator 4,638,521", "encoder 226,784", "crf 4,096",
+                 "total 57,345,658"):
         assert want in lines, want
     assert "the references stop at 256^3" in res.stdout
 
@@ -293,9 +346,9 @@ def test_spectral_norm_gradient_is_pytorch_one():
     np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6)
 
 
-def _encoder_with_affine(size, width):
+def _encoder_with_affine(size, width, factor=4):
     """hE with GroupNorm scales and shifts away from 1 and 0 (as after training)."""
-    enc = build_encoder(size, width=width)
+    enc = build_encoder(size, width=width, factor=factor)
     rng = np.random.RandomState(1)
     for layer in enc.layers:
         if layer.name.endswith("_gn"):
@@ -332,7 +385,7 @@ def test_encode_by_slabs_halo_is_the_smallest_exact_one(monkeypatch):
     enc = build_encoder(64, width=W)
     volume = tf.zeros((1, 64, 64, 64, 1))
     monkeypatch.setattr(encoder, "SLAB_HALO", encoder.SLAB_HALO - 1)
-    with pytest.raises(AssertionError, match="SLAB_HALO too small"):
+    with pytest.raises(AssertionError, match="halo 7 too small"):
         encoder.encode_by_slabs(enc, volume, 4)
 
 
