@@ -34,6 +34,11 @@ EMBEDDING_FACTOR_HELP = (
     "gains a third up-sampling stage and hE a third stride-2 stage, the CRF keeps 64 nodes "
     "(docs/resolution.md compares the two). 0: the size's default, 8 for CRF-GAN at 512 "
     "and 4 otherwise.")
+REMAT_HELP = (
+    "Recompute G1's, G2's and hE's activations in the backward pass (tf.recompute_grad) "
+    "instead of keeping them: the same results, a lower peak where those backward passes "
+    "are it (512^3 with --crf_encoder_slab: -15 % planned GPU memory), more time. "
+    "docs/resolution.md has what it saves and costs.")
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -76,6 +81,9 @@ class TrainConfig:
     # CRF phase's hE over the whole real volume: embedding slices per slab (0: one pass, as
     # the reference; less memory, more time: docs/resolution.md)
     crf_encoder_slab: int = 0
+    # G1, G2 and hE recompute their activations in the backward pass (tf.recompute_grad):
+    # a lower peak where their backward passes are it, for more time (docs/resolution.md)
+    remat: bool = False
     hagan_low_res: str = "nearest"  # HA-GAN's S/4 real volume: "nearest" (ref.) or "average"
     num_classes: int = 0  # > 0: class-conditional (the references' --num-class)
     lambda_class: float = 0.1  # weight of the generator's auxiliary-classifier loss

@@ -108,6 +108,7 @@ class PlanRequest:
     crf_encoder_slab: int = 0
     num_classes: int = 0
     embedding_factor: int = 0  # 0: the size's default (geometry.default_factor)
+    remat: bool = False
 
     def check(self) -> None:
         """ValueError naming the flag of the first setting that cannot be planned."""

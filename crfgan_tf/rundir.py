@@ -58,7 +58,7 @@ SUB_ENCODER_KEY = "sub_encoder"
 RESUMABLE_FIELDS = ("model_dir", "train_steps", "log_every", "checkpoint_every",
                     "image_every", "keep_checkpoints", "profile_steps", "jit_compile",
                     "strategy", "cpu_devices", "eval_every", "save_on_signals",
-                    "crf_encoder_slab")
+                    "crf_encoder_slab", "remat")
 
 
 class RunDirError(ValueError):

@@ -86,7 +86,7 @@ def build_model(config: config_lib.TrainConfig,
                   global_batch_size=config.batch_size, name=config.model,
                   num_classes=config.num_classes, lambda_class=config.lambda_class,
                   augment=config.augment_transforms(), augment_p=config.augment_p,
-                  augment_window=window, seed=config.seed)
+                  augment_window=window, seed=config.seed, remat=config.remat)
     if config.model == "crfgan":
         common.update(crf_iterations=config.crf_iterations, crf_nodes=config.crf_nodes,
                       crf_weight_start=config.crf_weight_start,

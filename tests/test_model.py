@@ -199,6 +199,33 @@ def test_encoder_slabs_train_as_the_one_pass_encoder(tmp_path):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("model_name,size", [("crfgan", 64), ("hagan", 128)])
+def test_remat_trains_as_without_it(tmp_path, model_name, size):
+    """--remat: a traced step that recomputes G1's, G2's and hE's activations in the
+    backward passes (and HA-GAN's sub-encoder's) gives the same losses and weights; its
+    graph really recomputes: G2 ends in the step's only tanh, and each phase that
+    differentiates through G2 (CRF-GAN: generator, reconstruction; HA-GAN: and the
+    sub-encoder's) runs it once more in its backward pass."""
+    batch = tiny_batch(size, batch=2)
+    models = [_build(tmp_path / str(r), model=model_name, img_size=size, remat=r)
+              for r in (False, True)]
+    assert [m.remat for m in models] == [False, True]
+    for a, b in zip(models[0].weights, models[1].weights):
+        b.assign(a)
+    runs, graphs = [], []
+    for model in models:
+        step = tf.function(model.train_step)
+        graphs.append(step.get_concrete_function(batch).graph)
+        out = step(batch)
+        runs.append(({k: float(v) for k, v in out.items()}, [v.numpy() for v in model.weights]))
+    tanh = [sum(op.type == "Tanh" for op in g.get_operations()) for g in graphs]
+    assert tanh[1] - tanh[0] == {"crfgan": 2, "hagan": 3}[model_name], tanh
+    for key in runs[0][0]:
+        np.testing.assert_allclose(runs[1][0][key], runs[0][0][key], rtol=1e-5, err_msg=key)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
 def test_crf_encoder_slab_is_checked_by_name():
     from crfgan_tf.config import TrainConfig
 

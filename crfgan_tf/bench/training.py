@@ -31,6 +31,7 @@ class ProfileRequest:
     crf_sample: str = "fresh"  # TrainConfig.crf_sample (CRF-GAN)
     crf_encoder_slab: int = 0  # TrainConfig.crf_encoder_slab (CRF-GAN)
     embedding_factor: int = 0  # TrainConfig.embedding_factor (0: the size's default)
+    remat: bool = False  # TrainConfig.remat
     adam: str = "pytorch"  # TrainConfig.adam
 
 
@@ -79,7 +80,7 @@ def measure(request: dict) -> dict:
             "steps": req.steps, "warmup": req.warmup,
             "cpu_allocator": "lean" if req.lean_cpu_memory else "default",
             "crf_sample": req.crf_sample, "crf_encoder_slab": req.crf_encoder_slab,
-            "embedding_factor": cfg.embedding_factor, "adam": req.adam}
+            "embedding_factor": cfg.embedding_factor, "remat": req.remat, "adam": req.adam}
 
 
 def profile(req: ProfileRequest, timeout: float = 3600) -> dict:

@@ -32,6 +32,7 @@ flags.DEFINE_enum("crf_sample", "fresh", ["fresh", "reuse"], "CRF-GAN's --crf_sa
 flags.DEFINE_integer("embedding_factor", 0, config_lib.EMBEDDING_FACTOR_HELP)
 validate_embedding_factor("model")
 flags.DEFINE_integer("crf_encoder_slab", 0, "CRF-GAN's --crf_encoder_slab (0: one pass).")
+flags.DEFINE_bool("remat", False, config_lib.REMAT_HELP)
 flags.DEFINE_integer("num_classes", 0, "Classes of a conditional model (0: unconditional).")
 flags.DEFINE_bool("lean_cpu_memory", False,
                   "Plan the CPU working memory for crfgan-train's lean allocator "
@@ -87,7 +88,7 @@ flags.register_validator("gpu_memory", _check_gpu_memory)
 
 # --help (crfgan_tf/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
-    "Run to plan": "model img_size embedding_factor batch_size precision width latent_dim crf_sample crf_encoder_slab "
+    "Run to plan": "model img_size embedding_factor batch_size precision width latent_dim crf_sample crf_encoder_slab remat "
                    "num_classes",
     "Devices": "lean_cpu_memory gpu_memory fits fits_precisions fits_sizes",
     "Output": "json",
@@ -207,6 +208,7 @@ def main(argv):
                                   crf_sample=FLAGS.crf_sample,
                                   crf_encoder_slab=FLAGS.crf_encoder_slab,
                                   embedding_factor=FLAGS.embedding_factor,
+                                  remat=FLAGS.remat,
                                   num_classes=FLAGS.num_classes)
     progress = sys.stderr if FLAGS.json else sys.stdout
     allocator = memory_plan.CPU_LEAN if FLAGS.lean_cpu_memory else memory_plan.CPU_DEFAULT

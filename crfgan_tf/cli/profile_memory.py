@@ -36,6 +36,7 @@ flags.DEFINE_enum("crf_sample", "fresh", ["fresh", "reuse"],
 flags.DEFINE_integer("embedding_factor", 0, config_lib.EMBEDDING_FACTOR_HELP)
 validate_embedding_factor("models")
 flags.DEFINE_integer("crf_encoder_slab", 0, "CRF-GAN's --crf_encoder_slab (0: one pass).")
+flags.DEFINE_bool("remat", False, config_lib.REMAT_HELP)
 flags.DEFINE_enum("adam", "pytorch", ["pytorch", "keras"], "Adam variant (--adam).")
 flags.DEFINE_bool("json", False, "Print a JSON list of rows.")
 flags.DEFINE_string("plot", "profile_memory.png", "PNG of memory against batch size ('' for none).")
@@ -55,7 +56,7 @@ flags.register_multi_flags_validator(
 
 # --help (crfgan_tf/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
-    "Models": "models img_size embedding_factor batch_sizes width crf_sample crf_encoder_slab adam",
+    "Models": "models img_size embedding_factor batch_sizes width crf_sample crf_encoder_slab remat adam",
     "Speed options": "precision jit_compile lean_cpu_memory",
     "Measurement": "steps warmup",
     "Output": "json plot",
@@ -74,7 +75,7 @@ def main(argv):
                 warmup=FLAGS.warmup, precision=FLAGS.precision, width=FLAGS.width,
                 jit_compile=FLAGS.jit_compile, lean_cpu_memory=FLAGS.lean_cpu_memory,
                 crf_sample=FLAGS.crf_sample, crf_encoder_slab=FLAGS.crf_encoder_slab,
-                embedding_factor=FLAGS.embedding_factor,
+                embedding_factor=FLAGS.embedding_factor, remat=FLAGS.remat,
                 adam=FLAGS.adam)))
             r = rows[-1]
             out = sys.stderr if FLAGS.json else sys.stdout  # progress stays off the JSON

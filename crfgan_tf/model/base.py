@@ -42,6 +42,12 @@ class SubVolumeGAN(keras.Model):
         which ADA adjusts from outside).
       augment_window: the intensity window of the volumes (HU for CT).
       seed: mixed into the augmentation's stateless randomness.
+      remat: run G1, G2 and hE under tf.recompute_grad in the phases that differentiate
+        through them (G1 and G2 in the generator phase, hE and G2 in the reconstruction
+        phase; HA-GAN's sub-encoder phase too): their activations are recomputed in the
+        backward pass instead of kept, for a lower peak and more time. The results are the
+        same. D is not: its spectral norm advances u on every training call, so a
+        recomputed call would see another u.
       embedding_factor: volume voxels per embedding voxel (geometry; 4, or 8 for CRF-GAN
         at 512: G1's embedding S/8, one more stage in G2 and hE); 0: the size's default
         (geometry.default_factor: 8 for CRF-GAN at 512).
@@ -55,8 +61,9 @@ class SubVolumeGAN(keras.Model):
     def __init__(self, img_size=256, latent_dim=1024, width=1.0, global_batch_size=2,
                  num_classes=0, lambda_class=0.1, augment=(), augment_p=0.5,
                  augment_window=intensity.CT_WINDOW, seed=0,
-                 embedding_factor=0, **kwargs):
+                 embedding_factor=0, remat=False, **kwargs):
         super().__init__(**kwargs)
+        self.remat = bool(remat)
         embedding_factor = geometry.resolve_factor(img_size, embedding_factor, self.MODEL)
         geometry.check_factor(img_size, embedding_factor, self.MODEL)
         self.img_size = img_size
@@ -134,6 +141,14 @@ class SubVolumeGAN(keras.Model):
     def embed(self, z, label=None, training=False):
         """G1's embedding of z (and label, when conditional)."""
         return self.trunk(self.trunk_input(z, label), training=training)
+
+    def train_call(self, net, x):
+        """net(x, training=True) where a phase differentiates through it: with remat,
+        under tf.recompute_grad, so that the backward pass recomputes net's activations
+        instead of keeping them from the forward pass."""
+        if not self.remat:
+            return net(x, training=True)
+        return tf.recompute_grad(lambda t: net(t, training=True))(x)
 
     def split_logits(self, outputs):
         """(real/fake logits, class logits or None) of a discriminator's output."""
@@ -262,7 +277,7 @@ class SubVolumeGAN(keras.Model):
     def rec_step(self, crop):
         """hE reconstruction: update hE so that G2(hE(x_crop)) reconstructs x_crop."""
         with tf.GradientTape() as tape:
-            rec = self.head(self.encoder(crop, training=True), training=True)
+            rec = self.train_call(self.head, self.train_call(self.encoder, crop))
             loss = losses.reconstruction_loss(rec, crop, self.global_batch_size)
             scaled = self._scale("rec", loss)
         self._minimize("rec", tape, scaled)

@@ -96,8 +96,8 @@ class CRFGAN(SubVolumeGAN):
         weight = self.crf_weight()
         out = {}
         with tf.GradientTape() as tape:
-            embedding = self.embed(z_g, fake_label, training=True)
-            fake = self.head(self.slab(embedding, position), training=True)
+            embedding = self.train_call(self.trunk, self.trunk_input(z_g, fake_label))
+            fake = self.train_call(self.head, self.slab(embedding, position))
             fake_logits, fake_class = self.split_logits(
                 self.discriminator([self.d_view(fake, 3), pos], training=True))
             crf_logits = self.crf(embedding, fake_logits)

@@ -105,8 +105,8 @@ class HAGAN(SubVolumeGAN):
         pos = self.normalized_position(position)
         out = {}
         with tf.GradientTape() as tape:
-            embedding = self.embed(z_g, fake_label, training=True)
-            fake = self.head(self.slab(embedding, position), training=True)
+            embedding = self.train_call(self.trunk, self.trunk_input(z_g, fake_label))
+            fake = self.train_call(self.head, self.slab(embedding, position))
             logits, fake_class = self.joint_logits(
                 fake, self.low_generator(embedding, training=True), pos, 3)
             loss = losses.per_replica_mean(losses.bce_with_logits(logits, 1.0),
@@ -124,9 +124,9 @@ class HAGAN(SubVolumeGAN):
         (as in HA-GAN's train.py)."""
         real_embedding = tf.stop_gradient(self.crop_embeddings(volume))
         with tf.GradientTape() as tape:
-            embedding = self.embed(self.sub_encoder(real_embedding, training=True), label,
-                                   training=True)
-            rec = self.head(self.slab(embedding, position), training=True)
+            embedding = self.train_call(self.trunk, self.trunk_input(
+                self.train_call(self.sub_encoder, real_embedding), label))
+            rec = self.train_call(self.head, self.slab(embedding, position))
             rec_low = self.low_generator(embedding, training=True)
             loss = 0.5 * (losses.reconstruction_loss(rec, crop, self.global_batch_size)
                           + losses.reconstruction_loss(rec_low, low, self.global_batch_size))
