@@ -40,6 +40,7 @@ REMAT_HELP = (
     "are it (512^3 with --crf_encoder_slab: -15 % planned GPU memory), more time. "
     "docs/resolution.md has what it saves and costs.")
 
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything a training run depends on; saved as `config.json` in the model dir.

@@ -59,7 +59,8 @@ class CRFGAN(SubVolumeGAN):
         self.crf_nodes = crf_nodes
         self.crf_weight_start = crf_weight_start
         self.crf_weight_decay_steps = crf_weight_decay_steps
-        self.crf = SliceCRF(geometry.embedding_side(img_size, self.embedding_factor), crf_iterations, crf_nodes, name="crf")
+        self.crf = SliceCRF(geometry.embedding_side(img_size, self.embedding_factor),
+                            crf_iterations, crf_nodes, name="crf")
         self.crf.build()
 
     def modules(self) -> dict:

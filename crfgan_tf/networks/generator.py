@@ -127,9 +127,10 @@ class Head(keras.Model):
             convolution output (before its GroupNorm), and the halo's depth."""
             lo = max(a - 1, 0)
             x = embedding[:, lo:min(b + 1, n)]
-            for i, (conv, norm) in enumerate(blocks[:num_blocks]):
-                if i:
-                    x = tf.nn.relu(tf.cast(_normalize(x, norm, affines[i - 1]), dtype))
+            for i, (conv, _) in enumerate(blocks[:num_blocks]):
+                if i:  # the previous block's GroupNorm, with its whole-volume statistics
+                    x = tf.nn.relu(tf.cast(_normalize(x, blocks[i - 1][1], affines[i - 1]),
+                                           dtype))
                 x = conv(x)
             return x, a - lo
 
