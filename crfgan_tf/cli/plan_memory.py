@@ -88,8 +88,8 @@ flags.register_validator("gpu_memory", _check_gpu_memory)
 
 # --help (crfgan_tf/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
-    "Run to plan": "model img_size embedding_factor batch_size precision width latent_dim crf_sample crf_encoder_slab remat "
-                   "num_classes",
+    "Run to plan": "model img_size embedding_factor batch_size precision width latent_dim "
+                   "crf_sample crf_encoder_slab remat num_classes",
     "Devices": "lean_cpu_memory gpu_memory fits fits_precisions fits_sizes",
     "Output": "json",
 }

@@ -56,7 +56,8 @@ flags.register_multi_flags_validator(
 
 # --help (crfgan_tf/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
-    "Models": "models img_size embedding_factor batch_sizes width crf_sample crf_encoder_slab remat adam",
+    "Models": "models img_size embedding_factor batch_sizes width crf_sample crf_encoder_slab "
+              "remat adam",
     "Speed options": "precision jit_compile lean_cpu_memory",
     "Measurement": "steps warmup",
     "Output": "json plot",

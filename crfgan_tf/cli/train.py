@@ -71,10 +71,10 @@ flags.DEFINE_enum("crf_sample", _defaults["crf_sample"], list(config_lib.CRF_SAM
                   "reuse = phase 2's embedding and D logit (one G and D forward less).")
 flags.DEFINE_integer("crf_encoder_slab", _defaults["crf_encoder_slab"],
                      "CRF phase: hE encodes the whole real volume this many embedding slices "
-                     "(4x as many volume slices) at a time: the same embedding up to float "
-                     "rounding in less memory, for more time (512^3 batch 1 on CPU with 16: "
-                     "-27 % memory, +54 % per iteration). 0: in one pass (the reference). "
-                     "May change when a run resumes.")
+                     "(--embedding_factor times as many volume slices) at a time: the same "
+                     "embedding up to float rounding in less memory, for more time (512^3 "
+                     "batch 1 on CPU with 8: -51 % memory, +110 % per iteration). 0: in one "
+                     "pass (the reference). May change when a run resumes.")
 flags.DEFINE_bool("remat", _defaults["remat"], config_lib.REMAT_HELP)
 flags.DEFINE_enum("hagan_low_res", _defaults["hagan_low_res"], list(config_lib.LOW_RES_MODES),
                   "HA-GAN's S/4 real volume: nearest (every 4th voxel, the reference) or "
@@ -184,9 +184,9 @@ def _flags_text() -> str:
 # --help (crfgan_tf/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Data": "train_records demo_data_dir demo_nodules shuffle_buffer seed",
-    "Model": "model img_size embedding_factor latent_dim width num_classes lambda_class fake_labels "
-             "balance_classes crf_iterations crf_nodes crf_sample crf_encoder_slab remat crf_weight_start "
-             "crf_weight_decay_steps hagan_low_res",
+    "Model": "model img_size embedding_factor latent_dim width num_classes lambda_class "
+             "fake_labels balance_classes crf_iterations crf_nodes crf_sample crf_encoder_slab "
+             "remat crf_weight_start crf_weight_decay_steps hagan_low_res",
     "Optimisation": "batch_size per_replica_batch_size train_steps lr_g lr_d lr_crf lr_e beta_1 "
                     "beta_2 adam_epsilon adam",
     "Augmentation": "augment augment_p ada_target ada_speed",
