@@ -128,8 +128,7 @@ class CRFGAN(SubVolumeGAN):
         the compute dtype only here (phase 3 is their one reader), slab by slab with
         encoder_slab."""
         if self.encoder_slab:
-            return encode_by_slabs(self.encoder, volume, self.encoder_slab, self.real_volume,
-                                   self.embedding_factor)
+            return encode_by_slabs(self.encoder, volume, self.encoder_slab, self.real_volume)
         return self.encoder(self.real_volume(volume), training=True)
 
     def crf_step(self, volume, crop, position, fake_embedding, fake_logits):

@@ -104,10 +104,16 @@ def _normalize_relu(x, affine, dtype):
     return tf.nn.relu(tf.cast(tf.cast(x, tf.float32) * scale + shift, dtype))
 
 
-def encode_by_slabs(encoder: keras.Model, volume, slab: int, prepare=None,
-                    factor: int = EMBED_FACTOR):
-    """hE on the whole volume, `slab` embedding slices (f x slab volume slices) at a time:
-    encoder(prepare(volume)) up to float rounding, in memory that grows with the slab.
+def encoder_factor(encoder: keras.Model) -> int:
+    """The embedding factor build_encoder built `encoder` for: its input side over its
+    output side."""
+    return encoder.input_shape[2] // encoder.output_shape[2]
+
+
+def encode_by_slabs(encoder: keras.Model, volume, slab: int, prepare=None):
+    """hE on the whole volume, `slab` embedding slices (f x slab volume slices, f the
+    encoder's embedding factor, encoder_factor) at a time: encoder(prepare(volume)) up to
+    float rounding, in memory that grows with the slab.
 
     The one-shot pass holds two (S/2)^3 x 32-channel tensors at once (4 GiB for one 512^3
     volume in float32). Each block's GroupNorm normalises over the whole volume, so the
@@ -127,7 +133,6 @@ def encode_by_slabs(encoder: keras.Model, volume, slab: int, prepare=None,
       slab: embedding slices per slab (>= 1; the last may be shorter).
       prepare: applied to each slab of input slices (element-wise, e.g. dequantising
         int16), so that the whole volume is never converted; default: none.
-      factor: the encoder's embedding factor (build_encoder's).
 
     Returns:
       (batch, S/f, S/f, S/f, C) in the encoder's compute dtype.
@@ -135,6 +140,7 @@ def encode_by_slabs(encoder: keras.Model, volume, slab: int, prepare=None,
     if slab < 1:
         raise ValueError(f"slab must be >= 1 embedding slice, got {slab}")
     depth = volume.shape[1]
+    factor = encoder_factor(encoder)
     if depth is None or depth % factor:
         raise ValueError(f"encode_by_slabs needs a static depth divisible by {factor}, "
                          f"got {depth}")

@@ -124,8 +124,8 @@ def test_factor_8_slab_by_slab_paths_equal_the_one_shot_networks():
     volume = tf.random.stateless_uniform((1, 32, 512, 512, 1), seed=[4, 5], minval=-1)
     one_shot = enc(volume).numpy()
     assert one_shot.shape == (1, 4, 64, 64, embedding_channels(0.125))
-    for got in (encode_by_slabs(enc, volume, 1, factor=8),
-                tf.function(lambda v: encode_by_slabs(enc, v, 3, factor=8))(volume)):
+    for got in (encode_by_slabs(enc, volume, 1),
+                tf.function(lambda v: encode_by_slabs(enc, v, 3))(volume)):
         np.testing.assert_allclose(got.numpy(), one_shot, atol=5e-4, rtol=1e-4)
 
 
