@@ -8,6 +8,13 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# This process is set up as every command sets itself up (runtime.configure: oneDNN
+# kernels, before TensorFlow loads). Without it the in-process tests ran TensorFlow's
+# default Eigen kernels, which no user runs, 1.5-3x slower (tests/test_layout.py).
+from crfgan_tf import runtime  # noqa: E402
+
+runtime.configure(load_tensorflow=False)
+
 # the checkout: commands run from here (tests/ mirrors the package: tests/data/ for
 # crfgan_tf/data/, tests/evaluation/ for crfgan_tf/evaluation/, ...)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

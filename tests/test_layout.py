@@ -34,6 +34,17 @@ def test_importing_the_package_changes_nothing_configure_does():
     assert _python(code, {"TF_ENABLE_ONEDNN_OPTS": "0"}) == "0 0"
 
 
+def test_the_tests_run_tensorflow_as_the_commands_do():
+    """Every command calls runtime.configure() before TensorFlow loads (oneDNN kernels);
+    the in-process tests must run the same kernels, not TensorFlow's default Eigen ones
+    (which no user runs, 1.5-3x slower here): conftest configures the test process."""
+    import tensorflow  # noqa: F401  (loaded as the tests load it)
+    from tensorflow.python.util import _pywrap_util_port
+
+    assert os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1"
+    assert _pywrap_util_port.IsMklEnabled()
+
+
 def test_geometry_pins_the_training_layout():
     assert geometry.SIZES == (64, 128, 256, 512) and geometry.HAGAN_SIZES == (128, 256, 512)
     assert [geometry.crop_depth(s) for s in geometry.SIZES] == [8, 16, 32, 64]
