@@ -285,7 +285,7 @@ def trace(req: PlanRequest) -> StepGraph:
     import tensorflow as tf
 
     from crfgan_tf import config as config_lib
-    from crfgan_tf import train_lib
+    from crfgan_tf import distribute, train_lib
 
     req.check()
     start = time.perf_counter()
@@ -301,7 +301,7 @@ def trace(req: PlanRequest) -> StepGraph:
             spec[z] = tf.TensorSpec((None, req.latent_dim), tf.float32)
         if req.num_classes:
             spec["label"] = spec["fake_label"] = tf.TensorSpec((None,), tf.int32)
-        graph = tf.function(model.train_step).get_concrete_function(spec).graph
+        graph = distribute.trace_step(model.train_step).get_concrete_function(spec).graph
         return StepGraph(
             graph, model.PHASES, weight_bytes=_variable_bytes(model.variables),
             optimizer_bytes=sum(_variable_bytes(o.variables)

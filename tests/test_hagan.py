@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from crfgan_tf import export_lib, params, train_lib
+from crfgan_tf import distribute, export_lib, params, train_lib
 from crfgan_tf.networks.generator import embedding_channels
 from crfgan_tf.networks.hagan import (build_low_discriminator, build_low_generator,
                                       build_sub_encoder)
@@ -96,7 +96,7 @@ def test_hagan_one_step_mixed_float16(tmp_path):
     train_lib.set_precision("mixed_float16")
     try:
         model = _tiny_hagan(tmp_path, mixed_precision="mixed_float16")
-        out = tf.function(model.train_step)(tiny_batch(img_size=128))
+        out = distribute.trace_step(model.train_step)(tiny_batch(img_size=128))
         assert set(out) == {"d_loss", "g_loss", "rec_loss", "sub_rec_loss", "d_real", "d_fake", "r_t"}
         assert all(np.isfinite(float(v)) for v in out.values())
     finally:

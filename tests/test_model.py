@@ -3,7 +3,7 @@ import pytest
 import keras
 import tensorflow as tf
 
-from crfgan_tf import train_lib
+from crfgan_tf import distribute, train_lib
 
 from conftest import tiny_batch, tiny_config
 
@@ -81,7 +81,7 @@ def test_one_step_under_each_precision_policy(tmp_path, policy):
     train_lib.set_precision(policy)
     try:
         model = _build(tmp_path, mixed_precision=policy)
-        out = tf.function(model.train_step)(tiny_batch())
+        out = distribute.trace_step(model.train_step)(tiny_batch())
         assert all(np.isfinite(float(v)) for v in out.values())
         compute = {"float32": "float32", "mixed_bfloat16": "bfloat16",
                    "mixed_float16": "float16"}[policy]
@@ -189,7 +189,7 @@ def test_encoder_slabs_train_as_the_one_pass_encoder(tmp_path):
     models[1].crf.w.assign(models[0].crf.w)
     runs = []
     for model in models:
-        out = tf.function(model.train_step)(batch)
+        out = distribute.trace_step(model.train_step)(batch)
         runs.append(({k: float(v) for k, v in out.items()}, [v.numpy() for v in model.weights]))
     for key in runs[0][0]:
         np.testing.assert_allclose(runs[1][0][key], runs[0][0][key], rtol=1e-5, err_msg=key)
@@ -214,7 +214,7 @@ def test_remat_trains_as_without_it(tmp_path, model_name, size):
         b.assign(a)
     runs, graphs = [], []
     for model in models:
-        step = tf.function(model.train_step)
+        step = distribute.trace_step(model.train_step)
         graphs.append(step.get_concrete_function(batch).graph)
         out = step(batch)
         runs.append(({k: float(v) for k, v in out.items()}, [v.numpy() for v in model.weights]))
@@ -261,7 +261,7 @@ def test_each_phase_runs_after_the_previous_phase_backward(tmp_path, model_name,
                    crf_encoder_slab=slab)
     spec = {k: tf.TensorSpec(v.shape, v.dtype) for k, v in tiny_batch(img_size, 1).items()}
     spec["volume"] = tf.TensorSpec(spec["volume"].shape, tf.int16)
-    graph = tf.function(model.train_step).get_concrete_function(spec).graph
+    graph = distribute.trace_step(model.train_step).get_concrete_function(spec).graph
     ops, ranges = _phase_ranges(graph, model.PHASES)
     networks = {m.name for m in model.modules().values()}  # their ops' name scopes
     index = {op.name: i for i, op in enumerate(ops)}

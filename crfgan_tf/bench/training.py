@@ -41,7 +41,7 @@ def measure(request: dict) -> dict:
     import tensorflow as tf
 
     from crfgan_tf import config as config_lib
-    from crfgan_tf import intensity, params, train_lib
+    from crfgan_tf import distribute, intensity, params, train_lib
     from crfgan_tf.data import pipeline
 
     after_import = runtime.peak_memory_bytes()  # nothing built yet: the framework's own RSS
@@ -53,7 +53,7 @@ def measure(request: dict) -> dict:
     batch = pipeline.synthetic_batch(s, b, req.latent_dim, factor=cfg.embedding_factor)
     # the whole volume as the input stream hands it over: int16, as stored
     batch["volume"] = tf.constant(intensity.quantize(batch["volume"].numpy()))
-    step = tf.function(model.train_step, jit_compile=req.jit_compile or None)
+    step = distribute.trace_step(model.train_step, req.jit_compile)
     gpu = bool(tf.config.list_physical_devices("GPU"))
     for _ in range(req.warmup):
         float(step(batch)["d_loss"])
