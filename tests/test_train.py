@@ -21,6 +21,21 @@ def _train_glob(records):
     return os.path.join(records, "train-*.tfrecord")
 
 
+def _copy_run(run, into):
+    """A copy of a session's run directory, to be resumed under another --model_dir (which
+    may change on a resume): the start these tests share, trained once per session."""
+    shutil.copytree(run, into, dirs_exist_ok=True)
+    return into
+
+
+@pytest.fixture(scope="session")
+def two_step_run(records_64, tmp_path_factory):
+    """conftest.tiny_config trained 2 steps, a checkpoint at each."""
+    run = tmp_path_factory.mktemp("two_steps")
+    train_lib.train(tiny_config(run, _train_glob(records_64), train_steps=2, checkpoint_every=1))
+    return str(run)
+
+
 def test_pipeline_shapes_alignment_and_resume_determinism(records_64):
     pattern = _train_glob(records_64)
     tf.random.set_seed(0)  # the stream must not depend on the global seed
@@ -54,13 +69,13 @@ def _weights(model):
     return [v.numpy() for v in model.weights]
 
 
-def test_resume_continues_identically(records_64, tmp_path):
+def test_resume_continues_identically(records_64, trained_run, tmp_path):
     pattern = _train_glob(records_64)
     straight = train_lib.train(tiny_config(tmp_path / "a", pattern, train_steps=3,
                                            checkpoint_every=1))
     state = json.load(open(tmp_path / "a" / "trainer_state.json"))
     assert state["step"] == 3 and os.path.exists(tmp_path / "a" / "config.json")
-    train_lib.train(tiny_config(tmp_path / "b", pattern, train_steps=1, checkpoint_every=1))
+    _copy_run(trained_run[0], tmp_path / "b")  # this config, 1 step
     resumed = train_lib.train(tiny_config(tmp_path / "b", pattern, train_steps=3,
                                           checkpoint_every=1))
     assert resumed["step"] == 3
@@ -84,9 +99,9 @@ def test_resume_continues_identically(records_64, tmp_path):
             "peak_memory_bytes", "generated_volume/axial", "real_crop/coronal"} <= tags
 
 
-def test_unreadable_latest_checkpoint_falls_back(records_64, tmp_path):
+def test_unreadable_latest_checkpoint_falls_back(records_64, two_step_run, tmp_path):
     pattern = _train_glob(records_64)
-    train_lib.train(tiny_config(tmp_path, pattern, train_steps=2, checkpoint_every=1))
+    _copy_run(two_step_run, tmp_path)
     for f in glob.glob(str(tmp_path / "checkpoints" / "ckpt-2.data-*")):
         open(f, "wb").write(b"garbage")
     logs = []
@@ -110,9 +125,7 @@ def test_unreadable_latest_checkpoint_falls_back(records_64, tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(records_64, trained_run, tmp_path,
                                                          monkeypatch):
     pattern = _train_glob(records_64)
-    # a copy of the session's run at step 1 (this test's config but for --model_dir, which
-    # may change on a resume)
-    shutil.copytree(trained_run[0], tmp_path, dirs_exist_ok=True)
+    _copy_run(trained_run[0], tmp_path)  # this test's config at step 1
     real_rec_step = CRFGAN.rec_step
 
     def nan_rec_step(self, crop):
@@ -211,11 +224,11 @@ def test_shipped_flagfiles_resolve(tmp_path, flagfile, model, run):
         ("pytorch", "fresh", "nearest", 4e-4)
 
 
-def test_no_readable_checkpoint_stops_and_leaves_the_files(records_64, tmp_path):
+def test_no_readable_checkpoint_stops_and_leaves_the_files(records_64, two_step_run, tmp_path):
     """Every checkpoint unreadable: stop with a message, never start over silently, and
     leave the files as they were."""
     pattern = _train_glob(records_64)
-    train_lib.train(tiny_config(tmp_path, pattern, train_steps=2, checkpoint_every=1))
+    _copy_run(two_step_run, tmp_path)
     for f in glob.glob(str(tmp_path / "checkpoints" / "ckpt-*.data-*")):
         open(f, "wb").write(b"garbage")
     before = {f: open(f, "rb").read() for f in glob.glob(str(tmp_path / "checkpoints" / "*"))}
@@ -257,11 +270,12 @@ def test_rerun_with_another_architecture_flag_is_refused_and_changes_nothing(rec
     assert "--train_steps=2" in open(run / "flags.txt").read()
 
 
-def test_checkpoint_of_other_shapes_names_the_variable_and_flag(records_64, tmp_path):
+def test_checkpoint_of_other_shapes_names_the_variable_and_flag(records_64, trained_run,
+                                                                tmp_path):
     """A config.json that does not describe the checkpoints (edited by hand, or lost and
     rewritten) gives the variable and the flag, not 'unreadable'."""
     pattern = _train_glob(records_64)
-    train_lib.train(tiny_config(tmp_path, pattern, train_steps=1, checkpoint_every=1))
+    _copy_run(trained_run[0], tmp_path)  # tiny_config, 1 step
     os.remove(tmp_path / "config.json")
     with pytest.raises(rundir.RunDirError, match=r"ckpt-1 does not fit .*variable \S+ is "
                        r"\([\d, ]+\) in the checkpoint and \([\d, ]+\) here; check --width "
@@ -272,9 +286,9 @@ def test_checkpoint_of_other_shapes_names_the_variable_and_flag(records_64, tmp_
         train_lib.train(tiny_config(tmp_path, pattern, train_steps=2, latent_dim=32))
 
 
-def test_partial_checkpoint_of_a_killed_save_is_removed(records_64, tmp_path):
+def test_partial_checkpoint_of_a_killed_save_is_removed(records_64, trained_run, tmp_path):
     pattern = _train_glob(records_64)
-    train_lib.train(tiny_config(tmp_path, pattern, train_steps=1, checkpoint_every=1))
+    _copy_run(trained_run[0], tmp_path)  # tiny_config, 1 step
     partial = tmp_path / "checkpoints" / "ckpt-2_temp"
     partial.mkdir()
     (partial / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"half")
