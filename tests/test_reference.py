@@ -99,7 +99,7 @@ def test_networks_equal_the_reference(model_name, size):
     vol = model.generate(kb["z_d"])
     pos = model.normalized_position(kb["position"])
     if model_name == "hagan":
-        d = model.joint_logits(vol[:, :size // 8], model.low_generator(emb), pos)
+        d, _ = model.joint_logits(vol[:, :size // 8], model.low_generator(emb), pos)
     else:
         d = model.discriminator([vol[:, :size // 8], pos], training=True)
     tag = f"{model_name} {size}^3"
@@ -249,7 +249,8 @@ def _imported_generation(tmp_path, model_name, size, records=None):
     R.save_reference_checkpoint(nets, opts, str(ckpt_dir), 40000,
                                 data_parallel=model_name == "hagan")
     res = _import_cli(f"--model={model_name}", f"--checkpoint_dir={ckpt_dir}", "--iteration=40000",
-                      f"--img_size={size}", f"--model_dir={run}")
+                      f"--img_size={size}", f"--model_dir={run}",
+                      *([f"--train_records={records}"] if records else []))
     assert res.returncode == 0, res.stderr
     export = str(tmp_path / "export")
     export_lib.export(str(run), export, log=lambda m: None)
@@ -266,7 +267,9 @@ def _imported_generation(tmp_path, model_name, size, records=None):
 @pytest.mark.parametrize("model_name", ["crfgan", "hagan"])
 def test_imported_run_exports_the_reference_volume_and_resumes(tmp_path, records_128,
                                                                model_name):
-    run, nets, opts = _imported_generation(tmp_path, model_name, 128)
+    # the records given at import: a run resumes only with the settings it was written with
+    records = os.path.join(records_128, "train-*.tfrecord")
+    run, nets, opts = _imported_generation(tmp_path, model_name, 128, records)
     config = config_lib.TrainConfig.from_json((run / "config.json").read_text())
     assert (config.model, config.img_size, config.crf_nodes, config.lr_d) == \
         (model_name, 128, "channels", 4e-4)
@@ -283,7 +286,7 @@ def test_imported_run_exports_the_reference_volume_and_resumes(tmp_path, records
         reference.to_reference(t.kind, d_opt._velocities[d_opt._get_variable_index(t.variable)]
                                .numpy()), slot, rtol=1e-6)
     # continuing training: resumes at 40000, writes 40001
-    config.train_records = os.path.join(records_128, "train-*.tfrecord")
+    assert config.train_records == records
     config.train_steps = 40001
     out = train_lib.train(config, log=lambda m: None)
     assert out["step"] == 40001 and (run / "checkpoints" / "ckpt-40001.index").exists()
