@@ -147,6 +147,7 @@ class DirLock:
         self.directory, self.flag, self.break_lock, self.log = directory, flag, break_lock, log
         self.path = os.path.join(directory, LOCK_FILE)
         self.owned = False
+        self.made = False
 
     def __enter__(self) -> "DirLock":
         self.acquire()
@@ -156,6 +157,7 @@ class DirLock:
         self.release()
 
     def acquire(self) -> None:
+        self.made = not os.path.exists(self.directory)  # removed again if left empty
         fileio.ensure_output_dir(self.directory, self.flag)
         record = json.dumps(holder_record(), indent=1)
         while True:  # again only when another start created the lock since we looked
@@ -222,7 +224,9 @@ class DirLock:
                 os.remove(tmp)
 
     def release(self) -> None:
-        """Removes the lock if this process still holds it."""
+        """Removes the lock if this process still holds it, and the directory too if the
+        lock made it and nothing else was written there (a command that failed after
+        taking its lock leaves no empty output directory)."""
         if not self.owned:
             return
         self.owned = False
@@ -231,4 +235,7 @@ class DirLock:
                 and holder.get("host") == socket.gethostname():
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.path)
+            if self.made:
+                with contextlib.suppress(OSError):  # not empty, or gone: kept as it is
+                    os.rmdir(self.directory)
 

@@ -163,3 +163,21 @@ def test_import_reference_never_replaces_a_run_in_progress(tmp_path, live_proces
     assert res.returncode == 2, res.stderr
     assert f"is being written by another process: pid {live_process.pid}" in res.stderr
     assert sorted(os.listdir(run)) == [dirlock.LOCK_FILE]
+
+
+def test_a_directory_the_lock_made_goes_again_when_nothing_was_written(tmp_path):
+    """A command that fails after taking its lock (an import whose tensors do not fit, a
+    bad flag found late) leaves no empty output directory behind; one that existed before,
+    or that holds anything, stays."""
+    made = tmp_path / "new" / "run"
+    with dirlock.DirLock(str(made), "--model_dir", log=lambda m: None):
+        assert (made / dirlock.LOCK_FILE).exists()
+    assert not made.exists() and (tmp_path / "new").exists()  # only the lock's own directory
+    with dirlock.DirLock(str(made), "--model_dir", log=lambda m: None):
+        (made / "config.json").write_text("{}")
+    assert os.listdir(made) == ["config.json"]
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with dirlock.DirLock(str(existing), "--model_dir", log=lambda m: None):
+        pass
+    assert existing.is_dir() and not os.listdir(existing)
