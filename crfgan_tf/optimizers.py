@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from crfgan_tf.config import ADAM_VARIANTS
@@ -16,6 +17,7 @@ class PyTorchAdam(keras.optimizers.Adam):
     step 1 with b2 = 0.999). PyTorch, and the reference, update
         w -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
     Same slots (m, v), same variables in checkpoints, so a run can switch between the two.
+    The update is one fused kernel that writes m, v and the weight in place (update_step).
     No weight decay or amsgrad (the reference uses neither); they are refused.
     """
 
@@ -25,20 +27,34 @@ class PyTorchAdam(keras.optimizers.Adam):
             raise ValueError("PyTorchAdam implements plain Adam: no amsgrad, no weight_decay")
 
     def update_step(self, gradient, variable, learning_rate):
+        """One fused, in-place update (TensorFlow's ResourceApplyAdam kernel): m, v and the
+        weight are written where they are, with no temporary of the weight's size. The
+        kernel computes Keras's form, w -= a * m / (sqrt(v) + e); with
+        a = lr * sqrt(1 - b2^t) / (1 - b1^t) and e = eps * sqrt(1 - b2^t) (and the kernel's
+        own bias correction switched off) that is PyTorch's update, multiplied through by
+        sqrt(1 - b2^t)."""
         dtype = variable.dtype
-        lr = ops.cast(learning_rate, dtype)
-        gradient = ops.cast(gradient, dtype)
         # The bias corrections in float64, as PyTorch computes them (in Python floats):
         # 1 - 0.999^t in float32 loses ~5 significant bits to cancellation.
         step = ops.cast(self.iterations + 1, "float64")
-        correction_1 = ops.cast(1 - ops.power(ops.cast(self.beta_1, "float64"), step), dtype)
-        correction_2 = ops.cast(1 - ops.power(ops.cast(self.beta_2, "float64"), step), dtype)
+        correction_1 = 1 - ops.power(ops.cast(self.beta_1, "float64"), step)
+        root_2 = ops.sqrt(1 - ops.power(ops.cast(self.beta_2, "float64"), step))
+        alpha = ops.cast(ops.cast(learning_rate, "float64") * root_2 / correction_1, dtype)
+        epsilon = ops.cast(self.epsilon * root_2, dtype)
         m = self._momentums[self._get_variable_index(variable)]
         v = self._velocities[self._get_variable_index(variable)]
-        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
-        self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
-        denom = ops.add(ops.divide(ops.sqrt(v), ops.sqrt(correction_2)), self.epsilon)
-        self.assign_sub(variable, ops.divide(ops.multiply(m, lr / correction_1), denom))
+        zero = tf.zeros((), dtype)
+        tf.raw_ops.ResourceApplyAdam(
+            var=_handle(variable), m=_handle(m), v=_handle(v), beta1_power=zero,
+            beta2_power=zero, lr=alpha, beta1=tf.cast(self.beta_1, dtype),
+            beta2=tf.cast(self.beta_2, dtype), epsilon=epsilon,
+            grad=tf.cast(gradient, dtype))
+
+
+def _handle(variable):
+    """The resource handle of a Keras or TensorFlow variable (inside a distribution
+    strategy's update, the handle of this replica's copy)."""
+    return (variable.value if isinstance(variable, keras.Variable) else variable).handle
 
 
 def make_adam(variant: str, learning_rate: float, beta_1: float, beta_2: float,
