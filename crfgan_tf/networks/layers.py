@@ -210,6 +210,19 @@ def _transposed_tap_matrix(dtype):
     return tf.constant(np.einsum("ai,bj,ck->abcijk", m, m, m).reshape(64, 27), dtype)
 
 
+def _transposed_taps(kernel):
+    """The (4, 4, 4, cout, cin) kernel of conv3d_transpose from a (3, 3, 3, cin, cout) one:
+    the 3^3 kernel's channels are swapped first (27 taps moved rather than 64)."""
+    cin, cout = kernel.shape[3], kernel.shape[4]
+    swapped = tf.reshape(tf.transpose(kernel, (0, 1, 2, 4, 3)), (27, cout * cin))
+    taps = tf.matmul(_transposed_tap_matrix(kernel.dtype), swapped)
+    return tf.reshape(taps, (4, 4, 4, cout, cin))
+
+
+_UP_STRIDES = (1, 2, 2, 2, 1)
+
+
+@tf.custom_gradient
 def upsample_conv3d(x, kernel):
     """conv3d(nearest_upsample_x2(x), kernel, SAME) without making the up-sampled tensor.
 
@@ -217,7 +230,11 @@ def upsample_conv3d(x, kernel):
     sums of the 3^3 kernel's taps (_TRANSPOSED_TAPS). The same function up to float
     rounding (taps are summed before the products); 64/216 of the multiply-adds; no
     up-sampled input is made in the forward pass or kept for the backward pass (x is);
-    oneDNN runs it as a native deconvolution.
+    oneDNN runs it as a native deconvolution. The backward pass makes the taps again
+    (one small matmul) rather than keeping them alive from the forward pass: they are
+    64/27 the kernel's size (64 MiB for G1's 512 -> 512 block), larger than x at the
+    batch sizes 3D GANs train with. Its two convolutions are the ones TensorFlow's own
+    gradient of conv3d_transpose runs.
 
     Args:
       x: (batch, d, h, w, cin).
@@ -226,13 +243,22 @@ def upsample_conv3d(x, kernel):
     Returns:
       (batch, 2d, 2h, 2w, cout).
     """
-    cin, cout = kernel.shape[3], kernel.shape[4]
-    taps = tf.matmul(_transposed_tap_matrix(kernel.dtype), tf.reshape(kernel, (27, cin * cout)))
-    # conv3d_transpose takes (k, k, k, out_channels, in_channels)
-    taps = tf.transpose(tf.reshape(taps, (4, 4, 4, cin, cout)), (0, 1, 2, 4, 3))
+    cout = kernel.shape[4]
     shape = tf.shape(x)
     out_shape = tf.stack([shape[0], 2 * shape[1], 2 * shape[2], 2 * shape[3], cout])
-    return tf.nn.conv3d_transpose(x, taps, out_shape, (1, 2, 2, 2, 1), "SAME")
+    y = tf.nn.conv3d_transpose(x, _transposed_taps(kernel), out_shape, _UP_STRIDES, "SAME")
+
+    def grad(dy):
+        with tf.GradientTape() as tape:
+            tape.watch(kernel)
+            taps = _transposed_taps(kernel)
+        dx = tf.nn.conv3d(dy, taps, _UP_STRIDES, "SAME")
+        dtaps = tf.raw_ops.Conv3DBackpropFilterV2(
+            input=dy, filter_sizes=tf.shape(taps), out_backprop=x, strides=_UP_STRIDES,
+            padding="SAME")
+        return dx, tape.gradient(taps, kernel, output_gradients=dtaps)
+
+    return y, grad
 
 
 class UpsampleConv3D(keras.layers.Conv3D):

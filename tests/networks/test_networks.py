@@ -269,6 +269,29 @@ def test_upsample_conv_equals_conv_of_upsampled_input(shape, cout):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
+def test_upsample_conv_keeps_no_four_tap_kernel_for_its_backward_pass():
+    """The 4^3 taps (64/27 the kernel's size: 64 MiB for G1's 512 -> 512 block) are made
+    again in the backward pass instead of being kept alive from the forward pass through
+    everything that runs in between. Here what runs in between is a 4-taps-sized tensor:
+    the memory planner's replay of the graph peaks at it, not at it plus the taps."""
+    from crfgan_tf import memory_plan
+    from crfgan_tf.networks.layers import upsample_conv3d
+
+    taps = 64 * 64 * 64 * 4  # bytes of the 4^3 x 64 x 64 float32 taps
+
+    def fn(x, k):
+        with tf.GradientTape() as tape:
+            tape.watch([x, k])
+            y = upsample_conv3d(x, k)  # (1, 4, 4, 4, 64): 16 KiB
+            loss = tf.reduce_sum(tf.tile(y, (256, 1, 1, 1, 1)))  # 4 MiB in between
+        return tape.gradient(loss, [x, k])
+
+    graph = tf.function(fn).get_concrete_function(
+        tf.TensorSpec((1, 2, 2, 2, 64)), tf.TensorSpec((3, 3, 3, 64, 64))).graph
+    peak = memory_plan.StepGraph(graph).peak(1)
+    assert 4 * taps <= peak["transient_bytes"] < 4.5 * taps, peak["largest"]
+
+
 @pytest.mark.parametrize("shape,groups", [((2, 3, 4, 5, 16), 8), ((1, 2, 2, 2, 8), 8),
                                           ((3, 4, 6, 6, 32), 4)])
 def test_group_norm_equals_keras_group_normalization(shape, groups):
