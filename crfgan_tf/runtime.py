@@ -91,7 +91,7 @@ def lean_cpu_memory(mmap_threshold: int = 256 * 1024) -> bool:
 # glibc's mmap threshold every command fixes (configure): blocks of 2 MiB or more are
 # mapped and unmapped. glibc's default threshold is dynamic: each freed mapped block raises
 # it (up to 32 MiB), after which blocks of that size come from its heap and stay there when
-# freed. CRF-GAN 128^3 batch 2, float32: about 8 % less working memory at the same speed
+# freed. CRF-GAN 128^3 batch 2, float32: 8-15 % less working memory at the same speed
 # (1-8 MiB measured alike, 2 MiB lowest; docs/benchmarks.md).
 MMAP_THRESHOLD = 2 * 1024 * 1024
 

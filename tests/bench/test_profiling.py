@@ -92,7 +92,7 @@ print(int(libc.mallinfo2().hblkhd >= 3 << 20))  # 1: the second 3 MiB block is m
 def test_configure_fixes_glibc_mmap_threshold_unless_the_user_set_one():
     """configure() fixes glibc's mmap threshold (DEFAULT_MMAP_THRESHOLD): blocks of that
     size or more are mapped and unmapped, instead of glibc raising its threshold after each
-    free and keeping freed blocks in its heap (128^3 batch 2: about 8 % less working memory,
+    free and keeping freed blocks in its heap (128^3 batch 2: 8-15 % less working memory,
     docs/benchmarks.md). A GLIBC_TUNABLES mmap_threshold of the user's wins."""
     configured = _MMAPPED_AFTER_A_FREE.format("runtime.configure(load_tensorflow=False)")
     assert _python(_MMAPPED_AFTER_A_FREE.format("")) == "0"  # glibc alone
