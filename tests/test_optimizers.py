@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from crfgan_tf import train_lib
-from crfgan_tf.optimizers import PyTorchAdam
+from crfgan_tf.optimizers import KerasAdam, PyTorchAdam
 
 from conftest import tiny_config
 
@@ -53,25 +53,48 @@ def test_keras_adam_places_epsilon_elsewhere():
         np.testing.assert_allclose(-var.numpy(), expected, rtol=1e-3)
 
 
+def test_keras_adam_equals_keras_optimizers_adam():
+    """--adam=keras's fused update takes keras.optimizers.Adam's steps: the weights (to
+    float32 rounding, 1e-5 lr) and both slots after 3 steps on gradients spanning
+    1e-10..1."""
+    rng = np.random.default_rng(1)
+    grads = [(rng.standard_normal(1000) * 10.0 ** rng.uniform(-10, 0, 1000)).astype("float32")
+             for _ in range(3)]
+    results = []
+    for cls in (tf.keras.optimizers.Adam, KerasAdam):
+        var = tf.Variable(np.zeros(1000, "float32"))  # the steps, not rounded against O(1)
+        opt = cls(1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7)
+        for g in grads:
+            opt.apply([tf.constant(g)], [var])
+        results.append([var.numpy(), opt._momentums[0].numpy(), opt._velocities[0].numpy()])
+    (w_keras, *slots_keras), (w_ours, *slots_ours) = results
+    # float32 rounding of the fused kernel's order of operations: 1e-5 lr at most
+    np.testing.assert_allclose(w_ours, w_keras, rtol=1e-4, atol=1e-5 * 1e-3)
+    for keras_value, ours in zip(slots_keras, slots_ours):
+        np.testing.assert_allclose(ours, keras_value, rtol=1e-4)
+
+
 def test_training_uses_pytorch_adam_by_default_and_keras_on_request(tmp_path):
     model = train_lib.build_model(tiny_config(tmp_path / "a"))
     assert all(type(o) is PyTorchAdam for o in model.phase_optimizers().values())
     model = train_lib.build_model(tiny_config(tmp_path / "b", adam="keras"))
-    assert all(type(o).__name__ == "Adam" for o in model.phase_optimizers().values())
+    assert all(type(o) is KerasAdam for o in model.phase_optimizers().values())
     model = train_lib.build_model(tiny_config(tmp_path / "c", mixed_precision="mixed_float16"))
     assert all(type(o.inner_optimizer) is PyTorchAdam
                for o in model.phase_optimizers().values())
 
 
-def test_pytorch_adam_updates_in_place():
+@pytest.mark.parametrize("variant", ["pytorch", "keras"])
+def test_adam_updates_in_place(variant):
     """The update writes m, v and the weight in place: no temporary of the weight's size
     (the generator's fc weight is 128 MiB at 128^3; its Adam temporaries were the step's
     peak). Replayed by the memory planner on the traced update of a 4 MB weight."""
     from crfgan_tf import memory_plan
+    from crfgan_tf.optimizers import make_adam
 
     n = 1 << 20
     var = tf.Variable(tf.zeros(n))
-    opt = PyTorchAdam(1e-3, beta_1=0.5, beta_2=0.999, epsilon=1e-8)
+    opt = make_adam(variant, 1e-3, beta_1=0.5, beta_2=0.999, epsilon=1e-8, name="adam")
     opt.build([var])
     graph = tf.function(lambda g: opt.apply([g], [var])).get_concrete_function(
         tf.TensorSpec((n,), tf.float32)).graph
