@@ -103,7 +103,7 @@ def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD, environ=os.environ) -> b
     Returns:
       Whether glibc accepted it (False off glibc, or when the user's setting was kept).
     """
-    if "glibc.malloc.mmap_threshold=" in environ.get("GLIBC_TUNABLES", ""):
+    if _tunable_set("glibc.malloc.mmap_threshold", environ):
         return False
     try:
         import ctypes
@@ -141,11 +141,15 @@ def lean_start_environment(environ=os.environ) -> dict:
     """The variables a process must start with for the lean allocator's huge pages:
     {"GLIBC_TUNABLES": the existing tunables plus LEAN_GLIBC_TUNABLE}, or {} when
     GLIBC_TUNABLES already sets glibc.malloc.hugetlb (to anything: the user's choice wins)."""
-    tunables = environ.get("GLIBC_TUNABLES", "")
-    key = LEAN_GLIBC_TUNABLE.split("=")[0]
-    if any(t.split("=")[0] == key for t in tunables.split(":")):
+    if _tunable_set(LEAN_GLIBC_TUNABLE.split("=")[0], environ):
         return {}
+    tunables = environ.get("GLIBC_TUNABLES", "")
     return {"GLIBC_TUNABLES": ":".join(t for t in (tunables, LEAN_GLIBC_TUNABLE) if t)}
+
+
+def _tunable_set(key: str, environ=os.environ) -> bool:
+    """Whether GLIBC_TUNABLES sets glibc tunable `key` (to anything: the user's choice)."""
+    return any(t.split("=")[0] == key for t in environ.get("GLIBC_TUNABLES", "").split(":"))
 
 
 def configure(load_tensorflow: bool = True, environ=os.environ, argv=None) -> None:
