@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from crfgan_tf.geometry import EMBED_FACTOR, check_size, factor_stages
 from crfgan_tf.networks.generator import embedding_channels
+from crfgan_tf.networks import slabs
 from crfgan_tf.networks.layers import conv_gn_relu, scaled_channels
 
 # hE's blocks: (name, channels at width 1 (None: the embedding's), kernel, stride); each
@@ -68,42 +68,6 @@ def _exact_conv(conv, x, lo, hi, depth, kernel, stride):
     return y[:, new_lo - first: new_hi - first], new_lo, new_hi, out_depth
 
 
-def _merge_moments(acc, count, mean, m2):
-    """Chan et al.'s pairwise update of (count, mean, sum of squared deviations)."""
-    if acc is None:
-        return count, mean, m2
-    n_a, mean_a, m2_a = acc
-    n = n_a + count
-    delta = mean - mean_a
-    return n, mean_a + delta * (count / n), m2_a + m2 + tf.square(delta) * (n_a * count / n)
-
-
-def _group_norm_affine(moments, norm):
-    """Whole-tensor GroupNorm `norm` as per-(example, channel) float32 scale and shift
-    (GroupNorm.scale_shift), from the per-channel (count, mean, squared deviations) in
-    float64."""
-    count, mean, m2 = moments
-    channels = mean.shape[-1]
-    per_group = channels // norm.groups
-    grouped_mean = tf.reshape(mean, (-1, norm.groups, per_group))
-    group_mean = tf.reduce_mean(grouped_mean, axis=-1, keepdims=True)
-    group_m2 = tf.reduce_sum(tf.reshape(m2, (-1, norm.groups, per_group))
-                             + count * tf.square(grouped_mean - group_mean), axis=-1,
-                             keepdims=True)
-    shape = tf.shape(grouped_mean)
-    per_channel = lambda g: tf.cast(tf.reshape(tf.broadcast_to(g, shape), (-1, channels)),
-                                    tf.float32)
-    scale, shift = norm.scale_shift(per_channel(group_mean),
-                                    per_channel(group_m2 / (count * per_group)))
-    return scale[:, None, None, None, :], shift[:, None, None, None, :]
-
-
-def _normalize_relu(x, affine, dtype):
-    """A block's GroupNorm (as (scale, shift)) and ReLU on a slab, in `dtype`."""
-    scale, shift = affine
-    return tf.nn.relu(tf.cast(tf.cast(x, tf.float32) * scale + shift, dtype))
-
-
 def encoder_factor(encoder: keras.Model) -> int:
     """The embedding factor build_encoder built `encoder` for: its input side over its
     output side."""
@@ -151,19 +115,19 @@ def encode_by_slabs(encoder: keras.Model, volume, slab: int, prepare=None):
     side = depth // factor
     bounds = [(a, min(a + slab, side)) for a in range(0, side, slab)]
     affines = []  # each finished block's GroupNorm as (scale, shift)
-    after = []  # the tensor the next slab waits for
+    order = slabs.SlabOrder()
 
     def forward(a, b, num_blocks):
         """Blocks 1..num_blocks on embedding slab [a, b): the last block's convolution
         output (before its GroupNorm) over the slab's own slices."""
         lo, hi = max(factor * a - halo, 0), min(factor * b + halo, depth)
-        with tf.control_dependencies(after[-1:]):
+        with order.next_slab():
             x = volume[:, lo:hi]
         x = prepare(x) if prepare is not None else x
         size = depth
         for i, (conv, _, kernel, stride) in enumerate(blocks[:num_blocks]):
             if i:
-                x = _normalize_relu(x, affines[i - 1], dtype)
+                x = slabs.normalize_relu(x, affines[i - 1], dtype)
             x, lo, hi, size = _exact_conv(conv, x, lo, hi, size, kernel, stride)
         per = size // side  # this block's slices per embedding slice
         if not (lo <= per * a and per * b <= hi):
@@ -173,24 +137,16 @@ def encode_by_slabs(encoder: keras.Model, volume, slab: int, prepare=None):
 
     kept = []
     for k in range(1, len(blocks) + 1):
-        moments = None
+        merged = None
         for a, b in bounds:
             x = forward(a, b, k)
             if k == len(blocks):
                 kept.append(x)
-            x = tf.cast(x, tf.float32)
-            mean = tf.reduce_mean(x, axis=(1, 2, 3))
-            m2 = tf.reduce_sum(tf.math.squared_difference(x, mean[:, None, None, None]),
-                               axis=(1, 2, 3))
-            count = int(np.prod(x.shape[1:4]))
-            moments = _merge_moments(moments, count, tf.cast(mean, tf.float64),
-                                     tf.cast(m2, tf.float64))
-            after.append(moments[2])
-        affines.append(_group_norm_affine(moments, blocks[k - 1][1]))
+            merged = slabs.merge_moments(merged, slabs.moments(x))
+            order.finished(merged[2])
+        affines.append(slabs.group_norm_affine(merged, blocks[k - 1][1]))
     outputs = []
     for x in kept:
-        with tf.control_dependencies(after[-1:]):
-            x = _normalize_relu(x, affines[-1], dtype)
-        outputs.append(x)
-        after.append(x)
+        with order.next_slab():
+            outputs.append(order.finished(slabs.normalize_relu(x, affines[-1], dtype)))
     return tf.concat(outputs, axis=1)

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from crfgan_tf.geometry import (EMBED_FACTOR, check_size, embedding_side, extra_stages,
                                 factor_stages)
+from crfgan_tf.networks import slabs
 from crfgan_tf.networks.layers import (GroupNorm, UpsampleConv3D, conv_gn_relu,
                                       scaled_channels)
 
@@ -104,9 +105,11 @@ class Head(keras.Model):
         a one-slice halo of embedding (after each block the halo's inner slice is exact).
         G2's GroupNorms normalise over the whole volume, so it runs in passes: pass k
         (one per GroupNorm) computes, per slab, blocks 1..k-1 normalised with the
-        whole-volume statistics found so far and block k's convolution, accumulating
-        block k's sums over the slab's own slices; the last pass normalises every block,
-        runs the output conv and tanh, and keeps the slab's own slices.
+        whole-volume statistics found so far and block k's convolution, merging block
+        k's statistics over the slab's own slices (networks.slabs); the last pass
+        normalises every block, runs the output conv and tanh, and keeps the slab's own
+        slices. Each slab starts after the previous one has finished (inside tf.function
+        too, as in the exported `generate`), so one slab's tensors are alive at a time.
 
         Args:
           embedding: (batch, N, N, N, C).
@@ -120,58 +123,41 @@ class Head(keras.Model):
         dtype = self.compute_dtype
         embedding = tf.cast(embedding, dtype)
         bounds = [(a, min(a + slab, n)) for a in range(0, n, slab)]
-        affines = []  # each finished block's GroupNorm as float32 (mean, 1/std) per group
+        affines = []  # each finished block's GroupNorm as (scale, shift)
+        order = slabs.SlabOrder()
 
         def forward(a, b, num_blocks):
             """Blocks 1..num_blocks on slab [a, b) with a one-slice halo: the last one's
             convolution output (before its GroupNorm), and the halo's depth."""
             lo = max(a - 1, 0)
-            x = embedding[:, lo:min(b + 1, n)]
+            with order.next_slab():
+                x = embedding[:, lo:min(b + 1, n)]
             for i, (conv, _) in enumerate(blocks[:num_blocks]):
                 if i:  # the previous block's GroupNorm, with its whole-volume statistics
-                    x = tf.nn.relu(tf.cast(_normalize(x, blocks[i - 1][1], affines[i - 1]),
-                                           dtype))
+                    x = slabs.normalize_relu(x, affines[i - 1], dtype)
                 x = conv(x)
             return x, a - lo
 
         for k, (_, norm) in enumerate(blocks, start=1):  # whole-volume GroupNorm statistics
-            groups = norm.groups
-            total = tf.zeros([tf.shape(embedding)[0], groups], tf.float64)
-            total_sq = tf.zeros_like(total)
-            count = 0
+            merged = None
             scale = 2 ** k  # block k's slices per embedding slice
             for a, b in bounds:
                 x, off = forward(a, b, k)
-                own = tf.cast(x[:, scale * off: scale * (off + b - a)], tf.float64)
-                grouped = tf.reshape(own, [tf.shape(own)[0], -1, groups,
-                                           own.shape[-1] // groups])
-                total += tf.reduce_sum(grouped, axis=[1, 3])
-                total_sq += tf.reduce_sum(tf.square(grouped), axis=[1, 3])
-                count += (b - a) * scale * own.shape[2] * own.shape[3] * (own.shape[-1] // groups)
-            mean = total / count
-            inv = tf.math.rsqrt(tf.maximum(total_sq / count - tf.square(mean), 0.0) + norm.epsilon)
-            affines.append((tf.cast(mean, tf.float32)[:, None, None, None, :, None],
-                            tf.cast(inv, tf.float32)[:, None, None, None, :, None]))
+                own = x[:, scale * off: scale * (off + b - a)]
+                merged = slabs.merge_moments(merged, slabs.moments(own))
+                order.finished(merged[2])
+            affines.append(slabs.group_norm_affine(merged, norm))
 
         outputs = []
         scale = 2 ** (len(blocks) + 1)  # output slices per embedding slice
         for a, b in bounds:  # the last pass: normalise, finish G2, keep the slab's own slices
             x, off = forward(a, b, len(blocks))
             if blocks:
-                x = tf.nn.relu(tf.cast(_normalize(x, blocks[-1][1], affines[-1]), dtype))
+                x = slabs.normalize_relu(x, affines[-1], dtype)
             x = out(x)
-            outputs.append(tf.tanh(tf.cast(x[:, scale * off: scale * (off + b - a)], tf.float32)))
+            outputs.append(order.finished(
+                tf.tanh(tf.cast(x[:, scale * off: scale * (off + b - a)], tf.float32))))
         return tf.concat(outputs, axis=1)[..., 0]
-
-
-def _normalize(x, norm, affine):
-    """GroupNorm `norm` of x with the whole-volume per-group (mean, 1/std), in float32."""
-    m, s = affine
-    c = x.shape[-1]
-    groups = norm.groups
-    xg = tf.reshape(tf.cast(x, tf.float32), tf.concat([tf.shape(x)[:4], [groups, c // groups]], 0))
-    x = tf.reshape((xg - m) * s, tf.shape(x))
-    return x * tf.cast(norm.gamma, tf.float32) + tf.cast(norm.beta, tf.float32)
 
 
 def build_head(img_size: int = 256, width: float = 1.0, name: str = "g2",

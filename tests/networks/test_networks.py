@@ -429,6 +429,24 @@ def test_encode_by_slabs_runs_one_slab_at_a_time():
     assert waits == [False] + [True] * 11
 
 
+@pytest.mark.parametrize("factor", [4, 8])
+def test_head_by_slabs_runs_one_slab_at_a_time(factor):
+    """G2 slab by slab (the exported `generate`) traced: every slab's first op (its
+    embedding slices) waits for the previous slab, in every pass, so TensorFlow cannot run
+    the slabs side by side and hold them all at once (the memory `--slab` promises)."""
+    size = 64 if factor == 4 else 512
+    head = build_head(size, width=W, factor=factor)
+    n, c = size // factor, embedding_channels(W)
+    graph = tf.function(lambda e: head.by_slabs(e, 4)).get_concrete_function(
+        tf.TensorSpec((1, 16, n, n, c), tf.float32)).graph
+    slices = [op for op in graph.get_operations() if op.type == "StridedSlice"
+              and op.inputs[0].op.type == "Placeholder"]
+    passes = {4: 2, 8: 3}[factor]  # one per GroupNorm, then the output pass
+    assert len(slices) == passes * 4
+    waits = [any(o.control_inputs for o in [op] + [t.op for t in op.inputs]) for op in slices]
+    assert waits == [False] + [True] * (len(slices) - 1)
+
+
 def test_encode_by_slabs_refuses_bad_arguments():
     from crfgan_tf.networks.encoder import encode_by_slabs
 
