@@ -6,8 +6,8 @@ import keras
 import tensorflow as tf
 
 from crfgan_tf.geometry import EMBED_FACTOR, check_size, factor_stages
-from crfgan_tf.networks.generator import embedding_channels
 from crfgan_tf.networks import slabs
+from crfgan_tf.networks.generator import embedding_channels
 from crfgan_tf.networks.layers import conv_gn_relu, scaled_channels
 
 # hE's blocks: (name, channels at width 1 (None: the embedding's), kernel, stride); each
@@ -135,16 +135,16 @@ def encode_by_slabs(encoder: keras.Model, volume, slab: int, prepare=None):
                                  f"[{lo}, {hi}), slab needs [{per * a}, {per * b})")
         return x[:, per * a - lo: per * b - lo]
 
-    kept = []
+    kept = []  # the last pass's convolution outputs, the embedding before its GroupNorm
+
+    def last_pass(a, b):
+        kept.append(forward(a, b, len(blocks)))
+        return kept[-1]
+
     for k in range(1, len(blocks) + 1):
-        merged = None
-        for a, b in bounds:
-            x = forward(a, b, k)
-            if k == len(blocks):
-                kept.append(x)
-            merged = slabs.merge_moments(merged, slabs.moments(x))
-            order.finished(merged[2])
-        affines.append(slabs.group_norm_affine(merged, blocks[k - 1][1]))
+        slab_outputs = (last_pass(a, b) if k == len(blocks) else forward(a, b, k)
+                        for a, b in bounds)
+        affines.append(slabs.group_norm_over_slabs(blocks[k - 1][1], slab_outputs, order))
     outputs = []
     for x in kept:
         with order.next_slab():

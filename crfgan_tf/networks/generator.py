@@ -138,15 +138,15 @@ class Head(keras.Model):
                 x = conv(x)
             return x, a - lo
 
-        for k, (_, norm) in enumerate(blocks, start=1):  # whole-volume GroupNorm statistics
-            merged = None
+        def own_slices(a, b, k):
+            """Block k's convolution output over slab [a, b)'s own slices."""
+            x, off = forward(a, b, k)
             scale = 2 ** k  # block k's slices per embedding slice
-            for a, b in bounds:
-                x, off = forward(a, b, k)
-                own = x[:, scale * off: scale * (off + b - a)]
-                merged = slabs.merge_moments(merged, slabs.moments(own))
-                order.finished(merged[2])
-            affines.append(slabs.group_norm_affine(merged, norm))
+            return x[:, scale * off: scale * (off + b - a)]
+
+        for k, (_, norm) in enumerate(blocks, start=1):  # whole-volume GroupNorm statistics
+            affines.append(slabs.group_norm_over_slabs(
+                norm, (own_slices(a, b, k) for a, b in bounds), order))
 
         outputs = []
         scale = 2 ** (len(blocks) + 1)  # output slices per embedding slice

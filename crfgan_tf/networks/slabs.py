@@ -59,6 +59,17 @@ def group_norm_affine(merged, norm):
     return scale[:, None, None, None, :], shift[:, None, None, None, :]
 
 
+def group_norm_over_slabs(norm, slab_outputs, order):
+    """One statistics pass: the whole volume's GroupNorm `norm` as group_norm_affine's
+    (scale, shift), from `slab_outputs` (an iterable that builds each slab's tensor when
+    asked, over the slab's own slices), each slab put after the previous one by `order`."""
+    merged = None
+    for x in slab_outputs:
+        merged = merge_moments(merged, moments(x))
+        order.finished(merged[2])
+    return group_norm_affine(merged, norm)
+
+
 def normalize_relu(x, affine, dtype):
     """A block's GroupNorm (group_norm_affine's (scale, shift)) and ReLU on a slab, in
     `dtype`."""
