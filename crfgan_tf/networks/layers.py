@@ -231,9 +231,9 @@ def upsample_conv3d(x, kernel):
     rounding (taps are summed before the products); 64/216 of the multiply-adds; no
     up-sampled input is made in the forward pass or kept for the backward pass (x is);
     oneDNN runs it as a native deconvolution. The backward pass makes the taps again
-    (one small matmul) rather than keeping them alive from the forward pass: they are
-    64/27 the kernel's size (64 MiB for G1's 512 -> 512 block), larger than x at the
-    batch sizes 3D GANs train with. Its two convolutions are the ones TensorFlow's own
+    (one small matmul), once this block's output gradient exists, rather than keeping
+    them alive from the forward pass: they are 64/27 the kernel's size (64 MiB for G1's
+    512 -> 512 block), larger than x at the batch sizes 3D GANs train with. Its two convolutions are the ones TensorFlow's own
     gradient of conv3d_transpose runs.
 
     Args:
@@ -249,7 +249,10 @@ def upsample_conv3d(x, kernel):
     y = tf.nn.conv3d_transpose(x, _transposed_taps(kernel), out_shape, _UP_STRIDES, "SAME")
 
     def grad(dy):
-        with tf.GradientTape() as tape:
+        # The taps depend on the kernel alone, so without this wait TensorFlow's executor
+        # made every block's taps as soon as the backward pass began and held them all
+        # through the backward passes before theirs (G1's three: 104 MiB at 128^3).
+        with tf.GradientTape() as tape, tf.control_dependencies([dy]):
             tape.watch(kernel)
             taps = _transposed_taps(kernel)
         dx = tf.nn.conv3d(dy, taps, _UP_STRIDES, "SAME")
