@@ -33,6 +33,7 @@ class ProfileRequest:
     embedding_factor: int = 0  # TrainConfig.embedding_factor (0: the size's default)
     remat: bool = False  # TrainConfig.remat
     adam: str = "pytorch"  # TrainConfig.adam
+    live_at_peak: int = 0  # >0: one more step under the profiler (bench.allocations), top N
 
 
 def measure(request: dict) -> dict:
@@ -67,7 +68,13 @@ def measure(request: dict) -> dict:
     device = (tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
               .get("device_name", "GPU") if gpu else f"CPU ({os.cpu_count()} cores)")
     median = statistics.median(times)
-    peak = runtime.peak_memory_bytes()
+    peak = runtime.peak_memory_bytes()  # read before the profiled step and its profiler
+    allocator_peak = None
+    if req.live_at_peak:
+        from crfgan_tf.bench import allocations
+
+        allocator_peak = allocations.step_peak(lambda: float(step(batch)["d_loss"]),
+                                               top=req.live_at_peak)
     return {"model": req.model, "img_size": s, "batch_size": b,
             "peak_bytes": peak,
             "peak_kind": "gpu_allocator_peak" if gpu else "process_max_rss",
@@ -80,7 +87,8 @@ def measure(request: dict) -> dict:
             "steps": req.steps, "warmup": req.warmup,
             "cpu_allocator": "lean" if req.lean_cpu_memory else "default",
             "crf_sample": req.crf_sample, "crf_encoder_slab": req.crf_encoder_slab,
-            "embedding_factor": cfg.embedding_factor, "remat": req.remat, "adam": req.adam}
+            "embedding_factor": cfg.embedding_factor, "remat": req.remat, "adam": req.adam,
+            **({"allocator_peak": allocator_peak} if req.live_at_peak else {})}
 
 
 def profile(req: ProfileRequest, timeout: float = 3600) -> dict:

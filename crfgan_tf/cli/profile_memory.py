@@ -5,7 +5,9 @@
 Each (model, size, batch) runs in its own fresh process. Peak memory: the GPU allocator's
 peak (reset after warm-up) on a GPU, the process's peak resident memory on CPU, there also
 split into the RSS right after the imports and the working memory above it. The batch is
-shaped as the input stream's (the whole volume int16, the crop float32).
+shaped as the input stream's (the whole volume int16, the crop float32). --live_at_peak=N
+adds, from one more step under TensorFlow's profiler, the allocator's peak, the op then and
+the N largest tensors alive at it (crfgan_tf.bench.allocations).
 """
 
 import json
@@ -38,6 +40,10 @@ validate_embedding_factor("models")
 flags.DEFINE_integer("crf_encoder_slab", 0, "CRF-GAN's --crf_encoder_slab (0: one pass).")
 flags.DEFINE_bool("remat", False, config_lib.REMAT_HELP)
 flags.DEFINE_enum("adam", "pytorch", ["pytorch", "keras"], "Adam variant (--adam).")
+flags.DEFINE_integer("live_at_peak", 0,
+                     "N > 0: after the timed steps, one more step under TensorFlow's profiler; "
+                     "report the allocator's peak in that step, the op then, and the N largest "
+                     "tensors made in the step alive at it (crfgan_tf.bench.allocations).")
 flags.DEFINE_bool("json", False, "Print a JSON list of rows.")
 flags.DEFINE_string("plot", "profile_memory.png", "PNG of memory against batch size ('' for none).")
 flags.register_validator("img_size", lambda v: v in geometry.SIZES,
@@ -46,6 +52,8 @@ flags.register_validator("models", lambda v: all(m in ("crfgan", "hagan") for m 
                          message="--models must be crfgan and/or hagan")
 flags.register_validator("batch_sizes", lambda v: all(x.isdigit() and int(x) >= 1 for x in v),
                          message="--batch_sizes must be positive integers")
+flags.register_validator("live_at_peak", lambda v: v >= 0,
+                         message="--live_at_peak must be >= 0 (0: not measured)")
 flags.register_validator("crf_encoder_slab", lambda v: v >= 0,
                          message="--crf_encoder_slab must be >= 1 or 0 (one pass)")
 flags.register_multi_flags_validator(
@@ -59,7 +67,7 @@ HELP_GROUPS = {
     "Models": "models img_size embedding_factor batch_sizes width crf_sample crf_encoder_slab "
               "remat adam",
     "Speed options": "precision jit_compile lean_cpu_memory",
-    "Measurement": "steps warmup",
+    "Measurement": "steps warmup live_at_peak",
     "Output": "json plot",
 }
 EXAMPLE = "crfgan-profile-memory --models=crfgan,hagan --img_size=128 --batch_sizes=2,4"
@@ -77,7 +85,7 @@ def main(argv):
                 jit_compile=FLAGS.jit_compile, lean_cpu_memory=FLAGS.lean_cpu_memory,
                 crf_sample=FLAGS.crf_sample, crf_encoder_slab=FLAGS.crf_encoder_slab,
                 embedding_factor=FLAGS.embedding_factor, remat=FLAGS.remat,
-                adam=FLAGS.adam)))
+                adam=FLAGS.adam, live_at_peak=FLAGS.live_at_peak)))
             r = rows[-1]
             out = sys.stderr if FLAGS.json else sys.stdout  # progress stays off the JSON
             if r.get("oom"):
@@ -93,6 +101,11 @@ def main(argv):
                       f"{r['params']:,} params, {r['device']}, {r['precision']}, "
                       f"{r['cpu_allocator']} allocator", file=out,
                       flush=True)
+                if r.get("allocator_peak"):
+                    from crfgan_tf.bench import allocations
+
+                    print("\n".join(allocations.describe(r["allocator_peak"])), file=out,
+                          flush=True)
     if FLAGS.json:
         print(json.dumps(rows))
     else:

@@ -33,7 +33,8 @@ def test_profile_memory_cli_json(tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO)
     res = subprocess.run([sys.executable, "-m", "tools.profile_memory", "--models=crfgan,hagan",
                           "--img_size=128", "--batch_sizes=1", "--steps=1", "--warmup=1",
-                          "--width=0.0625", "--json", f"--plot={tmp_path}/m.png"],
+                          "--width=0.0625", "--json", f"--plot={tmp_path}/m.png",
+                          "--live_at_peak=3"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = json.loads(res.stdout.strip().splitlines()[-1])
@@ -46,8 +47,76 @@ def test_profile_memory_cli_json(tmp_path):
         # CPU: peak = RSS after the imports (TensorFlow alone: hundreds of MiB) + working
         assert r["rss_after_import_bytes"] > 100 * 2**20 and r["working_bytes"] > 0
         assert r["rss_after_import_bytes"] + r["working_bytes"] == r["peak_bytes"]
+        # --live_at_peak: the profiled step's allocator peak, replayed from its events
+        a = r["allocator_peak"]
+        assert a["allocator"] == "mklcpu" and a["op_at_peak"]
+        assert a["peak_bytes"] == a["before_bytes"] + a["live_bytes"]
+        assert a["before_bytes"] > 4 * r["params"]  # the weights (and Adam's slots) at least
+        assert len(a["live"]) == min(3, a["live_count"]) and a["live_count"] >= 3
+        sizes = [t["bytes"] for t in a["live"]]
+        assert sizes == sorted(sizes, reverse=True) and sum(sizes) <= a["live_bytes"]
+        assert all(t["op"] and t["shape"].startswith("[") for t in a["live"])
+    assert "allocator peak (mklcpu)" in res.stderr
     assert rows[0]["params"] < rows[1]["params"]
     assert os.path.exists(tmp_path / "m.png")
+
+
+def _xspace(events):
+    """An XSpace proto holding `events`: (kind, time_ns, {stat: value}) on one line."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    space = xplane_pb2.XSpace()
+    plane = space.planes.add(name="/host:CPU")
+    line = plane.lines.add(name="tf_Compute", timestamp_ns=1000)
+    ids = {}
+
+    def meta(table, name):
+        if (table, name) not in ids:
+            ids[table, name] = len(ids) + 1
+            getattr(plane, table)[ids[table, name]].name = name
+        return ids[table, name]
+
+    for kind, t, stats in events:
+        e = line.events.add(metadata_id=meta("event_metadata", kind), offset_ps=t * 1000)
+        for k, v in stats.items():
+            s = e.stats.add(metadata_id=meta("stat_metadata", k))
+            if isinstance(v, str):
+                s.ref_value = meta("stat_metadata", v)
+            else:
+                s.int64_value = v
+    return space
+
+
+def test_allocator_peak_replays_the_events_in_time_order():
+    """bench.allocations on hand-made events (out of time order in the proto): 100 bytes
+    held before; a (10) and b (20) made, a freed, c (5) made: the peak is 130 at b's op,
+    with b and a alive, b first; another allocator's events are kept apart."""
+    from crfgan_tf.bench import allocations
+
+    def made(t, addr, size, in_use, op, allocator="mklcpu"):
+        return ("MemoryAllocation", t, {"allocator_name": allocator, "addr": addr,
+                                        "allocation_bytes": size, "bytes_allocated": in_use,
+                                        "data_type": 1, "tf_op": op, "shape": f"[{size}]"})
+
+    def freed(t, addr, size, in_use):
+        return ("MemoryDeallocation", t, {"allocator_name": "mklcpu", "addr": addr,
+                                          "allocation_bytes": size, "bytes_allocated": in_use})
+
+    space = _xspace([made(30, 3, 5, 125, "c"), made(10, 1, 10, 110, "a"),
+                     made(20, 2, 20, 130, "b"), freed(25, 1, 10, 120),
+                     made(0, 9, 1, 1, "g", allocator="GPU_0_bfc")])
+    rows = allocations.events(space)
+    assert [r["time_ps"] for r in rows] == sorted(r["time_ps"] for r in rows)
+    got = allocations.peak(rows, top=5)
+    assert got == {"allocator": "mklcpu", "peak_bytes": 130, "before_bytes": 100,
+                   "op_at_peak": "b", "live_bytes": 30, "live_count": 2,
+                   "live": [{"op": "b", "shape": "[20]", "dtype": "float32", "bytes": 20},
+                            {"op": "a", "shape": "[10]", "dtype": "float32", "bytes": 10}]}
+    assert allocations.peak(rows, allocator="GPU_0_bfc")["live_bytes"] == 1
+    assert allocations.peak([]) is None
+    lines = allocations.describe(got)
+    assert lines[0].startswith("allocator peak (mklcpu): 0 MiB in use at b:")
+    assert len(lines) == 3
 
 
 def _python(code, **env):
