@@ -84,9 +84,9 @@ def peak(rows: List[dict], allocator: Optional[str] = None, top: int = 10) -> Op
       allocator; peak_bytes (in use at the peak); before_bytes (in use before the first
       event: what the step found allocated, weights and optimizer slots among it);
       op_at_peak (the op whose allocation made the peak); live_bytes and live_count (the
-      tensors allocated during the step and still alive at the peak; peak_bytes =
-      before_bytes + live_bytes, up to the allocator's rounding); live (the `top` largest
-      of them: op, shape, dtype, bytes).
+      tensors allocated during the step and still alive at the peak, in the allocator's
+      rounded sizes: peak_bytes = before_bytes + live_bytes unless the step freed some of
+      what it found); live (the `top` largest of them: op, shape, dtype, bytes).
     """
     by_allocator = {}
     for r in rows:

@@ -233,8 +233,8 @@ def upsample_conv3d(x, kernel):
     oneDNN runs it as a native deconvolution. The backward pass makes the taps again
     (one small matmul), once this block's output gradient exists, rather than keeping
     them alive from the forward pass: they are 64/27 the kernel's size (64 MiB for G1's
-    512 -> 512 block), larger than x at the batch sizes 3D GANs train with. Its two convolutions are the ones TensorFlow's own
-    gradient of conv3d_transpose runs.
+    512 -> 512 block), larger than x at the batch sizes 3D GANs train with. Its two
+    convolutions are the ones TensorFlow's own gradient of conv3d_transpose runs.
 
     Args:
       x: (batch, d, h, w, cin).
