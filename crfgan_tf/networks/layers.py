@@ -193,6 +193,54 @@ def conv3d(x, filters, kernel_size, strides, padding, name, **kwargs):
                                name=f"{name}_conv", **kwargs)(x)
 
 
+# oneDNN computes a 3D convolution's weight gradient on x86 CPUs by im2col + GEMM
+# ("gemm:jit" in ONEDNN_VERBOSE): its scratchpad holds the patch matrix of the op's input
+# (channels x kernel taps x output voxels, per example and thread) and the weight gradient
+# per thread, mapped outside TensorFlow's allocator afresh every step (TensorFlow does not
+# cache these primitives). At 128^3 batch 2 the largest, 518 MiB, was the up-sampling taps'
+# gradient of G1's 256 -> 128 block, at the step's RSS peak. Computed in pieces over the
+# input's channels, one piece after another, each piece's patch matrix is at most this
+# many bytes per example (measured: 32 MiB beat 8 MiB and one piece; docs/benchmarks.md).
+FILTER_GRAD_PIECE_BYTES = 32 * 2**20
+
+
+def filter_grad_pieces(channels: int, taps: int, out_voxels, itemsize: int,
+                       budget: int | None = None) -> int:
+    """How many pieces a weight gradient's input channels are cut into: the fewest, as a
+    divisor of `channels`, whose patch matrix per example (channels / pieces x `taps` x
+    `out_voxels` x `itemsize` bytes) fits `budget` (FILTER_GRAD_PIECE_BYTES); one channel
+    per piece where none fits; 1 where `out_voxels` is unknown (None)."""
+    budget = FILTER_GRAD_PIECE_BYTES if budget is None else budget
+    if out_voxels is None:
+        return 1
+    per_channel = taps * out_voxels * itemsize
+    return next((n for n in range(1, channels + 1)
+                 if channels % n == 0 and channels // n * per_channel <= budget), channels)
+
+
+def conv3d_backprop_filter(inputs, filter_shape, out_backprop, strides, padding, after=()):
+    """Conv3DBackpropFilterV2 (NDHWC) with its patch matrix bounded: in pieces over the
+    channels of `inputs` (filter_grad_pieces), each piece started once the previous one
+    (the first: once the tensors in `after`) exists, concatenated on the filter's input
+    axis. Each element is the same sum over the same voxels as in one
+    Conv3DBackpropFilterV2 (bit-identical in the cases measured)."""
+    kd, kh, kw, cin, cout = filter_shape
+    voxels = out_backprop.shape[1:4]
+    pieces = filter_grad_pieces(cin, kd * kh * kw,
+                                None if None in voxels else math.prod(voxels),
+                                inputs.dtype.size)
+    step, parts, previous = cin // pieces, [], list(after)
+    for i in range(pieces):
+        with tf.control_dependencies(previous):
+            part = inputs if pieces == 1 else inputs[..., i * step:(i + 1) * step]
+            part = tf.raw_ops.Conv3DBackpropFilterV2(
+                input=part, filter_sizes=[kd, kh, kw, step, cout], out_backprop=out_backprop,
+                strides=strides, padding=padding)
+        parts.append(part)
+        previous = [part]
+    return parts[0] if pieces == 1 else tf.concat(parts, axis=3)
+
+
 # Nearest-neighbour x2 up-sampling followed by a 3-tap SAME convolution is, per axis, a
 # stride-2 transposed convolution with 4 taps: output voxel 2m + a of conv(up(x)) sees
 # x[m-1], x[m], x[m] (a = 0) or x[m], x[m], x[m+1] (a = 1) through taps k = 0, 1, 2, and the
@@ -231,7 +279,8 @@ def upsample_conv3d(x, kernel):
     rounding (taps are summed before the products); 64/216 of the multiply-adds; no
     up-sampled input is made in the forward pass or kept for the backward pass (x is);
     oneDNN runs it as a native deconvolution. The backward pass makes the taps again
-    (one small matmul), once this block's output gradient exists, rather than keeping
+    (one small matmul), once this block's output gradient exists, and computes their
+    gradient in pieces (conv3d_backprop_filter) after the input's, rather than keeping
     them alive from the forward pass: they are 64/27 the kernel's size (64 MiB for G1's
     512 -> 512 block), larger than x at the batch sizes 3D GANs train with. Its two
     convolutions are the ones TensorFlow's own gradient of conv3d_transpose runs.
@@ -256,9 +305,9 @@ def upsample_conv3d(x, kernel):
             tape.watch(kernel)
             taps = _transposed_taps(kernel)
         dx = tf.nn.conv3d(dy, taps, _UP_STRIDES, "SAME")
-        dtaps = tf.raw_ops.Conv3DBackpropFilterV2(
-            input=dy, filter_sizes=tf.shape(taps), out_backprop=x, strides=_UP_STRIDES,
-            padding="SAME")
+        # dy is this gradient's input: its patch matrix is 64 taps x x's voxels per output
+        # channel (128 MiB per example for G1's 256 -> 128 block at 128^3), so in pieces
+        dtaps = conv3d_backprop_filter(dy, taps.shape, x, _UP_STRIDES, "SAME", after=[dx])
         return dx, tape.gradient(taps, kernel, output_gradients=dtaps)
 
     return y, grad

@@ -329,6 +329,76 @@ def test_upsample_conv_makes_its_taps_again_only_once_its_gradient_arrives():
     assert second.name in ancestors(first)
 
 
+def test_filter_grad_pieces_bound_the_patch_matrix_per_example():
+    """The fewest pieces (a divisor of the channels) whose patch matrix per example fits
+    the budget (32 MiB): the up-sampling blocks of G1 and G2 at 128^3 and 256^3, pinned."""
+    from crfgan_tf.networks.layers import FILTER_GRAD_PIECE_BYTES, filter_grad_pieces
+
+    assert FILTER_GRAD_PIECE_BYTES == 32 * 2**20
+    # G1's 256 -> 128 block at 128^3: 128 dy channels x 64 taps x 16^3 x-voxels = 128 MiB
+    assert filter_grad_pieces(128, 64, 16**3, 4) == 4
+    assert filter_grad_pieces(256, 64, 8**3, 4) == 1  # 512 -> 256: 32 MiB fits
+    assert filter_grad_pieces(32, 64, 8 * 64 * 64, 4) == 8  # G2's block at 256^3: 256 MiB
+    assert filter_grad_pieces(64, 64, 32**3, 4) == 16  # 128 -> 64 block at 256^3: 512 MiB
+    assert filter_grad_pieces(64, 64, 32**3, 2) == 8  # bfloat16 halves it
+    assert filter_grad_pieces(1, 64, 64**3, 4) == 1  # G2's out conv: one channel, no cut
+    assert filter_grad_pieces(6, 27, 2**20, 1, budget=2 * 27 * 2**20) == 3  # a divisor
+    assert filter_grad_pieces(6, 27, 2**20, 4, budget=2**20) == 6  # none fits: 1 each
+    assert filter_grad_pieces(128, 64, None, 4) == 1  # unknown voxels: one piece
+
+
+def _ancestors(op, seen=None):
+    seen = set() if seen is None else seen
+    for parent in [t.op for t in op.inputs] + list(op.control_inputs):
+        if parent.name not in seen:
+            seen.add(parent.name)
+            _ancestors(parent, seen)
+    return seen
+
+
+def _filter_grads(fn, *specs):
+    graph = tf.function(fn).get_concrete_function(*specs).graph
+    return [op for op in graph.get_operations() if op.type == "Conv3DBackpropFilterV2"]
+
+
+def _gradients(f, x, k, seed):
+    w = tf.random.stateless_normal(f(x, k).shape, seed=seed)
+    with tf.GradientTape() as tape:
+        tape.watch([x, k])
+        loss = tf.reduce_sum(f(x, k) * w)
+    return [g.numpy() for g in tape.gradient(loss, [x, k])]
+
+
+def test_upsample_conv_computes_its_kernel_gradient_in_pieces_one_after_another(monkeypatch):
+    """oneDNN's weight gradient maps a scratchpad of the whole patch matrix outside
+    TensorFlow's allocator (518 MiB at 128^3 for G1's 256 -> 128 block, at the step's RSS
+    peak). With the budget at 2 output channels' patch matrix here, the 8 channels of dy
+    are cut into 4 pieces, each after the previous and the first after dx; the gradients
+    equal the unsplit ones."""
+    from crfgan_tf.networks import layers
+
+    x, k = (tf.random.stateless_normal((2, 3, 4, 5, 6), seed=[1, 2]),
+            tf.random.stateless_normal((3, 3, 3, 6, 8), seed=[3, 4]))
+    whole = _gradients(layers.upsample_conv3d, x, k, [5, 6])
+    monkeypatch.setattr(layers, "FILTER_GRAD_PIECE_BYTES", 2 * 64 * 3 * 4 * 5 * 4)
+
+    def fn(x, k):
+        with tf.GradientTape() as tape:
+            tape.watch([x, k])
+            loss = tf.reduce_sum(layers.upsample_conv3d(x, k))
+        return tape.gradient(loss, [x, k])
+
+    pieces = _filter_grads(fn, tf.TensorSpec(x.shape), tf.TensorSpec(k.shape))
+    assert [tuple(op.inputs[0].shape) for op in pieces] == [(2, 6, 8, 10, 2)] * 4
+    # the forward pass is a Conv3DBackpropInputV2 (conv3d_transpose): the one Conv3D is dx
+    [dx] = [op for op in pieces[0].graph.get_operations() if op.type == "Conv3D"]
+    assert dx.name in _ancestors(pieces[0])
+    for before, after in zip(pieces, pieces[1:]):
+        assert before.name in _ancestors(after)
+    for ref, got in zip(whole, _gradients(layers.upsample_conv3d, x, k, [5, 6])):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
 @pytest.mark.parametrize("shape,groups", [((2, 3, 4, 5, 16), 8), ((1, 2, 2, 2, 8), 8),
                                           ((3, 4, 6, 6, 32), 4)])
 def test_group_norm_equals_keras_group_normalization(shape, groups):
