@@ -195,9 +195,8 @@ def conv3d(x, filters, kernel_size, strides, padding, name, **kwargs):
 
 # oneDNN computes a 3D convolution's weight gradient on x86 CPUs by im2col + GEMM
 # ("gemm:jit" in ONEDNN_VERBOSE): its scratchpad holds the patch matrix of the op's input
-# (channels x kernel taps x output voxels, per example and thread) and the weight gradient
-# per thread, mapped outside TensorFlow's allocator afresh every step (TensorFlow does not
-# cache these primitives). At 128^3 batch 2 the largest, 518 MiB, was the up-sampling taps'
+# (channels x kernel taps x output voxels, per example) for each thread, mapped outside
+# TensorFlow's allocator afresh every step (TensorFlow does not cache these primitives). At 128^3 batch 2 the largest, 518 MiB, was the up-sampling taps'
 # gradient of G1's 256 -> 128 block, at the step's RSS peak. Computed in pieces over the
 # input's channels, one piece after another, each piece's patch matrix is at most this
 # many bytes per example (measured: 32 MiB beat 8 MiB and one piece; docs/benchmarks.md).
@@ -279,11 +278,11 @@ def upsample_conv3d(x, kernel):
     rounding (taps are summed before the products); 64/216 of the multiply-adds; no
     up-sampled input is made in the forward pass or kept for the backward pass (x is);
     oneDNN runs it as a native deconvolution. The backward pass makes the taps again
-    (one small matmul), once this block's output gradient exists, and computes their
-    gradient in pieces (conv3d_backprop_filter) after the input's, rather than keeping
+    (one small matmul), once this block's output gradient exists, rather than keeping
     them alive from the forward pass: they are 64/27 the kernel's size (64 MiB for G1's
     512 -> 512 block), larger than x at the batch sizes 3D GANs train with. Its two
-    convolutions are the ones TensorFlow's own gradient of conv3d_transpose runs.
+    convolutions are the ones TensorFlow's own gradient of conv3d_transpose runs; the
+    taps' gradient runs after the input's, in pieces (conv3d_backprop_filter).
 
     Args:
       x: (batch, d, h, w, cin).

@@ -292,6 +292,15 @@ def test_upsample_conv_keeps_no_four_tap_kernel_for_its_backward_pass():
     assert 4 * taps <= peak["transient_bytes"] < 4.5 * taps, peak["largest"]
 
 
+def _ancestors(op, seen=None):
+    seen = set() if seen is None else seen
+    for parent in [t.op for t in op.inputs] + list(op.control_inputs):
+        if parent.name not in seen:
+            seen.add(parent.name)
+            _ancestors(parent, seen)
+    return seen
+
+
 def test_upsample_conv_makes_its_taps_again_only_once_its_gradient_arrives():
     """The backward pass's taps depend on the kernel alone. Unless they wait for the
     block's output gradient, TensorFlow's executor makes them as soon as the backward
@@ -316,17 +325,9 @@ def test_upsample_conv_makes_its_taps_again_only_once_its_gradient_arrives():
             and not op.name.startswith("gradient_tape") and tuple(op.inputs[0].shape) == (64, 27)]
     assert len(taps) == 2, [op.name for op in taps]  # one per block, made in the backward pass
 
-    def ancestors(op, seen=None):
-        seen = set() if seen is None else seen
-        for parent in [t.op for t in op.inputs] + list(op.control_inputs):
-            if parent.name not in seen:
-                seen.add(parent.name)
-                ancestors(parent, seen)
-        return seen
-
     second, first = taps  # the second block's backward pass runs first
-    assert any(a.startswith("gradient_tape") for a in ancestors(second))
-    assert second.name in ancestors(first)
+    assert any(a.startswith("gradient_tape") for a in _ancestors(second))
+    assert second.name in _ancestors(first)
 
 
 def test_filter_grad_pieces_bound_the_patch_matrix_per_example():
@@ -345,15 +346,6 @@ def test_filter_grad_pieces_bound_the_patch_matrix_per_example():
     assert filter_grad_pieces(6, 27, 2**20, 1, budget=2 * 27 * 2**20) == 3  # a divisor
     assert filter_grad_pieces(6, 27, 2**20, 4, budget=2**20) == 6  # none fits: 1 each
     assert filter_grad_pieces(128, 64, None, 4) == 1  # unknown voxels: one piece
-
-
-def _ancestors(op, seen=None):
-    seen = set() if seen is None else seen
-    for parent in [t.op for t in op.inputs] + list(op.control_inputs):
-        if parent.name not in seen:
-            seen.add(parent.name)
-            _ancestors(parent, seen)
-    return seen
 
 
 def _filter_grads(fn, *specs):
