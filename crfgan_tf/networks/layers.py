@@ -196,10 +196,11 @@ def conv3d(x, filters, kernel_size, strides, padding, name, **kwargs):
 # oneDNN computes a 3D convolution's weight gradient on x86 CPUs by im2col + GEMM
 # ("gemm:jit" in ONEDNN_VERBOSE): its scratchpad holds the patch matrix of the op's input
 # (channels x kernel taps x output voxels, per example) for each thread, mapped outside
-# TensorFlow's allocator afresh every step (TensorFlow does not cache these primitives). At 128^3 batch 2 the largest, 518 MiB, was the up-sampling taps'
-# gradient of G1's 256 -> 128 block, at the step's RSS peak. Computed in pieces over the
-# input's channels, one piece after another, each piece's patch matrix is at most this
-# many bytes per example (measured: 32 MiB beat 8 MiB and one piece; docs/benchmarks.md).
+# TensorFlow's allocator afresh every step (TensorFlow does not cache these primitives).
+# At 128^3 batch 2 the largest, 518 MiB, was the up-sampling taps' gradient of G1's
+# 256 -> 128 block, at the step's RSS peak. Computed in pieces over the input's channels,
+# one piece after another, each piece's patch matrix is at most this many bytes per
+# example (measured: 32 MiB beat 8 MiB and one piece; docs/benchmarks.md).
 FILTER_GRAD_PIECE_BYTES = 32 * 2**20
 
 
@@ -231,10 +232,10 @@ def conv3d_backprop_filter(inputs, filter_shape, out_backprop, strides, padding,
     step, parts, previous = cin // pieces, [], list(after)
     for i in range(pieces):
         with tf.control_dependencies(previous):
-            part = inputs if pieces == 1 else inputs[..., i * step:(i + 1) * step]
+            channels = inputs if pieces == 1 else inputs[..., i * step:(i + 1) * step]
             part = tf.raw_ops.Conv3DBackpropFilterV2(
-                input=part, filter_sizes=[kd, kh, kw, step, cout], out_backprop=out_backprop,
-                strides=strides, padding=padding)
+                input=channels, filter_sizes=[kd, kh, kw, step, cout],
+                out_backprop=out_backprop, strides=strides, padding=padding)
         parts.append(part)
         previous = [part]
     return parts[0] if pieces == 1 else tf.concat(parts, axis=3)
