@@ -267,7 +267,14 @@ def test_rerun_with_another_architecture_flag_is_refused_and_changes_nothing(rec
     assert (cfg["train_steps"], cfg["width"]) == (2, 0.0625)
     (change,) = [json.loads(line) for line in open(run / "config_changes.jsonl")]
     assert change["changed"]["train_steps"] == [1, 2]
-    assert "--train_steps=2" in open(run / "flags.txt").read()
+    flagfile = open(run / "flags.txt").read()
+    assert "--train_steps=2" in flagfile
+    # the command's own flags only: a fresh process knows no flag of TensorFlow's or
+    # absl.testing's, and flags.txt must resume the run
+    assert "--test_random_seed" not in flagfile and "--hbm_oom_exit" not in flagfile
+    res = _cli(f"--flagfile={run}/flags.txt", "--train_steps=3")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "--train_steps 2 -> 3" in res.stderr and "ignoring" not in res.stderr
 
 
 def test_checkpoint_of_other_shapes_names_the_variable_and_flag(records_64, trained_run,

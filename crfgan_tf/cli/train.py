@@ -17,6 +17,7 @@ Exit status: 0 done, 2 invalid flags or inputs, a locked or unwritable run direc
 full disk; 3 a non-finite loss; 128 + N stopped by signal N.
 """
 
+import os
 import sys
 
 from absl import flags
@@ -175,10 +176,44 @@ def config_from_flags() -> config_lib.TrainConfig:
 
 
 def _flags_text() -> str:
-    """The command line as a flagfile (flags.txt, which resumes the run), without
-    --break_lock: a one-off decision, not a setting of the run."""
-    return "".join(line + "\n" for line in FLAGS.flags_into_string().splitlines()
-                   if not line.startswith(("--break_lock", "--nobreak_lock")))
+    """The command line as a flagfile (flags.txt, which resumes the run): this command's
+    own flags only (TensorFlow and absl.testing define flags of their own once loaded,
+    which a fresh process does not know), without --break_lock: a one-off decision, not
+    a setting of the run."""
+    own = FLAGS.get_flags_for_module(sys.modules[__name__])
+    return "".join(flag.serialize() + "\n" for flag in sorted(own, key=lambda f: f.name)
+                   if flag.name != "break_lock" and flag.serialize())
+
+
+def _own_flags_of_run_flagfiles(argv):
+    """argv with each `--flagfile=<run>/flags.txt` replaced by that file's lines for this
+    command's own flags. Earlier versions wrote every flag the process had defined, also
+    TensorFlow's and absl.testing's (--test_random_seed, --hbm_oom_exit, ...), which
+    this command does not define; a flags.txt is this command's own output, so those
+    lines are dropped, with a note. Any other flagfile is left to absl (an unknown flag
+    there is an error)."""
+    own = {flag.name for flag in FLAGS.get_flags_for_module(sys.modules[__name__])}
+    out = []
+    for arg in argv:
+        path = arg.split("=", 1)[1] if arg.startswith(("--flagfile=", "-flagfile=")) else ""
+        if os.path.basename(path) != rundir.FLAGS_FILE or not os.path.isfile(path):
+            out.append(arg)
+            continue
+        kept, dropped = [], []
+        for line in open(path).read().splitlines():
+            name = line.lstrip("-").split("=", 1)[0]
+            if not line.startswith("-"):
+                continue
+            if name in own or (name.startswith("no") and name[2:] in own):
+                kept.append(line)
+            else:
+                dropped.append(name)
+        if dropped:
+            print(f"train: {path}: ignoring {len(dropped)} flags this command does not define "
+                  f"(written by an earlier version: {', '.join(dropped[:4])}, ...)",
+                  file=sys.stderr)
+        out.extend(kept)
+    return out
 
 
 # --help (crfgan_tf/helptext.py): every flag above, by group, then the example
@@ -240,4 +275,5 @@ def main(argv):
 
 def run():
     """The command (console script, python -m shim)."""
+    sys.argv[1:] = _own_flags_of_run_flagfiles(sys.argv[1:])
     runtime.run_command(main, load_tensorflow=False)
