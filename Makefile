@@ -8,7 +8,8 @@ DEMO_DIR := demo_run
 
 .PHONY: install demo test test-all clean
 
-$(STAMP): setup.py
+# registry.py: the console scripts are made at install time from it
+$(STAMP): setup.py crfgan_tf/cli/registry.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

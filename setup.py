@@ -1,6 +1,7 @@
 """crfgan-tf: CRF-GAN (memory-efficient 3D GAN for 256^3 chest CT) in Keras 3 / TensorFlow."""
 
 import re
+import runpy
 
 from setuptools import find_packages, setup
 
@@ -9,13 +10,10 @@ from setuptools import find_packages, setup
 VERSION = re.search(r'__version__ = "([^"]+)"',
                     open("crfgan_tf/__init__.py", encoding="utf-8").read()).group(1)
 
-# Every command of crfgan_tf/cli/: console scripts crfgan-train, crfgan-convert, ...
-# (docs/installation.md, "Commands"; tests/test_layout.py keeps this list equal to cli/).
-COMMANDS = ("train", "export", "sample", "convert", "make_phantoms", "luna16_labels", "lidc_labels",
-            "fid_mmd", "make_2afc", "analyze_2afc", "class_contrast", "count_params",
-            "import_reference", "import_medicalnet", "profile_memory", "plan_memory",
-            "deviation_effects", "bench_convert", "bench_input", "bench_generate",
-            "bench_features", "bench_device", "encode", "downstream", "memorization")
+# Every command of crfgan_tf/cli/ has a console script crfgan-<command> (crfgan-train,
+# crfgan-convert, ...): the one registry is crfgan_tf/cli/registry.py, read here without
+# importing the package (its dependencies are not installed yet).
+REGISTRY = runpy.run_path("crfgan_tf/cli/registry.py")
 
 setup(
     name="crfgan-tf",
@@ -26,9 +24,8 @@ setup(
     python_requires=">=3.10",
     # only crfgan_tf: data_prep/ and tools/ are the checkout's `python -m` shims
     packages=find_packages(include=["crfgan_tf", "crfgan_tf.*"]),
-    package_data={"crfgan_tf.reader_study": ["page.html"]},
-    entry_points={"console_scripts": [
-        f"crfgan-{name.replace('_', '-')} = crfgan_tf.cli.{name}:run" for name in COMMANDS]},
+    package_data={"crfgan_tf.studies.reader_study": ["page.html"]},
+    entry_points={"console_scripts": REGISTRY["entry_points"]()},
     install_requires=[
         "tensorflow>=2.21,<2.22",  # ships Keras 3; tensorflow-addons does not import under it
         "keras>=3.10,<4",

@@ -1,4 +1,5 @@
-"""`python -m crfgan_tf.export`: the command of crfgan_tf/cli/export.py (console script crfgan-export)."""
+"""`python -m crfgan_tf.export`: crfgan-export, the command of crfgan_tf/cli/export.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.export import run
 

@@ -1,4 +1,5 @@
-"""`python -m crfgan_tf.sample`: the command of crfgan_tf/cli/sample.py (console script crfgan-sample)."""
+"""`python -m crfgan_tf.sample`: crfgan-sample, the command of crfgan_tf/cli/sample.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.sample import run
 

@@ -1,4 +1,5 @@
-"""`python -m crfgan_tf.train`: the command of crfgan_tf/cli/train.py (console script crfgan-train)."""
+"""`python -m crfgan_tf.train`: crfgan-train, the command of crfgan_tf/cli/train.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.train import run
 

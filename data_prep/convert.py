@@ -1,5 +1,5 @@
-"""`python -m data_prep.convert` from the checkout: the command of crfgan_tf/cli/convert.py (console
-script crfgan-convert)."""
+"""`python -m data_prep.convert`: crfgan-convert, the command of crfgan_tf/cli/convert.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.convert import run
 

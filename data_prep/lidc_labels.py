@@ -1,5 +1,5 @@
-"""`python -m data_prep.lidc_labels` from the checkout: the command of crfgan_tf/cli/lidc_labels.py (console
-script crfgan-lidc-labels)."""
+"""`python -m data_prep.lidc_labels`: crfgan-lidc-labels, the command of crfgan_tf/cli/lidc_labels.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.lidc_labels import run
 

@@ -1,5 +1,5 @@
-"""`python -m data_prep.luna16_labels` from the checkout: the command of crfgan_tf/cli/luna16_labels.py (console
-script crfgan-luna16-labels)."""
+"""`python -m data_prep.luna16_labels`: crfgan-luna16-labels, the command of crfgan_tf/cli/luna16_labels.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.luna16_labels import run
 

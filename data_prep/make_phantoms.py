@@ -1,5 +1,5 @@
-"""`python -m data_prep.make_phantoms` from the checkout: the command of crfgan_tf/cli/make_phantoms.py (console
-script crfgan-make-phantoms)."""
+"""`python -m data_prep.make_phantoms`: crfgan-make-phantoms, the command of crfgan_tf/cli/make_phantoms.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.make_phantoms import run
 

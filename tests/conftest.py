@@ -10,8 +10,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # This process is set up as every command sets itself up (runtime.configure: oneDNN
 # kernels, before TensorFlow loads). Without it the in-process tests ran TensorFlow's
-# default Eigen kernels, which no user runs, 1.5-3x slower (tests/test_layout.py).
-from crfgan_tf import runtime  # noqa: E402
+# default Eigen kernels, which no user runs, 1.5-3x slower (tests/test_architecture.py).
+from crfgan_tf.utils import runtime  # noqa: E402
 
 runtime.configure(load_tensorflow=False)
 
@@ -27,14 +27,14 @@ TINY = phantom.PhantomSpec(in_plane=48, num_slices=32, spacing_zyx=(2.5, 3.0, 3.
                            blank_slices=2, noise_hu=10.0)
 
 
-COMMANDS = next(ast.literal_eval(n.value) for n in ast.parse(open(
-    os.path.join(REPO, "setup.py")).read()).body if isinstance(n, ast.Assign)
-    and getattr(n.targets[0], "id", "") == "COMMANDS")
+from crfgan_tf.cli import registry  # noqa: E402
+
+COMMANDS = tuple(registry.COMMANDS)
 
 
 @functools.lru_cache(maxsize=None)
 def command_flags(name):
-    """The flags crfgan_tf/cli/<name>.py defines, read from its source (tests/cli/test_help.py
+    """The flags crfgan_tf/cli/<name>.py defines, read from its source (tests/cli/test_helptext.py
     checks that --help shows exactly these)."""
     tree = ast.parse(open(os.path.join(REPO, "crfgan_tf", "cli", f"{name}.py")).read())
     return sorted(n.args[0].value for n in ast.walk(tree) if isinstance(n, ast.Call)
@@ -52,8 +52,8 @@ def tiny_archive(tmp_path_factory):
 @pytest.fixture(scope="session")
 def dicom_export(tmp_path_factory):
     """A hospital export as DICOM with a series for every rule and patient data everywhere
-    (tests/dicom_series.py)."""
-    import dicom_series
+    (tests/support/dicom_series.py)."""
+    from support import dicom_series
 
     return dicom_series.make_export(str(tmp_path_factory.mktemp("hospital_export")))
 
@@ -88,7 +88,7 @@ def records_64(tmp_path_factory, tiny_archive):
 
 def tiny_config(model_dir, records="", **kw):
     """A 64^3 CRF-GAN at 1/16 width: a training step takes about a second on CPU."""
-    from crfgan_tf.config import TrainConfig
+    from crfgan_tf.run.config import TrainConfig
 
     base = dict(model_dir=str(model_dir), train_records=records, img_size=64, batch_size=2,
                 train_steps=2, latent_dim=16, width=0.0625, log_every=1, checkpoint_every=2,
@@ -112,7 +112,7 @@ def records_128(tmp_path_factory, tiny_archive):
 @pytest.fixture(scope="session")
 def trained_run(records_64, tmp_path_factory):
     """A tiny CRF-GAN trained for one step: (model_dir, in-memory model)."""
-    from crfgan_tf import train_lib
+    from crfgan_tf.training import loop as train_lib
 
     run = tmp_path_factory.mktemp("run")
     out = train_lib.train(tiny_config(run, os.path.join(records_64, "train-*.tfrecord"),
@@ -123,14 +123,14 @@ def trained_run(records_64, tmp_path_factory):
 @pytest.fixture(scope="session")
 def exported(trained_run, tmp_path_factory):
     """That run exported as a SavedModel: (path, metadata)."""
-    from crfgan_tf import export_lib
+    from crfgan_tf.generation import export as export_lib
 
     sm = str(tmp_path_factory.mktemp("export") / "sm")
     return sm, export_lib.export(trained_run[0], sm, log=lambda m: None)
 
 
 # The training command on the tiny model, for the tests of what a real process does
-# (signals, locks, file-size limits): tests/test_preemption.py, test_dirlock.py,
+# (signals, locks, file-size limits): tests/utils/test_preemption.py, test_dirlock.py,
 # test_full_disk.py.
 STEPS = 6
 
@@ -212,7 +212,7 @@ def labelled_phantoms(archive, num_scans, seed):
     return archive, paths, table
 
 
-# The evaluations of synthetic data (tests/evaluation/test_downstream.py,
+# The evaluations of synthetic data (tests/studies/test_downstream.py,
 # test_memorization.py): labelled scans with a val split, and a conditional model trained on
 # the train split only.
 @pytest.fixture(scope="session")
@@ -235,7 +235,8 @@ def study_records(tmp_path_factory):
 @pytest.fixture(scope="session")
 def conditional_export(study_records, tmp_path_factory):
     """A tiny conditional CRF-GAN trained 1 step on study_records' train split, exported."""
-    from crfgan_tf import export_lib, train_lib
+    from crfgan_tf.generation import export as export_lib
+    from crfgan_tf.training import loop as train_lib
 
     run = tmp_path_factory.mktemp("cond_run")
     train_lib.train(tiny_config(run, os.path.join(study_records[0], "train-*.tfrecord"),

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import COMMANDS, REPO, command_flags
-from doc_commands import code_lines, invocations, page_text
+from support.doc_commands import code_lines, invocations, page_text
 
 PAGES = sorted(["README.md", "CONTRIBUTING.md", "CHANGELOG.md"]
                + [os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "docs", "*.md"))])

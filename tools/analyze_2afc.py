@@ -1,5 +1,5 @@
-"""`python -m tools.analyze_2afc` from the checkout: the command of crfgan_tf/cli/analyze_2afc.py (console
-script crfgan-analyze-2afc)."""
+"""`python -m tools.analyze_2afc`: crfgan-analyze-2afc, the command of crfgan_tf/cli/analyze_2afc.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.analyze_2afc import run
 

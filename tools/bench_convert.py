@@ -1,5 +1,5 @@
-"""`python -m tools.bench_convert` from the checkout: the command of crfgan_tf/cli/bench_convert.py (console
-script crfgan-bench-convert)."""
+"""`python -m tools.bench_convert`: crfgan-bench-convert, the command of crfgan_tf/cli/bench_convert.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.bench_convert import run
 

@@ -1,5 +1,5 @@
-"""`python -m tools.bench_device` from the checkout: the command of crfgan_tf/cli/bench_device.py (console
-script crfgan-bench-device)."""
+"""`python -m tools.bench_device`: crfgan-bench-device, the command of crfgan_tf/cli/bench_device.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.bench_device import run
 

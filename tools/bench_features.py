@@ -1,5 +1,5 @@
-"""`python -m tools.bench_features` from the checkout: the command of crfgan_tf/cli/bench_features.py (console
-script crfgan-bench-features)."""
+"""`python -m tools.bench_features`: crfgan-bench-features, the command of crfgan_tf/cli/bench_features.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.bench_features import run
 

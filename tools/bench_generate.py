@@ -1,5 +1,5 @@
-"""`python -m tools.bench_generate` from the checkout: the command of crfgan_tf/cli/bench_generate.py (console
-script crfgan-bench-generate)."""
+"""`python -m tools.bench_generate`: crfgan-bench-generate, the command of crfgan_tf/cli/bench_generate.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.bench_generate import run
 

@@ -1,5 +1,5 @@
-"""`python -m tools.bench_input` from the checkout: the command of crfgan_tf/cli/bench_input.py (console
-script crfgan-bench-input)."""
+"""`python -m tools.bench_input`: crfgan-bench-input, the command of crfgan_tf/cli/bench_input.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.bench_input import run
 

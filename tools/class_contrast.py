@@ -1,5 +1,5 @@
-"""`python -m tools.class_contrast` from the checkout: the command of crfgan_tf/cli/class_contrast.py (console
-script crfgan-class-contrast)."""
+"""`python -m tools.class_contrast`: crfgan-class-contrast, the command of crfgan_tf/cli/class_contrast.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.class_contrast import run
 

@@ -1,5 +1,5 @@
-"""`python -m tools.count_params` from the checkout: the command of crfgan_tf/cli/count_params.py (console
-script crfgan-count-params)."""
+"""`python -m tools.count_params`: crfgan-count-params, the command of crfgan_tf/cli/count_params.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.count_params import run
 

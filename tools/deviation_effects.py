@@ -1,5 +1,5 @@
-"""`python -m tools.deviation_effects` from the checkout: the command of crfgan_tf/cli/deviation_effects.py (console
-script crfgan-deviation-effects)."""
+"""`python -m tools.deviation_effects`: crfgan-deviation-effects, the command of crfgan_tf/cli/deviation_effects.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.deviation_effects import run
 

@@ -1,5 +1,5 @@
-"""`python -m tools.downstream` from the checkout: the command of crfgan_tf/cli/downstream.py (console
-script crfgan-downstream)."""
+"""`python -m tools.downstream`: crfgan-downstream, the command of crfgan_tf/cli/downstream.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.downstream import run
 

@@ -1,5 +1,5 @@
-"""`python -m tools.encode` from the checkout: the command of crfgan_tf/cli/encode.py (console
-script crfgan-encode)."""
+"""`python -m tools.encode`: crfgan-encode, the command of crfgan_tf/cli/encode.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.encode import run
 

@@ -1,5 +1,5 @@
-"""`python -m tools.fid_mmd` from the checkout: the command of crfgan_tf/cli/fid_mmd.py (console
-script crfgan-fid-mmd)."""
+"""`python -m tools.fid_mmd`: crfgan-fid-mmd, the command of crfgan_tf/cli/fid_mmd.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.fid_mmd import run
 

@@ -1,5 +1,5 @@
-"""`python -m tools.import_medicalnet` from the checkout: the command of crfgan_tf/cli/import_medicalnet.py (console
-script crfgan-import-medicalnet)."""
+"""`python -m tools.import_medicalnet`: crfgan-import-medicalnet, the command of crfgan_tf/cli/import_medicalnet.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.import_medicalnet import run
 

@@ -1,5 +1,5 @@
-"""`python -m tools.import_reference` from the checkout: the command of crfgan_tf/cli/import_reference.py (console
-script crfgan-import-reference)."""
+"""`python -m tools.import_reference`: crfgan-import-reference, the command of crfgan_tf/cli/import_reference.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.import_reference import run
 

@@ -1,5 +1,5 @@
-"""`python -m tools.make_2afc` from the checkout: the command of crfgan_tf/cli/make_2afc.py (console
-script crfgan-make-2afc)."""
+"""`python -m tools.make_2afc`: crfgan-make-2afc, the command of crfgan_tf/cli/make_2afc.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.make_2afc import run
 

@@ -1,5 +1,5 @@
-"""`python -m tools.memorization` from the checkout: the command of crfgan_tf/cli/memorization.py (console
-script crfgan-memorization)."""
+"""`python -m tools.memorization`: crfgan-memorization, the command of crfgan_tf/cli/memorization.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.memorization import run
 

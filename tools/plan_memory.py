@@ -1,5 +1,5 @@
-"""`python -m tools.plan_memory` from the checkout: the command of crfgan_tf/cli/plan_memory.py (console
-script crfgan-plan-memory)."""
+"""`python -m tools.plan_memory`: crfgan-plan-memory, the command of crfgan_tf/cli/plan_memory.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.plan_memory import run
 

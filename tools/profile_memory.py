@@ -1,5 +1,5 @@
-"""`python -m tools.profile_memory` from the checkout: the command of crfgan_tf/cli/profile_memory.py (console
-script crfgan-profile-memory)."""
+"""`python -m tools.profile_memory`: crfgan-profile-memory, the command of crfgan_tf/cli/profile_memory.py
+(crfgan_tf/cli/registry.py)."""
 
 from crfgan_tf.cli.profile_memory import run
 

@@ -7,10 +7,11 @@ dtype, and the bytes in use after it. Replaying those events in time order gives
 step's peak of bytes in use, the op running then, and the tensors made during the step
 that are alive at that moment, largest first.
 
-crfgan_tf.memory_plan predicts the same from the traced graph replayed in program order;
+crfgan_tf.training.memory_plan predicts the same from the traced graph replayed in program order;
 this is what the executor really did, in whatever order it ran the ops (the two differ
-where the executor runs an op earlier than program order puts it: docs/benchmarks.md,
-2026-12-03). `crfgan-profile-memory --live_at_peak=N` reports it per configuration.
+where the executor runs an op earlier than program order puts it; an example in
+docs/benchmarks/2026-12-03-where-a-128-step-holds-its-memory.md).
+`crfgan-profile-memory --live_at_peak=N` reports it per configuration.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from crfgan_tf import config as config_lib
-from crfgan_tf import geometry
+from crfgan_tf.core import geometry
+from crfgan_tf.run import config as config_lib
 
 # option -> the value that departs from the reference, per model
 OPTIONS = {"crfgan": {"adam": "keras", "crf_sample": "reuse", "crf_nodes": "slices",
@@ -45,10 +45,10 @@ def _batch(img_size: int, latent_dim: int, seed: int) -> dict:
 
 
 def _one_step(config: config_lib.TrainConfig, batch: dict, init_seed: int, w_init=None):
-    from crfgan_tf import train_lib
+    from crfgan_tf.run import factory
 
     keras.utils.set_random_seed(init_seed)
-    model = train_lib.build_model(config)
+    model = factory.build_model(config)
     if w_init is not None and hasattr(model, "crf"):
         model.crf.w.assign(w_init)
     before = {p: [v.numpy().copy() for v in ws] for p, ws in model.phase_weights().items()}
@@ -66,13 +66,13 @@ def measure(model: str = "crfgan", img_size: int = 64, seed: int = 0,
     The CRF's W starts at a small random value (not 0) so that the CRF options act on
     the first step; both sides get the same W.
     """
-    from crfgan_tf import train_lib
+    from crfgan_tf.run import factory
 
     base = reference_config(model, img_size)
     batch = _batch(img_size, base.latent_dim, seed)
     n = img_size // 4
     w_init = np.random.default_rng(seed + 1).normal(0, 0.1, (n, n)).astype("float32")
-    train_lib.set_precision("float32")
+    factory.set_precision("float32")
     ref_losses, ref_steps, ref_model = _one_step(base, batch, seed, w_init)
     lr = {p: getattr(base, f) for p, f in type(ref_model).LEARNING_RATES.items()}
     rows = []

@@ -6,7 +6,7 @@ each beside the memory planner's prediction, in one run of a few minutes.
              precision, XLA) configuration, each in a fresh process (bench.training)
   generate   seconds and peak memory of generating one volume from an export (slab by
              slab), per size (bench.pipeline.generate_memory)
-  planned    crfgan_tf.memory_plan's prediction for each training row: gpu_bytes less
+  planned    crfgan_tf.training.memory_plan's prediction for each training row: gpu_bytes less
              the CUDA reserve on a GPU (what the allocator's peak should be), working_bytes
              on CPU; traced in one CPU-only process that runs beside the measurements
 
@@ -36,7 +36,7 @@ GPU_CONFIGS = (
 
 def child_plans(requests: list) -> list:
     """In a fresh CPU-only process: memory_plan.plan of each PlanRequest (as dicts)."""
-    from crfgan_tf import memory_plan
+    from crfgan_tf.training import memory_plan
 
     return [memory_plan.plan(memory_plan.PlanRequest(**r)) for r in requests]
 
@@ -45,9 +45,9 @@ def run(configs=GPU_CONFIGS, generate_sizes=(256, 512), width: float = 1.0,
         latent_dim: int = 1024, steps: int = 5, warmup: int = 2, log=print) -> dict:
     """Measures every training configuration and generation size; returns
     {"device", "host_cpus", "training": [rows], "generate": [rows]}."""
-    from crfgan_tf import memory_plan
     from crfgan_tf.bench import pipeline
     from crfgan_tf.bench.runner import finish_fresh, start_fresh
+    from crfgan_tf.training import memory_plan
 
     requests = [dataclasses.asdict(memory_plan.PlanRequest(
         model=m, img_size=s, batch_size=b, precision=p, width=width, latent_dim=latent_dim))

@@ -15,9 +15,10 @@ import time
 
 import numpy as np
 
-from crfgan_tf import intensity
 from crfgan_tf.bench.runner import run_fresh
+from crfgan_tf.core import intensity
 from crfgan_tf.data import phantom, preprocess
+from crfgan_tf.models import options
 
 
 def reference_like(path: str, size: int) -> np.ndarray:
@@ -123,9 +124,10 @@ def generate_memory(img_size: int = 256, slabs=(8, 64), work_dir: str = None,
     """
     import tensorflow as tf
 
-    from crfgan_tf import config as config_lib
-    from crfgan_tf import export_lib, rundir
-    from crfgan_tf.model import CRFGAN
+    from crfgan_tf.generation import export as export_lib
+    from crfgan_tf.models import CRFGAN
+    from crfgan_tf.run import config as config_lib
+    from crfgan_tf.run import rundir
 
     work = work_dir or tempfile.mkdtemp(prefix="crfgan_genmem_")
     run = os.path.join(work, "run")
@@ -134,8 +136,8 @@ def generate_memory(img_size: int = 256, slabs=(8, 64), work_dir: str = None,
     rundir.record_config(config, None, {}, log)
     embedding_factor = config.embedding_factor
     model = CRFGAN(img_size=img_size, width=width, embedding_factor=embedding_factor)
-    checkpoint = tf.train.Checkpoint(**{rundir.TRUNK_KEY: model.trunk, rundir.HEAD_KEY: model.head,
-                                        rundir.ENCODER_KEY: model.encoder})
+    checkpoint = tf.train.Checkpoint(**{options.TRUNK_KEY: model.trunk, options.HEAD_KEY: model.head,
+                                        options.ENCODER_KEY: model.encoder})
     tf.train.CheckpointManager(checkpoint, os.path.join(run, rundir.CHECKPOINT_DIR), 1).save(1)
     rows = []
     for slab in slabs:

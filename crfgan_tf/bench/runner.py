@@ -84,7 +84,7 @@ def finish_fresh(proc, timeout: Optional[float] = None) -> ChildResult:
 
 
 def _main(argv) -> None:
-    from crfgan_tf import runtime
+    from crfgan_tf.utils import runtime
 
     runtime.configure(load_tensorflow=False)
     module, function = argv[1].split(":")

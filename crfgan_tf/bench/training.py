@@ -12,8 +12,8 @@ import os
 import statistics
 import time
 
-from crfgan_tf import runtime
 from crfgan_tf.bench.runner import run_fresh
+from crfgan_tf.utils import runtime
 
 
 @dataclasses.dataclass
@@ -41,15 +41,18 @@ def measure(request: dict) -> dict:
     iterations."""
     import tensorflow as tf
 
-    from crfgan_tf import config as config_lib
-    from crfgan_tf import distribute, intensity, params, train_lib
+    from crfgan_tf.core import intensity
     from crfgan_tf.data import pipeline
+    from crfgan_tf.models import params
+    from crfgan_tf.run import config as config_lib
+    from crfgan_tf.run import factory
+    from crfgan_tf.training import distribute
 
     after_import = runtime.peak_memory_bytes()  # nothing built yet: the framework's own RSS
     req = ProfileRequest(**request)
-    train_lib.set_precision(req.precision)
+    factory.set_precision(req.precision)
     cfg = config_lib.step_config(req)
-    model = train_lib.build_model(cfg)
+    model = factory.build_model(cfg)
     s, b = req.img_size, req.batch_size
     batch = pipeline.synthetic_batch(s, b, req.latent_dim, factor=cfg.embedding_factor)
     # the whole volume as the input stream hands it over: int16, as stored

@@ -12,13 +12,13 @@ test and why: printed under the table, and in docs/evaluation.md).
 import glob
 import json
 import os
-import sys
 import textwrap
 
 from absl import flags
 
-from crfgan_tf import fileio, runtime
-from crfgan_tf.reader_study import StudyError, analyze
+from crfgan_tf.cli import common
+from crfgan_tf.studies.reader_study import analyze, StudyError
+from crfgan_tf.utils import fileio
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("key", None, "key/key.json written by tools.make_2afc.")
@@ -36,7 +36,7 @@ def _fmt_test(t):
             f"p = {t['binomial_p_value']:.3g}")
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Input": "key answers",
     "Output": "plot json",
@@ -45,23 +45,19 @@ EXAMPLE = ("crfgan-analyze-2afc --key=study/key/key.json --answers='answers/*.cs
            "--plot=difficulty.png")
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
     del argv
     paths = sorted({p for pattern in FLAGS.answers for p in glob.glob(pattern)})
-    try:
-        if not paths:
-            raise StudyError(f"--answers: no files match {FLAGS.answers}")
-        if FLAGS.plot:
-            fileio.ensure_output_file(FLAGS.plot, "--plot")
-        key = analyze.read_key(FLAGS.key)
-        result = analyze.analyze(key, analyze.read_answers(paths, key))
-        if FLAGS.plot and "section1" in result:
-            analyze.plot_difficulty(result, FLAGS.plot)
-            result["plot"] = os.path.abspath(FLAGS.plot)
-    except (StudyError, fileio.OutputError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if not paths:
+        raise StudyError(f"--answers: no files match {FLAGS.answers}")
+    if FLAGS.plot:
+        fileio.ensure_output_file(FLAGS.plot, "--plot")
+    key = analyze.read_key(FLAGS.key)
+    result = analyze.analyze(key, analyze.read_answers(paths, key))
+    if FLAGS.plot and "section1" in result:
+        analyze.plot_difficulty(result, FLAGS.plot)
+        result["plot"] = os.path.abspath(FLAGS.plot)
     if FLAGS.json:
         print(json.dumps(result))
         return 0
@@ -95,4 +91,4 @@ def main(argv):
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main, load_tensorflow=False)
+    common.run_command(main, load_tensorflow=False)

@@ -8,8 +8,8 @@ import json
 
 from absl import flags
 
-from crfgan_tf import runtime
 from crfgan_tf.bench import pipeline
+from crfgan_tf.cli import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("in_plane", 512, "Scan rows/columns.")
@@ -23,7 +23,7 @@ flags.register_validator("dicom", lambda v: set(v) <= {"raw", "jpeg", "jpeg2000"
                          message="--dicom takes raw, jpeg and/or jpeg2000")
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Scan": "in_plane num_slices dicom",
     "Conversion": "size",
@@ -32,7 +32,7 @@ HELP_GROUPS = {
 EXAMPLE = "crfgan-bench-convert --in_plane=512 --num_slices=300 --size=256 --repeats=3"
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
     del argv
     print(json.dumps(pipeline.convert_speed(
@@ -42,4 +42,4 @@ def main(argv):
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main, load_tensorflow=False)
+    common.run_command(main, load_tensorflow=False)

@@ -12,7 +12,8 @@ import json
 
 from absl import flags
 
-from crfgan_tf import geometry, runtime
+from crfgan_tf.cli import common
+from crfgan_tf.core import geometry
 
 FLAGS = flags.FLAGS
 
@@ -59,7 +60,7 @@ def _check_configs(values):
         try:
             parse_config(v)
         except ValueError as err:
-            raise flags.ValidationError(str(err)) from None
+            raise flags.ValidationError(common.flagged(str(err))) from None
     return True
 
 
@@ -71,7 +72,7 @@ flags.register_validator("steps", lambda v: v >= 1, message="--steps must be >= 
 flags.register_validator("warmup", lambda v: v >= 0, message="--warmup must be >= 0")
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Measurement": "configs generate_sizes width latent_dim steps warmup",
     "Output": "json_out",
@@ -79,11 +80,11 @@ HELP_GROUPS = {
 EXAMPLE = "crfgan-bench-device --json_out=bench_device.json"
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
     del argv
-    from crfgan_tf import fileio
     from crfgan_tf.bench import device
+    from crfgan_tf.utils import fileio
 
     if FLAGS.json_out:  # a bad output path is refused before minutes of measuring
         fileio.ensure_output_file(FLAGS.json_out, "--json_out")
@@ -97,4 +98,4 @@ def main(argv):
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main, load_tensorflow=False)
+    common.run_command(main, load_tensorflow=False)

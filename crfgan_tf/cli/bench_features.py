@@ -8,8 +8,8 @@ import json
 
 from absl import flags
 
-from crfgan_tf import runtime
 from crfgan_tf.bench import pipeline
+from crfgan_tf.cli import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("img_sizes", ["128", "256"], "Volume sides.")
@@ -17,14 +17,14 @@ flags.DEFINE_list("batch_sizes", ["1"], "Volumes per extractor call.")
 flags.DEFINE_integer("repeats", 2, "Timed batches (median reported).")
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Measurement": "img_sizes batch_sizes repeats",
 }
 EXAMPLE = "crfgan-bench-features --img_sizes=128,256 --batch_sizes=1,2"
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
     del argv
     rows = pipeline.feature_memory([int(s) for s in FLAGS.img_sizes],
@@ -34,4 +34,4 @@ def main(argv):
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main, load_tensorflow=False)
+    common.run_command(main, load_tensorflow=False)

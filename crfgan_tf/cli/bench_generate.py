@@ -7,27 +7,25 @@ import json
 
 from absl import flags
 
-from crfgan_tf import config as config_lib
-from crfgan_tf import runtime
-from crfgan_tf.cli import validate_embedding_factor
 from crfgan_tf.bench import pipeline
+from crfgan_tf.cli import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("img_size", 256, "Volume side.")
 flags.DEFINE_list("slabs", ["8", "64"], "G2 slab sizes (embedding slices); "
                   "img_size/embedding_factor = one shot.")
-flags.DEFINE_integer("embedding_factor", 0, config_lib.EMBEDDING_FACTOR_HELP)
-validate_embedding_factor()
+flags.DEFINE_integer("embedding_factor", 0, common.EMBEDDING_FACTOR_HELP)
+common.validate_embedding_factor()
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Measurement": "img_size embedding_factor slabs",
 }
 EXAMPLE = "crfgan-bench-generate --img_size=256 --slabs=8,64"
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
     del argv
     rows = pipeline.generate_memory(FLAGS.img_size, [int(s) for s in FLAGS.slabs],
@@ -37,4 +35,4 @@ def main(argv):
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main, load_tensorflow=False)
+    common.run_command(main, load_tensorflow=False)

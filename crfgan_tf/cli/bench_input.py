@@ -13,8 +13,9 @@ import tempfile
 
 from absl import flags
 
-from crfgan_tf import runtime
 from crfgan_tf.bench import pipeline
+from crfgan_tf.cli import common
+from crfgan_tf.utils import runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("records", "", "Training records to read (default: synthetic ones).")
@@ -27,7 +28,7 @@ flags.DEFINE_list("start_steps", ["0", "1000"], "Measure from these steps (a res
 flags.DEFINE_string("work_dir", "", "Where synthetic records go (default: a temporary dir).")
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Data": "records img_size num_records num_shards work_dir",
     "Measurement": "batch_size batches start_steps",
@@ -35,7 +36,7 @@ HELP_GROUPS = {
 EXAMPLE = "crfgan-bench-input --img_size=256 --num_records=24 --batches=30"
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
     del argv
     runtime.quiet_tensorflow()
@@ -53,4 +54,4 @@ def main(argv):
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main, load_tensorflow=False)
+    common.run_command(main, load_tensorflow=False)

@@ -8,11 +8,10 @@ volumes of each class.
 """
 
 import json
-import sys
 
 from absl import flags
 
-from crfgan_tf import runtime
+from crfgan_tf.cli import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("saved_model", None, "A conditional export of crfgan_tf.export.")
@@ -25,7 +24,7 @@ flags.mark_flags_as_required(["saved_model", "records"])
 flags.register_validator("num_samples", lambda v: v >= 2, "--num_samples must be >= 2")
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Input": "saved_model records",
     "Sampling": "num_samples seed",
@@ -35,18 +34,13 @@ EXAMPLE = ("crfgan-class-contrast --saved_model=exports/luna256_cond "
            "--records='data/luna16_256_labelled/val-*.tfrecord' --num_samples=32")
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
     del argv
-    from crfgan_tf import sample_lib
     from crfgan_tf.evaluation import physical
 
-    try:
-        out = physical.class_contrast(FLAGS.saved_model, FLAGS.records, FLAGS.num_samples,
-                                      FLAGS.seed, log=lambda m: print(m, file=sys.stderr))
-    except (sample_lib.SavedModelError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    out = physical.class_contrast(FLAGS.saved_model, FLAGS.records, FLAGS.num_samples,
+                                  FLAGS.seed, log=common.log)
     if FLAGS.json:
         print(json.dumps(out))
         return 0
@@ -66,4 +60,4 @@ def main(argv):
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main)
+    common.run_command(main)

@@ -21,12 +21,12 @@ already complete stay valid; the rerun converts the rest).
 """
 
 import os
-import sys
 
 from absl import flags
 
-from crfgan_tf import runtime
+from crfgan_tf.cli import common
 from crfgan_tf.data import convert, dicom
+from crfgan_tf.utils import runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", None, list(convert.DATASETS),
@@ -81,7 +81,7 @@ flags.register_validator("num_shards", lambda v: v >= 1, message="--num_shards m
 flags.register_validator("workers", lambda v: v >= 1, message="--workers must be >= 1")
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Input": "dataset input_dir modality labels_csv num_classes",
     "DICOM series": "min_slices series_policy slice_spacing_tolerance allow_tilt case_ids",
@@ -93,11 +93,9 @@ EXAMPLE = ("crfgan-convert --dataset=luna16 --input_dir=/data/LUNA16 "
            "--output_dir=data/luna16_256 --size=256")
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]} (flags need --name=value)", file=sys.stderr)
-        return 2
+    del argv
     config = convert.ConvertConfig(
         dataset=FLAGS.dataset, input_dir=FLAGS.input_dir, output_dir=FLAGS.output_dir,
         size=FLAGS.size, num_shards=FLAGS.num_shards, num_val_shards=FLAGS.num_val_shards,
@@ -109,14 +107,10 @@ def main(argv):
         series_policy=FLAGS.series_policy, slice_spacing_tolerance=FLAGS.slice_spacing_tolerance,
         allow_tilt=FLAGS.allow_tilt, case_ids=FLAGS.case_ids)
     runtime.quiet_tensorflow()
-    try:
-        summary = convert.run_conversion(config, break_lock=FLAGS.break_lock)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    summary = convert.run_conversion(config, log=common.log, break_lock=FLAGS.break_lock)
     return 1 if summary["failed"] else 0
 
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main, load_tensorflow=False)
+    common.run_command(main, load_tensorflow=False)

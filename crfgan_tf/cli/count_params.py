@@ -7,19 +7,18 @@
 """
 
 import json
-import sys
 
 from absl import flags
 
-from crfgan_tf import config as config_lib
-from crfgan_tf import geometry, params, runtime
-from crfgan_tf.cli import validate_embedding_factor
+from crfgan_tf.cli import common
+from crfgan_tf.core import geometry
+from crfgan_tf.models import params
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "crfgan", ["crfgan", "hagan"], "Model type.")
-flags.DEFINE_integer("img_size", 256, "Volume side (crfgan_tf.geometry.SIZES).")
-flags.DEFINE_integer("embedding_factor", 0, config_lib.EMBEDDING_FACTOR_HELP)
-validate_embedding_factor("model")
+flags.DEFINE_integer("img_size", 256, "Volume side (crfgan_tf.core.geometry.SIZES).")
+flags.DEFINE_integer("embedding_factor", 0, common.EMBEDDING_FACTOR_HELP)
+common.validate_embedding_factor("model")
 flags.DEFINE_integer("latent_dim", 1024, "Latent size.")
 flags.DEFINE_float("width", 1.0, "Channel multiplier.")
 flags.DEFINE_integer("num_classes", 0, "Classes of a conditional model (0: unconditional).")
@@ -28,7 +27,7 @@ flags.register_validator("img_size", lambda v: v in geometry.SIZES,
                          message=f"--img_size must be one of {geometry.SIZES}")
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Model": "model img_size embedding_factor latent_dim width num_classes",
     "Output": "json",
@@ -36,15 +35,11 @@ HELP_GROUPS = {
 EXAMPLE = "crfgan-count-params --img_size=256"
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
     del argv
-    try:
-        result = params.count_parameters(FLAGS.model, FLAGS.img_size, FLAGS.latent_dim,
-                                         FLAGS.width, FLAGS.num_classes, FLAGS.embedding_factor)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    result = params.count_parameters(FLAGS.model, FLAGS.img_size, FLAGS.latent_dim,
+                                     FLAGS.width, FLAGS.num_classes, FLAGS.embedding_factor)
     if FLAGS.json:
         print(json.dumps(result))
         return
@@ -65,4 +60,4 @@ def main(argv):
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main)
+    common.run_command(main)

@@ -6,20 +6,20 @@ iteration (crfgan_tf.deviations): losses and the share of weights that step diff
 """
 
 import json
-import sys
 
 from absl import flags
 
-from crfgan_tf import geometry, runtime
+from crfgan_tf.cli import common
+from crfgan_tf.core import geometry
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "crfgan", ["crfgan", "hagan"], "Model.")
-flags.DEFINE_integer("img_size", 64, "Volume side (crfgan_tf.geometry.SIZES; HA-GAN: HAGAN_SIZES).")
+flags.DEFINE_integer("img_size", 64, "Volume side (crfgan_tf.core.geometry.SIZES; HA-GAN: HAGAN_SIZES).")
 flags.DEFINE_integer("seed", 0, "Seed of the weights, the batch and the CRF's W.")
 flags.DEFINE_bool("json", False, "Print the rows as JSON instead of a markdown table.")
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Model": "model img_size seed",
     "Output": "json",
@@ -27,24 +27,17 @@ HELP_GROUPS = {
 EXAMPLE = "crfgan-deviation-effects --model=crfgan --img_size=64"
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
-    try:
-        geometry.check_size(FLAGS.img_size, FLAGS.model)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    del argv
+    geometry.check_size(FLAGS.img_size, FLAGS.model)
     from crfgan_tf.bench import deviations
 
-    rows = deviations.measure(FLAGS.model, FLAGS.img_size, FLAGS.seed,
-                              log=lambda m: print(m, file=sys.stderr))
+    rows = deviations.measure(FLAGS.model, FLAGS.img_size, FLAGS.seed, log=common.log)
     print(json.dumps(rows, indent=2) if FLAGS.json else deviations.markdown(rows))
     return 0
 
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main)
+    common.run_command(main)

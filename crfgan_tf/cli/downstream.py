@@ -11,12 +11,10 @@ The labels are the records' (converted with --labels_csv) or --labels_csv's; the
 (checked against the export's training cases). Writes downstream.json and downstream.png.
 """
 
-import sys
-
 from absl import flags
 
-from crfgan_tf import runtime
-from crfgan_tf.config import FEATURE_SIDE, FEATURE_SIDE_HELP
+from crfgan_tf.cli import common
+from crfgan_tf.core.geometry import FEATURE_SIDE
 
 FLAGS = flags.FLAGS
 # data
@@ -56,7 +54,7 @@ flags.DEFINE_string("weights", "", "MedicalNet ResNet-50 .npz (tools.import_medi
 flags.DEFINE_bool("allow_random_features", False, "Without --weights, the probe compares with "
                   "a fixed-seed random ResNet-50 (labelled as such).")
 flags.DEFINE_integer("feature_side", FEATURE_SIDE, "MedicalNet's input side in the probe. "
-                     + FEATURE_SIDE_HELP)
+                     + common.FEATURE_SIDE_HELP)
 flags.DEFINE_float("probe_l2", 1.0, "L2 penalty of the logistic regression (standardised "
                    "features).")
 # output
@@ -73,7 +71,7 @@ def _floats(values, flag):
         raise EvaluationError(f"--{flag} must be numbers, got {values}") from None
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Data": "train_records test_records labels_csv positive_class generator_train_records",
     "Synthetic data": "saved_model synthetic_ratios synthetic_labels sample_seed "
@@ -89,30 +87,25 @@ EXAMPLE = ("crfgan-downstream --saved_model=exports/luna256_cond "
            "--output_dir=results/downstream")
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
     del argv
-    from crfgan_tf.evaluation import downstream
-    from crfgan_tf.evaluation.sources import EvaluationError
+    from crfgan_tf.studies import downstream
 
-    try:
-        config = downstream.StudyConfig(
-            train_records=FLAGS.train_records, test_records=FLAGS.test_records,
-            output_dir=FLAGS.output_dir, saved_model=FLAGS.saved_model, features=FLAGS.features,
-            labels_csv=FLAGS.labels_csv, positive_class=FLAGS.positive_class,
-            synthetic_ratios=_floats(FLAGS.synthetic_ratios, "synthetic_ratios"),
-            real_fractions=_floats(FLAGS.real_fractions, "real_fractions"), seeds=FLAGS.seeds,
-            steps=FLAGS.steps, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-            input_size=FLAGS.input_size, sample_seed=FLAGS.sample_seed,
-            synthetic_labels=FLAGS.synthetic_labels,
-            generator_train_records=FLAGS.generator_train_records, bootstrap=FLAGS.bootstrap,
-            weights=FLAGS.weights, allow_random_features=FLAGS.allow_random_features,
-            feature_side=FLAGS.feature_side,
-            probe_l2=FLAGS.probe_l2, generate_batch_size=FLAGS.generate_batch_size)
-        result = downstream.run_study(config, log=lambda m: print(m, file=sys.stderr))
-    except EvaluationError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config = downstream.StudyConfig(
+        train_records=FLAGS.train_records, test_records=FLAGS.test_records,
+        output_dir=FLAGS.output_dir, saved_model=FLAGS.saved_model, features=FLAGS.features,
+        labels_csv=FLAGS.labels_csv, positive_class=FLAGS.positive_class,
+        synthetic_ratios=_floats(FLAGS.synthetic_ratios, "synthetic_ratios"),
+        real_fractions=_floats(FLAGS.real_fractions, "real_fractions"), seeds=FLAGS.seeds,
+        steps=FLAGS.steps, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+        input_size=FLAGS.input_size, sample_seed=FLAGS.sample_seed,
+        synthetic_labels=FLAGS.synthetic_labels,
+        generator_train_records=FLAGS.generator_train_records, bootstrap=FLAGS.bootstrap,
+        weights=FLAGS.weights, allow_random_features=FLAGS.allow_random_features,
+        feature_side=FLAGS.feature_side,
+        probe_l2=FLAGS.probe_l2, generate_batch_size=FLAGS.generate_batch_size)
+    result = downstream.run_study(config, log=common.log)
     if "arms" in result:
         print(f"{'arm':<12} {'real':>5} {'synth':>6}  AUC mean +- sd (per-seed 95 % CI)  "
               "balanced acc.  real-data equivalent")
@@ -132,4 +125,4 @@ def main(argv):
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main)
+    common.run_command(main)

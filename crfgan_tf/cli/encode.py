@@ -12,11 +12,10 @@ export with the `encode` signature (any export of this version; older ones: expo
 """
 
 import json
-import sys
 
 from absl import flags
 
-from crfgan_tf import runtime
+from crfgan_tf.cli import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("saved_model", None, "An export of crfgan_tf.export (CRF-GAN or HA-GAN).")
@@ -37,7 +36,7 @@ flags.register_multi_flags_validator(
     "give exactly one of --records and --scans")
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Input": "saved_model records scans",
     "Output": "output save_embeddings json",
@@ -47,36 +46,32 @@ EXAMPLE = ("crfgan-encode --saved_model=exports/luna256 "
            "--records='data/luna16_256/val-*.tfrecord' --output=results/features.npz")
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
     del argv
     import os
 
-    from crfgan_tf import fileio
     from crfgan_tf.data import records
     from crfgan_tf.evaluation import encoding, sources
+    from crfgan_tf.utils import fileio
 
-    log = (lambda m: print(m, file=sys.stderr)) if FLAGS.json else print
-    try:
-        fileio.ensure_output_dir(os.path.dirname(os.path.abspath(FLAGS.output)), "--output")
-        encoder = encoding.load_encoder(FLAGS.saved_model)
-        module = encoder[0]
-        size = int(module.img_size.numpy())
-        if FLAGS.records:
-            try:
-                count = records.count_records(records.list_record_files(FLAGS.records))
-            except (FileNotFoundError, records.RecordsError) as err:
-                raise sources.EvaluationError(f"--records: {err}") from None
-            cases, source = sources.record_cases(FLAGS.records), FLAGS.records
-        else:
-            window = [float(v) for v in module.window.numpy()]
-            paths = sources.scan_paths(FLAGS.scans)
-            count, cases, source = len(paths), sources.scan_cases(paths, size, window), FLAGS.scans
-        info = encoding.encode_cases(encoder, cases, count, FLAGS.output, source,
-                                     FLAGS.batch_size, FLAGS.save_embeddings, log)
-    except sources.EvaluationError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    log = common.log if FLAGS.json else common.say
+    fileio.ensure_output_dir(os.path.dirname(os.path.abspath(FLAGS.output)), "--output")
+    encoder = encoding.load_encoder(FLAGS.saved_model)
+    module = encoder[0]
+    size = int(module.img_size.numpy())
+    if FLAGS.records:
+        try:
+            count = records.count_records(records.list_record_files(FLAGS.records))
+        except (FileNotFoundError, records.RecordsError) as err:
+            raise sources.EvaluationError(f"--records: {err}") from None
+        cases, source = sources.record_cases(FLAGS.records), FLAGS.records
+    else:
+        window = [float(v) for v in module.window.numpy()]
+        paths = sources.scan_paths(FLAGS.scans)
+        count, cases, source = len(paths), sources.scan_cases(paths, size, window), FLAGS.scans
+    info = encoding.encode_cases(encoder, cases, count, FLAGS.output, source,
+                                 FLAGS.batch_size, FLAGS.save_embeddings, log)
     if FLAGS.json:
         print(json.dumps(info))
         return 0
@@ -88,4 +83,4 @@ def main(argv):
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main)
+    common.run_command(main)

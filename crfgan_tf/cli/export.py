@@ -7,11 +7,9 @@ z float32 [batch, latent_dim] -> volume float32 [batch, S, S, S] in [-1, 1]. Var
 `latent_dim`, `img_size`, `window`, `output_spacing` and `metadata_json` describe it.
 """
 
-import sys
-
 from absl import flags
 
-from crfgan_tf import runtime
+from crfgan_tf.cli import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Training run directory (config.json, checkpoints/).")
@@ -23,7 +21,7 @@ flags.mark_flags_as_required(["model_dir", "export_dir"])
 flags.register_validator("slab", lambda v: v >= 1, message="--slab must be >= 1")
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Input": "model_dir step",
     "Output": "export_dir",
@@ -32,30 +30,21 @@ HELP_GROUPS = {
 EXAMPLE = "crfgan-export --model_dir=runs/luna256 --export_dir=exports/luna256"
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]} (flags need --name=value)", file=sys.stderr)
-        return 2
-    from crfgan_tf import export_lib
+    del argv
+    step = FLAGS.step
+    if step is not None and step != "best":
+        try:
+            step = int(step)
+        except ValueError:
+            raise common.CommandError(
+                f"--step must be an integer or 'best', got {step!r}") from None
+    from crfgan_tf.generation import export as export_lib
 
-    try:
-        step = FLAGS.step
-        if step is not None and step != "best":
-            try:
-                step = int(step)
-            except ValueError:
-                print(f"error: --step must be an integer or 'best', got {step!r}",
-                      file=sys.stderr)
-                return 2
-        export_lib.export(FLAGS.model_dir, FLAGS.export_dir, step, FLAGS.slab,
-                          log=lambda m: print(m, file=sys.stderr))
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    export_lib.export(FLAGS.model_dir, FLAGS.export_dir, step, FLAGS.slab, log=common.log)
 
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main)
+    common.run_command(main)

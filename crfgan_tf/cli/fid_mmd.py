@@ -13,12 +13,12 @@ labelled fixed-seed random network (smoke tests, relative comparisons only).
 
 import json
 import os
-import sys
 
 from absl import flags
 
-from crfgan_tf import intensity, runtime
-from crfgan_tf.config import FEATURE_SIDE, FEATURE_SIDE_HELP, MIN_FEATURE_SIDE
+from crfgan_tf.cli import common
+from crfgan_tf.core import intensity
+from crfgan_tf.core.geometry import FEATURE_SIDE, MIN_FEATURE_SIDE
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("real", None, "Real volumes: TFRecord glob, volume folder/glob, or SavedModel.")
@@ -33,7 +33,7 @@ flags.DEFINE_list("window", [f"{v:g}" for v in intensity.CT_WINDOW],
                   "Intensity window of integer volume files (HU for CT), mapped to [-1, 1].")
 flags.DEFINE_string("cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "crfgan_tf"),
                     "Where real-set features are cached ('' to disable).")
-flags.DEFINE_integer("feature_side", FEATURE_SIDE, "MedicalNet's input side. " + FEATURE_SIDE_HELP)
+flags.DEFINE_integer("feature_side", FEATURE_SIDE, "MedicalNet's input side. " + common.FEATURE_SIDE_HELP)
 flags.DEFINE_bool("json", False, "Print one JSON object.")
 flags.DEFINE_integer("label", None, "Compare one class: the records of that label and a "
                      "conditional SavedModel's samples of it.")
@@ -45,7 +45,7 @@ flags.register_validator("feature_side", lambda v: v >= MIN_FEATURE_SIDE,
                          "down-samples 16x)")
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Data": "real fake num_samples seed label window",
     "Features": "weights allow_random_features feature_side cache_dir",
@@ -56,27 +56,23 @@ EXAMPLE = ("crfgan-fid-mmd --real='data/luna16_256/val-*.tfrecord' --fake=export
            "--weights=weights/medicalnet_resnet50.npz")
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
     del argv
     from crfgan_tf.evaluation import features, fid_mmd, sources
 
-    log = (lambda m: print(m, file=sys.stderr)) if FLAGS.json else print
-    try:
-        window = sources.parse_range(FLAGS.window, "window")
-        opened = {name: sources.open_source(getattr(FLAGS, name), FLAGS.num_samples,
-                                            FLAGS.seed, FLAGS.batch_size, window, FLAGS.label)
-                  for name in ("real", "fake")}
-        extractor = features.load_extractor(FLAGS.weights, FLAGS.allow_random_features,
-                                            max_side=FLAGS.feature_side)
-        log(f"extractor {extractor.name}, weights sha256 {extractor.weights_sha256}")
-        for name, source in opened.items():
-            log(f"--{name}: {source.kind}, {source.count} volumes")
-        result = fid_mmd.fid_mmd(opened["real"], opened["fake"], extractor,
-                                 FLAGS.batch_size, FLAGS.cache_dir or None, log)
-    except sources.EvaluationError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    log = common.log if FLAGS.json else common.say
+    window = sources.parse_range(FLAGS.window, "window")
+    opened = {name: sources.open_source(getattr(FLAGS, name), FLAGS.num_samples,
+                                        FLAGS.seed, FLAGS.batch_size, window, FLAGS.label)
+              for name in ("real", "fake")}
+    extractor = features.load_extractor(FLAGS.weights, FLAGS.allow_random_features,
+                                        max_side=FLAGS.feature_side)
+    log(f"extractor {extractor.name}, weights sha256 {extractor.weights_sha256}")
+    for name, source in opened.items():
+        log(f"--{name}: {source.kind}, {source.count} volumes")
+    result = fid_mmd.fid_mmd(opened["real"], opened["fake"], extractor,
+                             FLAGS.batch_size, FLAGS.cache_dir or None, log)
     if FLAGS.json:
         print(json.dumps(result))
         return 0
@@ -96,4 +92,4 @@ def main(argv):
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main)
+    common.run_command(main)

@@ -10,11 +10,10 @@ one forward pass, and prints the weights' sha256 (the number every FID result qu
 """
 
 import os
-import sys
 
 from absl import flags
 
-from crfgan_tf import runtime
+from crfgan_tf.cli import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "MedicalNet resnet_50.pth (PyTorch).")
@@ -22,7 +21,7 @@ flags.DEFINE_string("output", "medicalnet_resnet50.npz", "Where to write the .np
 flags.mark_flag_as_required("checkpoint")
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Input": "checkpoint",
     "Output": "output",
@@ -31,46 +30,41 @@ EXAMPLE = ("crfgan-import-medicalnet --checkpoint=resnet_50.pth "
            "--output=weights/medicalnet_resnet50.npz")
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
     del argv
     if not os.path.isfile(FLAGS.checkpoint):
-        print(f"error: --checkpoint: no file {FLAGS.checkpoint!r}", file=sys.stderr)
-        return 2
+        raise common.CommandError(f"--checkpoint: no file {FLAGS.checkpoint!r}")
     try:
         import torch
     except ImportError:
-        print("error: reading a .pth checkpoint needs PyTorch: pip install torch "
-              "(CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu)",
-              file=sys.stderr)
-        return 2
+        raise common.CommandError(
+            "reading a .pth checkpoint needs PyTorch: pip install torch (CPU build: pip "
+            "install torch --index-url https://download.pytorch.org/whl/cpu)") from None
     import numpy as np
 
-    from crfgan_tf import fileio
     from crfgan_tf.evaluation import medicalnet
+    from crfgan_tf.utils import fileio
 
     try:
         ckpt = torch.load(FLAGS.checkpoint, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for a bad file
-        print(f"error: --checkpoint {FLAGS.checkpoint!r} is not a readable PyTorch checkpoint: "
-              f"{err}", file=sys.stderr)
-        return 1
+    except Exception as err:  # noqa: BLE001 - torch raises several types for a bad file
+        raise common.CommandError(f"--checkpoint {FLAGS.checkpoint!r} is not a readable "
+                                  f"PyTorch checkpoint: {err}", status=1) from None
     raw = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(raw, dict):
-        print(f"error: --checkpoint {FLAGS.checkpoint!r} holds no state_dict", file=sys.stderr)
-        return 1
+        raise common.CommandError(f"--checkpoint {FLAGS.checkpoint!r} holds no state_dict",
+                                  status=1)
     state = medicalnet.clean_state_dict({k: v.numpy() for k, v in raw.items()
                                          if hasattr(v, "numpy")})
     model = medicalnet.build_resnet50()
     try:
         medicalnet.set_weights(model, state)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except ValueError as err:  # the file is not MedicalNet's ResNet-50
+        raise common.CommandError(str(err), status=1) from None
     features = model(np.zeros((1, 16, 16, 16, 1), np.float32), training=False).numpy()
     if not np.all(np.isfinite(features)):
-        print("error: the converted network gives non-finite features", file=sys.stderr)
-        return 1
+        raise common.CommandError("the converted network gives non-finite features", status=1)
     with fileio.atomic_output(FLAGS.output, ".npz") as tmp:
         medicalnet.save_state(state, tmp)
     print(f"wrote {FLAGS.output}: {len(state)} tensors, "
@@ -80,4 +74,4 @@ def main(argv):
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main)
+    common.run_command(main)

@@ -13,11 +13,10 @@ Exit status: 0 done, 1 the files do not fit (the message names the tensor and th
 2 invalid flags or missing files.
 """
 
-import sys
-
 from absl import flags
 
-from crfgan_tf import geometry, intensity, runtime
+from crfgan_tf.cli import common
+from crfgan_tf.core import geometry, intensity
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", None, ["crfgan", "hagan"], "Which reference wrote the checkpoint.")
@@ -44,7 +43,7 @@ flags.register_validator(
             "define (512^3 is this implementation's own)")
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Input": "model checkpoint_dir iteration",
     "Model": "img_size latent_dim",
@@ -54,32 +53,21 @@ EXAMPLE = ("crfgan-import-reference --model=hagan --checkpoint_dir=HA-GAN/checkp
            "--iteration=80000 --img_size=256 --model_dir=runs/hagan_imported")
 
 
-@runtime.reports_user_errors
+# a file whose tensors do not fit is 1; PyTorch missing (files.load_pth) is the user's
+@common.command(statuses={"crfgan_tf.reference.mapping:ReferenceMismatch": 1},
+                errors=(RuntimeError,))
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]} (flags need --name=value)", file=sys.stderr)
-        return 2
+    del argv
     if FLAGS.iteration < 0:
-        print(f"error: --iteration must be >= 0, got {FLAGS.iteration}", file=sys.stderr)
-        return 2
+        raise common.CommandError(f"--iteration must be >= 0, got {FLAGS.iteration}")
     from crfgan_tf import reference
 
-    try:
-        reference.import_checkpoint(FLAGS.model, FLAGS.checkpoint_dir, FLAGS.iteration,
-                                    FLAGS.img_size, FLAGS.model_dir,
-                                    latent_dim=FLAGS.latent_dim, overwrite=FLAGS.overwrite,
-                                    train_records=FLAGS.train_records,
-                                    log=lambda m: print(m, file=sys.stderr),
-                                    break_lock=FLAGS.break_lock)
-    except reference.ReferenceMismatch as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    reference.import_checkpoint(FLAGS.model, FLAGS.checkpoint_dir, FLAGS.iteration,
+                                FLAGS.img_size, FLAGS.model_dir, latent_dim=FLAGS.latent_dim,
+                                overwrite=FLAGS.overwrite, train_records=FLAGS.train_records,
+                                log=common.log, break_lock=FLAGS.break_lock)
 
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main)
+    common.run_command(main)

@@ -17,8 +17,9 @@ import sys
 
 from absl import flags
 
-from crfgan_tf import fileio, runtime
+from crfgan_tf.cli import common
 from crfgan_tf.data import lidc
+from crfgan_tf.utils import fileio
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input_dir", None, "The LIDC-IDRI download (DICOM series with their XML "
@@ -39,7 +40,7 @@ flags.DEFINE_enum("case_ids", "hash", ["hash", "series_uid"],
 flags.mark_flags_as_required(["input_dir", "output"])
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Input": "input_dir case_ids",
     "Labels": "classes min_diameter_mm min_readers cluster_tolerance_mm",
@@ -48,27 +49,21 @@ HELP_GROUPS = {
 EXAMPLE = "crfgan-lidc-labels --input_dir=/data/LIDC-IDRI --output=data/lidc_labels.csv"
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]} (flags need --name=value)", file=sys.stderr)
-        return 2
+    del argv
     options = lidc.LabelOptions(
         classes=FLAGS.classes, min_diameter_mm=FLAGS.min_diameter_mm,
         min_readers=FLAGS.min_readers, cluster_tolerance_mm=FLAGS.cluster_tolerance_mm,
         case_ids=FLAGS.case_ids)
     stem = FLAGS.output[:-4] if FLAGS.output.lower().endswith(".csv") else FLAGS.output
     nodules_output = FLAGS.nodules_output or stem + "_nodules.csv"
-    try:
-        options.validate()
-        if not os.path.isdir(FLAGS.input_dir):
-            raise lidc.LidcError(f"--input_dir {FLAGS.input_dir!r} is not a directory")
-        fileio.ensure_output_file(FLAGS.output, "--output")
-        fileio.ensure_output_file(nodules_output, "--nodules_output")
-        result = lidc.label_archive(FLAGS.input_dir, options)
-    except lidc.LidcError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    options.validate()
+    if not os.path.isdir(FLAGS.input_dir):
+        raise lidc.LidcError(f"--input_dir {FLAGS.input_dir!r} is not a directory")
+    fileio.ensure_output_file(FLAGS.output, "--output")
+    fileio.ensure_output_file(nodules_output, "--nodules_output")
+    result = lidc.label_archive(FLAGS.input_dir, options)
     lidc.write_outputs(result, options, FLAGS.output, nodules_output)
     names = lidc.CLASSES[FLAGS.classes]
     counts = {name: sum(v == k for v in result["labels"].values()) for k, name in enumerate(names)}
@@ -81,10 +76,10 @@ def main(argv):
               f"nodule get no {FLAGS.classes} label, e.g. {result['unlabelled'][:3]}",
               file=sys.stderr)
     for problem in result["problems"]:
-        print(f"lidc_labels: SKIPPED {problem}", file=sys.stderr)
+        print(common.flagged(f"lidc_labels: SKIPPED {problem}"), file=sys.stderr)
     return 1 if result["problems"] else 0
 
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main, load_tensorflow=False)
+    common.run_command(main, load_tensorflow=False)

@@ -12,10 +12,9 @@ import sys
 
 from absl import flags
 
-from crfgan_tf import fileio, runtime
-from crfgan_tf.data import convert
-from crfgan_tf.data import labels
-from crfgan_tf.data import preprocess
+from crfgan_tf.cli import common
+from crfgan_tf.data import convert, labels, preprocess
+from crfgan_tf.utils import fileio
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("annotations", None, "LUNA16 annotations.csv (seriesuid, coordX, coordY, "
@@ -29,7 +28,7 @@ flags.register_validator("min_diameter_mm", lambda v: v > 0,
                          message="--min_diameter_mm must be > 0")
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Input": "annotations input_dir",
     "Labels": "min_diameter_mm",
@@ -39,25 +38,20 @@ EXAMPLE = ("crfgan-luna16-labels --annotations=/data/LUNA16/annotations.csv "
            "--input_dir=/data/LUNA16 --output=data/luna16_labels.csv")
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]} (flags need --name=value)", file=sys.stderr)
-        return 2
+    del argv
     if not os.path.isdir(FLAGS.input_dir):
-        print(f"error: --input_dir {FLAGS.input_dir!r} is not a directory", file=sys.stderr)
-        return 2
+        raise common.CommandError(f"--input_dir {FLAGS.input_dir!r} is not a directory")
     fileio.ensure_output_file(FLAGS.output, "--output")
     try:
         nodules = labels.read_luna_annotations(FLAGS.annotations)
     except labels.LabelsError as err:
-        print(f"error: --annotations: {err}", file=sys.stderr)
-        return 2
+        raise common.CommandError(f"--annotations: {err}") from None
     case_ids = [preprocess.case_id_from_path(p)
                 for p in convert.discover_scans(FLAGS.input_dir, "luna16")]
     if not case_ids:
-        print(f"error: no .mhd/.mha scans under --input_dir {FLAGS.input_dir!r}", file=sys.stderr)
-        return 2
+        raise common.CommandError(f"no .mhd/.mha scans under --input_dir {FLAGS.input_dir!r}")
     table = labels.luna16_labels(nodules, case_ids, FLAGS.min_diameter_mm)
     labels.write_labels_csv(FLAGS.output, table, labels.LUNA_CLASS_NAMES)
     positive = sum(table.values())
@@ -73,4 +67,4 @@ def main(argv):
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main, load_tensorflow=False)
+    common.run_command(main, load_tensorflow=False)

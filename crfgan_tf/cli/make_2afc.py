@@ -12,11 +12,11 @@ only; `study/key/` holds the answer key for tools.analyze_2afc. --label=K builds
 from one class (labelled records, conditional models).
 """
 
-import sys
-
 from absl import flags
 
-from crfgan_tf import dirlock, fileio, intensity, runtime
+from crfgan_tf.cli import common
+from crfgan_tf.core import intensity
+from crfgan_tf.utils import dirlock
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("real", None, "Real volumes (section 1).")
@@ -49,7 +49,7 @@ flags.register_validator("volumes_per_source", lambda v: v >= 1,
                          "--volumes_per_source must be >= 1")
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Data": "real model_a model_b model_a_name model_b_name label window",
     "Study design": "section1_pairs section2_pairs volumes_per_source planes position_range seed",
@@ -59,35 +59,30 @@ EXAMPLE = ("crfgan-make-2afc --real='data/luna16_256/val-*.tfrecord' --model_a=e
            "--model_b=exports/luna256_hagan --output_dir=results/study")
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
     del argv
     from crfgan_tf.evaluation import sources
-    from crfgan_tf.reader_study import StudyError, build
+    from crfgan_tf.studies.reader_study import build, StudyError
 
-    try:
-        window = sources.parse_range(FLAGS.window, "window")
-        position_range = sources.parse_range(FLAGS.position_range, "position_range")
-        needed = {"real": FLAGS.section1_pairs > 0,
-                  "model_a": FLAGS.section1_pairs + FLAGS.section2_pairs > 0,
-                  "model_b": FLAGS.section2_pairs > 0}
-        # everything that can be refused is refused before a volume is generated
-        for name, need in needed.items():
-            if need and not getattr(FLAGS, name):
-                raise StudyError(f"--{name} is required for the sections asked for")
-        build.check_output_dir(FLAGS.output_dir, FLAGS.overwrite)
-        with dirlock.DirLock(FLAGS.output_dir, "--output_dir", FLAGS.break_lock):
-            _build(window, position_range, needed)
-    except (StudyError, sources.EvaluationError, fileio.OutputError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    window = sources.parse_range(FLAGS.window, "window")
+    position_range = sources.parse_range(FLAGS.position_range, "position_range")
+    needed = {"real": FLAGS.section1_pairs > 0,
+              "model_a": FLAGS.section1_pairs + FLAGS.section2_pairs > 0,
+              "model_b": FLAGS.section2_pairs > 0}
+    # everything that can be refused is refused before a volume is generated
+    for name, need in needed.items():
+        if need and not getattr(FLAGS, name):
+            raise StudyError(f"--{name} is required for the sections asked for")
+    build.check_output_dir(FLAGS.output_dir, FLAGS.overwrite)
+    with dirlock.DirLock(FLAGS.output_dir, "--output_dir", FLAGS.break_lock, common.log):
+        _build(window, position_range, needed)
 
 
 def _build(window, position_range, needed: dict) -> None:
     """The study's volumes, generated or read, and its files (under the output lock)."""
     from crfgan_tf.evaluation import sources
-    from crfgan_tf.reader_study import build
+    from crfgan_tf.studies.reader_study import build
 
     volumes, specs = {}, {}
     for name, need in needed.items():
@@ -97,14 +92,14 @@ def _build(window, position_range, needed: dict) -> None:
         source = sources.open_source(spec, FLAGS.volumes_per_source, FLAGS.seed, 1, window,
                                      FLAGS.label)
         count = min(FLAGS.volumes_per_source, source.count or FLAGS.volumes_per_source)
-        volumes[name] = build.load_hu_volumes(source, count, window, name)
+        volumes[name] = build.load_hu_volumes(source, count, window, name, log=common.say)
         specs[name] = spec if FLAGS.label is None else f"{spec} (class {FLAGS.label})"
     build.make_study(
         volumes, FLAGS.output_dir, FLAGS.section1_pairs, FLAGS.section2_pairs,
         (FLAGS.model_a_name, FLAGS.model_b_name), FLAGS.seed, tuple(FLAGS.planes),
-        position_range, sources=specs, overwrite=FLAGS.overwrite)
+        position_range, sources=specs, overwrite=FLAGS.overwrite, log=common.say)
 
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main)
+    common.run_command(main)

@@ -10,7 +10,7 @@ import sys
 
 from absl import flags
 
-from crfgan_tf import runtime
+from crfgan_tf.cli import common
 from crfgan_tf.data import phantom
 
 FLAGS = flags.FLAGS
@@ -32,7 +32,7 @@ flags.register_validator("num_slices", lambda v: v >= 16, message="--num_slices 
 flags.register_validator("num_scans", lambda v: v >= 1, message="--num_scans must be >= 1")
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Phantoms": "num_scans in_plane num_slices slice_thickness pixel_spacing seed nodules "
                 "nodule_diameter_mm",
@@ -41,7 +41,7 @@ HELP_GROUPS = {
 EXAMPLE = "crfgan-make-phantoms --output_dir=phantoms --num_scans=8"
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
     del argv
     spec = phantom.PhantomSpec(
@@ -53,14 +53,12 @@ def main(argv):
         if not 0 < low <= high:
             raise ValueError
     except ValueError:
-        print(f"error: --nodule_diameter_mm must be min,max with 0 < min <= max, got "
-              f"{FLAGS.nodule_diameter_mm}", file=sys.stderr)
-        return 2
+        raise common.CommandError(f"--nodule_diameter_mm must be min,max with 0 < min <= max, "
+                                  f"got {FLAGS.nodule_diameter_mm}") from None
     if FLAGS.format == "dicom":
         if FLAGS.nodules:
-            print("error: --nodules writes LUNA16's annotations.csv: use --format=mhd",
-                  file=sys.stderr)
-            return 2
+            raise common.CommandError("--nodules writes LUNA16's annotations.csv: use "
+                                      "--format=mhd")
         from crfgan_tf.data import dicom_write
 
         folders = dicom_write.write_phantom_archive(FLAGS.output_dir, FLAGS.num_scans, spec,
@@ -76,4 +74,4 @@ def main(argv):
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main, load_tensorflow=False)
+    common.run_command(main, load_tensorflow=False)

@@ -15,12 +15,11 @@ Exit status 0 either way; --fail_on_memorisation makes a flagged audit exit 1.
 """
 
 import json
-import sys
 
 from absl import flags
 
-from crfgan_tf import runtime
-from crfgan_tf.config import FEATURE_SIDE, FEATURE_SIDE_HELP
+from crfgan_tf.cli import common
+from crfgan_tf.core.geometry import FEATURE_SIDE
 
 FLAGS = flags.FLAGS
 # data
@@ -35,7 +34,7 @@ flags.DEFINE_integer("batch_size", 1, "Volumes per generator call.")
 flags.DEFINE_string("weights", "", "MedicalNet ResNet-50 .npz from tools.import_medicalnet.")
 flags.DEFINE_bool("allow_random_features", False, "Without --weights, a fixed-seed random "
                   "ResNet-50 (labelled; smoke tests only).")
-flags.DEFINE_integer("feature_side", FEATURE_SIDE, "MedicalNet's input side. " + FEATURE_SIDE_HELP)
+flags.DEFINE_integer("feature_side", FEATURE_SIDE, "MedicalNet's input side. " + common.FEATURE_SIDE_HELP)
 flags.DEFINE_integer("voxel_size", 32, "Voxel space: volumes averaged over blocks down to "
                      "voxel_size^3.")
 # the verdict
@@ -51,7 +50,7 @@ flags.DEFINE_bool("json", False, "Print the result's statistics as one JSON obje
 flags.mark_flags_as_required(["saved_model", "train_records", "holdout_records", "output_dir"])
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Data": "saved_model train_records holdout_records num_samples seed",
     "Features": "weights allow_random_features feature_side voxel_size",
@@ -64,31 +63,26 @@ EXAMPLE = ("crfgan-memorization --saved_model=exports/luna256 "
            "--holdout_records='data/luna16_256/val-*.tfrecord' --output_dir=results/memorization")
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
     del argv
-    from crfgan_tf.evaluation import memorization
-    from crfgan_tf.evaluation.sources import EvaluationError
+    from crfgan_tf.studies import memorization
 
-    try:
-        result = memorization.run_audit(memorization.AuditConfig(
-            saved_model=FLAGS.saved_model, train_records=FLAGS.train_records,
-            holdout_records=FLAGS.holdout_records, output_dir=FLAGS.output_dir,
-            num_samples=FLAGS.num_samples, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
-            voxel_size=FLAGS.voxel_size, weights=FLAGS.weights,
-            allow_random_features=FLAGS.allow_random_features, feature_side=FLAGS.feature_side,
-            max_copy_share=FLAGS.max_copy_share, alpha=FLAGS.alpha, pairs=FLAGS.pairs),
-            log=lambda m: print(m, file=sys.stderr))
-    except EvaluationError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    result = memorization.run_audit(memorization.AuditConfig(
+        saved_model=FLAGS.saved_model, train_records=FLAGS.train_records,
+        holdout_records=FLAGS.holdout_records, output_dir=FLAGS.output_dir,
+        num_samples=FLAGS.num_samples, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
+        voxel_size=FLAGS.voxel_size, weights=FLAGS.weights,
+        allow_random_features=FLAGS.allow_random_features, feature_side=FLAGS.feature_side,
+        max_copy_share=FLAGS.max_copy_share, alpha=FLAGS.alpha, pairs=FLAGS.pairs),
+        log=common.log)
     if FLAGS.json:
         print(json.dumps({k: v for k, v in result.items() if k != "closest"}))
     else:
-        print(result["verdict"])
+        print(common.flagged(result["verdict"]))
     return 1 if FLAGS.fail_on_memorisation and result["memorisation_flagged"] else 0
 
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main)
+    common.run_command(main)

@@ -1,5 +1,5 @@
 """The memory a training run will need, before it runs: a breakdown read off the real
-training step (crfgan_tf/memory_plan.py) and what fits on which GPU.
+training step (crfgan_tf/training/memory_plan.py) and what fits on which GPU.
 
   python -m tools.plan_memory --model=crfgan --img_size=256 --batch_size=2
   python -m tools.plan_memory --model=hagan --img_size=512 --batch_size=1 --gpu_memory=24GB --nofits
@@ -15,13 +15,12 @@ import sys
 
 from absl import flags
 
-from crfgan_tf import config as config_lib
-from crfgan_tf import geometry, runtime
-from crfgan_tf.cli import validate_embedding_factor
+from crfgan_tf.cli import common
+from crfgan_tf.core import geometry
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "crfgan", ["crfgan", "hagan"], "Model type.")
-flags.DEFINE_integer("img_size", 256, "Volume side (crfgan_tf.geometry.SIZES).")
+flags.DEFINE_integer("img_size", 256, "Volume side (crfgan_tf.core.geometry.SIZES).")
 flags.DEFINE_integer("batch_size", 2, "Batch size per device (crfgan-train --batch_size on "
                      "one device; with several, the per-replica batch).")
 flags.DEFINE_enum("precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
@@ -29,10 +28,10 @@ flags.DEFINE_enum("precision", "float32", ["float32", "mixed_float16", "mixed_bf
 flags.DEFINE_float("width", 1.0, "Channel multiplier (1 = the paper's networks).")
 flags.DEFINE_integer("latent_dim", 1024, "Latent size.")
 flags.DEFINE_enum("crf_sample", "fresh", ["fresh", "reuse"], "CRF-GAN's --crf_sample.")
-flags.DEFINE_integer("embedding_factor", 0, config_lib.EMBEDDING_FACTOR_HELP)
-validate_embedding_factor("model")
+flags.DEFINE_integer("embedding_factor", 0, common.EMBEDDING_FACTOR_HELP)
+common.validate_embedding_factor("model")
 flags.DEFINE_integer("crf_encoder_slab", 0, "CRF-GAN's --crf_encoder_slab (0: one pass).")
-flags.DEFINE_bool("remat", False, config_lib.REMAT_HELP)
+flags.DEFINE_bool("remat", False, common.REMAT_HELP)
 flags.DEFINE_integer("num_classes", 0, "Classes of a conditional model (0: unconditional).")
 flags.DEFINE_bool("lean_cpu_memory", False,
                   "Plan the CPU working memory for crfgan-train's lean allocator "
@@ -74,19 +73,19 @@ flags.register_multi_flags_validator(
 def _check_gpu_memory(value):
     if not value:
         return True
-    from crfgan_tf import memory_plan
+    from crfgan_tf.training import memory_plan
 
     try:
         memory_plan.parse_memory(value)
     except ValueError as err:
-        raise flags.ValidationError(str(err)) from None
+        raise flags.ValidationError(common.flagged(str(err))) from None
     return True
 
 
 flags.register_validator("gpu_memory", _check_gpu_memory)
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Run to plan": "model img_size embedding_factor batch_size precision width latent_dim "
                    "crf_sample crf_encoder_slab remat num_classes",
@@ -107,7 +106,7 @@ def _gb(n) -> str:
 
 
 def _print_plan(p: dict, gpu_memory: int) -> None:
-    from crfgan_tf import memory_plan
+    from crfgan_tf.training import memory_plan
 
     name = "CRF-GAN" if p["model"] == "crfgan" else "HA-GAN"
     print(f"{name} {p['img_size']}^3 batch {p['batch_size']}, {p['precision']}, width "
@@ -149,7 +148,7 @@ def _print_plan(p: dict, gpu_memory: int) -> None:
 def _fits_table(req, step, progress) -> list:
     """Per (size, precision): GPU bytes at FITS_BATCHES and the largest batch per card
     (`step`, req's own trace, is reused for its size and precision)."""
-    from crfgan_tf import memory_plan
+    from crfgan_tf.training import memory_plan
 
     sizes = geometry.HAGAN_SIZES if req.model == "hagan" else geometry.SIZES
     if FLAGS.fits_sizes:
@@ -176,7 +175,7 @@ def _fits_table(req, step, progress) -> list:
 
 
 def _print_fits(rows: list, model: str) -> None:
-    from crfgan_tf import memory_plan
+    from crfgan_tf.training import memory_plan
 
     cards = memory_plan.DEVICE_MEMORY_GB
     print(f"\nGPU memory (GB) and the largest batch per card, {model} (planned, not measured "
@@ -191,12 +190,12 @@ def _print_fits(rows: list, model: str) -> None:
     print("  '-': not even batch 1. Batches above 256 are not searched.")
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
     del argv
     import tensorflow as tf
 
-    from crfgan_tf import memory_plan
+    from crfgan_tf.training import memory_plan
 
     try:  # tracing needs no GPU: leave a GPU that is training something alone
         tf.config.set_visible_devices([], "GPU")
@@ -232,4 +231,4 @@ def main(argv):
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main)
+    common.run_command(main)

@@ -15,14 +15,13 @@ import sys
 
 from absl import flags
 
-from crfgan_tf import config as config_lib
-from crfgan_tf import geometry, runtime
-from crfgan_tf.cli import validate_embedding_factor
 from crfgan_tf.bench import training
+from crfgan_tf.cli import common
+from crfgan_tf.core import geometry
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["crfgan", "hagan"], "Models to profile: crfgan, hagan.")
-flags.DEFINE_integer("img_size", 128, "Volume side (crfgan_tf.geometry.SIZES).")
+flags.DEFINE_integer("img_size", 128, "Volume side (crfgan_tf.core.geometry.SIZES).")
 flags.DEFINE_list("batch_sizes", ["2"], "Batch sizes.")
 flags.DEFINE_integer("steps", 5, "Timed iterations (median reported).")
 flags.DEFINE_integer("warmup", 2, "Untimed iterations first (tracing, allocator warm-up).")
@@ -35,10 +34,10 @@ flags.DEFINE_bool("lean_cpu_memory", False,
                   "lower peak RSS, slower iterations.")
 flags.DEFINE_enum("crf_sample", "fresh", ["fresh", "reuse"],
                   "CRF-GAN's CRF phase sample (crfgan_tf.train --crf_sample).")
-flags.DEFINE_integer("embedding_factor", 0, config_lib.EMBEDDING_FACTOR_HELP)
-validate_embedding_factor("models")
+flags.DEFINE_integer("embedding_factor", 0, common.EMBEDDING_FACTOR_HELP)
+common.validate_embedding_factor("models")
 flags.DEFINE_integer("crf_encoder_slab", 0, "CRF-GAN's --crf_encoder_slab (0: one pass).")
-flags.DEFINE_bool("remat", False, config_lib.REMAT_HELP)
+flags.DEFINE_bool("remat", False, common.REMAT_HELP)
 flags.DEFINE_enum("adam", "pytorch", ["pytorch", "keras"], "Adam variant (--adam).")
 flags.DEFINE_integer("live_at_peak", 0,
                      "N > 0: after the timed steps, one more step under TensorFlow's profiler; "
@@ -62,7 +61,7 @@ flags.register_multi_flags_validator(
     message=f"--models=hagan needs --img_size in {geometry.HAGAN_SIZES} (HA-GAN has no 64^3 variant)")
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Models": "models img_size embedding_factor batch_sizes width crf_sample crf_encoder_slab "
               "remat adam",
@@ -73,7 +72,7 @@ HELP_GROUPS = {
 EXAMPLE = "crfgan-profile-memory --models=crfgan,hagan --img_size=128 --batch_sizes=2,4"
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
     del argv
     rows = []
@@ -117,4 +116,4 @@ def main(argv):
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main, load_tensorflow=False)
+    common.run_command(main, load_tensorflow=False)

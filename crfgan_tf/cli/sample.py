@@ -8,11 +8,9 @@ Each volume is written in HU as int16 with spacing, origin and direction (opens 
 and ITK-SNAP), plus a PNG preview of its mid-slices at a lung window.
 """
 
-import sys
-
 from absl import flags
 
-from crfgan_tf import runtime
+from crfgan_tf.cli import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("saved_model", None, "Directory written by python -m crfgan_tf.export.")
@@ -29,7 +27,7 @@ flags.register_validator("num_samples", lambda v: v >= 1, message="--num_samples
 flags.register_validator("batch_size", lambda v: v >= 1, message="--batch_size must be >= 1")
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Input": "saved_model",
     "Generation": "num_samples seed batch_size label labels",
@@ -38,32 +36,22 @@ HELP_GROUPS = {
 EXAMPLE = "crfgan-sample --saved_model=exports/luna256 --num_samples=4 --output_dir=samples/luna256"
 
 
-@runtime.reports_user_errors
+@common.command()
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]} (flags need --name=value)", file=sys.stderr)
-        return 2
+    del argv
     if FLAGS.label is not None and FLAGS.labels:
-        print("error: give --label or --labels, not both", file=sys.stderr)
-        return 2
+        raise common.CommandError("give --label or --labels, not both")
     try:
         labels = [FLAGS.label] if FLAGS.label is not None else \
             [int(v) for v in FLAGS.labels or []]
     except ValueError:
-        print(f"error: --labels must be integers, got {FLAGS.labels}", file=sys.stderr)
-        return 2
-    from crfgan_tf import sample_lib
+        raise common.CommandError(f"--labels must be integers, got {FLAGS.labels}") from None
+    from crfgan_tf.generation import sample as sample_lib
 
-    try:
-        sample_lib.sample(FLAGS.saved_model, FLAGS.num_samples, FLAGS.seed, FLAGS.output_dir,
-                          FLAGS.format, FLAGS.batch_size, log=lambda m: print(m, file=sys.stderr),
-                          labels=labels)
-    except (sample_lib.SavedModelError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    sample_lib.sample(FLAGS.saved_model, FLAGS.num_samples, FLAGS.seed, FLAGS.output_dir,
+                      FLAGS.format, FLAGS.batch_size, log=common.log, labels=labels)
 
 
 def run():
     """The command (console script, python -m shim)."""
-    runtime.run_command(main)
+    common.run_command(main)

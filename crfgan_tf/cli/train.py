@@ -5,7 +5,7 @@
 Starting again with the same --model_dir resumes from its latest checkpoint; raising
 --train_steps continues a finished run. Only --train_steps, the logging, image and
 checkpoint intervals, --keep_checkpoints, --profile_steps, --jit_compile, --strategy and
---cpu_devices may change on resume; other changes are refused (crfgan_tf/rundir.py).
+--cpu_devices may change on resume; other changes are refused (crfgan_tf/run/rundir.py).
 --dry_run prints the resolved config and exits.
 
 SIGTERM, SIGINT and SIGUSR1 (--save_on_signals) stop the run after the step in progress
@@ -22,9 +22,11 @@ import sys
 
 from absl import flags
 
-from crfgan_tf import config as config_lib
-from crfgan_tf import geometry, rundir, runtime
-from crfgan_tf.cli import validate_embedding_factor
+from crfgan_tf.cli import common
+from crfgan_tf.core import geometry
+from crfgan_tf.run import config as config_lib
+from crfgan_tf.run import rundir
+from crfgan_tf.utils import runtime
 
 FLAGS = flags.FLAGS
 _D = config_lib.TrainConfig  # defaults live in one place: the dataclass
@@ -36,11 +38,11 @@ flags.DEFINE_string("train_records", _defaults["train_records"],
 flags.DEFINE_enum("model", _defaults["model"], list(config_lib.MODELS),
                   "crfgan (the paper) or hagan (the HA-GAN baseline, 128/256 only).")
 flags.DEFINE_integer("img_size", _defaults["img_size"],
-                     "Volume side S: 64, 128, 256 or 512 (crfgan_tf.geometry.SIZES; 512 is "
+                     "Volume side S: 64, 128, 256 or 512 (crfgan_tf.core.geometry.SIZES; 512 is "
                      "beyond the references, docs/resolution.md).")
 flags.DEFINE_integer("embedding_factor", _defaults["embedding_factor"],
-                     config_lib.EMBEDDING_FACTOR_HELP)
-validate_embedding_factor("model")
+                     common.EMBEDDING_FACTOR_HELP)
+common.validate_embedding_factor("model")
 flags.DEFINE_integer("batch_size", _defaults["batch_size"],
                      "Global batch size: all replicas together; it must divide by the "
                      "replicas. Learning rates are not scaled with it.")
@@ -76,7 +78,7 @@ flags.DEFINE_integer("crf_encoder_slab", _defaults["crf_encoder_slab"],
                      "embedding up to float rounding in less memory, for more time (512^3 "
                      "batch 1 on CPU with 8: -51 % memory, +110 % per iteration). 0: in one "
                      "pass (the reference). May change when a run resumes.")
-flags.DEFINE_bool("remat", _defaults["remat"], config_lib.REMAT_HELP)
+flags.DEFINE_bool("remat", _defaults["remat"], common.REMAT_HELP)
 flags.DEFINE_enum("hagan_low_res", _defaults["hagan_low_res"], list(config_lib.LOW_RES_MODES),
                   "HA-GAN's S/4 real volume: nearest (every 4th voxel, the reference) or "
                   "average (4^3 average pooling, anti-aliased).")
@@ -117,7 +119,7 @@ flags.DEFINE_string("eval_records", _defaults["eval_records"],
 flags.DEFINE_integer("eval_samples", _defaults["eval_samples"],
                      "Volumes generated per evaluation, from fixed latents.")
 flags.DEFINE_integer("eval_feature_side", _defaults["eval_feature_side"],
-                     "MedicalNet's input side in the evaluation. " + config_lib.FEATURE_SIDE_HELP)
+                     "MedicalNet's input side in the evaluation. " + common.FEATURE_SIDE_HELP)
 flags.DEFINE_string("fid_weights", _defaults["fid_weights"],
                     "MedicalNet ResNet-50 .npz (tools.import_medicalnet) for FD = FID; without "
                     "it a fixed-seed random network (labelled; the run's own trend only).")
@@ -160,19 +162,10 @@ flags.register_validator("width", lambda v: 0 < v <= 4, message="--width must be
 
 
 def config_from_flags() -> config_lib.TrainConfig:
+    """The flags as a TrainConfig, with the run directory's resume rules applied
+    (rundir.resume_config: what a start of --model_dir runs with)."""
     names = [f.name for f in __import__("dataclasses").fields(config_lib.TrainConfig)]
-    values = {n: getattr(FLAGS, n) for n in names}
-    if not values["embedding_factor"] and FLAGS.model_dir:
-        # --embedding_factor=0 (the size's default): a run resumes with the factor it has
-        # (a 512^3 CRF-GAN run started with 4, e.g. before 8 became the default there)
-        try:
-            stored = rundir.read_config(FLAGS.model_dir)
-        except (OSError, ValueError, TypeError):  # unreadable: train() reports it
-            stored = None
-        if stored is not None and (stored.img_size, stored.model) == (values["img_size"],
-                                                                       values["model"]):
-            values["embedding_factor"] = stored.embedding_factor
-    return config_lib.TrainConfig(**values)
+    return rundir.resume_config(config_lib.TrainConfig(**{n: getattr(FLAGS, n) for n in names}))
 
 
 def _flags_text() -> str:
@@ -216,7 +209,7 @@ def _own_flags_of_run_flagfiles(argv):
     return out
 
 
-# --help (crfgan_tf/helptext.py): every flag above, by group, then the example
+# --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Data": "train_records demo_data_dir demo_nodules shuffle_buffer seed",
     "Model": "model img_size embedding_factor latent_dim width num_classes lambda_class "
@@ -234,46 +227,32 @@ HELP_GROUPS = {
 EXAMPLE = "crfgan-train --flagfile=configs/luna.flags --model_dir=runs/luna256"
 
 
-@runtime.reports_user_errors
+@common.command(statuses={"crfgan_tf.training.loop:NonFiniteLossError": 3})
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]} (flags need --name=value)", file=sys.stderr)
-        return 2
+    del argv
     config = config_from_flags()
-    try:
-        config.validate()
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config.validate()
     if FLAGS.dry_run:
         print(config.to_json())
         return 0
     runtime.quiet_tensorflow()
-    from crfgan_tf import checkpointing, train_lib  # TensorFlow loads only for real work
+    from crfgan_tf.training import loop as train_lib
+    from crfgan_tf.utils import preemption
 
     if FLAGS.demo_data_dir:
         from crfgan_tf.data import demo
 
-        demo.prepare_demo_data(FLAGS.demo_data_dir, size=config.img_size,
-                               log=lambda m: print(m, file=sys.stderr),
+        demo.prepare_demo_data(FLAGS.demo_data_dir, size=config.img_size, log=common.log,
                                nodules=FLAGS.demo_nodules)
-
-    from crfgan_tf import preemption
-
     try:
-        train_lib.train(config, flags_text=_flags_text(), break_lock=FLAGS.break_lock)
-    except preemption.Interrupted as err:  # train_lib has said where it saved
+        train_lib.train(config, log=common.log, flags_text=_flags_text(),
+                        break_lock=FLAGS.break_lock)
+    except preemption.Interrupted as err:  # a stop, not an error: train has said where it saved
         return preemption.exit_status(err.signum, FLAGS.exit_zero_on_signal)
-    except train_lib.NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
-    except (ValueError, FileNotFoundError, checkpointing.NoReadableCheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     return 0
 
 
 def run():
     """The command (console script, python -m shim)."""
     sys.argv[1:] = _own_flags_of_run_flagfiles(sys.argv[1:])
-    runtime.run_command(main, load_tensorflow=False)
+    common.run_command(main, load_tensorflow=False)

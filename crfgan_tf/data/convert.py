@@ -30,12 +30,12 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional
 
-from crfgan_tf import dirlock, fileio, intensity
-from crfgan_tf.data import dicom
+from crfgan_tf.core import intensity
 from crfgan_tf.data import labels as labels_lib
 from crfgan_tf.data import manifest as manifest_lib
-from crfgan_tf.data import preprocess
-from crfgan_tf.progress import Progress
+from crfgan_tf.data import dicom, preprocess
+from crfgan_tf.utils import dirlock, fileio
+from crfgan_tf.utils.progress import Progress
 
 SIZES = (64, 128, 256, 512)  # --size (512 for other tools; training: geometry.SIZES)
 LIBRARY_SIZES = (16, 32) + SIZES  # 16 and 32 serve tests
@@ -91,30 +91,30 @@ class ConvertConfig:
     def validate(self) -> None:
         """Raises ValueError naming the offending setting (the flag of the same name)."""
         if self.dataset not in DATASETS:
-            raise ValueError(f"--dataset must be one of {DATASETS}, got {self.dataset!r}")
+            raise ValueError(f"`dataset` must be one of {DATASETS}, got {self.dataset!r}")
         if self.dataset == "generic" and self.modality not in ("ct", "mri"):
-            raise ValueError("--dataset=generic needs --modality=ct or --modality=mri")
+            raise ValueError("`dataset=generic` needs `modality=ct` or `modality=mri`")
         if (self.dataset not in ("generic", "dicom")
                 and self.modality not in ("", self.resolved_modality)):
-            raise ValueError(f"--modality={self.modality} contradicts --dataset={self.dataset}")
+            raise ValueError(f"`modality={self.modality}` contradicts `dataset={self.dataset}`")
         if self.size not in LIBRARY_SIZES:  # the CLI allows 64-512; 16 and 32 serve tests
-            raise ValueError(f"--size must be one of {LIBRARY_SIZES}, got {self.size}")
+            raise ValueError(f"`size` must be one of {LIBRARY_SIZES}, got {self.size}")
         if self.num_shards < 1:
-            raise ValueError(f"--num_shards must be >= 1, got {self.num_shards}")
+            raise ValueError(f"`num_shards` must be >= 1, got {self.num_shards}")
         if self.num_val_shards < 0:
-            raise ValueError(f"--num_val_shards must be >= 0, got {self.num_val_shards}")
+            raise ValueError(f"`num_val_shards` must be >= 0, got {self.num_val_shards}")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"--val_fraction must be in [0, 1), got {self.val_fraction}")
+            raise ValueError(f"`val_fraction` must be in [0, 1), got {self.val_fraction}")
         if self.workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+            raise ValueError(f"`workers` must be >= 1, got {self.workers}")
         if self.compression not in ("none", "gzip"):
-            raise ValueError(f"--compression must be none or gzip, got {self.compression!r}")
+            raise ValueError(f"`compression` must be none or gzip, got {self.compression!r}")
         if not os.path.isdir(self.input_dir):
-            raise ValueError(f"--input_dir {self.input_dir!r} is not a directory")
+            raise ValueError(f"`input_dir` {self.input_dir!r} is not a directory")
         if self.labels_csv and not os.path.isfile(self.labels_csv):
-            raise ValueError(f"--labels_csv {self.labels_csv!r} is not a file")
+            raise ValueError(f"`labels_csv` {self.labels_csv!r} is not a file")
         if self.num_classes < 0 or (self.num_classes and not self.labels_csv):
-            raise ValueError("--num_classes needs --labels_csv and must be >= 0, got "
+            raise ValueError("`num_classes` needs `labels_csv` and must be >= 0, got "
                              f"{self.num_classes}")
         self.series_options().validate()
 
@@ -210,7 +210,7 @@ def _init_worker(threads: int) -> None:
 
 def source_name(scan) -> str:
     """What the manifest, the records and the log call a case's scan: a file's path, a
-    DICOM series' description (no path unless --case_ids=path)."""
+    DICOM series' description (no path unless `case_ids=path`)."""
     return scan.source if isinstance(scan, dicom.Series) else scan
 
 
@@ -250,7 +250,7 @@ def _log(msg: str) -> None:
 def run_conversion(config: ConvertConfig, log: Callable[[str], None] = _log,
                    break_lock: bool = False) -> dict:
     """Converts every scan of `config.input_dir`; returns the summary (also in the manifest).
-    The output directory's lock (crfgan_tf.dirlock) is held throughout.
+    The output directory's lock (crfgan_tf.utils.dirlock) is held throughout.
 
     Raises:
       ValueError: invalid settings, no scans found, or an output directory holding a
@@ -266,7 +266,7 @@ def run_conversion(config: ConvertConfig, log: Callable[[str], None] = _log,
     studies = {c: s.study for c, s in cases.items() if isinstance(s, dicom.Series)}
     split = split_cases(list(cases), config.val_fraction, config.seed, studies)
     shards = plan_shards(cases, split, config)
-    with dirlock.DirLock(config.output_dir, "--output_dir", break_lock, log):
+    with dirlock.DirLock(config.output_dir, "`output_dir`", break_lock, log):
         return _convert(config, cases, failures, table, shards, start, log, series)
 
 
@@ -334,7 +334,7 @@ def _discover_cases(config: ConvertConfig, log=_log):
                 f"{'/'.join(SUFFIXES[config.dataset])} scans"
                 + (" or DICOM series" if config.dataset == "generic" else ""))
         found = f" ({len(series)} series found, none convertible: see above)" if series else ""
-        raise ValueError(f"no {what} under --input_dir {config.input_dir!r}{found}")
+        raise ValueError(f"no {what} under `input_dir` {config.input_dir!r}{found}")
     cases: Dict[str, object] = {}
     failures: Dict[str, dict] = {}
     for s in series:
@@ -406,7 +406,7 @@ def _find_series(config: ConvertConfig, log, skip) -> List[dicom.Series]:
 def _resume_manifest(config: ConvertConfig, planned: set) -> dict:
     """The manifest this run continues: the existing one when its settings are these
     (its stale shards removed), else a new one (an old conversion with other settings is
-    refused, or removed with --overwrite). Temporaries of a killed run are removed."""
+    refused, or removed with `overwrite`). Temporaries of a killed run are removed."""
     manifest = {"format": manifest_lib.MANIFEST_FORMAT, "settings": config.settings(),
                 "shards": {}, "cases": {}}
     old = manifest_lib.read(config.output_dir)
@@ -415,8 +415,8 @@ def _resume_manifest(config: ConvertConfig, planned: set) -> dict:
             diff = {k: (old.get("settings", {}).get(k), v) for k, v in config.settings().items()
                     if old.get("settings", {}).get(k) != v}
             raise ValueError(
-                f"--output_dir {config.output_dir!r} holds a conversion with other settings "
-                f"(old, new): {diff}; use another --output_dir or pass --overwrite")
+                f"`output_dir` {config.output_dir!r} holds a conversion with other settings "
+                f"(old, new): {diff}; use another `output_dir` or pass `overwrite`")
         for name in old.get("shards", {}):
             _remove(os.path.join(config.output_dir, name))
     elif old:
@@ -523,7 +523,7 @@ def _write_records(tmp: str, options, shard: Shard, stream, manifest: dict,
 
 
 def _apply_labels(config: ConvertConfig, cases: Dict[str, str], log) -> labels_lib.LabelTable:
-    """Reads --labels_csv and drops the cases it does not label from `cases` (each
+    """Reads `labels_csv` and drops the cases it does not label from `cases` (each
     reported by name: they are not converted); returns the table.
 
     Raises:
@@ -532,14 +532,14 @@ def _apply_labels(config: ConvertConfig, cases: Dict[str, str], log) -> labels_l
     table = labels_lib.read_labels_csv(config.labels_csv, config.num_classes)
     unlabelled = sorted(c for c in cases if c not in table.labels)
     for cid in unlabelled:
-        log(f"convert: {cid} ({source_name(cases.pop(cid))}): no label in --labels_csv; "
+        log(f"convert: {cid} ({source_name(cases.pop(cid))}): no label in `labels_csv`; "
             "not converted")
     unknown = sorted(set(table.labels) - set(cases) - set(unlabelled))
     if unknown:
-        log(f"convert: {len(unknown)} case(s) of --labels_csv are not in the archive "
+        log(f"convert: {len(unknown)} case(s) of `labels_csv` are not in the archive "
             f"(ignored), e.g. {unknown[:3]}")
     if not cases:
-        raise labels_lib.LabelsError(f"--labels_csv {config.labels_csv!r} labels none of the "
+        raise labels_lib.LabelsError(f"`labels_csv` {config.labels_csv!r} labels none of the "
                                      "scans found (case ids are file stems / series UIDs)")
     names = [n or str(k) for k, n in enumerate(table.names)]
     log(f"convert: {len(cases)} labelled scans, {table.num_classes} classes "

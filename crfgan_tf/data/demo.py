@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import os
 
-from crfgan_tf.data import convert
-from crfgan_tf.data import labels
-from crfgan_tf.data import phantom
-from crfgan_tf.data import preprocess
+from crfgan_tf.data import convert, labels, phantom, preprocess
 
 # Small enough for a few minutes on 2 CPU cores, large enough to look like a chest CT.
 DEMO_SPEC = phantom.PhantomSpec(in_plane=128, num_slices=72, spacing_zyx=(2.5, 2.8, 2.8),

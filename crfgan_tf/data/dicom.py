@@ -66,16 +66,16 @@ DICOM_MODALITY = {"ct": ("CT",), "mri": ("MR",)}
 REASONS = {
     "kept": "converted",
     "skipped_no_image": "no image (no Rows/Columns): a report, structure set or similar",
-    "skipped_modality": "another modality than --modality",
+    "skipped_modality": "another modality than `modality`",
     "skipped_multiframe": "a multi-frame (enhanced) image: not read by this version",
     "skipped_localizer": "localizer or scout (ImageType)",
     "skipped_derived": "derived image or secondary capture",
-    "skipped_too_few_slices": "fewer slices than --min_slices",
-    "skipped_series_policy": "another reconstruction of its study was chosen (--series_policy)",
+    "skipped_too_few_slices": "fewer slices than `min_slices`",
+    "skipped_series_policy": "another reconstruction of its study was chosen (`series_policy`)",
     "refused_mixed_geometry": "orientations, sizes or pixel spacings differ within the series",
     "refused_missing_slices": f"a gap over {GAP_FACTOR}x the median slice spacing",
-    "refused_uneven_spacing": "slice spacing deviates beyond --slice_spacing_tolerance",
-    "refused_gantry_tilt": "gantry tilt (convert it with --allow_tilt)",
+    "refused_uneven_spacing": "slice spacing deviates beyond `slice_spacing_tolerance`",
+    "refused_gantry_tilt": "gantry tilt (convert it with `allow_tilt`)",
     "refused_duplicate_position": "two slices at one position with different pixels",
     "refused_undecodable": "pixel data that SimpleITK/GDCM cannot decode",
     "failed": "kept, but its conversion failed (the detail says why)",
@@ -95,15 +95,15 @@ class SeriesOptions:
 
     def validate(self) -> None:
         if self.min_slices < 2:
-            raise ValueError(f"--min_slices must be >= 2, got {self.min_slices}")
+            raise ValueError(f"`min_slices` must be >= 2, got {self.min_slices}")
         if self.series_policy not in SERIES_POLICIES:
-            raise ValueError(f"--series_policy must be one of {SERIES_POLICIES}, got "
+            raise ValueError(f"`series_policy` must be one of {SERIES_POLICIES}, got "
                              f"{self.series_policy!r}")
         if not 0.0 <= self.spacing_tolerance < GAP_FACTOR - 1.0:
-            raise ValueError("--slice_spacing_tolerance must be in [0, "
+            raise ValueError("`slice_spacing_tolerance` must be in [0, "
                              f"{GAP_FACTOR - 1.0:g}), got {self.spacing_tolerance}")
         if self.case_ids not in CASE_IDS:
-            raise ValueError(f"--case_ids must be one of {CASE_IDS}, got {self.case_ids!r}")
+            raise ValueError(f"`case_ids` must be one of {CASE_IDS}, got {self.case_ids!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +163,7 @@ class Series:
         return self.decision.startswith("refused_")
 
     def summary(self) -> dict:
-        """The manifest's entry of this series (no path unless --case_ids=path)."""
+        """The manifest's entry of this series (no path unless `case_ids=path`)."""
         return {"decision": self.decision, "detail": self.detail, "slices": len(self.files),
                 "study": self.study, "spacing_mm": round(self.spacing, 4),
                 "modality": self.modality, "kernel": self.kernel,
@@ -362,7 +362,7 @@ def _decide(uid: str, slices: List[Slice], options: SeriesOptions, input_dir: st
     unique = np.concatenate([[True], np.diff(heights) > _SAME_POSITION_MM])
     if int(unique.sum()) < options.min_slices:
         return verdict("skipped_too_few_slices",
-                       f"{int(unique.sum())} slice positions, --min_slices={options.min_slices}")
+                       f"{int(unique.sum())} slice positions, `min_slices={options.min_slices}`")
     steps = np.diff(heights[unique])
     spacing = float(np.median(steps))
     geometry = dict(files=tuple(s.path for s in slices),
@@ -382,7 +382,7 @@ def _decide(uid: str, slices: List[Slice], options: SeriesOptions, input_dir: st
     if deviation > options.spacing_tolerance:
         return verdict("refused_uneven_spacing",
                        f"spacing {steps[worst]:.3f} mm {where} deviates {deviation:.0%} from "
-                       f"the median {spacing:.3f} mm (--slice_spacing_tolerance="
+                       f"the median {spacing:.3f} mm (`slice_spacing_tolerance`="
                        f"{options.spacing_tolerance:g})", **geometry)
     drift = np.array([np.subtract(s.position, slices[0].position) for s in slices])
     in_plane = np.stack([drift @ col / first.pixel_spacing[0],  # rows move along col
@@ -396,9 +396,9 @@ def _decide(uid: str, slices: List[Slice], options: SeriesOptions, input_dir: st
         if not options.allow_tilt:
             return verdict("refused_gantry_tilt",
                            f"gantry tilt of {angle:.1f} degrees (positions drift {moved:.1f} mm "
-                           "in-plane over the series); --allow_tilt resamples it", **geometry)
+                           "in-plane over the series); `allow_tilt` resamples it", **geometry)
         geometry["shifts"] = tuple((float(a), float(b)) for a, b in in_plane)
-        notes.append(f"gantry tilt of {angle:.1f} degrees resampled (--allow_tilt)")
+        notes.append(f"gantry tilt of {angle:.1f} degrees resampled (`allow_tilt`)")
     if deviation > _EVEN:
         geometry["resample"] = True
         notes.append(f"uneven spacing (up to {deviation:.0%} off) resampled to {spacing:.3f} mm")

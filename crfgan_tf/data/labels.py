@@ -18,7 +18,7 @@ import dataclasses
 import io
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from crfgan_tf import fileio
+from crfgan_tf.utils import fileio
 
 LUNA_CLASS_NAMES = ("no_nodule", "nodule")
 ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")

@@ -1,5 +1,5 @@
 """LIDC-IDRI labels: the readers' XML annotations of each series -> physical nodules ->
-one class label per scan, in the `case_id,label,name` CSV that conversion's --labels_csv
+one class label per scan, in the `case_id,label,name` CSV that conversion's `labels_csv`
 reads (crfgan_tf/data/labels.py), plus a per-nodule table.
 
 The XML (one file per series, up to four `readingSession`s): each `unblindedReadNodule`
@@ -36,8 +36,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from crfgan_tf import fileio
 from crfgan_tf.data import dicom, labels
+from crfgan_tf.utils import fileio
 
 CLASSES = {"presence": ("no_nodule", "nodule"),
            "malignancy": ("benign", "indeterminate", "malignant")}
@@ -225,15 +225,15 @@ class LabelOptions:
 
     def validate(self) -> None:
         if self.classes not in CLASSES:
-            raise LidcError(f"--classes must be one of {tuple(CLASSES)}, got {self.classes!r}")
+            raise LidcError(f"`classes` must be one of {tuple(CLASSES)}, got {self.classes!r}")
         if self.min_diameter_mm < 0:
-            raise LidcError(f"--min_diameter_mm must be >= 0, got {self.min_diameter_mm}")
+            raise LidcError(f"`min_diameter_mm` must be >= 0, got {self.min_diameter_mm}")
         if not 1 <= self.min_readers <= 4:
-            raise LidcError(f"--min_readers must be 1-4, got {self.min_readers}")
+            raise LidcError(f"`min_readers` must be 1-4, got {self.min_readers}")
         if self.cluster_tolerance_mm < 0:
-            raise LidcError(f"--cluster_tolerance_mm must be >= 0, got {self.cluster_tolerance_mm}")
+            raise LidcError(f"`cluster_tolerance_mm` must be >= 0, got {self.cluster_tolerance_mm}")
         if self.case_ids not in ("hash", "series_uid"):
-            raise LidcError(f"--case_ids must be hash or series_uid (the ids conversion gives "
+            raise LidcError(f"`case_ids` must be hash or series_uid (the ids conversion gives "
                             f"the series), got {self.case_ids!r}")
 
 
@@ -266,7 +266,7 @@ def label_archive(input_dir: str, options: LabelOptions) -> dict:
         cid = uid if options.case_ids == "series_uid" else dicom.hashed_id(uid)
         if cid not in by_id:
             out["problems"].append(f"{os.path.basename(path)}: its series {cid} is not a CT "
-                                   "series under --input_dir")
+                                   "series under `input_dir`")
             continue
         matched += 1
         nodules = cluster(to_marks(sessions, by_id[cid]), options.cluster_tolerance_mm)
@@ -278,13 +278,13 @@ def label_archive(input_dir: str, options: LabelOptions) -> dict:
         else:
             out["labels"][cid] = label
     if not matched:
-        raise LidcError(f"no LIDC XML file of a CT series under --input_dir {input_dir!r} "
+        raise LidcError(f"no LIDC XML file of a CT series under `input_dir` {input_dir!r} "
                         f"({len(xml_files)} .xml files, {len(by_id)} series)")
     return out
 
 
 def write_outputs(result: dict, options: LabelOptions, labels_csv: str, nodules_csv: str) -> None:
-    """The labels CSV (--labels_csv of conversion) and the per-nodule table, atomically."""
+    """The labels CSV (`labels_csv` of conversion) and the per-nodule table, atomically."""
     labels.write_labels_csv(labels_csv, result["labels"], CLASSES[options.classes])
     rows = [",".join(NODULE_COLUMNS)]
     index: Dict[str, int] = {}

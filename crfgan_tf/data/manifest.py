@@ -24,7 +24,7 @@ import statistics
 import time
 from typing import Optional
 
-from crfgan_tf import fileio
+from crfgan_tf.utils import fileio
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "crfgan-tf-volumes/1"
@@ -119,15 +119,15 @@ def label_problem(directory: str, num_classes: int) -> Optional[str]:
         return None
     classes = manifest.get("classes")
     if not classes:
-        return (f"--num_classes={num_classes} needs labelled records, but {directory} was "
-                "converted without labels; convert again with --labels_csv=FILE")
+        return (f"`num_classes={num_classes}` needs labelled records, but {directory} was "
+                "converted without labels; convert again with `labels_csv=FILE`")
     train, val = classes["counts"]["train"], classes["counts"]["val"]
     counts = [sum(c[k] for c in (train, val) if k < len(c)) for k in range(max(len(train), len(val)))]
     top = max((k for k, c in enumerate(counts) if c), default=-1)
     if top >= num_classes:
-        return (f"--num_classes={num_classes} but the records in {directory} hold labels up "
+        return (f"`num_classes={num_classes}` but the records in {directory} hold labels up "
                 f"to {top} ({classes['num_classes']} classes: {classes.get('names')}); train "
-                f"with --num_classes={classes['num_classes']}")
+                f"with `num_classes={classes['num_classes']}`")
     return None
 
 

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from crfgan_tf import fileio
+from crfgan_tf.utils import fileio
 
 # LUNA16 case ids are DICOM series UIDs under this root.
 LUNA_UID_ROOT = "1.3.6.1.4.1.14519.5.2.1.6279.6001."

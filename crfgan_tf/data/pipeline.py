@@ -4,7 +4,7 @@ Epoch e visits every record once, in a full permutation of all records across al
 drawn from (seed, e); each record is read by seeking to it in its shard. Element i of the
 stream gets its crop position and latents from (seed, i) alone, so a resumed run sees
 exactly the stream an uninterrupted one would, and replicas need no shared random state.
-The crop and slab geometry is crfgan_tf.geometry's.
+The crop and slab geometry is crfgan_tf.core.geometry's.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from crfgan_tf import geometry, intensity
+from crfgan_tf.core import geometry, intensity
 from crfgan_tf.data import records
 from crfgan_tf.data.records import RecordsError
 
@@ -38,7 +38,7 @@ def training_example(volume: tf.Tensor, index: tf.Tensor, img_size: int, latent_
     """One training example from a volume and its global stream index.
 
     The crop start r is a multiple of the embedding factor f (4; 8 with
-    --embedding_factor=8) drawn uniformly from 0..7S/8, so that the real crop
+    `embedding_factor=8`) drawn uniformly from 0..7S/8, so that the real crop
     x[r : r + S/8] and the generator's embedding slab [r/f, r/f + S/(8f)) cover the same
     slices (the reference draws any r and misaligns the two by up to 3 slices). r and the
     three latents are stateless functions of (seed, index): a resumed run sees exactly the
@@ -69,9 +69,9 @@ def training_example(volume: tf.Tensor, index: tf.Tensor, img_size: int, latent_
            "z_d": z[0], "z_g": z[1], "z_c": z_c}
     if num_classes:
         check = tf.debugging.assert_less(
-            label, num_classes, message=f"a record's label is >= --num_classes={num_classes}")
+            label, num_classes, message=f"a record's label is >= `num_classes={num_classes}`")
         with tf.control_dependencies([check, tf.debugging.assert_non_negative(
-                label, message="a record has no label (converted without --labels_csv)")]):
+                label, message="a record has no label (converted without `labels_csv`)")]):
             out["label"] = tf.identity(label)
         out["fake_label"] = label if fake_labels == "batch" else tf.random.stateless_uniform(
             [], seed=key + tf.constant([0, 3 << 40], tf.int64), maxval=num_classes,
@@ -160,8 +160,8 @@ def make_train_dataset(file_pattern: str, img_size: int, batch_size: int, latent
     if n < 1:
         raise RecordsError(f"no records in {file_pattern!r}")
     if balance_classes and records.compression_of(files[0]):
-        raise RecordsError("--balance_classes needs uncompressed records (GZIP shards "
-                           "cannot be read by index); convert with --compression=none")
+        raise RecordsError("`balance_classes` needs uncompressed records (GZIP shards "
+                           "cannot be read by index); convert with `compression=none`")
     first = start_step * batch_size
     serialized = _serialized_stream(files, counts, n, seed, first, shuffle_buffer,
                                     balance_classes)

@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from crfgan_tf import intensity
+from crfgan_tf.core import intensity
 from crfgan_tf.data.scan_files import metaimage_data_problem, nifti_nonfinite_count
 
 HU_FLOOR = intensity.CT_WINDOW[0]  # padding and air at or below it are one floor class
@@ -256,8 +256,8 @@ def resize_volume(unit: np.ndarray, spacing_zyx, origin_xyz, size: int,
     Anti-aliasing: an axis downsampled by a factor f >= 2 is first box-averaged over
     floor(f) voxels (ITK's BinShrink, which keeps the physical geometry), so that fine
     structure does not alias; the remaining factor (< 2) is left to linear interpolation.
-    This replaces a Gaussian prefilter that cost 6x more for the same purpose
-    (docs/benchmarks.md).
+    This replaces a Gaussian prefilter that cost more for the same purpose
+    (docs/benchmarks/2026-11-24-conversion-seconds-per-scan.md).
 
     Args:
       unit: (z, y, x) float32 array.

@@ -17,7 +17,7 @@ from typing import Iterator, Optional
 import numpy as np
 import tensorflow as tf
 
-from crfgan_tf import intensity
+from crfgan_tf.core import intensity
 from crfgan_tf.data import manifest
 
 
@@ -49,7 +49,7 @@ SCHEMA = (
     Feature("intercept_shift", "float", 0, "HU added for a missing intercept"),
     Feature("air_shift", "float", 0, "HU added by the air density correction"),
     Feature("trimmed_slices", "int64", 2, "blank slices removed (inferior, superior)"),
-    Feature("label", "int64", 0, "class index (only when converted with --labels_csv; -1: none)",
+    Feature("label", "int64", 0, "class index (only when converted with `labels_csv`; -1: none)",
             default=-1),
 )
 _BY_NAME = {f.name: f for f in SCHEMA}
@@ -303,9 +303,9 @@ def check_records(file_pattern: str, img_size: int) -> list:
                 "its first record"
         if size != img_size:
             raise RecordsError(
-                f"--train_records: {f} holds {size}^3 volumes (from {source}) but "
-                f"--img_size={img_size}; train with --img_size={size}, or convert the scans "
-                f"again with --size={img_size}")
+                f"`train_records`: {f} holds {size}^3 volumes (from {source}) but "
+                f"`img_size={img_size}`; train with `img_size={size}`, or convert the scans "
+                f"again with `size={img_size}`")
     return files
 
 
@@ -314,7 +314,7 @@ def check_labels(files, num_classes: int) -> None:
     directory's manifest, else the first record of each file).
 
     Raises:
-      RecordsError: records converted without --labels_csv, or labels >= num_classes.
+      RecordsError: records converted without `labels_csv`, or labels >= num_classes.
     """
     for f in files:
         if manifest.of_file(f):
@@ -323,8 +323,8 @@ def check_labels(files, num_classes: int) -> None:
                 raise RecordsError(problem)
         elif "label" not in first_example(f).features.feature:
             raise RecordsError(
-                f"--num_classes={num_classes} needs labelled records, but {f} has no "
-                "label feature; convert again with --labels_csv=FILE")
+                f"`num_classes={num_classes}` needs labelled records, but {f} has no "
+                "label feature; convert again with `labels_csv=FILE`")
 
 
 def _record_values(files, from_manifest, name: str) -> list:

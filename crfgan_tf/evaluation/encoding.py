@@ -1,5 +1,5 @@
 """Features of real volumes from a model's own encoder (the SavedModel's `encode` and
-`reconstruct` signatures, crfgan_tf.export_lib): per case the pooled hE embedding (CRF-GAN
+`reconstruct` signatures, crfgan_tf.generation.export): per case the pooled hE embedding (CRF-GAN
 and HA-GAN; HA-GAN also its sub-encoder's latent z) and how well G2 reconstructs the volume
 from it, in the training window's units (HU for CT). Written as one .npz keyed by case id,
 which `crfgan-downstream --features` probes."""
@@ -12,9 +12,10 @@ from typing import Iterable
 import numpy as np
 import tensorflow as tf
 
-from crfgan_tf import fileio, sample_lib
 from crfgan_tf.evaluation.sources import Case, EvaluationError
-from crfgan_tf.progress import Progress
+from crfgan_tf.generation import sample as sample_lib
+from crfgan_tf.utils import fileio
+from crfgan_tf.utils.progress import Progress
 
 FEATURES_FORMAT = "crfgan-tf-features/1"
 FEATURE_DEFINITION = ("hE(volume) embedding (S/4)^3 x C, per channel its mean then its "
@@ -26,7 +27,7 @@ def load_encoder(saved_model: str):
     try:
         module, meta = sample_lib.load(saved_model)
     except sample_lib.SavedModelError as err:
-        raise EvaluationError(f"--saved_model: {err}") from None
+        raise EvaluationError(f"`saved_model`: {err}") from None
     if "encode" not in module.signatures:
         raise EvaluationError(
             f"--saved_model {saved_model!r} was exported before exports had an 'encode' "
@@ -125,12 +126,12 @@ def encode_cases(encoder, cases: Iterable[Case], count: int, output: str,
 
 def read_features(path: str) -> dict:
     """A features file of encode_cases: {"case_ids": [...], "features": (N, F), "labels",
-    "meta"}; EvaluationError (naming --features) when it is not one."""
+    "meta"}; EvaluationError (naming `features`) when it is not one."""
     try:
         with np.load(path, allow_pickle=False) as data:
             out = {k: data[k] for k in data.files}
     except (OSError, ValueError) as err:
-        raise EvaluationError(f"--features {path!r}: not readable as .npz: {err}") from None
+        raise EvaluationError(f"`features` {path!r}: not readable as .npz: {err}") from None
     if "case_ids" not in out or "features" not in out or "meta" not in out:
         raise EvaluationError(f"--features {path!r}: not a crfgan-encode output (needs "
                               "case_ids, features and meta)")

@@ -12,11 +12,12 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from crfgan_tf import fileio
-from crfgan_tf.config import FEATURE_SIDE
+from crfgan_tf.core import geometry
 from crfgan_tf.evaluation import medicalnet
 from crfgan_tf.evaluation.sources import EvaluationError, Source
-from crfgan_tf.progress import Progress
+from crfgan_tf.core.geometry import FEATURE_SIDE
+from crfgan_tf.utils import fileio
+from crfgan_tf.utils.progress import Progress
 
 CACHE_VERSION = 2  # 2: the key names the feature side
 WEIGHTS_HELP = (
@@ -29,13 +30,9 @@ WEIGHTS_HELP = (
 
 
 def average_down(batch: np.ndarray, factor: int) -> np.ndarray:
-    """(b, d, h, w) -> (b, d/f, h/f, w/f): the mean of each f^3 block, in float32."""
-    b, d, h, w = batch.shape
-    out = np.empty((b, d // factor, h // factor, w // factor), np.float32)
-    for i in range(b):  # one volume at a time: no float64 or whole-batch temporary
-        out[i] = batch[i].reshape(d // factor, factor, h // factor, factor, w // factor,
-                                  factor).mean(axis=(1, 3, 5), dtype=np.float32)
-    return out
+    """(b, d, h, w) -> (b, d/f, h/f, w/f): the mean of each f^3 block, in float32, one
+    volume at a time (geometry.block_mean: no float64 or whole-batch temporary)."""
+    return np.stack([geometry.block_mean(v, factor) for v in batch])
 
 
 @dataclasses.dataclass
@@ -64,8 +61,8 @@ class Extractor:
             if any(n % self.max_side for n in batch.shape[1:4]):
                 raise EvaluationError(
                     f"volumes of shape {batch.shape[1:4]} cannot be averaged down to "
-                    f"--feature_side={self.max_side}: their sides must be multiples of it "
-                    f"(--feature_side={side} takes the features at full size)")
+                    f"`feature_side={self.max_side}`: their sides must be multiples of it "
+                    f"(`feature_side={side}` takes the features at full size)")
             batch = average_down(batch, side // self.max_side)
         return self._forward(tf.convert_to_tensor(batch[..., None])).numpy()
 
@@ -76,16 +73,16 @@ def load_extractor(weights: Optional[str], allow_random: bool = False,
     weights, a fixed-seed random network only when `allow_random`, else EvaluationError.
     Volumes larger than max_side^3 are averaged down to it first (Extractor)."""
     if weights and not os.path.isfile(weights):
-        raise EvaluationError(f"--weights: no file {weights!r}. {WEIGHTS_HELP}")
+        raise EvaluationError(f"`weights`: no file {weights!r}. {WEIGHTS_HELP}")
     if not weights and not allow_random:
-        raise EvaluationError(f"no feature-extractor weights given (--weights). {WEIGHTS_HELP}")
+        raise EvaluationError(f"no feature-extractor weights given (`weights`). {WEIGHTS_HELP}")
     model = medicalnet.build_resnet50()
     if weights:
         try:
             state = medicalnet.load_state(weights)
             medicalnet.set_weights(model, state)
         except (ValueError, OSError) as err:
-            raise EvaluationError(f"--weights {weights!r}: {err}") from None
+            raise EvaluationError(f"`weights` {weights!r}: {err}") from None
         return Extractor(model, medicalnet.NAME, medicalnet.state_sha256(state), True, max_side)
     state = medicalnet.random_state(model, random_seed)
     medicalnet.set_weights(model, state)

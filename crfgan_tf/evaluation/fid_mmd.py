@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 
 from crfgan_tf.evaluation import metrics
-from crfgan_tf.evaluation.features import Extractor, cached_features, extract_features
+from crfgan_tf.evaluation.features import cached_features, extract_features, Extractor
 from crfgan_tf.evaluation.sources import EvaluationError, Source
 
 
@@ -17,7 +17,7 @@ def fid_mmd(real: Source, fake: Source, extractor: Extractor, batch_size: int = 
     """FID and MMD between two sources; the real features are cached in `cache_dir`."""
     for name, source in (("real", real), ("fake", fake)):
         if source.count < 2:
-            raise EvaluationError(f"--{name}: FID and MMD need at least 2 volumes, "
+            raise EvaluationError(f"`{name}`: FID and MMD need at least 2 volumes, "
                                   f"{source.spec} has {source.count}")
     t0 = time.time()
     real_features, real_shape, cache = cached_features(real, extractor, cache_dir, batch_size,
@@ -28,10 +28,10 @@ def fid_mmd(real: Source, fake: Source, extractor: Extractor, batch_size: int = 
             "of different resolutions are rarely comparable")
     for name, f in (("real", real_features), ("fake", fake_features)):
         if f.shape[0] < 2:  # a manifest count can be stale; the features are what counts
-            raise EvaluationError(f"--{name}: FID and MMD need at least 2 volumes, got "
+            raise EvaluationError(f"`{name}`: FID and MMD need at least 2 volumes, got "
                                   f"{f.shape[0]}")
         if not np.all(np.isfinite(f)):
-            raise EvaluationError(f"--{name}: non-finite features (non-finite volumes?)")
+            raise EvaluationError(f"`{name}`: non-finite features (non-finite volumes?)")
     pooled = np.concatenate([real_features, fake_features]).astype(np.float64)
     sigma = metrics.median_pairwise_distance(pooled)
     return {

@@ -70,8 +70,9 @@ def class_contrast(saved_model: str, records: str, num_samples: int = 32, seed: 
       {"classes": [...names], "real": {k: {stat: summary}}, "generated": {k: ...},
        "paired": {k: {stat: summary of (class k - class 0) over the same z}}}
     """
-    from crfgan_tf import intensity, sample_lib
+    from crfgan_tf.core import intensity
     from crfgan_tf.data.records import read_volumes
+    from crfgan_tf.generation import sample as sample_lib
 
     module, meta = sample_lib.load(saved_model)
     names = sample_lib.class_names(meta)

@@ -22,8 +22,9 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from crfgan_tf import intensity, sample_lib
+from crfgan_tf.core import intensity
 from crfgan_tf.data import preprocess, records
+from crfgan_tf.generation import sample as sample_lib
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".npy")
 
@@ -37,9 +38,9 @@ def parse_range(values, flag: str) -> tuple:
     try:
         low, high = (float(v) for v in values)
     except ValueError:
-        raise EvaluationError(f"--{flag} must be two numbers LOW,HIGH, got {values}") from None
+        raise EvaluationError(f"`{flag}` must be two numbers LOW,HIGH, got {values}") from None
     if not high > low:
-        raise EvaluationError(f"--{flag}: HIGH must exceed LOW, got {values}")
+        raise EvaluationError(f"`{flag}`: HIGH must exceed LOW, got {values}")
     return low, high
 
 
@@ -82,7 +83,7 @@ def _is_record_file(path: str) -> bool:
 
 def read_volume_file(path: str, window) -> np.ndarray:
     """One NIfTI/MetaImage/NRRD volume -> float32 [-1, 1], canonical LPS (z, y, x); a
-    `.npy` (crfgan_tf.sample --format=npy) is taken as already (z, y, x) canonical."""
+    `.npy` (crfgan_tf.sample `format=npy`) is taken as already (z, y, x) canonical."""
     if path.lower().endswith(".npy"):
         try:
             array = np.load(path, allow_pickle=False)
@@ -109,7 +110,7 @@ def _model_range(array: np.ndarray, path: str, window) -> np.ndarray:
         raise EvaluationError(
             f"{path}: floating-point volume with values in [{lo:.3g}, {hi:.3g}]; float volumes "
             "must be in the model range [-1, 1] (integer volumes are read as HU / intensities "
-            "and windowed with --window)")
+            "and windowed with `window`)")
     return array
 
 
@@ -174,11 +175,11 @@ def open_source(spec: str, num_samples: int = 0, seed: int = 0, batch_size: int 
     if record_files and label is not None:
         labels = records.record_labels(record_files)
         if not (labels >= 0).any():
-            raise EvaluationError(f"--label={label}: the records of {spec!r} have no labels "
-                                  "(converted without --labels_csv)")
+            raise EvaluationError(f"`label={label}`: the records of {spec!r} have no labels "
+                                  "(converted without `labels_csv`)")
         count = int((labels == label).sum())
         if count == 0:
-            raise EvaluationError(f"--label={label}: no record of {spec!r} has that label "
+            raise EvaluationError(f"`label={label}`: no record of {spec!r} has that label "
                                   f"(labels present: {sorted(set(labels.tolist()))})")
         pattern = ",".join(record_files)
         return Source(spec, "tfrecord", count,
@@ -191,7 +192,7 @@ def open_source(spec: str, num_samples: int = 0, seed: int = 0, batch_size: int 
         return Source(spec, "tfrecord", count, _file_fingerprint(record_files),
                       lambda: (r.volume for r in records.read_volumes(pattern)))
     if volumes and label is not None:
-        raise EvaluationError(f"--label applies to TFRecords and SavedModels; {spec!r} holds "
+        raise EvaluationError(f"`label` applies to TFRecords and SavedModels; {spec!r} holds "
                               "volume files, which carry no class (select them by name)")
     if volumes:
         fingerprint = hashlib.sha256(
@@ -213,7 +214,7 @@ class Case:
     volume: np.ndarray
 
 
-def record_cases(pattern: str, flag: str = "--records") -> Iterator[Case]:
+def record_cases(pattern: str, flag: str = "`records`") -> Iterator[Case]:
     """The records of a TFRecord glob (several separated by commas) as Cases, in file
     order; EvaluationError (naming `flag`) when nothing matches or a file is damaged."""
     try:
@@ -227,7 +228,7 @@ def record_cases(pattern: str, flag: str = "--records") -> Iterator[Case]:
         raise EvaluationError(f"{flag}: {err}") from None
 
 
-def record_case_ids(pattern: str, flag: str = "--records") -> list:
+def record_case_ids(pattern: str, flag: str = "`records`") -> list:
     """The case ids of a TFRecord glob's records, in file order (data.records); an
     EvaluationError naming `flag` when nothing matches or a file is damaged."""
     try:
@@ -236,7 +237,7 @@ def record_case_ids(pattern: str, flag: str = "--records") -> list:
         raise EvaluationError(f"{flag}: {err}") from None
 
 
-def scan_paths(pattern: str, flag: str = "--scans") -> list:
+def scan_paths(pattern: str, flag: str = "`scans`") -> list:
     """The volume files of a folder, file, glob or comma-separated globs, sorted;
     EvaluationError (naming `flag`) when there is none."""
     paths = [p for p in _files_of(pattern) if _is_volume_file(p)]
@@ -246,7 +247,7 @@ def scan_paths(pattern: str, flag: str = "--scans") -> list:
     return paths
 
 
-def scan_cases(paths, size: int, window, flag: str = "--scans") -> Iterator[Case]:
+def scan_cases(paths, size: int, window, flag: str = "`scans`") -> Iterator[Case]:
     """Volume files (scan_paths) as Cases named by their file stem: files already
     (size, size, size) are read as `read_volume_file` reads them; any other scan goes
     through the conversion's preprocessing (data.preprocess) to size^3 with the window."""

@@ -8,7 +8,7 @@ from crfgan_tf.networks.crf import SliceCRF
 from crfgan_tf.networks.discriminator import build_discriminator
 from crfgan_tf.networks.encoder import build_encoder
 from crfgan_tf.networks.generator import build_head, build_trunk
-from crfgan_tf.networks.layers import SNConv3D, SNDense, scaled_channels
+from crfgan_tf.networks.layers import scaled_channels, SNConv3D, SNDense
 
 __all__ = ["SliceCRF", "build_discriminator", "build_encoder", "build_head", "build_trunk",
            "SNConv3D", "SNDense", "scaled_channels"]

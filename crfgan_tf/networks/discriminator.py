@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import keras
 
-from crfgan_tf.geometry import check_size, crop_depth, extra_stages
-from crfgan_tf.networks.layers import SNConv3D, SNDense, scaled_channels
+from crfgan_tf.core.geometry import check_size, crop_depth, extra_stages
+from crfgan_tf.networks.layers import scaled_channels, SNConv3D, SNDense
 
 # (filters, kernel, stride, padding) at 256^3; at 128^3 the first layer is dropped and at
 # 64^3 the first two, so the feature map always reaches 1^3 before the dense layers. At

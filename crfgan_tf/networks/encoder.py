@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from crfgan_tf.geometry import EMBED_FACTOR, check_size, factor_stages
+from crfgan_tf.core.geometry import check_size, EMBED_FACTOR, factor_stages
 from crfgan_tf.networks import slabs
 from crfgan_tf.networks.generator import embedding_channels
 from crfgan_tf.networks.layers import conv_gn_relu, scaled_channels

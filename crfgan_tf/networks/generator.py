@@ -6,11 +6,11 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from crfgan_tf.geometry import (EMBED_FACTOR, check_size, embedding_side, extra_stages,
-                                factor_stages)
+from crfgan_tf.core.geometry import (EMBED_FACTOR, check_size, embedding_side, extra_stages,
+                                     factor_stages)
 from crfgan_tf.networks import slabs
 from crfgan_tf.networks.layers import (GroupNorm, UpsampleConv3D, conv_gn_relu,
-                                      scaled_channels)
+                                       scaled_channels)
 
 TRUNK_CHANNELS = (512, 512, 256, 128, 64)
 HEAD_CHANNELS = 32

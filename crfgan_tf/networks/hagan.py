@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import keras
 
-from crfgan_tf.geometry import check_size, embedding_side, extra_stages
+from crfgan_tf.core.geometry import check_size, embedding_side, extra_stages
 from crfgan_tf.networks.generator import embedding_channels
 from crfgan_tf.networks.layers import (SNConv3D, conv3d, conv_gn_relu,
-                                      scaled_channels)
+                                       scaled_channels)
 
 
 LOW_D_CHANNELS_256 = (32, 64, 128, 256)  # D^L's stride-2 convs at 256^3

@@ -197,10 +197,10 @@ def conv3d(x, filters, kernel_size, strides, padding, name, **kwargs):
 # ("gemm:jit" in ONEDNN_VERBOSE): its scratchpad holds the patch matrix of the op's input
 # (channels x kernel taps x output voxels, per example) for each thread, mapped outside
 # TensorFlow's allocator afresh every step (TensorFlow does not cache these primitives).
-# At 128^3 batch 2 the largest, 518 MiB, was the up-sampling taps' gradient of G1's
-# 256 -> 128 block, at the step's RSS peak. Computed in pieces over the input's channels,
-# one piece after another, each piece's patch matrix is at most this many bytes per
-# example (measured: 32 MiB beat 8 MiB and one piece; docs/benchmarks.md).
+# The largest is the up-sampling taps' gradient of G1's 256 -> 128 block, at the step's
+# RSS peak. Computed in pieces over the input's channels, one piece after another, each
+# piece's patch matrix is at most this many bytes per example (the bound chosen by
+# measurement: docs/benchmarks/2026-12-03-upsample-taps-gradient-pieces.md).
 FILTER_GRAD_PIECE_BYTES = 32 * 2**20
 
 

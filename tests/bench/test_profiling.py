@@ -130,19 +130,19 @@ def test_lean_cpu_memory_is_opt_in_and_applied_by_configure():
     """profile() runs its child with CRFGAN_LEAN_CPU_MEMORY=0/1; runtime.configure() (what
     every command and the benchmark child call) with 1 routes oneDNN through malloc, with
     0 leaves TensorFlow's allocator alone; importing crfgan_tf alone changes nothing."""
-    probe = ("import os, crfgan_tf; from crfgan_tf import runtime; {}"
+    probe = ("import os, crfgan_tf; from crfgan_tf.utils import runtime; {}"
              "print(os.environ.get('TF_ONEDNN_USE_SYSTEM_ALLOCATOR', '-'))")
     configure = probe.format("runtime.configure(load_tensorflow=False); ")
     assert _python(configure, CRFGAN_LEAN_CPU_MEMORY="0") == "-"
     assert _python(configure, CRFGAN_LEAN_CPU_MEMORY="1") == "1"
     assert _python(probe.format(""), CRFGAN_LEAN_CPU_MEMORY="1") == "-"
     # glibc accepts the fixed mmap threshold (this project's machines run glibc)
-    assert _python("from crfgan_tf import runtime; print(runtime.lean_cpu_memory())") == "True"
+    assert _python("from crfgan_tf.utils import runtime; print(runtime.lean_cpu_memory())") == "True"
 
 
 _MMAPPED_AFTER_A_FREE = """
 import ctypes
-from crfgan_tf import runtime
+from crfgan_tf.utils import runtime
 {}
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
@@ -161,8 +161,8 @@ print(int(libc.mallinfo2().hblkhd >= 3 << 20))  # 1: the second 3 MiB block is m
 def test_configure_fixes_glibc_mmap_threshold_unless_the_user_set_one():
     """configure() fixes glibc's mmap threshold (DEFAULT_MMAP_THRESHOLD): blocks of that
     size or more are mapped and unmapped, instead of glibc raising its threshold after each
-    free and keeping freed blocks in its heap (128^3 batch 2: 8-15 % less working memory,
-    docs/benchmarks.md). A GLIBC_TUNABLES mmap_threshold of the user's wins."""
+    free and keeping freed blocks in its heap (less working memory: docs/benchmarks.md). A
+    GLIBC_TUNABLES mmap_threshold of the user's wins."""
     configured = _MMAPPED_AFTER_A_FREE.format("runtime.configure(load_tensorflow=False)")
     assert _python(_MMAPPED_AFTER_A_FREE.format("")) == "0"  # glibc alone
     assert _python(configured, CRFGAN_LEAN_CPU_MEMORY="0") == "1"
@@ -176,7 +176,7 @@ def test_lean_commands_start_again_with_glibc_huge_pages():
     glibc.malloc.hugetlb=1 added to GLIBC_TUNABLES (glibc reads it only at start), once,
     keeping the user's other tunables and an explicit hugetlb setting; without it, not at
     all."""
-    command = ("import os; from crfgan_tf import runtime; runtime.run_command(lambda argv: "
+    command = ("import os; from crfgan_tf.cli import common; common.run_command(lambda argv: "
                "print(os.environ.get('GLIBC_TUNABLES', '-'), os.getpid()), load_tensorflow=False)")
 
     def run(**env):
@@ -198,11 +198,12 @@ def test_lean_commands_start_again_with_glibc_huge_pages():
 
 def test_training_imports_no_simpleitk():
     """SimpleITK (conversion, sample writing) costs a training process ~90 MiB of RSS."""
-    code = ("import sys, crfgan_tf.train_lib, crfgan_tf.bench.training; "
+    code = ("import sys, crfgan_tf.training.loop, crfgan_tf.bench.training; "
             "print('SimpleITK' in sys.modules)")
     assert _python(code) == "False"
 
 
+@pytest.mark.slow
 def test_generate_memory_exports_and_generates_in_a_fresh_process(tmp_path):
     """bench-generate checkpoints a model the way training does (the encoder too: every
     export has `encode`), exports it and generates one volume per slab size."""
@@ -216,6 +217,7 @@ def test_generate_memory_exports_and_generates_in_a_fresh_process(tmp_path):
         assert r["seconds"] > 0 and "failed" not in r
 
 
+@pytest.mark.slow
 def test_bench_device_cli_on_cpu(tmp_path):
     """The GPU benchmark's whole path at the smallest size on CPU: a training row with
     the planner's prediction beside it, a generated volume, the JSON file and the table."""

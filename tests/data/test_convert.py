@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from crfgan_tf.data import convert, phantom, preprocess, records
 from crfgan_tf.data import manifest as manifest_lib
+from crfgan_tf.data import convert, phantom, preprocess, records
 from conftest import REPO
 
 
@@ -133,9 +133,9 @@ def test_gsp_nifti_mri(tmp_path):
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(size=100), "--size"), (dict(val_fraction=1.0), "--val_fraction"),
-    (dict(dataset="generic"), "--modality"), (dict(num_shards=0), "--num_shards"),
-    (dict(input_dir="/nonexistent"), "--input_dir"), (dict(dataset="gsp", modality="ct"), "contradicts"),
+    (dict(size=100), "`size`"), (dict(val_fraction=1.0), "`val_fraction`"),
+    (dict(dataset="generic"), "`modality=ct`"), (dict(num_shards=0), "`num_shards`"),
+    (dict(input_dir="/nonexistent"), "`input_dir`"), (dict(dataset="gsp", modality="ct"), "contradicts"),
 ])
 def test_invalid_config(kw, match, tmp_path):
     base = dict(input_dir=str(tmp_path), output_dir=str(tmp_path / "o"))

@@ -1,5 +1,5 @@
 """DICOM series through the conversion (crfgan_tf/data/dicom.py, data/convert.py): every
-rule of the module's docstring on the hospital export of tests/dicom_series.py, through
+rule of the module's docstring on the hospital export of tests/support/dicom_series.py, through
 `python -m data_prep.convert` and `convert.run_conversion`."""
 
 import json
@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-import dicom_series as ds
+from support import dicom_series as ds
 from crfgan_tf.data import convert, dicom, records
 
 
@@ -53,7 +53,7 @@ def test_every_series_gets_its_decision_in_the_manifest_and_the_report(dicom_con
                 or f"FAILED {ds.case_id(seed)}" in res.stderr, seed
     reason = {s: failed[ds.case_id(s)] for s in ds.FAILED}
     assert "a gap of 7.50 mm between" in reason["gap"] and "2 slice(s) missing" in reason["gap"]
-    assert "gantry tilt of 20.0 degrees" in reason["tilt"] and "--allow_tilt" in reason["tilt"]
+    assert "gantry tilt of 20.0 degrees" in reason["tilt"] and "`allow_tilt`" in reason["tilt"]
     assert "deviates 40% from the median 2.500 mm" in reason["uneven"]
     assert "2 sizes: 32x32 (39 slices), 24x24 (1 slices)" in reason["mixed"]
     assert "1.2.840.10008.1.2.4.100 (MPEG2" in reason["mpeg2"]
@@ -153,15 +153,15 @@ def test_generic_takes_dicom_series_beside_scan_files(dicom_export, tmp_path):
 
 def test_no_series_and_bad_flags_are_named(tmp_path, dicom_export):
     ds.mhd_twin(str(tmp_path / "in" / "scan.mhd"))
-    with pytest.raises(ValueError, match="no DICOM series under --input_dir"):
+    with pytest.raises(ValueError, match="no DICOM series under `input_dir`"):
         _run(str(tmp_path / "in"), str(tmp_path / "o"))
     short = os.path.join(dicom_export, ds.PATIENT_FOLDERS[1], "short")
     with pytest.raises(ValueError, match=r"1 series found, none convertible"):
         _run(short, str(tmp_path / "o"))
-    for kw, flag in ((dict(min_slices=1), "--min_slices"),
-                     (dict(slice_spacing_tolerance=0.6), "--slice_spacing_tolerance"),
-                     (dict(series_policy="newest"), "--series_policy"),
-                     (dict(case_ids="name"), "--case_ids")):
+    for kw, flag in ((dict(min_slices=1), "`min_slices`"),
+                     (dict(slice_spacing_tolerance=0.6), "`slice_spacing_tolerance`"),
+                     (dict(series_policy="newest"), "`series_policy`"),
+                     (dict(case_ids="name"), "`case_ids`")):
         with pytest.raises(ValueError, match=flag):
             _run(str(tmp_path), str(tmp_path / "o"), **kw)
 

@@ -1,4 +1,4 @@
-"""No patient data out: the DICOM export of tests/dicom_series.py, whose every patient-data
+"""No patient data out: the DICOM export of tests/support/dicom_series.py, whose every patient-data
 tag and patient folder holds a known string, through convert -> train -> export -> sample
 -> fid_mmd as a user runs them; every byte written and printed is searched for those
 strings and for the series' and studies' UIDs. None may appear."""
@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-import dicom_series as ds
+from support import dicom_series as ds
 from conftest import REPO, train_args
 from crfgan_tf.data import dicom_write
 

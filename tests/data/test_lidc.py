@@ -1,5 +1,5 @@
 """LIDC-IDRI labels (crfgan_tf/data/lidc.py, `python -m data_prep.lidc_labels`): readers'
-XML from phantoms whose painted nodules the contours outline (tests/dicom_series.py)."""
+XML from phantoms whose painted nodules the contours outline (tests/support/dicom_series.py)."""
 
 import csv
 import os
@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-import dicom_series as ds
+from support import dicom_series as ds
 from conftest import REPO
 from crfgan_tf.data import convert, dicom, lidc, phantom, records
 

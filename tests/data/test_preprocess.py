@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from crfgan_tf import intensity
-from crfgan_tf.data import phantom, scan_files
+from crfgan_tf.core import intensity
 from crfgan_tf.data import preprocess as pp
+from crfgan_tf.data import phantom, scan_files
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from crfgan_tf import intensity, train_lib
+from crfgan_tf.core import intensity
 from crfgan_tf.data import pipeline, records
+from crfgan_tf.training import loop as train_lib
 
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 
 
 def _train_glob(records):
@@ -84,8 +85,8 @@ def test_corrupt_shard_is_named_in_training(records_64, tmp_path):
 
 def test_records_of_another_size_are_refused_before_building(records_64, tmp_path):
     cfg = tiny_config(tmp_path / "run", _train_glob(records_64), img_size=128)
-    with pytest.raises(records.RecordsError, match=r"64\^3 volumes .*--img_size=128.*"
-                                                r"--img_size=64.*--size=128"):
+    with pytest.raises(records.RecordsError, match=r"64\^3 volumes .*`img_size=128`.*"
+                                                r"`img_size=64`.*`size=128`"):
         train_lib.train(cfg, log=lambda m: None)
     assert not os.path.exists(tmp_path / "run")
     # without a manifest the first record tells
@@ -113,3 +114,8 @@ def test_resume_skips_without_reading(records_64):
     resumed = next(iter(pipeline.make_train_dataset(pattern, 64, 2, 4, seed=9, start_step=6)))
     for k in straight[6]:
         np.testing.assert_array_equal(straight[6][k], resumed[k])
+
+
+def test_record_schema_table_is_the_data_guide_table():
+    with open(os.path.join(REPO, "docs", "data.md"), encoding="utf-8") as f:
+        assert records.schema_table() in f.read()

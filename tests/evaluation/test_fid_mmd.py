@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from crfgan_tf import intensity, sample_lib
+from crfgan_tf.core import intensity
 from crfgan_tf.data import records
 from crfgan_tf.evaluation import features, fid_mmd, metrics, sources
+from crfgan_tf.generation import sample as sample_lib
 from conftest import REPO
 
 
@@ -71,6 +72,7 @@ def test_load_extractor_refuses_without_weights(tmp_path):
         features.load_extractor(str(tmp_path / "missing.npz"))
 
 
+@pytest.mark.slow
 def test_fid_mmd_records_vs_savedmodel_equals_direct_computation(records_64, exported, extractor,
                                                                  tmp_path):
     pattern = os.path.join(records_64, "*.tfrecord")
@@ -99,6 +101,7 @@ def test_fid_mmd_records_vs_savedmodel_equals_direct_computation(records_64, exp
     assert features.cache_key(real, other) != features.cache_key(real, extractor)
 
 
+@pytest.mark.slow
 def test_volumes_above_the_feature_side_are_averaged_down_first(volume_dirs, extractor,
                                                                 tmp_path):
     """512^3 volumes would need MedicalNet at 512^3 (a 256^3 x 64-channel first map per
@@ -116,7 +119,7 @@ def test_volumes_above_the_feature_side_are_averaged_down_first(volume_dirs, ext
                              log=lambda m: None)
     assert result["real_feature_side"] == result["fake_feature_side"] == 8
     assert fid_mmd.fid_mmd(src, src, extractor, log=lambda m: None)["real_feature_side"] == 16
-    with pytest.raises(sources.EvaluationError, match="--feature_side"):
+    with pytest.raises(sources.EvaluationError, match="`feature_side"):
         small(np.zeros((1, 12, 12, 12), np.float32))  # not a multiple of 8
 
 
@@ -132,6 +135,7 @@ def _cli(*args):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_refuses_fid_without_weights_and_reports_labelled_fallback(volume_dirs, tmp_path):
     res = _cli(f"--real={volume_dirs[0]}", f"--fake={volume_dirs[1]}", "--cache_dir=")
     assert res.returncode == 2 and "import_medicalnet" in res.stderr
@@ -149,3 +153,13 @@ def test_cli_refuses_fid_without_weights_and_reports_labelled_fallback(volume_di
     bad = _cli(f"--real={volume_dirs[0]}", f"--fake={volume_dirs[1]}", "--window=600,-1024",
                "--allow_random_features")
     assert bad.returncode == 2 and "--window" in bad.stderr
+
+
+def test_average_down_keeps_every_axis_of_a_volume_that_is_not_a_cube():
+    """A volume file need not be a cube: each axis is averaged by the same factor."""
+    from crfgan_tf.evaluation import features
+
+    batch = np.arange(2 * 8 * 16 * 4, dtype=np.float32).reshape(2, 8, 16, 4)
+    out = features.average_down(batch, 4)
+    assert out.shape == (2, 2, 4, 1)
+    assert out[1, 1, 3, 0] == batch[1, 4:8, 12:16, 0:4].mean()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from crfgan_tf import params
+from crfgan_tf.models import params
 from crfgan_tf.networks import (SNConv3D, SNDense, build_discriminator, build_encoder, build_head,
                                 build_trunk)
 from crfgan_tf.networks.generator import embedding_channels
@@ -139,6 +139,7 @@ def test_count_params_cli_json():
     assert out["total"] == 57_079_938 and out["modules"]["crf"] == 256
 
 
+@pytest.mark.slow
 def test_count_params_cli_prints_the_512_table():
     env = dict(os.environ, PYTHONPATH=REPO)
     res = subprocess.run([sys.executable, "-m", "tools.count_params", "--img_size=512"],
@@ -274,8 +275,8 @@ def test_upsample_conv_keeps_no_four_tap_kernel_for_its_backward_pass():
     again in the backward pass instead of being kept alive from the forward pass through
     everything that runs in between. Here what runs in between is a 4-taps-sized tensor:
     the memory planner's replay of the graph peaks at it, not at it plus the taps."""
-    from crfgan_tf import memory_plan
     from crfgan_tf.networks.layers import upsample_conv3d
+    from crfgan_tf.training import memory_plan
 
     taps = 64 * 64 * 64 * 4  # bytes of the 4^3 x 64 x 64 float32 taps
 
@@ -485,7 +486,7 @@ def test_encode_by_slabs_equals_the_one_shot_encoder(slab):
     """The whole-volume embedding slab by slab (three passes for hE's three GroupNorms, a
     halo of SLAB_HALO slices) equals hE on the whole volume, from an int16 volume
     dequantised slab by slab, eagerly and traced."""
-    from crfgan_tf import intensity
+    from crfgan_tf.core import intensity
     from crfgan_tf.networks.encoder import encode_by_slabs
 
     enc = _encoder_with_affine(64, W)
@@ -554,3 +555,26 @@ def test_encode_by_slabs_refuses_bad_arguments():
         encode_by_slabs(enc, tf.zeros((1, 64, 64, 64, 1)), 0)
     with pytest.raises(ValueError, match="static depth divisible by 4"):
         encode_by_slabs(enc, tf.zeros((1, 62, 64, 64, 1)), 2)
+
+
+def test_head_checkpoint_layout_is_the_functional_one(tmp_path):
+    """G2 is a Head (with by_slabs) but its checkpoint keys are those of the plain
+    functional model every earlier run wrote, both ways."""
+    import keras
+    import tensorflow as tf
+
+    from crfgan_tf.networks import build_head
+    from crfgan_tf.networks.generator import Head
+
+    head = build_head(64, 0.25)
+    assert isinstance(head, Head)
+    # the plain functional G2 with the same layers, as crfgan-tf built it before
+    plain = keras.Model(head.inputs, head.outputs)
+    path = tf.train.Checkpoint(generator_head=plain).write(str(tmp_path / "old"))
+    keys = sorted(k for k, _ in tf.train.list_variables(path) if "generator_head" in k)
+    new_path = tf.train.Checkpoint(generator_head=head).write(str(tmp_path / "new"))
+    assert sorted(k for k, _ in tf.train.list_variables(new_path) if "generator_head" in k) == keys
+    fresh = build_head(64, 0.25)
+    tf.train.Checkpoint(generator_head=fresh).read(path).assert_existing_objects_matched()
+    emb = tf.random.stateless_uniform((1, 4, 16, 16, 16), seed=[1, 2])
+    np.testing.assert_array_equal(fresh(emb).numpy(), head(emb).numpy())

@@ -1,0 +1,299 @@
+"""Evaluation during training (`eval_every`): is the run getting better, and is it
+collapsing?
+
+Each evaluation generates `eval_samples` whole volumes from fixed latents (the same at
+every evaluation, so the points are comparable; G2 slab-wise, bounded memory) and compares
+them with the evaluation records (default: the val-* split beside the training records),
+whose statistics are computed once per start (their features cached in the run
+directory):
+
+  fd, mmd         Fréchet distance and MMD^2 of feature vectors: MedicalNet ResNet-50 with
+                  `fid_weights` (FID), else the fixed-seed random ResNet-50 (labelled as
+                  such in eval.jsonl: for the run's own trend, not comparable elsewhere);
+  hist_w1_hu      Wasserstein-1 distance of the intensity histograms (HU for CT);
+  lung_fraction   lungs / body of the generated and the real volumes (CT), and their
+                  difference (crfgan_tf/evaluation/physical.py);
+  profile_l1_hu   mean |difference| of the mean axial, coronal and sagittal intensity
+                  profiles;
+  ms_ssim         mean 3D MS-SSIM of disjoint pairs of generated volumes and of real
+                  volumes; diversity = 1 - ms_ssim, and diversity_ratio = generated / real;
+  r_t             the share of D's real logits above 0 since the last evaluation (ADA's
+                  overfitting heuristic; passed in by the training loop).
+
+Alarms (logged as warnings, in eval.jsonl and TensorBoard's eval/alarm): generated
+diversity below DIVERSITY_ALARM x the real data's (mode collapse), r_t above R_T_ALARM (D
+tells every real volume apart: overfitting, or D overpowering G).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from crfgan_tf.core import intensity
+from crfgan_tf.data import records
+from crfgan_tf.evaluation import features as features_lib
+from crfgan_tf.evaluation import metrics, physical, sources
+from crfgan_tf.run import config as config_lib
+from crfgan_tf.run import rundir
+from crfgan_tf.utils import fileio
+
+DIVERSITY_ALARM = 0.5
+# the reference setup runs just below it on the phantoms
+# (docs/benchmarks/2026-11-30-evaluation-alarms-augmentation.md)
+R_T_ALARM = 0.99
+HIST_BIN_HU = 5.0
+
+
+def default_eval_records(train_records: str) -> str:
+    """The val-* records beside each training pattern's files (data_prep.convert's split)."""
+    dirs = sorted({os.path.dirname(p) for p in train_records.split(",") if p})
+    return ",".join(os.path.join(d, "val-*.tfrecord*") for d in dirs)
+
+
+def check_eval_records(config: config_lib.TrainConfig) -> str:
+    """The evaluation record files, checked before training writes anything.
+
+    Raises:
+      records.RecordsError: none match (names `eval_records` or the default pattern).
+    """
+    pattern = config.eval_records or default_eval_records(config.train_records)
+    files = [f for part in pattern.split(",") for f in sorted(glob.glob(part))]
+    if not files:
+        which = "`eval_records`" if config.eval_records else \
+            "the val-* split beside `train_records` (the default of `eval_records`)"
+        raise records.RecordsError(
+            f"`eval_every` needs evaluation records: nothing matches {pattern!r}, {which}; "
+            "convert with `val_fraction` > 0, or give `eval_records`, or `eval_every=0`")
+    return ",".join(files)
+
+
+class Evaluator:
+    """Computes the real side once; `evaluate(model, step, r_t)` the rest.
+
+    Raises (at construction):
+      records.RecordsError: no evaluation records (names `eval_records` and the pattern).
+      sources.EvaluationError: unreadable `fid_weights`.
+    """
+
+    def __init__(self, config: config_lib.TrainConfig, log: Callable[[str], None] = print):
+        self.config = config
+        self.log = log
+        self.pattern = check_eval_records(config)
+        pattern = config.eval_records or default_eval_records(config.train_records)
+        self.extractor = features_lib.load_extractor(config.fid_weights or None,
+                                                   allow_random=not config.fid_weights,
+                                                   max_side=config.eval_feature_side)
+        self.cache_dir = os.path.join(config.model_dir, rundir.EVAL_CACHE_DIR)
+        t0 = time.time()
+        self.real = self._real_side()
+        log(f"eval: {self.real['count']} real volumes from {pattern} "
+            f"({self.extractor.name}{'' if self.extractor.pretrained else ', RANDOM features: FD is not FID'}) "
+            f"in {time.time() - t0:.1f} s")
+
+    # ---- the real side, once ---------------------------------------------------------
+    def _real_side(self) -> dict:
+        first = next(iter(records.read_volumes(self.pattern)))
+        self.window = tuple(first.window)
+        self.modality = first.modality
+        self.spacing = tuple(first.output_spacing)
+        source = sources.open_source(self.pattern)
+        features, shape, _ = features_lib.cached_features(
+            source, self.extractor, self.cache_dir, 1, "eval records", log=lambda m: None)
+        if shape != (self.config.img_size,) * 3:
+            raise records.RecordsError(f"evaluation records {self.pattern} hold {shape} volumes, "
+                                    f"`img_size={self.config.img_size}`")
+        stats = _VolumeStats(self.window, self.modality)
+        for r in records.read_volumes(self.pattern):
+            stats.add(r.volume, r.output_spacing)
+        out = stats.finish()
+        out.update(features=features, count=int(features.shape[0]))
+        if out["count"] < 2:
+            raise records.RecordsError(f"evaluation needs at least 2 records, {self.pattern} has "
+                                    f"{out['count']}")
+        return out
+
+    # ---- one evaluation ------------------------------------------------------------
+    def latents(self):
+        """The fixed latents (and labels, cycled, for a conditional model)."""
+        c = self.config
+        z = tf.stack([tf.random.stateless_normal([c.latent_dim], seed=[c.seed, (1 << 20) + i])
+                      for i in range(c.eval_samples)])
+        labels = [i % c.num_classes for i in range(c.eval_samples)] if c.num_classes else None
+        return z, labels
+
+    def generate(self, model):
+        z, labels = self.latents()
+        for i in range(self.config.eval_samples):
+            label = None if labels is None else tf.constant([labels[i]])
+            embedding = model.embed(z[i:i + 1], label, training=False)
+            yield model.head.by_slabs(embedding, 8)[0].numpy().astype(np.float32)
+
+    def evaluate(self, model, step: int, r_t: Optional[float] = None) -> dict:
+        t0 = time.time()
+        stats = _VolumeStats(self.window, self.modality)
+        volumes, rows = [], []
+        for volume in self.generate(model):
+            stats.add(volume, self.spacing)
+            volumes.append(volume)
+            if len(volumes) == 4:  # the extractor's batch; memory stays at 4 volumes
+                rows.append(self.extractor(np.stack(volumes)))
+                volumes = []
+        if volumes:
+            rows.append(self.extractor(np.stack(volumes)))
+        fake = stats.finish()
+        features = np.concatenate(rows).astype(np.float32)
+        real = self.real
+        result = {"step": int(step), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        finite = np.all(np.isfinite(features))
+        result["fd"] = metrics.fid_from_features(real["features"], features) if finite else None
+        result["mmd"] = metrics.mmd(real["features"], features) if finite else None
+        result["hist_w1_hu"] = _w1(real["histogram"], fake["histogram"], HIST_BIN_HU)
+        result["profile_l1_hu"] = float(np.mean([np.mean(np.abs(real["profiles"][k] - fake["profiles"][k]))
+                                                 for k in range(3)]))
+        if self.modality == "ct":
+            result.update(lung_fraction=fake["lung_fraction"],
+                          lung_fraction_real=real["lung_fraction"],
+                          lung_fraction_diff=fake["lung_fraction"] - real["lung_fraction"])
+        result.update(ms_ssim=fake["ms_ssim"], ms_ssim_real=real["ms_ssim"])
+        diversity = (1 - fake["ms_ssim"], 1 - real["ms_ssim"])
+        result["diversity_ratio"] = diversity[0] / diversity[1] if diversity[1] > 0 else None
+        result["r_t"] = r_t
+        alarms = []
+        if result["diversity_ratio"] is not None and result["diversity_ratio"] < DIVERSITY_ALARM:
+            alarms.append(f"generated diversity (1 - MS-SSIM {fake['ms_ssim']:.3f}) is "
+                          f"{result['diversity_ratio']:.2f} x the real data's: mode collapse?")
+        if r_t is not None and r_t > R_T_ALARM:
+            alarms.append(f"r_t = {r_t:.3f}: D calls nearly every real volume real (overfitting "
+                          "or D overpowering G; `augment` / `ada_target`, a lower `lr_d`)")
+        result.update(alarms=alarms, extractor=self.extractor.name,
+                      feature_side=self.extractor.input_side(self.config.img_size),
+                      pretrained=self.extractor.pretrained, n_real=real["count"],
+                      n_fake=int(features.shape[0]), seconds=round(time.time() - t0, 2))
+        return result
+
+
+class _VolumeStats:
+    """Streaming statistics of [-1, 1] volumes: intensity histogram, mean profiles, lung
+    fraction (CT) and MS-SSIM of disjoint pairs."""
+
+    def __init__(self, window, modality):
+        self.window, self.modality = window, modality
+        low, high = window
+        self.edges = np.arange(low, high + HIST_BIN_HU, HIST_BIN_HU)
+        self.histogram = np.zeros(len(self.edges) - 1, np.float64)
+        self.profiles = None
+        self.lungs, self.pairs, self.pending, self.n = [], [], None, 0
+
+    def add(self, volume, spacing):
+        hu = intensity.from_unit(volume, self.window).astype(np.float32)
+        self.histogram += np.histogram(hu, self.edges)[0]
+        profiles = [hu.mean(axis=tuple(a for a in range(3) if a != k)) for k in range(3)]
+        self.profiles = profiles if self.profiles is None else \
+            [p + q for p, q in zip(self.profiles, profiles)]
+        self.n += 1
+        if self.modality == "ct":
+            self.lungs.append(physical.lung_statistics(hu, spacing)["lung_fraction"])
+        if self.pending is None:
+            self.pending = volume
+        else:
+            self.pairs.append(metrics.ms_ssim_3d(self.pending, volume))
+            self.pending = None
+
+    def finish(self) -> dict:
+        return {"histogram": self.histogram / max(self.histogram.sum(), 1),
+                "profiles": [p / self.n for p in self.profiles],
+                "lung_fraction": float(np.mean(self.lungs)) if self.lungs else None,
+                "ms_ssim": float(np.mean(self.pairs)) if self.pairs else float("nan")}
+
+
+def _w1(p: np.ndarray, q: np.ndarray, bin_width: float) -> float:
+    """Wasserstein-1 distance of two normalised histograms on the same bins."""
+    return float(np.abs(np.cumsum(p) - np.cumsum(q)).sum() * bin_width)
+
+
+# ---- eval.jsonl, TensorBoard and the best checkpoint -----------------------------------
+
+def truncate_log(model_dir: str, step: int) -> int:
+    """Drops eval.jsonl lines after `step` (a resumed run redoes those evaluations);
+    returns the lines kept."""
+    path = os.path.join(model_dir, rundir.EVAL_FILE)
+    if not os.path.exists(path):
+        return 0
+    with open(path) as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    keep = [r for r in rows if r["step"] <= step]
+    if len(keep) != len(rows):
+        fileio.atomic_write(path, "".join(json.dumps(r) + "\n" for r in keep))
+    return len(keep)
+
+
+def append_log(model_dir: str, result: dict) -> None:
+    """Appends one evaluation to eval.jsonl, whole or not at all.
+
+    Raises:
+      fileio.DiskFullError: no space for the line (the file is cut back to its earlier
+        lines, so no half line is ever read).
+    """
+    path = os.path.join(model_dir, rundir.EVAL_FILE)
+    line = (json.dumps(result) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        before = os.fstat(fd).st_size
+        try:
+            written = 0
+            while written < len(line):  # unbuffered: a short write is seen, not hidden
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
+        except OSError as err:
+            reason = fileio.disk_full_reason(err)
+            if reason is None:
+                raise
+            os.ftruncate(fd, before)
+            raise fileio.disk_full_error(
+                path, reason, len(line), f"Its {before}-byte earlier part and the checkpoints "
+                "are intact", "free space and run the same command again: the run resumes "
+                "from its last checkpoint and evaluates again from there") from None
+    finally:
+        os.close(fd)
+
+
+def write_summaries(writer, result: dict) -> None:
+    with writer.as_default(step=result["step"]):
+        for key in ("fd", "mmd", "hist_w1_hu", "profile_l1_hu", "lung_fraction",
+                    "lung_fraction_real", "ms_ssim", "ms_ssim_real", "diversity_ratio", "r_t",
+                    "seconds"):
+            if result.get(key) is not None:
+                tf.summary.scalar(f"eval/{key}", result[key])
+        tf.summary.scalar("eval/alarm", float(bool(result["alarms"])))
+        if result["alarms"]:
+            tf.summary.text("eval/alarms", "\n\n".join(result["alarms"]))
+
+
+def read_best(model_dir: str) -> Optional[dict]:
+    path = os.path.join(model_dir, rundir.BEST_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def is_better(result: dict, best: Optional[dict], metric: str) -> bool:
+    """Lower is better: every BEST_METRICS entry is a distance."""
+    value = result.get(metric)
+    if value is None or not np.isfinite(value):
+        return False
+    return best is None or value < best["value"]
+
+
+def record_best(model_dir: str, result: dict, metric: str, checkpoint: str) -> dict:
+    best = {"step": result["step"], "metric": metric, "value": result[metric],
+            "checkpoint": checkpoint, "extractor": result["extractor"]}
+    fileio.atomic_write(os.path.join(model_dir, rundir.BEST_FILE), json.dumps(best, indent=2))
+    return best
