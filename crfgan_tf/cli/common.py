@@ -16,7 +16,6 @@ was read, 3 a non-finite loss) and 128 + N for a stop by signal N.
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 import re
 import sys
@@ -246,8 +245,3 @@ def run_command(main: Callable, load_tensorflow: bool = True) -> None:
         os.execve(sys.executable, sys.orig_argv, {**os.environ, **start_env})
     runtime.configure(load_tensorflow=load_tensorflow)
     app.run(main)
-
-
-def module_of(name: str):
-    """The crfgan_tf.cli module of a command (for tests and the registry's checks)."""
-    return importlib.import_module(f"crfgan_tf.cli.{name}")
