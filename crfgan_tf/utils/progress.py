@@ -1,6 +1,6 @@
 """One progress reporter for every long loop (training steps, scans, samples, features):
 
-  <what> <done>/<total> [=====>..............] 1.23 <unit>/s ETA 00:04:10 | <details>
+  <what> <done>/<total> [=====>..............] 1.23 <unit>/s ETA 0:04:10 | <details>
 """
 
 from __future__ import annotations
@@ -8,6 +8,14 @@ from __future__ import annotations
 import math
 import time
 from typing import Callable
+
+
+def format_duration(seconds: float) -> str:
+    """H:MM:SS with as many hours as it takes ("27:24:00" for 27.4 h; time.strftime's %H
+    wraps at 24 and would print 03:24:00)."""
+    total = int(round(seconds))
+    hours, rest = divmod(total, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
 class Progress:
@@ -39,7 +47,7 @@ class Progress:
         eta = (self.total - done) / rate if rate > 0 else float("inf")
         frac = min(done / max(self.total, 1), 1.0)
         bar = "=" * int(20 * frac) + ">" + "." * (20 - int(20 * frac))
-        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
+        eta_s = format_duration(eta) if math.isfinite(eta) else "?"
         head = f"{self.what} " if self.what else ""
         tail = f" | {details}" if details else ""
         return f"{head}{done}/{self.total} [{bar}] {rate:.2f} {self.unit}/s ETA {eta_s}{tail}"
