@@ -9,7 +9,8 @@ refused with one line naming the holder. A lock whose holder is gone is taken ov
 same host, a pid that no longer runs (or now belongs to a process started later: the
 pid was reused). A lock written on another host cannot be checked from here and is never
 broken silently: `--break_lock` takes it over, for a holder known to be gone (a node
-that crashed). Deciding and taking over run under an flock of the directory, so two
+that crashed), and so does a later run of the same Slurm job (requeued: same job id, a
+higher restart count). Deciding and taking over run under an flock of the directory, so two
 starts that both find a stale lock do not both take it.
 
 No TensorFlow here; the lock is released when the command ends, and a holder killed with
@@ -66,7 +67,23 @@ def holder_record() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(),
             "start_ticks": process_start_ticks(os.getpid()),
             "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "command": command_line()}
+            "command": command_line(), **slurm_job()}
+
+
+def slurm_job(environ=os.environ) -> dict:
+    """{"slurm_job": id, "slurm_restart": n} inside a Slurm job, else {}: a job that Slurm
+    requeued (after a node failure, a preemption or the batch script's requeue at the time
+    limit) runs again under the same id with a higher SLURM_RESTART_COUNT, and Slurm never
+    runs two instances of one job id, so its new start may take over its own old lock,
+    written on another node (holder_state)."""
+    job = environ.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    try:
+        restart = int(environ.get("SLURM_RESTART_COUNT") or 0)
+    except ValueError:
+        restart = 0
+    return {"slurm_job": job, "slurm_restart": restart}
 
 
 def command_line() -> str:
@@ -79,10 +96,15 @@ def command_line() -> str:
 
 def holder_state(holder: dict) -> str:
     """'self', 'alive', 'gone' (same host, the process ended or its pid was reused; or an
-    unreadable lock file), or 'unknown' (another host)."""
+    unreadable lock file), 'requeued' (another host, an earlier run of this Slurm job:
+    slurm_job), or 'unknown' (another host)."""
     if not holder:  # written atomically, so unreadable means damaged: nobody's lock
         return "gone"
     if holder.get("host") != socket.gethostname():
+        ours = slurm_job()
+        if ours and holder.get("slurm_job") == ours["slurm_job"] and isinstance(
+                holder.get("slurm_restart"), int) and holder["slurm_restart"] < ours["slurm_restart"]:
+            return "requeued"  # an earlier run of this Slurm job: it cannot still run
         return "unknown"
     pid = holder.get("pid")
     if not isinstance(pid, int):
@@ -190,6 +212,8 @@ class DirLock:
                 "cannot be checked from this host. If that process is gone (its node "
                 f"crashed), rerun with `break_lock` (lock file {self.path})")
         why = ("`break_lock`" if state == "unknown" else
+               f"Slurm requeued job {holder.get('slurm_job')}: that run is over"
+               if state == "requeued" else
                "its process is gone" if holder else "the lock file is unreadable")
         self.log(f"note: took over the lock of {self.flag} {self.directory} from "
                  f"{describe(holder) if holder else 'an unknown holder'} ({why})")

@@ -239,3 +239,74 @@ def test_two_replica_distributed_step_equals_one_device(model, size, tmp_path):
         # atol: conv biases ahead of GroupNorm get gradients of pure rounding noise, which
         # Adam turns into steps of up to lr (1e-4) in either direction.
         np.testing.assert_allclose(two[k], one[k], rtol=1e-4, atol=2e-4, err_msg=k)
+
+
+def _slurm_env(task, port_base, **extra):
+    """What srun sets for task `task` of a 2-task step on one node ("localhost")."""
+    return _env(SLURM_JOB_ID="4242", SLURM_STEP_ID="0", SLURM_PROCID=str(task),
+                SLURM_NTASKS="2", SLURM_STEP_NUM_TASKS="2", SLURM_STEP_NODELIST="localhost",
+                SLURM_STEP_TASKS_PER_NODE="2", CRFGAN_SLURM_PORT_BASE=str(port_base), **extra)
+
+
+def _consecutive_free_ports():
+    for _ in range(50):
+        (port,) = _free_ports(1)
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no two consecutive free ports")
+
+
+@pytest.mark.slow  # two workers through a checkpoint: a minute and a half
+def test_srun_with_two_tasks_builds_its_cluster_with_slurm_cluster_resolver(records_64,
+                                                                            tmp_path):
+    """crfgan-train --strategy=multi_worker under a faked srun step of 2 tasks on loopback,
+    without TF_CONFIG: the workers find each other through SlurmClusterResolver (hosts,
+    ranks and ports from srun's variables) and train one run, written by task 0."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    port = _consecutive_free_ports()
+    run = tmp_path / "run"
+    procs = []
+    for task in range(2):
+        out = open(tmp_path / f"task{task}.log", "w")
+        procs.append((subprocess.Popen(
+            [sys.executable, "-m", "crfgan_tf.train", *DEMO,
+             f"--train_records={records_64}/train-*.tfrecord", f"--model_dir={run}",
+             "--strategy=multi_worker", "--train_steps=2"],
+            cwd=REPO, env={**_slurm_env(task, port), "PATH": env["PATH"]},
+            stdout=out, stderr=subprocess.STDOUT), out))
+    codes = []
+    for proc, out in procs:
+        try:
+            codes.append(proc.wait(timeout=420))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            out.close()
+    logs = [open(tmp_path / f"task{t}.log").read() for t in range(2)]
+    assert codes == [0, 0], [log[-3000:] for log in logs]
+    workers = f"{{'worker': ['localhost:{port}', 'localhost:{port + 1}']}}"
+    for task, log in enumerate(logs):
+        assert (f"Slurm cluster (SlurmClusterResolver): this is worker {task} of {workers}"
+                in log), log[-3000:]
+        assert "batch 2 on 2 replica(s)" in log and "step 2/2" in log
+    assert json.load(open(run / "trainer_state.json"))["step"] == 2
+
+
+def test_several_srun_tasks_without_multi_worker_are_refused(records_64, tmp_path):
+    """Under srun with 2 tasks, --strategy=default would train twice on one directory."""
+    res = subprocess.run(
+        [sys.executable, "-m", "crfgan_tf.train", *DEMO, "--train_steps=1",
+         f"--train_records={records_64}/train-*.tfrecord", f"--model_dir={tmp_path}/run"],
+        cwd=REPO, env=_slurm_env(1, 20000), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2, res.stderr[-3000:]
+    (line,) = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert line == ("error: --strategy=default under srun with 2 tasks (this is task 1): every "
+                    "task would train alone on the same run directory. Use "
+                    "--strategy=multi_worker (the tasks form one cluster, SlurmClusterResolver), "
+                    "or run one task (srun --ntasks=1) with --strategy=mirrored for the GPUs of "
+                    "one node"), line
+    assert not os.path.exists(tmp_path / "run")

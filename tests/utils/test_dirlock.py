@@ -119,6 +119,37 @@ def test_lock_from_another_host_is_only_broken_with_break_lock(records_64, tmp_p
     assert any("took over" in m and "node-17" in m and "(`break_lock`)" in m for m in logs)
 
 
+@pytest.mark.parametrize("ours,takes", [
+    ({"SLURM_JOB_ID": "4242", "SLURM_RESTART_COUNT": "1"}, True),  # the job, requeued
+    ({"SLURM_JOB_ID": "4242"}, False),  # the same run of the job: another task or step
+    ({"SLURM_JOB_ID": "5151", "SLURM_RESTART_COUNT": "3"}, False),  # another job
+    ({}, False)])  # not under Slurm
+def test_a_requeued_slurm_job_takes_over_its_own_lock_from_a_failed_node(tmp_path, monkeypatch,
+                                                                        ours, takes):
+    """Slurm requeues a job after a node failure: the new run starts on another node and
+    finds the lock its first run wrote there. Same job id, a higher restart count: that
+    run is over (Slurm never runs one job twice), so the lock is taken over with a note;
+    anything else from another host still needs --break_lock."""
+    write_lock(tmp_path, host="node-17", pid=4242, since="2026-01-01T00:00:00",
+               command="crfgan-train --flagfile", slurm_job="4242", slurm_restart=0)
+    for name in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in ours.items():
+        monkeypatch.setenv(name, value)
+    notes = []
+    lock = dirlock.DirLock(str(tmp_path), "`model_dir`", log=notes.append)
+    if not takes:
+        with pytest.raises(dirlock.LockedError, match="rerun with `break_lock`"):
+            lock.acquire()
+        return
+    with lock:
+        record = json.load(open(tmp_path / dirlock.LOCK_FILE))
+        assert (record["slurm_job"], record["slurm_restart"]) == ("4242", 1)
+    assert notes == [f"note: took over the lock of `model_dir` {tmp_path} from pid 4242 on host "
+                     "'node-17' since 2026-01-01T00:00:00 (crfgan-train --flagfile) (Slurm "
+                     "requeued job 4242: that run is over)"]
+
+
 def test_convert_refuses_an_output_directory_in_use(tiny_archive, tmp_path, live_process):
     held_by(tmp_path, live_process, "crfgan-convert --dataset=luna16")
     env = dict(os.environ, PYTHONPATH=REPO)
