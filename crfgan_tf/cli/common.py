@@ -7,10 +7,12 @@ The library speaks of fields (`img_size` must be one of ...); a command speaks o
 turns each backticked name that is one of the process's flags into that flag, and leaves
 other backticked names (a signature, a file) as they are.
 
-Exit statuses of every command: 0 done; 2 the user's to fix (a flag's value, a missing or
+Exit statuses of every command: 0 done; 2 the user's to fix (a flag's name or value, a missing or
 unreadable input, an output that cannot be written, a full disk, a locked directory);
-other statuses are the command's own (its `command(statuses=...)`: 1 a mismatch in what
-was read, 3 a non-finite loss) and 128 + N for a stop by signal N.
+4 a device ran out of memory (OUT_OF_MEMORY: one line naming the phase, what fits and
+the flags that cut memory); other statuses are the command's own (its
+`command(statuses=...)`: 1 a mismatch in what was read, 3 a non-finite loss) and
+128 + N for a stop by signal N.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ from crfgan_tf.core import geometry
 from crfgan_tf.utils import fileio, runtime
 
 FLAGS = flags.FLAGS
+
+OUT_OF_MEMORY = 4
+
+# every command's own switch of runtime.configure()'s GPU memory growth
+flags.DEFINE_bool("gpu_memory_growth", True,
+                  "Let TensorFlow take GPU memory as it needs it (TF_FORCE_GPU_ALLOW_GROWTH) "
+                  "instead of nearly all of every card at the first operation.")
 
 # ---- help texts of flags that several commands define ----------------------------------
 EMBEDDING_FACTOR_HELP = (
@@ -186,7 +195,60 @@ def error_status(err: BaseException, statuses: Dict = None, errors: Iterable = (
     return None
 
 
-def command(statuses: Dict = None, errors: Iterable = ()) -> Callable:
+def out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is a device running out of memory: TensorFlow's ResourceExhaustedError
+    for an allocation ("OOM when allocating ...", "Failed to allocate memory for the
+    batch ..."), or one the library wrapped with where it
+    happened (training.loop.OutOfMemoryError)."""
+    wrapped = _loaded("crfgan_tf.training.loop:OutOfMemoryError")
+    if wrapped is not None and isinstance(err, wrapped):
+        return True
+    tf = sys.modules.get("tensorflow")
+    text = str(err)
+    return tf is not None and isinstance(err, tf.errors.ResourceExhaustedError) and (
+        "OOM" in text or "memory" in text.lower())
+
+
+def device_text() -> str:
+    """The device and its memory, for an out-of-memory line ("GPU:0 (NVIDIA H100, 79.1
+    GiB)", "CPU (RAM 23.4 GiB)")."""
+    try:
+        return runtime.device_memory()[0]
+    except Exception:  # noqa: BLE001 - a description only; the error line must still come
+        return "this device"
+
+
+def default_out_of_memory(phase: str, cuts: str) -> Callable:
+    """An out-of-memory line for a command (command(oom=...)): `phase` ("sampling"), the
+    device and `cuts`, what lowers memory ("a lower `batch_size`")."""
+    return lambda err: f"out of memory in {phase} on {device_text()}; what cuts memory: {cuts}"
+
+
+def _set_gpu_memory_growth() -> None:
+    """--gpu_memory_growth given: TF_FORCE_GPU_ALLOW_GROWTH as it says (runtime.configure
+    set "true" unless the environment had a value, which wins over the flag's default)."""
+    if "gpu_memory_growth" in FLAGS and FLAGS["gpu_memory_growth"].present:
+        os.environ[runtime.GPU_MEMORY_GROWTH_VARIABLE] = str(FLAGS.gpu_memory_growth).lower()
+
+
+def warn_if_gpu_unseen() -> None:
+    """runtime.unseen_gpu_warning's line on stderr, once per process, after TensorFlow
+    loaded and before any work (also the process's baseline memory, for device_memory)."""
+    global _gpu_checked
+    if _gpu_checked:
+        return
+    _gpu_checked = True
+    runtime.note_baseline_memory()
+    line = runtime.unseen_gpu_warning()
+    if line:
+        print(flagged(line), file=sys.stderr, flush=True)
+
+
+_gpu_checked = False
+
+
+def command(statuses: Dict = None, errors: Iterable = (),
+            oom: Optional[Callable] = None) -> Callable:
     """Decorates a command's absl `main(argv)`, the one error handling of every command:
     positional arguments are refused (flags need --name=value); Python-side INFO
     logging (TensorFlow's "Assets written to ...") is off unless --verbosity is given;
@@ -198,6 +260,9 @@ def command(statuses: Dict = None, errors: Iterable = ()) -> Callable:
       statuses: {exception class or "module:Class": exit status} checked first, for the
         command's own statuses (a ReferenceMismatch is 1).
       errors: further exception classes (or "module:Class") that exit 2 in this command.
+      oom: err -> the one line of an out-of-memory error (out_of_memory), exit
+        OUT_OF_MEMORY; default_out_of_memory(phase, cuts) makes one. Without it the line
+        names the command and, if it has one, --batch_size.
     """
     def decorate(main: Callable) -> Callable:
         @functools.wraps(main)
@@ -210,9 +275,16 @@ def command(statuses: Dict = None, errors: Iterable = ()) -> Callable:
                 from absl import logging  # TensorFlow's INFO lines drown the progress lines
 
                 logging.set_verbosity(logging.WARNING)
+            _set_gpu_memory_growth()
+            if "tensorflow" in sys.modules:  # loaded by runtime.configure: no operation yet
+                warn_if_gpu_unseen()
             try:
                 status = main(argv)
             except Exception as err:  # noqa: BLE001 - error_status keeps what is a bug
+                if out_of_memory(err):
+                    line = (oom or _generic_out_of_memory(main))(err)
+                    print(f"error: {flagged(line)}", file=sys.stderr)
+                    return OUT_OF_MEMORY
                 outcome = error_status(err, statuses, errors)
                 if outcome is None:
                     raise
@@ -225,7 +297,31 @@ def command(statuses: Dict = None, errors: Iterable = ()) -> Callable:
     return decorate
 
 
+def _generic_out_of_memory(main: Callable) -> Callable:
+    name = main.__module__.rsplit(".", 1)[-1]
+    cuts = "a lower `batch_size`" if "batch_size" in FLAGS else "smaller inputs"
+    return default_out_of_memory(name.replace("_", "-"), cuts)
+
+
 # ---- running ----------------------------------------------------------------------------
+def parse_flags(module, argv: list) -> list:
+    """absl's flag parsing of `argv` for the command whose flags are in `module`, with this project's exit status: a misspelt flag, a value
+    outside a flag's choices, a validator's refusal or a missing required flag is one line,
+    "error: <absl's message>; see <command> --help", and exit status 2 (absl's own parser
+    prints two lines and exits 1)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as err:
+        from crfgan_tf.cli import helptext
+
+        message = re.sub(r"^Unknown command line flag '([^']+)'(?:\. Did you mean: (.+?) \?)?",
+                         lambda m: f"unknown flag --{m.group(1)}" + (
+                             f" (did you mean --{m.group(2)}?)" if m.group(2) else ""), str(err))
+        print(f"error: {message}; see {helptext.command_names(module)[0]} --help",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 def run_command(main: Callable, load_tensorflow: bool = True) -> None:
     """What every command's run() does: --help answered from the command's own flags
     (crfgan_tf.cli.helptext), else runtime.configure(), then absl's app.run(main) (flags
@@ -244,4 +340,4 @@ def run_command(main: Callable, load_tensorflow: bool = True) -> None:
     if start_env:  # glibc reads its tunables at start: the same command again, with them
         os.execve(sys.executable, sys.orig_argv, {**os.environ, **start_env})
     runtime.configure(load_tensorflow=load_tensorflow)
-    app.run(main)
+    app.run(main, flags_parser=functools.partial(parse_flags, sys.modules[main.__module__]))

@@ -56,7 +56,9 @@ EXAMPLE = ("crfgan-fid-mmd --real='data/luna16_256/val-*.tfrecord' --fake=export
            "--weights=weights/medicalnet_resnet50.npz")
 
 
-@common.command()
+@common.command(oom=common.default_out_of_memory(
+    "evaluation (generating volumes and extracting MedicalNet features)",
+    "a lower `batch_size`, or `feature_side=128` (features at another side are not comparable)"))
 def main(argv):
     del argv
     from crfgan_tf.evaluation import features, fid_mmd, sources

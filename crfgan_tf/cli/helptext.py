@@ -86,8 +86,10 @@ def render(module: ModuleType) -> str:
             lines.extend(_describe(own[name]))
         lines.append("")
     lines += textwrap.wrap("Every command also takes --flagfile=FILE (flags read from a "
-                           "file, one per line; flags after it override it) and --helpfull "
-                           "(absl's own flags too).", _WIDTH)
+                           "file, one per line; flags after it override it), "
+                           "--nogpu_memory_growth (TensorFlow then reserves nearly all of "
+                           "every GPU at its first operation; by default it takes memory as "
+                           "it needs it) and --helpfull (absl's own flags too).", _WIDTH)
     lines += ["", "Example:", f"  {module.EXAMPLE}"]
     return "\n".join(lines) + "\n"
 

@@ -38,6 +38,8 @@ flags.DEFINE_bool("lean_cpu_memory", False,
                   "(CRFGAN_LEAN_CPU_MEMORY=1) instead of the default one.")
 flags.DEFINE_string("gpu_memory", "", "A GPU's memory (e.g. 24GB, 24GiB, 16000MiB): say "
                     "whether this run fits on it and the largest batch that does.")
+flags.DEFINE_string("cpu_memory", "", "Memory a CPU run may use beyond the framework (e.g. "
+                    "16GiB): the largest batch whose predicted working memory fits in it.")
 flags.DEFINE_bool("fits", True, "Also print, per size and precision, the GPU memory at batch "
                   "1, 2 and 4 and the largest batch on 12-141 GB cards (traces every size).")
 flags.DEFINE_list("fits_precisions", ["float32", "mixed_float16"],
@@ -83,13 +85,14 @@ def _check_gpu_memory(value):
 
 
 flags.register_validator("gpu_memory", _check_gpu_memory)
+flags.register_validator("cpu_memory", _check_gpu_memory)
 
 
 # --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Run to plan": "model img_size embedding_factor batch_size precision width latent_dim "
                    "crf_sample crf_encoder_slab remat num_classes",
-    "Devices": "lean_cpu_memory gpu_memory fits fits_precisions fits_sizes",
+    "Devices": "lean_cpu_memory cpu_memory gpu_memory fits fits_precisions fits_sizes",
     "Output": "json",
 }
 EXAMPLE = "crfgan-plan-memory --model=crfgan --img_size=256 --batch_size=2 --gpu_memory=24GB"
@@ -143,6 +146,9 @@ def _print_plan(p: dict, gpu_memory: int) -> None:
         verdict = "fits" if p["gpu_bytes"] <= gpu_memory else "does NOT fit"
         print(f"  on a {_gb(gpu_memory)} GB GPU: {verdict}; largest batch there: "
               f"{p['largest_batch_on_gpu_memory']}")
+    if "largest_batch_on_cpu_memory" in p:
+        print(f"  in {_gb(p['cpu_memory_bytes'])} GB of CPU memory: largest batch "
+              f"{p['largest_batch_on_cpu_memory']}")
 
 
 def _fits_table(req, step, progress) -> list:
@@ -219,6 +225,11 @@ def main(argv):
         p["gpu_memory_bytes"] = gpu_memory
         p["fits_gpu_memory"] = p["gpu_bytes"] <= gpu_memory
         p["largest_batch_on_gpu_memory"] = memory_plan.largest_batch(step, req, gpu_memory)
+    cpu_memory = memory_plan.parse_memory(FLAGS.cpu_memory) if FLAGS.cpu_memory else 0
+    if cpu_memory:
+        p["cpu_memory_bytes"] = cpu_memory
+        p["largest_batch_on_cpu_memory"] = memory_plan.largest_batch(
+            step, req, cpu_memory, measure="working_bytes", allocator=allocator)
     if not FLAGS.json:
         _print_plan(p, gpu_memory)
     if FLAGS.fits:

@@ -36,7 +36,9 @@ HELP_GROUPS = {
 EXAMPLE = "crfgan-sample --saved_model=exports/luna256 --num_samples=4 --output_dir=samples/luna256"
 
 
-@common.command()
+@common.command(oom=common.default_out_of_memory(
+    "sampling", "a lower `batch_size` (1 generates one volume at a time; the samples do not "
+    "change with it)"))
 def main(argv):
     del argv
     if FLAGS.label is not None and FLAGS.labels:

@@ -6,7 +6,8 @@ Starting again with the same --model_dir resumes from its latest checkpoint; rai
 --train_steps continues a finished run. Only --train_steps, the logging, image and
 checkpoint intervals, --keep_checkpoints, --profile_steps, --jit_compile, --strategy and
 --cpu_devices may change on resume; other changes are refused (crfgan_tf/run/rundir.py).
---dry_run prints the resolved config and exits.
+--dry_run checks the flags and the records (they exist and hold --img_size^3 volumes),
+prints the resolved config and exits.
 
 SIGTERM, SIGINT and SIGUSR1 (--save_on_signals) stop the run after the step in progress
 with a checkpoint at that step; the exit status is then 128 + the signal's number (143
@@ -14,7 +15,9 @@ for SIGTERM, 130 for SIGINT, 138 for SIGUSR1), or 0 with --exit_zero_on_signal. 
 signal ends the process at once (the previous checkpoint stays intact). While it runs,
 the command holds the lock `--model_dir/.crfgan.lock`: a second writer is refused.
 Exit status: 0 done, 2 invalid flags or inputs, a locked or unwritable run directory, a
-full disk; 3 a non-finite loss; 128 + N stopped by signal N.
+full disk; 3 a non-finite loss; 4 out of memory (one line: the phase, the memory
+planner's largest batch on this device, the flags that cut memory); 128 + N stopped by
+signal N.
 """
 
 import os
@@ -146,7 +149,8 @@ flags.DEFINE_bool("break_lock", False,
                   "Take over the run directory's lock when it was written on another host "
                   "whose process cannot be checked from here (only when that run is gone). "
                   "A lock of this host whose process has ended is taken over without it.")
-flags.DEFINE_bool("dry_run", False, "Print the resolved config and exit.")
+flags.DEFINE_bool("dry_run", False, "Check the flags and the records, print the resolved "
+                  "config and exit.")
 flags.DEFINE_string("demo_data_dir", "",
                     "If set, first write and convert the phantom CT demo data there "
                     "(skipped when present); configs/demo.flags sets it.")
@@ -227,15 +231,99 @@ HELP_GROUPS = {
 EXAMPLE = "crfgan-train --flagfile=configs/luna.flags --model_dir=runs/luna256"
 
 
-@common.command(statuses={"crfgan_tf.training.loop:NonFiniteLossError": 3})
+def _out_of_memory(err) -> str:
+    """The line crfgan-train ends with when a device runs out of memory: the phase and step,
+    the device, the memory planner's largest batch for this configuration on it, and the
+    flags that cut memory."""
+    config = config_from_flags()
+    phase = f"the {err.phase} at step {err.step}" if hasattr(err, "phase") else "training"
+    batch = config.per_replica_batch_size or config.batch_size
+    if phase.startswith("the input pipeline"):
+        cuts, plan = ("a lower `batch_size` (a batch of whole volumes is assembled in host "
+                      "memory)"), ""
+    elif phase.startswith("the in-training"):
+        cuts, plan = ("`eval_feature_side=128`, fewer `eval_samples`, or `eval_every=0` "
+                      "(evaluate afterwards with crfgan-fid-mmd)"), ""
+    else:
+        cuts = ("a lower `batch_size` (or `per_replica_batch_size`), `mixed_precision="
+                "mixed_float16` on a GPU, `crf_encoder_slab=16` (CRF-GAN), `remat`")
+        plan = _planner_says(config, batch)
+    try:
+        described = runtime.device_memory()[0]
+    except Exception:  # noqa: BLE001 - the line must come whatever the device query does
+        described = "this device"
+    kept = "" if not hasattr(err, "phase") else (
+        f"; the last checkpoint, {err.checkpoint}, is intact" if err.checkpoint else
+        "; no checkpoint was written yet")
+    return (f"out of memory in {phase} on {described}{plan}; what cuts memory: {cuts} "
+            f"(crfgan-plan-memory --model={config.model} --img_size={config.img_size} "
+            f"--width={config.width:g} --batch_size={batch} breaks it down){kept}")
+
+
+def _planner_says(config, batch: int) -> str:
+    """"; the memory planner's largest batch per device here is N (this run: B)", or why
+    it is not below this run's batch, or "" when the planner cannot run."""
+    try:
+        import tensorflow as tf
+
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+        described, device_bytes = runtime.device_memory()
+        if not device_bytes:
+            return ""
+        print(f"train: out of memory; asking the memory planner what fits on {described} ...",
+              file=sys.stderr, flush=True)
+        fit = _planned_batch(config, device_bytes, gpu)
+    except Exception as plan_err:  # noqa: BLE001 - a planner failure must not hide the error
+        print(f"train: the memory planner could not run: {plan_err}"[:300], file=sys.stderr)
+        fit = None
+    if fit is None:
+        return ""
+    if fit < batch:
+        return f"; the memory planner's largest batch per device here is {fit} (this run: {batch})"
+    return (f"; the memory planner puts the largest batch per device here at {fit}, no lower "
+            f"than this run's {batch}: what ran out is outside what it models (on a CPU it "
+            "models oneDNN's allocator and resident memory; docs/training.md#out-of-memory)")
+
+
+def _planned_batch(config, device_bytes: int, gpu: bool) -> int:
+    """The memory planner's largest batch for `config` in `device_bytes` (a GPU's
+    gpu_bytes, or the CPU's working memory), from crfgan-plan-memory in a process of its
+    own: this one has just run out of memory, and the planner builds the model."""
+    import json
+    import subprocess
+
+    memory = f"--{'gpu' if gpu else 'cpu'}_memory={device_bytes / 2 ** 20:.0f}MiB"
+    args = [f"--model={config.model}", f"--img_size={config.img_size}", "--batch_size=1",
+            f"--precision={config.mixed_precision}", f"--width={config.width}",
+            f"--latent_dim={config.latent_dim}", f"--crf_sample={config.crf_sample}",
+            f"--crf_encoder_slab={config.crf_encoder_slab}",
+            f"--num_classes={config.num_classes}",
+            f"--embedding_factor={config.embedding_factor}",
+            f"--{'' if config.remat else 'no'}remat", memory, "--nofits", "--json"]
+    code = "import sys; from crfgan_tf.cli import plan_memory; sys.argv[1:] = %r; " \
+           "plan_memory.run()" % args
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=900, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    if out.returncode:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip()
+                           else f"exit {out.returncode}")
+    plan = json.loads(out.stdout.strip().splitlines()[-1])
+    return plan[f"largest_batch_on_{'gpu' if gpu else 'cpu'}_memory"]
+
+
+@common.command(statuses={"crfgan_tf.training.loop:NonFiniteLossError": 3}, oom=_out_of_memory)
 def main(argv):
     del argv
     config = config_from_flags()
     config.validate()
-    if FLAGS.dry_run:
+    runtime.quiet_tensorflow()
+    if FLAGS.dry_run:  # what a start checks before any work, the records too
+        from crfgan_tf.data import records
+
+        records.check_records(config.train_records, config.img_size)
         print(config.to_json())
         return 0
-    runtime.quiet_tensorflow()
+    common.warn_if_gpu_unseen()
     from crfgan_tf.training import loop as train_lib
     from crfgan_tf.utils import preemption
 

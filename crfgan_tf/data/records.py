@@ -291,8 +291,8 @@ def check_records(file_pattern: str, img_size: int) -> list:
         first = file_pattern.split(",")[0]
         out = os.path.dirname(first) or "."
         raise RecordsError(
-            f"--train_records: no TFRecord files match {file_pattern!r}. Convert the scans "
-            f"first: python -m data_prep.convert --dataset=luna16|gsp|generic "
+            f"`train_records`: no TFRecord files match {file_pattern!r}. Convert the scans "
+            f"first: crfgan-convert --dataset=luna16|gsp|generic|dicom "
             f"--input_dir=<archive> --output_dir={out} --size={img_size}") from None
     for f in files:
         size = manifest.of_file(f).get("settings", {}).get("size")

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import tensorflow as tf
 
 from crfgan_tf.core import intensity
-from crfgan_tf.utils import fileio
+from crfgan_tf.utils import fileio, runtime
 from crfgan_tf.utils.progress import Progress
 
 FORMATS = {"nii.gz": ".nii.gz", "mha": ".mha", "nrrd": ".nrrd", "npy": ".npy"}
@@ -183,6 +183,7 @@ def sample(saved_model: str, num_samples: int, seed: int, output_dir: str, fmt: 
         count = min(batch_size, num_samples - first)
         batch_labels = [cycle[i % len(cycle)] for i in range(first, first + count)] \
             if cycle else None
+        runtime.inject_out_of_memory("sampling")  # tests only: runtime.FAULT_OOM_VARIABLE
         volumes = generate(module, latents(seed, first, count, latent_dim), batch_labels)
         for k in range(count):
             i = first + k

@@ -28,11 +28,34 @@ from crfgan_tf.training.checkpointing import (checkpoint_bytes, checkpoint_manag
                                               make_checkpoint, restore_latest)
 from crfgan_tf.training.distribute import (is_chief, make_distributed_step,
                                            make_stop_agreement, make_strategy)
-from crfgan_tf.utils import dirlock, fileio, preemption
+from crfgan_tf.utils import dirlock, fileio, preemption, runtime
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; nothing after the last checkpoint is kept."""
+
+
+class OutOfMemoryError(RuntimeError):
+    """A device ran out of memory (TensorFlow's ResourceExhaustedError, chained): `phase`
+    ("input pipeline": a batch did not fit in host memory; "training step";
+    "in-training evaluation"), the `step` it was at and the last
+    `checkpoint` (intact). crfgan-train adds what the memory planner says fits."""
+
+    def __init__(self, phase: str, step: int, checkpoint: Optional[str]):
+        self.phase, self.step, self.checkpoint = phase, step, checkpoint
+        kept = f"the last checkpoint, {checkpoint}, is intact" if checkpoint else \
+            "no checkpoint was written yet"
+        super().__init__(f"out of memory in the {phase} at step {step}; {kept}")
+
+
+@contextlib.contextmanager
+def _phase(name: str, step: int, manager):
+    """Turns an out-of-memory error inside the block into OutOfMemoryError(name, step)."""
+    try:
+        runtime.inject_out_of_memory(name)  # tests only: runtime.FAULT_OOM_VARIABLE
+        yield
+    except tf.errors.ResourceExhaustedError as err:
+        raise OutOfMemoryError(name, step, manager.latest_checkpoint) from err
 
 
 def _log(msg: str) -> None:
@@ -101,6 +124,10 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
     config = rundir.resume_config(config)
     config.validate()
     strategy = make_strategy(config.strategy, config.cpu_devices)
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if isinstance(resolver, tf.distribute.cluster_resolver.SlurmClusterResolver):
+        log(f"train: Slurm cluster (SlurmClusterResolver): this is worker {resolver.task_id} "
+            f"of {resolver.cluster_spec().as_dict()}")
     config = _resolve_batch(config, strategy.num_replicas_in_sync, log)
     files, changed, data_meta = _check_inputs(config)
     with contextlib.ExitStack() as held:
@@ -151,17 +178,20 @@ def _loop(config: config_lib.TrainConfig, run: "_Run", files: list, log) -> dict
     metrics, stop_signal = {}, None
     with preemption.StopOnSignal(signals, log) as stop:
         if evaluation and step == 0:
-            evaluation.run(run.model, 0, writer)  # the baseline: distances at initialisation
+            with _phase("in-training evaluation", 0, run.manager):
+                evaluation.run(run.model, 0, writer)  # the baseline: distances at initialisation
         while step < config.train_steps and not stop_signal:
             if profile:
                 profile.before(step + 1)
             try:
-                batch = next(iterator)
+                with _phase("input pipeline", step + 1, run.manager):
+                    batch = next(iterator)
             except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
                 raise records.RecordsError(
                     f"{records.describe_read_error(err, files)} (at step {step + 1}; the last "
                     f"checkpoint, {run.manager.latest_checkpoint}, is intact)") from None
-            metrics = {k: float(v) for k, v in distributed_step(batch).items()}
+            with _phase("training step", step + 1, run.manager):
+                metrics = {k: float(v) for k, v in distributed_step(batch).items()}
             step += 1
             if profile:
                 profile.after(step)
@@ -250,7 +280,8 @@ def _after_step(config: config_lib.TrainConfig, run: _Run, step: int, metrics: d
     if evaluation:
         evaluation.add_r_t(metrics["r_t"])
         if step % config.eval_every == 0 or last:
-            evaluation.run(run.model, step, writer)
+            with _phase("in-training evaluation", step, run.manager):
+                evaluation.run(run.model, step, writer)
     if step % config.checkpoint_every == 0 or last:
         _save(config, run, step, metrics)
 

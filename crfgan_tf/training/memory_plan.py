@@ -346,11 +346,14 @@ def plan(req: PlanRequest, step: Optional[StepGraph] = None,
 
 
 def largest_batch(step: StepGraph, req: PlanRequest, device_bytes: int,
-                  limit: int = 256) -> int:
-    """The largest batch up to `limit` whose gpu_bytes fit in `device_bytes` (0: not even
-    batch 1). gpu_bytes grows with the batch, so a bisection finds it in log2(limit) plans
-    (a scan of every batch took 1,792 plans for seven cards)."""
-    fits = lambda b: plan(dataclasses.replace(req, batch_size=b), step)["gpu_bytes"] <= device_bytes
+                  limit: int = 256, measure: str = "gpu_bytes",
+                  allocator: Allocator = CPU_DEFAULT) -> int:
+    """The largest batch up to `limit` whose `measure` (gpu_bytes: a GPU's need;
+    working_bytes: the CPU's working memory) fits in `device_bytes` (0: not even batch 1).
+    It grows with the batch, so a bisection finds it in log2(limit) plans (a scan of every
+    batch took 1,792 plans for seven cards)."""
+    fits = lambda b: plan(dataclasses.replace(req, batch_size=b), step,
+                          allocator)[measure] <= device_bytes
     low, high = 0, limit  # fits(low) (batch 0 always "fits"); the answer is in [low, high]
     while low < high:
         mid = (low + high + 1) // 2

@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import tempfile
+from typing import Optional
 
 
 _NOISE = re.compile(
@@ -38,13 +39,17 @@ def user_wants_tensorflow_logs(environ=os.environ, argv=None) -> bool:
 
 
 def quiet_tensorflow(environ=os.environ, argv=None) -> bool:
-    """Imports TensorFlow with its start-up notices silenced (see the module docstring).
+    """Imports TensorFlow with its start-up notices silenced (see the module docstring), or
+    as it is when the user asked for its logs.
 
     Returns:
       Whether anything was silenced (False when TensorFlow was already loaded or the user
       asked for its logs).
     """
-    if "tensorflow" in sys.modules or user_wants_tensorflow_logs(environ, argv):
+    if "tensorflow" in sys.modules:
+        return False
+    if user_wants_tensorflow_logs(environ, argv):
+        importlib.import_module("tensorflow")
         return False
     environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # also the first operation's cuInit error
     sys.stderr.flush()
@@ -151,6 +156,10 @@ def _tunable_set(key: str, environ=os.environ) -> bool:
 def configure(load_tensorflow: bool = True, environ=os.environ, argv=None) -> None:
     """The process settings every entry point applies first, before TensorFlow loads:
 
+    - GPU memory growth (TF_FORCE_GPU_ALLOW_GROWTH=true unless set): TensorFlow takes GPU
+      memory as it needs it instead of the whole card at its first operation, so
+      nvidia-smi shows what a run uses and a card can be shared; commands turn it off with
+      --nogpu_memory_growth (cli.common), an explicit TF_FORCE_GPU_ALLOW_GROWTH=false too;
     - oneDNN convolutions on CPU (TF_ENABLE_ONEDNN_OPTS=1 unless set): at 128^3 a CRF-GAN
       iteration takes 40 % less peak memory and runs 1.33x faster than with the default
       Eigen kernels, which expand every 3D convolution into a full patch matrix
@@ -164,6 +173,7 @@ def configure(load_tensorflow: bool = True, environ=os.environ, argv=None) -> No
       quiet_tensorflow() themselves when they do.
     """
     environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    environ.setdefault(GPU_MEMORY_GROWTH_VARIABLE, "true")
     ignore_file_size_signal()
     if lean_cpu_memory_requested(environ):
         lean_cpu_memory()
@@ -182,3 +192,126 @@ def peak_memory_bytes() -> int:
     if tf.config.list_physical_devices("GPU"):
         return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+# TensorFlow's own switch, read when it creates its GPU devices (the first operation):
+# "true" grows the allocator's region as tensors need it instead of reserving nearly all
+# of each card up front.
+GPU_MEMORY_GROWTH_VARIABLE = "TF_FORCE_GPU_ALLOW_GROWTH"
+
+# What the pinned TensorFlow (2.21) was built against and needs on a GPU machine
+# (tf.sysconfig.get_build_info(); the `and-cuda` extra's pins); docs/installation.md
+# states them, and a test compares them with the installed TensorFlow.
+CUDA_VERSION = "12.5"
+CUDNN_MAJOR = "9"
+MIN_DRIVER = "525.60.13"  # CUDA 12 minor-version compatibility (CUDA 12.5's own: 555.42.02)
+NVIDIA_DRIVER_FILE = "/proc/driver/nvidia/version"
+
+
+def nvidia_driver_present(environ=os.environ) -> bool:
+    """Whether this machine has an NVIDIA driver: its kernel module's version file, or
+    nvidia-smi on PATH."""
+    import shutil
+
+    return os.path.exists(NVIDIA_DRIVER_FILE) or shutil.which(
+        "nvidia-smi", path=environ.get("PATH")) is not None
+
+
+def unseen_gpu_warning(environ=os.environ) -> Optional[str]:
+    """One warning line when an NVIDIA driver is present but TensorFlow sees no GPU (the
+    run would go on, on the CPU, without a word), naming the likely cause; None when
+    TensorFlow sees a GPU, when there is no driver, or when CUDA_VISIBLE_DEVICES hides the
+    GPUs on purpose (empty or -1). Lists the physical devices: TensorFlow must be loaded,
+    and CUDA_VISIBLE_DEVICES final."""
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return None
+    if not nvidia_driver_present(environ):
+        return None
+    import importlib.util
+
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return None
+    if not tf.test.is_built_with_cuda():
+        cause = "this TensorFlow is a CPU-only build"
+    elif importlib.util.find_spec("nvidia") is None or importlib.util.find_spec(
+            "nvidia.cudnn") is None:
+        cause = (f"the CUDA {CUDA_VERSION} and cuDNN {CUDNN_MAJOR} libraries TensorFlow loads "
+                 "are not installed in this environment (`make install-gpu`)")
+    else:
+        cause = (f"the CUDA libraries are installed, so the driver is likely older than CUDA "
+                 f"{CUDA_VERSION} needs ({MIN_DRIVER} or later; `nvidia-smi` shows it), or the "
+                 "GPU is in use by a process that holds it exclusively")
+    return (f"warning: an NVIDIA driver is present but TensorFlow sees no GPU, so this runs "
+            f"on the CPU: {cause}; docs/installation.md#gpus")
+
+
+def device_memory(environ=os.environ) -> tuple:
+    """(description, bytes) of the memory the first device TensorFlow uses has: a GPU's
+    total (nvidia-smi; None when it cannot be read) or, without a GPU, what this process
+    may use of the CPU's memory beyond what it held when the command started
+    (note_baseline_memory): the smallest of the physical RAM, the cgroup's memory.max and
+    the address-space limit (`ulimit -v`), less that baseline."""
+    import resource
+    import subprocess
+
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total",
+                                  "--format=csv,noheader,nounits", "-i", "0"],
+                                 capture_output=True, text=True, timeout=20, check=True)
+            total = int(float(out.stdout.split()[0]) * 2 ** 20)
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            return f"GPU:0 ({name})", None
+        return f"GPU:0 ({name}, {total / 2 ** 30:.1f} GiB)", total
+    limits = {"RAM": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}
+    try:
+        text = open("/sys/fs/cgroup/memory.max").read().strip()
+        if text.isdigit():
+            limits["cgroup memory.max"] = int(text)
+    except OSError:
+        pass
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY:
+        limits["address-space limit"] = soft
+    which = min(limits, key=limits.get)
+    free = limits[which] - _BASELINE.get("address-space" if which == "address-space limit"
+                                         else "resident", 0)
+    return f"CPU ({which} {limits[which] / 2 ** 30:.1f} GiB)", free
+
+
+_BASELINE: dict = {}
+
+
+def note_baseline_memory() -> None:
+    """Remembers this process's address space and resident memory now (after TensorFlow
+    loaded, before any work): device_memory() subtracts them from a CPU's limit, as the
+    memory planner's working memory leaves them out."""
+    try:
+        status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+        _BASELINE["address-space"] = int(status["VmSize"].split()[0]) * 1024
+        _BASELINE["resident"] = int(status["VmRSS"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        pass
+
+
+# Fault injection for the tests of the out-of-memory path (tests/cli/test_train.py): a
+# comma-separated list of phases ("training step", "in-training evaluation", "sampling")
+# in which a real TensorFlow allocation of 4 TiB is made, so that the
+# ResourceExhaustedError a full device raises goes through the path a real one takes.
+# Unset (always, outside tests), it does nothing.
+FAULT_OOM_VARIABLE = "CRFGAN_FAULT_OOM"
+
+
+def inject_out_of_memory(phase: str, environ=os.environ) -> None:
+    """Allocates 4 TiB when `phase` is listed in CRFGAN_FAULT_OOM (see above)."""
+    if phase in environ.get(FAULT_OOM_VARIABLE, "").split(","):
+        import tensorflow as tf
+
+        tf.zeros([2 ** 40], tf.float32)  # raises ResourceExhaustedError

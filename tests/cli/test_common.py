@@ -176,3 +176,21 @@ def test_a_value_the_library_refuses_is_the_users_a_value_error_deep_in_numpy_is
     assert common.error_status(RuntimeError("a bug")) is None
     assert common.error_status(RuntimeError("torch"), errors=(RuntimeError,)) == (2, "torch")
 
+
+
+@pytest.mark.parametrize("module,args,needles", [
+    ("crfgan_tf.train", ["--model_dir=/nonexistent/run", "--img_sise=64", "--dry_run"],
+     ["--img_sise", "crfgan-train --help"]),
+    ("crfgan_tf.train", ["--model_dir=/nonexistent/run", "--model=gan", "--dry_run"],
+     ["--model", "crfgan", "hagan"]),
+    ("crfgan_tf.train", ["--model_dir=/nonexistent/run", "--img_size=100", "--dry_run"],
+     ["--img_size must be one of"]),
+    ("crfgan_tf.export", ["--model_dir=/nonexistent/run"], ["--export_dir"]),
+    ("tools.count_params", ["--width=abc"], ["--width"]),
+])
+def test_flag_errors_exit_2_in_one_line_naming_the_flag(module, args, needles):
+    """A misspelt flag, a value outside a flag's choices, a validator's refusal or a missing
+    required flag: status 2 (every --help says so), one line, before any work; absl's own
+    handling exits 1 with several lines."""
+    res = _run(module, *args)
+    _one_line_error(res, *needles)

@@ -101,7 +101,7 @@ def test_records_of_another_size_are_refused_before_building(records_64, tmp_pat
 
 def test_missing_records_say_which_command_makes_them(tmp_path):
     cfg = tiny_config(tmp_path / "run", str(tmp_path / "data/luna16_64/train-*.tfrecord"))
-    with pytest.raises(records.RecordsError, match=r"python -m data_prep.convert .*"
+    with pytest.raises(records.RecordsError, match=r"crfgan-convert .*"
                        rf"--output_dir={tmp_path}/data/luna16_64 --size=64"):
         train_lib.train(cfg, log=lambda m: None)
     assert not os.path.exists(tmp_path / "run")

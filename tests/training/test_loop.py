@@ -363,7 +363,7 @@ def test_documented_command_without_records_says_how_to_make_them(tmp_path):
                f"--train_records={tmp_path}/data/luna16_256/train-*.tfrecord")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "no TFRecord files match" in res.stderr
-    assert (f"python -m data_prep.convert --dataset=luna16|gsp|generic --input_dir=<archive> "
+    assert (f"crfgan-convert --dataset=luna16|gsp|generic|dicom --input_dir=<archive> "
             f"--output_dir={tmp_path}/data/luna16_256 --size=256") in res.stderr
     assert not os.path.exists(tmp_path / "run")
 
