@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # configs/demo.flags names the same directory
 DEMO_DIR := demo_run
 
-.PHONY: install demo test test-all clean
+.PHONY: install install-gpu demo test test-all clean
 
 # registry.py: the console scripts are made at install time from it
 $(STAMP): setup.py crfgan_tf/cli/registry.py
@@ -16,6 +16,14 @@ $(STAMP): setup.py crfgan_tf/cli/registry.py
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# NVIDIA GPUs (Linux): TensorFlow's CUDA libraries into the same .venv (the `gpu` extra);
+# then the GPUs TensorFlow sees, or the one line saying why it sees none
+install-gpu: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,gpu]'
+	$(PY) -c "from crfgan_tf.utils import runtime; runtime.configure(); import tensorflow as tf; \
+		print('GPUs TensorFlow sees:', tf.config.list_physical_devices('GPU')); \
+		print(runtime.unseen_gpu_warning() or '')"
 
 # The main job on the embedded default data: phantom CTs -> TFRecords -> a short CPU
 # training run (configs/demo.flags) -> SavedModel -> sample volumes with PNG previews ->

@@ -22,6 +22,14 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
+    license="Apache-2.0",
+    license_files=["LICENSE"],
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
     # only crfgan_tf: data_prep/ and tools/ are the checkout's `python -m` shims
     packages=find_packages(include=["crfgan_tf", "crfgan_tf.*"]),
     package_data={"crfgan_tf.studies.reader_study": ["page.html"]},
@@ -45,5 +53,8 @@ setup(
         "bench": ["scikit-image>=0.22"],
         # Only tools/import_medicalnet.py (reading MedicalNet's .pth) and its equivalence test.
         "medicalnet": ["torch>=2.1"],
+        # NVIDIA GPUs on Linux: TensorFlow's CUDA 12.5 and cuDNN 9 libraries as pip wheels
+        # (`make install-gpu`; docs/installation.md)
+        "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
     },
 )

@@ -3,6 +3,7 @@ names an existing command with flags it has, every `crfgan-train` line passes it
 --dry_run, and every repository path and link they mention exists."""
 
 import glob
+import json
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import pytest
 
 from conftest import COMMANDS, REPO, command_flags
+from support.converted import checkout_view, converted
 from support.doc_commands import code_lines, invocations, page_text
 
 PAGES = sorted(["README.md", "CONTRIBUTING.md", "CHANGELOG.md"]
@@ -105,9 +107,11 @@ def test_a_renamed_flag_or_path_is_caught():
         "no make target 'tests'", "no command 'trian': crfgan-trian --flagfile=configs/luna.flags"]
 
 
-def test_every_documented_training_command_passes_its_dry_run():
+def test_every_documented_training_command_passes_its_dry_run(tmp_path):
     """Flag values too: each crfgan-train / python -m crfgan_tf.train line of the docs,
-    with --dry_run (validates every flag and flagfile, builds nothing)."""
+    with --dry_run (validates every flag and flagfile and the records, builds nothing), run
+    where the documented conversion has written the records it names (its message says
+    which, and at which size)."""
     lines = {}
     for page in PAGES:
         for name, args, line in invocations(page_text(page), inline=False):
@@ -116,10 +120,19 @@ def test_every_documented_training_command_passes_its_dry_run():
             if name == "train" and not made_earlier and not any("$" in a for a in args):
                 lines[" ".join(args)] = (page, args)
     assert len(lines) >= 8
+    checkout_view(tmp_path, REPO)
+    converted(tmp_path, "data/luna16_256/*", 256)  # the README's step 1
+    missing = re.compile(r"no TFRecord files match '([^']+)'\. Convert the scans first: "
+                         r"crfgan-convert .* --size=(\d+)")
     for page, args in lines.values():
         extra = [] if any(a.startswith(("--model_dir", "--flagfile")) for a in args) \
             else ["--model_dir=runs/doc_check"]
-        res = subprocess.run([sys.executable, "-m", "crfgan_tf.train", *args, *extra,
-                              "--dry_run"], cwd=REPO, capture_output=True, text=True,
-                             timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+        for attempt in range(2):
+            res = subprocess.run([sys.executable, "-m", "crfgan_tf.train", *args, *extra,
+                                  "--dry_run"], cwd=tmp_path, capture_output=True, text=True,
+                                 timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+            found = missing.search(res.stderr)
+            if res.returncode == 0 or not found or attempt:
+                break
+            converted(tmp_path, found.group(1), int(found.group(2)))
         assert res.returncode == 0, (page, args, res.stderr[-1500:])

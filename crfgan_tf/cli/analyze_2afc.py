@@ -1,6 +1,6 @@
-"""Analyses the answers of the 2AFC reader study built by tools.make_2afc.
+r"""Analyses the answers of the 2AFC reader study built by tools.make_2afc.
 
-  python -m tools.analyze_2afc --key=study/key/key.json --answers='answers/*.csv' \
+  python -m tools.analyze_2afc --key=results/study/key/key.json --answers='answers/*.csv' \
       --plot=difficulty.png [--json]
 
 Reports section-1 accuracy (and its test against chance), the difficulty distribution with
@@ -41,7 +41,7 @@ HELP_GROUPS = {
     "Input": "key answers",
     "Output": "plot json",
 }
-EXAMPLE = ("crfgan-analyze-2afc --key=study/key/key.json --answers='answers/*.csv' "
+EXAMPLE = ("crfgan-analyze-2afc --key=results/study/key/key.json --answers='answers/*.csv' "
            "--plot=difficulty.png")
 
 

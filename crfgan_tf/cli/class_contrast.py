@@ -1,10 +1,10 @@
-"""How a conditional model's classes differ, measured without a network: the lung
+r"""How a conditional model's classes differ, measured without a network: the lung
 fraction and the dense (soft-tissue) structures within the lungs (crfgan_tf/evaluation/physical.py)
 of its samples of each class, with the same latents for every class, next to the real
 volumes of each class.
 
-  python -m tools.class_contrast --saved_model=demo_cond_run/export \
-      --records='demo_cond_run/records_64/*.tfrecord' --num_samples=32 --seed=0
+  python -m tools.class_contrast --saved_model=exports/luna256_cond \
+      --records='data/luna16_256_labelled/*.tfrecord' --num_samples=32 --seed=0
 """
 
 import json

@@ -1,9 +1,9 @@
-"""Converts a LUNA16 / GSP / DICOM / generic scan archive into sharded TFRecords.
+r"""Converts a LUNA16 / GSP / DICOM / generic scan archive into sharded TFRecords.
 
   python -m data_prep.convert --dataset=luna16 --input_dir=/data/LUNA16 \
-      --output_dir=/data/luna16_256 --size=256 --num_shards=16 --workers=2
+      --output_dir=data/luna16_256 --size=256 --num_shards=16 --workers=2
   python -m data_prep.convert --dataset=dicom --input_dir=/data/hospital_export \
-      --output_dir=/data/hospital_256
+      --output_dir=data/hospital_256
 
 DICOM: every series under --input_dir, at any depth, is one case (its id a hash of the
 SeriesInstanceUID); localizers, derived images and other modalities are skipped, series

@@ -1,8 +1,8 @@
-"""Is the synthetic data useful? A scan-level classification study on held-out real scans
+r"""Is the synthetic data useful? A scan-level classification study on held-out real scans
 (arms: real only, real + k x synthetic, synthetic only, and a real-data curve), and with
 --features a logistic-regression probe of a model's encoder features against MedicalNet's.
 
-  python -m tools.downstream --saved_model=exports/crfgan_conditional \
+  python -m tools.downstream --saved_model=exports/luna256_cond \
       --train_records='data/luna16_256/train-*.tfrecord' \
       --test_records='data/luna16_256/val-*.tfrecord' --output_dir=studies/downstream
 

@@ -1,8 +1,8 @@
-"""Features of real volumes from a model's own encoder: per case the pooled hE embedding
+r"""Features of real volumes from a model's own encoder: per case the pooled hE embedding
 (and HA-GAN's latent z) and the reconstruction error of G2(hE(x)) in HU, one .npz keyed
 by case id (crfgan-downstream --features probes it).
 
-  python -m tools.encode --saved_model=exports/crfgan \
+  python -m tools.encode --saved_model=exports/luna256 \
       --records='data/luna16_256/val-*.tfrecord' --output=features_val.npz
 
 --records takes a TFRecord glob (case ids and labels from the records); --scans a folder

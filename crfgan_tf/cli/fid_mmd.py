@@ -1,7 +1,7 @@
-"""3D FID and MMD of generated volumes against real ones, on MedicalNet ResNet-50 features.
+r"""3D FID and MMD of generated volumes against real ones, on MedicalNet ResNet-50 features.
 
-  python -m tools.fid_mmd --real='data/luna/test-*.tfrecord' --fake=exports/crfgan \
-      --num_samples=2048 --seed=0 --weights=medicalnet_resnet50.npz --json
+  python -m tools.fid_mmd --real='data/luna16_256/val-*.tfrecord' --fake=exports/luna256 \
+      --num_samples=2048 --seed=0 --weights=weights/medicalnet_resnet50.npz --json
 
 --real and --fake each take a TFRecord glob, a folder / file / glob of NIfTI, MetaImage or
 NRRD volumes, or a SavedModel (then --num_samples volumes are generated from --seed).

@@ -1,7 +1,7 @@
 """Converts MedicalNet's PyTorch ResNet-50 checkpoint into the .npz this project reads.
 
   pip install torch          # only this tool needs it (CPU build is enough)
-  python -m tools.import_medicalnet --checkpoint=resnet_50.pth --output=medicalnet_resnet50.npz
+  python -m tools.import_medicalnet --checkpoint=resnet_50.pth --output=weights/medicalnet_resnet50.npz
 
 resnet_50.pth is MedicalNet's public pretrained model (github.com/Tencent/MedicalNet,
 "pretrain" archive), the extractor HA-GAN and CRF-GAN use for 3D FID. The tool loads it on
@@ -17,7 +17,7 @@ from crfgan_tf.cli import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "MedicalNet resnet_50.pth (PyTorch).")
-flags.DEFINE_string("output", "medicalnet_resnet50.npz", "Where to write the .npz.")
+flags.DEFINE_string("output", "weights/medicalnet_resnet50.npz", "Where to write the .npz.")
 flags.mark_flag_as_required("checkpoint")
 
 
@@ -65,6 +65,7 @@ def main(argv):
     features = model(np.zeros((1, 16, 16, 16, 1), np.float32), training=False).numpy()
     if not np.all(np.isfinite(features)):
         raise common.CommandError("the converted network gives non-finite features", status=1)
+    fileio.ensure_output_dir(os.path.dirname(FLAGS.output) or ".", "`output`")  # weights/
     with fileio.atomic_output(FLAGS.output, ".npz") as tmp:
         medicalnet.save_state(state, tmp)
     print(f"wrote {FLAGS.output}: {len(state)} tensors, "

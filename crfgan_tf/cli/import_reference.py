@@ -1,7 +1,7 @@
-"""Imports a PyTorch reference checkpoint (CRF-GAN or HA-GAN) as a crfgan-tf run directory.
+r"""Imports a PyTorch reference checkpoint (CRF-GAN or HA-GAN) as a crfgan-tf run directory.
 
   pip install torch          # only reading .pth files needs it (a CPU build is enough)
-  python -m tools.import_reference --model=hagan --checkpoint_dir=HA-GAN/checkpoint/COPD \\
+  python -m tools.import_reference --model=hagan --checkpoint_dir=checkpoint/HA_GAN_COPD \
       --iteration=80000 --img_size=256 --model_dir=runs/hagan_copd
   python -m crfgan_tf.export --model_dir=runs/hagan_copd --export_dir=exports/hagan_copd
 
@@ -49,7 +49,7 @@ HELP_GROUPS = {
     "Model": "img_size latent_dim",
     "Output": "model_dir train_records overwrite break_lock",
 }
-EXAMPLE = ("crfgan-import-reference --model=hagan --checkpoint_dir=HA-GAN/checkpoint "
+EXAMPLE = ("crfgan-import-reference --model=hagan --checkpoint_dir=checkpoint/HA_GAN_COPD "
            "--iteration=80000 --img_size=256 --model_dir=runs/hagan_imported")
 
 

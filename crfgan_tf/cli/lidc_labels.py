@@ -1,4 +1,4 @@
-"""LIDC-IDRI labels for conditional training: the readers' XML annotations clustered into
+r"""LIDC-IDRI labels for conditional training: the readers' XML annotations clustered into
 physical nodules, one label per scan (crfgan_tf/data/lidc.py states the rules).
 
   python -m data_prep.lidc_labels --input_dir=/data/LIDC-IDRI --output=labels.csv

@@ -1,10 +1,10 @@
-"""LUNA16 nodule labels for conditional training: label 1 for a scan with at least one
+r"""LUNA16 nodule labels for conditional training: label 1 for a scan with at least one
 annotated nodule of --min_diameter_mm or more, 0 otherwise (every scan gets a label).
 
   python -m data_prep.luna16_labels --annotations=/data/LUNA16/annotations.csv \
       --input_dir=/data/LUNA16 --output=labels.csv --min_diameter_mm=3
   python -m data_prep.convert --dataset=luna16 --input_dir=/data/LUNA16 \
-      --output_dir=/data/luna16_256_labelled --labels_csv=labels.csv
+      --output_dir=data/luna16_256_labelled --labels_csv=labels.csv
 """
 
 import os

@@ -1,14 +1,14 @@
-"""Builds the paper's 2AFC reader study (section 2.3.2) as one offline HTML page + a key.
+r"""Builds the paper's 2AFC reader study (section 2.3.2) as one offline HTML page + a key.
 
-  python -m tools.make_2afc --real='data/luna/val-*.tfrecord' \
-      --model_a=exports/crfgan --model_a_name=CRF-GAN \
-      --model_b=exports/hagan --model_b_name=HA-GAN --output_dir=study --seed=0
+  python -m tools.make_2afc --real='data/luna16_256/val-*.tfrecord' \
+      --model_a=exports/luna256 --model_a_name=CRF-GAN \
+      --model_b=exports/luna256_hagan --model_b_name=HA-GAN --output_dir=results/study --seed=0
 
 --real, --model_a and --model_b each take a TFRecord glob, a folder / glob of NIfTI,
 MetaImage or NRRD volumes, or a SavedModel (then --volumes_per_source volumes are generated
 from --seed). Section 1: --section1_pairs real-vs-model-A pairs with a difficulty rating;
-section 2: --section2_pairs model-A-vs-model-B pairs. Give readers `study/readers/study.html`
-only; `study/key/` holds the answer key for tools.analyze_2afc. --label=K builds the study
+section 2: --section2_pairs model-A-vs-model-B pairs. Give readers `results/study/readers/study.html`
+only; `results/study/key/` holds the answer key for tools.analyze_2afc. --label=K builds the study
 from one class (labelled records, conditional models).
 """
 

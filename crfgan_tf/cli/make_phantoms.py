@@ -1,4 +1,4 @@
-"""Writes a LUNA16-like archive of synthetic chest-CT phantoms (`subsetK/<uid>.mhd/.raw`),
+r"""Writes a LUNA16-like archive of synthetic chest-CT phantoms (`subsetK/<uid>.mhd/.raw`),
 or with --format=dicom one DICOM series per phantom (`caseK/`, one file per slice).
 
   python -m data_prep.make_phantoms --output_dir=data/phantoms --num_scans=8 \

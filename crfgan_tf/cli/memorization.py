@@ -1,11 +1,11 @@
-"""Is the synthetic data private? A memorisation audit: each generated volume's nearest
+r"""Is the synthetic data private? A memorisation audit: each generated volume's nearest
 training scan against its nearest held-out scan, in MedicalNet feature space and in
 downsampled voxel space, with a verdict and the closest pairs as PNG.
 
-  python -m tools.memorization --saved_model=exports/crfgan \
+  python -m tools.memorization --saved_model=exports/luna256 \
       --train_records='data/luna16_256/train-*.tfrecord' \
       --holdout_records='data/luna16_256/val-*.tfrecord' --num_samples=256 \
-      --weights=medicalnet_resnet50.npz --output_dir=studies/memorization
+      --weights=weights/medicalnet_resnet50.npz --output_dir=studies/memorization
 
 --saved_model also takes a folder / glob of generated volume files (crfgan-sample output).
 --train_records are the generator's training scans; --holdout_records real scans it never

@@ -1,4 +1,4 @@
-"""Generates volumes from an exported SavedModel and writes them as medical images.
+r"""Generates volumes from an exported SavedModel and writes them as medical images.
 
   python -m crfgan_tf.sample --saved_model=exports/luna256 --num_samples=4 --seed=0 \
       --output_dir=samples/luna256 --format=nii.gz

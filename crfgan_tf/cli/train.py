@@ -37,9 +37,10 @@ _defaults = {f.name: f.default for f in __import__("dataclasses").fields(_D)}
 
 flags.DEFINE_string("model_dir", None, "Run directory: checkpoints, TensorBoard logs, config.json.")
 flags.DEFINE_string("train_records", _defaults["train_records"],
-                    "Glob(s) of training TFRecords (comma-separated), from data_prep.convert.")
+                    "Glob(s) of training TFRecords (comma-separated), from crfgan-convert.")
 flags.DEFINE_enum("model", _defaults["model"], list(config_lib.MODELS),
-                  "crfgan (the paper) or hagan (the HA-GAN baseline, 128/256 only).")
+                  "crfgan (the paper) or hagan (the HA-GAN baseline: 128, 256 and, beyond the reference, "
+                  "512; docs/resolution.md).")
 flags.DEFINE_integer("img_size", _defaults["img_size"],
                      "Volume side S: 64, 128, 256 or 512 (crfgan_tf.core.geometry.SIZES; 512 is "
                      "beyond the references, docs/resolution.md).")
@@ -317,13 +318,13 @@ def main(argv):
     config = config_from_flags()
     config.validate()
     runtime.quiet_tensorflow()
+    common.warn_if_gpu_unseen()
     if FLAGS.dry_run:  # what a start checks before any work, the records too
         from crfgan_tf.data import records
 
         records.check_records(config.train_records, config.img_size)
         print(config.to_json())
         return 0
-    common.warn_if_gpu_unseen()
     from crfgan_tf.training import loop as train_lib
     from crfgan_tf.utils import preemption
 

@@ -24,7 +24,7 @@ WEIGHTS_HELP = (
     "3D FID needs the MedicalNet ResNet-50 weights: download resnet_50.pth from the "
     "MedicalNet release (github.com/Tencent/MedicalNet, 'pretrain' archive), then run "
     "`pip install torch` and `python -m tools.import_medicalnet --checkpoint=resnet_50.pth "
-    "--output=medicalnet_resnet50.npz`, and pass --weights=medicalnet_resnet50.npz. For smoke "
+    "--output=weights/medicalnet_resnet50.npz`, and pass --weights=weights/medicalnet_resnet50.npz. For smoke "
     "tests and relative comparisons only, --allow_random_features uses a fixed-seed random "
     "network (labelled as such; its numbers are not comparable with published FIDs).")
 

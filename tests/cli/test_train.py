@@ -4,6 +4,7 @@ TensorFlow sees no GPU."""
 
 import os
 import resource
+import shutil
 import stat
 import subprocess
 import sys
@@ -68,14 +69,14 @@ def test_a_batch_larger_than_memory_is_one_line_naming_the_phase(records_64, tmp
 TINY = ("--img_size=64", "--width=0.0625", "--latent_dim=16", "--batch_size=2")
 
 
-def test_out_of_memory_in_the_step_after_a_checkpoint(records_64, tmp_path):
+def test_out_of_memory_in_the_step_after_a_checkpoint(records_64, trained_run, tmp_path):
     """A forced allocation failure (runtime.FAULT_OOM_VARIABLE: a real 4 TiB TensorFlow
     allocation) in the training step of a resumed run: status 4, one line with the phase,
     the step, the planner's figure, the flags and the intact checkpoint."""
-    args = (f"--model_dir={tmp_path}/run", f"--train_records={records_64}/train-*.tfrecord",
-            *TINY, "--eval_every=0", "--checkpoint_every=1")
-    assert _train(*args, "--train_steps=1").returncode == 0
-    res = _train(*args, "--train_steps=2", CRFGAN_FAULT_OOM="training step")
+    shutil.copytree(trained_run[0], tmp_path / "run")  # tiny_config: 64^3, batch 2, ckpt-1
+    res = _train(f"--model_dir={tmp_path}/run", f"--train_records={records_64}/train-*.tfrecord",
+                 *TINY, "--seed=1", "--eval_every=0", "--train_steps=2",
+                 CRFGAN_FAULT_OOM="training step")
     assert res.returncode == 4, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
     (line,) = [line for line in res.stderr.splitlines() if line.startswith("error:")]
@@ -125,10 +126,10 @@ def _fake_nvidia_smi(folder):
 
 def test_a_driver_without_a_gpu_tensorflow_sees_is_one_warning_line(records_64, tmp_path):
     """nvidia-smi on PATH (a driver) but no GPU for TensorFlow: one warning naming the
-    likely cause (here: no CUDA libraries in the environment), and training goes on."""
+    likely cause (here: no CUDA libraries in the environment) as the command starts (a
+    --dry_run too), and it goes on."""
     path = _fake_nvidia_smi(tmp_path / "bin") + os.pathsep + os.environ["PATH"]
-    args = (f"--train_records={records_64}/train-*.tfrecord", "--img_size=64",
-            "--width=0.0625", "--latent_dim=16", "--train_steps=0", "--eval_every=0")
+    args = (f"--train_records={records_64}/train-*.tfrecord", "--img_size=64", "--dry_run")
     res = _train(f"--model_dir={tmp_path}/run", *args, PATH=path)
     assert res.returncode == 0, res.stderr[-3000:]
     warnings = [line for line in res.stderr.splitlines() if "sees no GPU" in line]

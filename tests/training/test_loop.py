@@ -144,10 +144,20 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(records_64, trained_run
     assert json.load(open(tmp_path / "trainer_state.json"))["step"] == 1
 
 
-def _cli(*args, timeout=600):
+def _cli(*args, timeout=600, cwd=REPO):
     env = dict(os.environ, PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, "-m", "crfgan_tf.train", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "crfgan_tf.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def _converted_view(tmp_path, pattern, size):
+    """tmp_path with the checkout's configs/ and the records `pattern` names (empty shards,
+    the manifest's size): where a documented --dry_run finds what it checks."""
+    from support.converted import checkout_view, converted
+
+    checkout_view(tmp_path, REPO)
+    converted(tmp_path, pattern, size)
+    return tmp_path
 
 
 @pytest.mark.parametrize("flag,match", [
@@ -163,7 +173,9 @@ def test_cli_rejects_invalid_flags_before_work(tmp_path, flag, match):
 
 
 def test_cli_dry_run_prints_config(tmp_path):
-    res = _cli(f"--model_dir={tmp_path}/run", "--flagfile=configs/luna.flags", "--dry_run")
+    here = _converted_view(tmp_path, "data/luna16_256/*", 256)
+    res = _cli(f"--model_dir={tmp_path}/run", "--flagfile=configs/luna.flags", "--dry_run",
+               cwd=here)
     assert res.returncode == 0, res.stderr
     cfg = json.loads(res.stdout)
     assert cfg["img_size"] == 256 and cfg["lr_d"] == 4e-4 and cfg["beta_1"] == 0.0
@@ -187,8 +199,10 @@ def test_embedding_factor_default_is_the_sizes_and_a_resumed_run_keeps_its_own(t
     del stored["embedding_factor"]  # written before the field existed
     (old / "config.json").write_text(json.dumps(stored))
     assert rundir.read_config(str(old)).embedding_factor == 4
+    here = _converted_view(tmp_path, "data/luna16_512/*", 512)
     for run, want in ((old, 4), (tmp_path / "new512", 8)):
-        res = _cli(f"--model_dir={run}", "--img_size=512", "--dry_run")
+        res = _cli(f"--model_dir={run}", "--img_size=512", "--dry_run",
+                   "--train_records=data/luna16_512/train-*.tfrecord", cwd=here)
         assert res.returncode == 0, res.stderr[-2000:]
         assert json.loads(res.stdout)["embedding_factor"] == want
 
@@ -241,12 +255,15 @@ def test_demo_flagfile_end_to_end(tmp_path):
     ("configs/luna.flags", "crfgan", "runs/luna256"), ("configs/gsp.flags", "crfgan", "runs/gsp256"),
     ("configs/luna_hagan.flags", "hagan", "runs/luna256_hagan")])
 def test_shipped_flagfiles_resolve(tmp_path, flagfile, model, run):
-    """The documented command works as written: the flagfile names its run directory."""
-    res = _cli(f"--flagfile={flagfile}", "--dry_run")
+    """The documented command works as written, where the documented conversion wrote its
+    records: the flagfile names its run directory."""
+    records = "data/gsp_256/*" if "gsp" in flagfile else "data/luna16_256/*"
+    here = _converted_view(tmp_path, records, 256)
+    res = _cli(f"--flagfile={flagfile}", "--dry_run", cwd=here)
     assert res.returncode == 0, res.stderr
     cfg = json.loads(res.stdout)
     assert cfg["model_dir"] == run
-    res = _cli(f"--flagfile={flagfile}", f"--model_dir={tmp_path}/run", "--dry_run")
+    res = _cli(f"--flagfile={flagfile}", f"--model_dir={tmp_path}/run", "--dry_run", cwd=here)
     assert res.returncode == 0, res.stderr
     cfg = json.loads(res.stdout)
     assert cfg["model_dir"] == f"{tmp_path}/run"
