@@ -34,7 +34,7 @@ def _job(tmp_path, records, restart, *extra):
                                      os.environ["PATH"]]))
     log = open(tmp_path / f"job-{restart}.out", "w")
     args = train_args(records, tmp_path / "run", "--demo_data_dir=", "--eval_every=0",
-                      "--train_steps=30", *extra)
+                      "--train_steps=12", *extra)
     return subprocess.Popen(["bash", "configs/slurm.sbatch", *args], cwd=REPO, env=env,
                             stdout=log, stderr=subprocess.STDOUT), log
 
@@ -44,7 +44,7 @@ def test_time_limit_saves_requeues_and_the_requeued_job_resumes(records_64, tmp_
     job, log = _job(tmp_path, records_64, 0)
     out = tmp_path / "job-0.out"
     deadline = time.time() + 300
-    while "step 2/30" not in out.read_text():
+    while "step 2/12" not in out.read_text():
         assert time.time() < deadline and job.poll() is None, out.read_text()[-3000:]
         time.sleep(0.1)
     job.send_signal(signal.SIGUSR1)  # Slurm's --signal=B:USR1@300: to the batch shell only
@@ -54,7 +54,7 @@ def test_time_limit_saves_requeues_and_the_requeued_job_resumes(records_64, tmp_
     assert "slurm.sbatch: SIGUSR1 (the time limit is near): asking crfgan-train to save" in text
     assert "train: SIGUSR1 received" in text
     step = int(text.split("train: SIGUSR1: stopped at step ")[1].split(",")[0])
-    assert 2 <= step < 30, text[-3000:]
+    assert 2 <= step < 12, text[-3000:]
     assert "slurm.sbatch: saved at the time limit; requeueing job 4242 to resume" in text
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
     assert (tmp_path / "run" / "checkpoints" / f"ckpt-{step}.index").exists()
@@ -64,7 +64,7 @@ def test_time_limit_saves_requeues_and_the_requeued_job_resumes(records_64, tmp_
     assert job.wait(timeout=600) == 0, (tmp_path / "job-1.out").read_text()[-3000:]
     log.close()
     text = (tmp_path / "job-1.out").read_text()
-    assert f"resumed from" in text and f"ckpt-{step}" in text and "step 30/30" in text
+    assert f"resumed from" in text and f"ckpt-{step}" in text and "step 12/12" in text
     assert "slurm.sbatch: crfgan-train ended with status 0" in text
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
 

@@ -232,13 +232,12 @@ def _set_gpu_memory_growth() -> None:
 
 
 def warn_if_gpu_unseen() -> None:
-    """runtime.unseen_gpu_warning's line on stderr, once per process, after TensorFlow
-    loaded and before any work (also the process's baseline memory, for device_memory)."""
+    """runtime.unseen_gpu_warning's line on stderr, once per process, before any work (it
+    loads TensorFlow only where an NVIDIA driver is)."""
     global _gpu_checked
     if _gpu_checked:
         return
     _gpu_checked = True
-    runtime.note_baseline_memory()
     line = runtime.unseen_gpu_warning()
     if line:
         print(flagged(line), file=sys.stderr, flush=True)
@@ -277,6 +276,7 @@ def command(statuses: Dict = None, errors: Iterable = (),
                 logging.set_verbosity(logging.WARNING)
             _set_gpu_memory_growth()
             if "tensorflow" in sys.modules:  # loaded by runtime.configure: no operation yet
+                runtime.note_baseline_memory()
                 warn_if_gpu_unseen()
             try:
                 status = main(argv)

@@ -241,13 +241,14 @@ def _out_of_memory(err) -> str:
     batch = config.per_replica_batch_size or config.batch_size
     if phase.startswith("the input pipeline"):
         cuts, plan = ("a lower `batch_size` (a batch of whole volumes is assembled in host "
-                      "memory)"), ""
+                      "memory; in a new `model_dir`: a resume refuses another batch)"), ""
     elif phase.startswith("the in-training"):
         cuts, plan = ("`eval_feature_side=128`, fewer `eval_samples`, or `eval_every=0` "
                       "(evaluate afterwards with crfgan-fid-mmd)"), ""
     else:
-        cuts = ("a lower `batch_size` (or `per_replica_batch_size`), `mixed_precision="
-                "mixed_float16` on a GPU, `crf_encoder_slab=16` (CRF-GAN), `remat`")
+        cuts = ("`crf_encoder_slab=16` (CRF-GAN) or `remat`, which resume this run; a lower "
+                "`batch_size` (or `per_replica_batch_size`) or `mixed_precision=mixed_float16` "
+                "on a GPU, in a new `model_dir` (a resume refuses them)")
         plan = _planner_says(config, batch)
     try:
         described = runtime.device_memory()[0]
@@ -317,14 +318,15 @@ def main(argv):
     del argv
     config = config_from_flags()
     config.validate()
-    runtime.quiet_tensorflow()
-    common.warn_if_gpu_unseen()
+    common.warn_if_gpu_unseen()  # loads TensorFlow only where an NVIDIA driver is
     if FLAGS.dry_run:  # what a start checks before any work, the records too
-        from crfgan_tf.data import records
+        from crfgan_tf.data import record_files  # no TensorFlow
 
-        records.check_records(config.train_records, config.img_size)
+        record_files.check_records(config.train_records, config.img_size)
         print(config.to_json())
         return 0
+    runtime.quiet_tensorflow()
+    runtime.note_baseline_memory()  # what the out-of-memory line's free memory leaves out
     from crfgan_tf.training import loop as train_lib
     from crfgan_tf.utils import preemption
 

@@ -10,7 +10,6 @@ CT) at half the size of float32.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 from typing import Iterator, Optional
 
@@ -19,6 +18,8 @@ import tensorflow as tf
 
 from crfgan_tf.core import intensity
 from crfgan_tf.data import manifest
+from crfgan_tf.data.record_files import (RecordsError, check_records, compression_of,  # noqa: F401
+                                         list_record_files)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,15 +72,6 @@ def schema_table() -> str:
         kind = f"{f.kind}[{f.length}]" if f.length else f.kind
         rows.append(f"| `{f.name}` | {kind} | {f.doc} |")
     return "\n".join(rows)
-
-
-class RecordsError(ValueError):
-    """Records that are missing, damaged or of another size; names the file."""
-
-
-def compression_of(path: str) -> Optional[str]:
-    """The TFRecord compression implied by a file name (`.gz` -> GZIP)."""
-    return "GZIP" if path.endswith(".gz") else None
 
 
 def encode_volume(volume: np.ndarray) -> bytes:
@@ -152,14 +144,6 @@ def _python_value(f: Feature, value: np.ndarray):
         return value.decode()
     cast = int if f.kind == "int64" else float
     return tuple(cast(v) for v in value) if f.length else cast(value)
-
-
-def list_record_files(file_pattern: str) -> list:
-    """Sorted files matching a glob (or comma-separated globs); raises if none match."""
-    files = sorted({f for p in file_pattern.split(",") if p for f in glob.glob(p)})
-    if not files:
-        raise FileNotFoundError(f"no TFRecord files match {file_pattern!r}")
-    return files
 
 
 def raw_record_dataset(files) -> tf.data.Dataset:
@@ -272,41 +256,6 @@ def first_example(path: str) -> tf.train.Example:
     if len(payload) < n:
         raise RecordsError(f"{path} is truncated inside its first record")
     return tf.train.Example.FromString(payload)
-
-
-def check_records(file_pattern: str, img_size: int) -> list:
-    """The training record files, checked before anything is built: they exist, and their
-    volumes are img_size^3 (from the manifest's settings, else the first record).
-
-    Returns:
-      The sorted file list.
-
-    Raises:
-      RecordsError: no files match (with the command that makes them), or the size differs
-        (with both sizes and the two ways out).
-    """
-    try:
-        files = list_record_files(file_pattern)
-    except FileNotFoundError:
-        first = file_pattern.split(",")[0]
-        out = os.path.dirname(first) or "."
-        raise RecordsError(
-            f"`train_records`: no TFRecord files match {file_pattern!r}. Convert the scans "
-            f"first: crfgan-convert --dataset=luna16|gsp|generic|dicom "
-            f"--input_dir=<archive> --output_dir={out} --size={img_size}") from None
-    for f in files:
-        size = manifest.of_file(f).get("settings", {}).get("size")
-        source = manifest.MANIFEST
-        if size is None:
-            shape = list(first_example(f).features.feature["shape"].int64_list.value)
-            size, source = (shape[0] if len(shape) == 3 and len(set(shape)) == 1 else shape), \
-                "its first record"
-        if size != img_size:
-            raise RecordsError(
-                f"`train_records`: {f} holds {size}^3 volumes (from {source}) but "
-                f"`img_size={img_size}`; train with `img_size={size}`, or convert the scans "
-                f"again with `size={img_size}`")
-    return files
 
 
 def check_labels(files, num_classes: int) -> None:

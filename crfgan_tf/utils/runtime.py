@@ -230,6 +230,7 @@ def unseen_gpu_warning(environ=os.environ) -> Optional[str]:
         return None
     import importlib.util
 
+    quiet_tensorflow(environ)
     import tensorflow as tf
 
     if tf.config.list_physical_devices("GPU"):

@@ -61,7 +61,8 @@ def test_a_batch_larger_than_memory_is_one_line_naming_the_phase(records_64, tmp
     (line,) = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert line == ("error: out of memory in the input pipeline at step 1 on CPU (" +
                     line.split(" on CPU (")[1].split(")")[0] + "); what cuts memory: a lower "
-                    "--batch_size (a batch of whole volumes is assembled in host memory) "
+                    "--batch_size (a batch of whole volumes is assembled in host memory; in a new "
+                    "--model_dir: a resume refuses another batch) "
                     "(crfgan-plan-memory --model=crfgan --img_size=64 --width=0.0625 "
                     "--batch_size=100000 breaks it down); no checkpoint was written yet"), line
 
@@ -85,12 +86,14 @@ def test_out_of_memory_in_the_step_after_a_checkpoint(records_64, trained_run, t
               .split(",")[0])
     assert fit > 2, line  # a tiny model: the planner sees room for more than this batch
     assert line.endswith(
-        "what cuts memory: a lower --batch_size (or --per_replica_batch_size), "
-        "--mixed_precision=mixed_float16 on a GPU, --crf_encoder_slab=16 (CRF-GAN), --remat "
-        "(crfgan-plan-memory --model=crfgan --img_size=64 --width=0.0625 --batch_size=2 breaks "
+        "what cuts memory: --crf_encoder_slab=16 (CRF-GAN) or --remat, which resume this run; a "
+        "lower --batch_size (or --per_replica_batch_size) or --mixed_precision=mixed_float16 "
+        "on a GPU, in a new --model_dir (a resume refuses them) (crfgan-plan-memory --model=crfgan --img_size=64 --width=0.0625 --batch_size=2 breaks "
         f"it down); the last checkpoint, {tmp_path}/run/checkpoints/ckpt-1, is intact"), line
 
 
+@pytest.mark.slow  # an evaluation's set-up before the failure: half a minute (the fast
+# tier forces the same path in the training step and in sampling)
 def test_out_of_memory_in_the_in_training_evaluation(records_64, tmp_path):
     res = _train(f"--model_dir={tmp_path}/run", f"--train_records={records_64}/train-*.tfrecord",
                  *TINY, "--train_steps=1", "--eval_every=1", "--eval_samples=2",
