@@ -28,6 +28,25 @@ def list_record_files(file_pattern: str) -> list:
     return files
 
 
+def first_example(path: str):
+    """The first record of a file (a tf.train.Example), read without TensorFlow ops;
+    TensorFlow is loaded for the Example's class."""
+    import gzip
+
+    opener = gzip.open if compression_of(path) else open
+    with opener(path, "rb") as f:
+        header = f.read(12)
+        if len(header) < 12:
+            raise RecordsError(f"{path} holds no record (empty or truncated)")
+        n = int.from_bytes(header[:8], "little")
+        payload = f.read(n)
+    if len(payload) < n:
+        raise RecordsError(f"{path} is truncated inside its first record")
+    import tensorflow as tf
+
+    return tf.train.Example.FromString(payload)
+
+
 def check_records(file_pattern: str, img_size: int) -> list:
     """The training record files, checked before anything is built: they exist, and their
     volumes are img_size^3 (from the manifest's settings, else the first record).
@@ -52,9 +71,7 @@ def check_records(file_pattern: str, img_size: int) -> list:
         size = manifest.of_file(f).get("settings", {}).get("size")
         source = manifest.MANIFEST
         if size is None:
-            from crfgan_tf.data import records  # TensorFlow, only for records without a manifest
-
-            shape = list(records.first_example(f).features.feature["shape"].int64_list.value)
+            shape = list(first_example(f).features.feature["shape"].int64_list.value)
             size, source = (shape[0] if len(shape) == 3 and len(set(shape)) == 1 else shape), \
                 "its first record"
         if size != img_size:

@@ -19,7 +19,7 @@ import tensorflow as tf
 from crfgan_tf.core import intensity
 from crfgan_tf.data import manifest
 from crfgan_tf.data.record_files import (RecordsError, check_records, compression_of,  # noqa: F401
-                                         list_record_files)
+                                         first_example, list_record_files)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,22 +240,6 @@ def records_per_file(files) -> list:
 def count_records(files) -> int:
     """Records in `files` (see records_per_file)."""
     return sum(records_per_file(files))
-
-
-def first_example(path: str) -> tf.train.Example:
-    """The first record of a file, read without TensorFlow ops."""
-    import gzip
-
-    opener = gzip.open if compression_of(path) else open
-    with opener(path, "rb") as f:
-        header = f.read(12)
-        if len(header) < 12:
-            raise RecordsError(f"{path} holds no record (empty or truncated)")
-        n = int.from_bytes(header[:8], "little")
-        payload = f.read(n)
-    if len(payload) < n:
-        raise RecordsError(f"{path} is truncated inside its first record")
-    return tf.train.Example.FromString(payload)
 
 
 def check_labels(files, num_classes: int) -> None:
