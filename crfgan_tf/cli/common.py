@@ -305,10 +305,10 @@ def _generic_out_of_memory(main: Callable) -> Callable:
 
 # ---- running ----------------------------------------------------------------------------
 def parse_flags(module, argv: list) -> list:
-    """absl's flag parsing of `argv` for the command whose flags are in `module`, with this project's exit status: a misspelt flag, a value
-    outside a flag's choices, a validator's refusal or a missing required flag is one line,
-    "error: <absl's message>; see <command> --help", and exit status 2 (absl's own parser
-    prints two lines and exits 1)."""
+    """absl's flag parsing of `argv` for the command whose flags are in `module`, with this
+    project's exit status: a misspelt flag, a value outside a flag's choices, a validator's
+    refusal or a missing required flag is one line, "error: <absl's message>; see
+    <command> --help", and exit status 2 (absl's own parser prints two lines and exits 1)."""
     try:
         return FLAGS(argv)
     except flags.Error as err:

@@ -243,17 +243,15 @@ def _out_of_memory(err) -> str:
         cuts, plan = ("a lower `batch_size` (a batch of whole volumes is assembled in host "
                       "memory; in a new `model_dir`: a resume refuses another batch)"), ""
     elif phase.startswith("the in-training"):
-        cuts, plan = ("`eval_feature_side=128`, fewer `eval_samples`, or `eval_every=0` "
-                      "(evaluate afterwards with crfgan-fid-mmd)"), ""
+        cuts, plan = ("`eval_every=0`, which resumes this run (evaluate afterwards with "
+                      "crfgan-fid-mmd); `eval_feature_side=128` or fewer `eval_samples` in a "
+                      "new `model_dir` (a resume refuses them)"), ""
     else:
         cuts = ("`crf_encoder_slab=16` (CRF-GAN) or `remat`, which resume this run; a lower "
                 "`batch_size` (or `per_replica_batch_size`) or `mixed_precision=mixed_float16` "
                 "on a GPU, in a new `model_dir` (a resume refuses them)")
         plan = _planner_says(config, batch)
-    try:
-        described = runtime.device_memory()[0]
-    except Exception:  # noqa: BLE001 - the line must come whatever the device query does
-        described = "this device"
+    described = common.device_text()
     kept = "" if not hasattr(err, "phase") else (
         f"; the last checkpoint, {err.checkpoint}, is intact" if err.checkpoint else
         "; no checkpoint was written yet")

@@ -102,8 +102,9 @@ def test_out_of_memory_in_the_in_training_evaluation(records_64, tmp_path):
     (line,) = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert line.startswith("error: out of memory in the in-training evaluation at step 0 on "
                            "CPU ("), line
-    assert ("what cuts memory: --eval_feature_side=128, fewer --eval_samples, or "
-            "--eval_every=0 (evaluate afterwards with crfgan-fid-mmd)") in line, line
+    assert ("what cuts memory: --eval_every=0, which resumes this run (evaluate afterwards "
+            "with crfgan-fid-mmd); --eval_feature_side=128 or fewer --eval_samples in a new "
+            "--model_dir (a resume refuses them)") in line, line
 
 
 def test_sampling_out_of_memory_is_one_line(exported, tmp_path):
