@@ -266,27 +266,18 @@ def test_srun_with_two_tasks_builds_its_cluster_with_slurm_cluster_resolver(reco
     """crfgan-train --strategy=multi_worker under a faked srun step of 2 tasks on loopback,
     without TF_CONFIG: the workers find each other through SlurmClusterResolver (hosts,
     ranks and ports from srun's variables) and train one run, written by task 0."""
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     port = _consecutive_free_ports()
     run = tmp_path / "run"
     procs = []
     for task in range(2):
-        out = open(tmp_path / f"task{task}.log", "w")
+        env = {k: v for k, v in _slurm_env(task, port).items() if k != "TF_CONFIG"}
+        out = open(tmp_path / f"worker{task}-2.log", "w")  # the log _multi_worker reads
         procs.append((subprocess.Popen(
             [sys.executable, "-m", "crfgan_tf.train", *DEMO,
              f"--train_records={records_64}/train-*.tfrecord", f"--model_dir={run}",
              "--strategy=multi_worker", "--train_steps=2"],
-            cwd=REPO, env={**_slurm_env(task, port), "PATH": env["PATH"]},
-            stdout=out, stderr=subprocess.STDOUT), out))
-    codes = []
-    for proc, out in procs:
-        try:
-            codes.append(proc.wait(timeout=420))
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            out.close()
-    logs = [open(tmp_path / f"task{t}.log").read() for t in range(2)]
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT), out))
+    codes, logs = _multi_worker(records_64, run, 2, str(tmp_path), procs=procs)
     assert codes == [0, 0], [log[-3000:] for log in logs]
     workers = f"{{'worker': ['localhost:{port}', 'localhost:{port + 1}']}}"
     for task, log in enumerate(logs):
