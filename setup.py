@@ -45,6 +45,7 @@ setup(
         "tensorboard>=2.21,<2.22",  # tf.summary needs it; TF 2.21 no longer installs it
         "tensorboard-plugin-profile>=2.15",  # the profiler tab for --profile_steps traces
         "matplotlib>=3.7",  # the memory/batch-size plot of tools.profile_memory
+        "h5py>=3.10",  # the weights package's .weights.h5 files (Keras writes them with it)
     ],
     extras_require={
         # pytest-xdist: `make test` runs the suite on both cores (--dist=loadfile)

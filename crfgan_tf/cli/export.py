@@ -1,10 +1,17 @@
-"""Exports a trained generator as a TensorFlow SavedModel.
+"""Exports a trained generator: a TensorFlow SavedModel, a weights package and a model card.
 
   python -m crfgan_tf.export --model_dir=runs/luna256 --export_dir=exports/luna256
 
-The SavedModel loads with `tf.saved_model.load` alone. Signature `generate`:
-z float32 [batch, latent_dim] -> volume float32 [batch, S, S, S] in [-1, 1]. Variables
-`latent_dim`, `img_size`, `window`, `output_spacing` and `metadata_json` describe it.
+The export directory holds, by --format:
+  - the SavedModel (saved_model.pb, variables/): loads with `tf.saved_model.load` alone.
+    Signature `generate`: z float32 [batch, latent_dim] -> volume float32 [batch, S, S, S]
+    in [-1, 1]. Variables `latent_dim`, `img_size`, `window`, `output_spacing` and
+    `metadata_json` describe it. Loading a SavedModel runs its graph: it is code;
+  - the weights package (package.json, <network>.weights.h5): arrays and JSON only, with
+    checksums; every command that reads an export loads it by rebuilding the networks from
+    code, and prefers it where both are present. Share this one (docs/sharing.md);
+  - always the model card, MODEL_CARD.md and model_card.json: model, data (case ids, no
+    patient data), training, evaluation, intended use, limitations, licence.
 """
 
 from absl import flags
@@ -17,6 +24,14 @@ flags.DEFINE_string("export_dir", None, "Where the SavedModel goes (replaced if 
 flags.DEFINE_string("step", None, "Checkpoint step to export, or 'best' (the best "
                     "in-training evaluation, model_dir/best); default: the latest.")
 flags.DEFINE_integer("slab", 8, "Embedding slices per G2 slab: smaller = less memory, same result.")
+flags.DEFINE_enum("format", "both", ["both", "weights", "savedmodel"],
+                  "What to write beside the model card: both (SavedModel and weights "
+                  "package), weights (the package alone: data only, to share) or savedmodel.")
+flags.DEFINE_string("license", "", "The weights' licence for the model card (e.g. CC-BY-4.0); "
+                    "they carry the terms of their training data. Default: not stated.")
+flags.DEFINE_string("memorization_report", "",
+                    "memorization.json of crfgan-memorization on this model: its verdict goes "
+                    "into the model card.")
 flags.mark_flags_as_required(["model_dir", "export_dir"])
 flags.register_validator("slab", lambda v: v >= 1, message="--slab must be >= 1")
 
@@ -24,7 +39,8 @@ flags.register_validator("slab", lambda v: v >= 1, message="--slab must be >= 1"
 # --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Input": "model_dir step",
-    "Output": "export_dir",
+    "Output": "export_dir format",
+    "Model card": "license memorization_report",
     "Generation": "slab",
 }
 EXAMPLE = "crfgan-export --model_dir=runs/luna256 --export_dir=exports/luna256"
@@ -42,7 +58,9 @@ def main(argv):
                 f"--step must be an integer or 'best', got {step!r}") from None
     from crfgan_tf.generation import export as export_lib
 
-    export_lib.export(FLAGS.model_dir, FLAGS.export_dir, step, FLAGS.slab, log=common.log)
+    export_lib.export(FLAGS.model_dir, FLAGS.export_dir, step, FLAGS.slab, log=common.log,
+                      fmt=FLAGS.format, license_text=FLAGS.license,
+                      memorization_report=FLAGS.memorization_report)
 
 
 def run():

@@ -5,7 +5,10 @@
 Starting again with the same --model_dir resumes from its latest checkpoint; raising
 --train_steps continues a finished run. Only --train_steps, the logging, image and
 checkpoint intervals, --keep_checkpoints, --profile_steps, --jit_compile, --strategy and
---cpu_devices may change on resume; other changes are refused (crfgan_tf/run/rundir.py).
+--cpu_devices may change on resume, and with --allow_change=FIELD the learning rates,
+precision, batch, augmentation and evaluation settings; other changes are refused
+(crfgan_tf/run/rundir.py). --init_from=SOURCE starts a new run from another model's
+weights (fine-tuning).
 --dry_run checks the flags and the records (they exist and hold --img_size^3 volumes),
 prints the resolved config and exits.
 
@@ -143,6 +146,22 @@ flags.DEFINE_string("save_on_signals", _defaults["save_on_signals"],
                     "Signals that stop training after the current step with a checkpoint at "
                     "that step (Slurm: SIGTERM, or SIGUSR1 with #SBATCH --signal=USR1@120); "
                     "'none': off (the signals' default action).")
+flags.DEFINE_string("init_from", _defaults["init_from"],
+                    "Start a new run from another model's weights (fine-tuning): a run "
+                    "directory (its latest checkpoint; DIR@STEP, DIR@best), an export "
+                    "directory (its weights package, or its SavedModel's variables) or a run "
+                    "imported by crfgan-import-reference. The architecture flags must be the "
+                    "source's; data, learning rates, augmentation and schedule may differ; "
+                    "optimizers start fresh at step 0. Used only when --model_dir has no "
+                    "checkpoint (docs/fine-tuning.md).")
+flags.DEFINE_string("init_networks", _defaults["init_networks"],
+                    "Which networks --init_from gives: all (every network the source holds; "
+                    "an export holds G1, G2 and the encoders) or a comma-separated list of "
+                    "generator, encoder, discriminator, crf.")
+flags.DEFINE_list("allow_change", [],
+                  "On resume, accept these changed settings (logged with their step in "
+                  "--model_dir/config_changes.jsonl): " + ", ".join(rundir.CHANGEABLE_FIELDS)
+                  + ". Architecture, data and seed cannot change (use --init_from).")
 flags.DEFINE_bool("exit_zero_on_signal", False,
                   "Exit with status 0 after a --save_on_signals stop (default: 128 + the "
                   "signal's number, e.g. 143 for SIGTERM, as for a process the signal ended).")
@@ -180,7 +199,7 @@ def _flags_text() -> str:
     a setting of the run."""
     own = FLAGS.get_flags_for_module(sys.modules[__name__])
     return "".join(flag.serialize() + "\n" for flag in sorted(own, key=lambda f: f.name)
-                   if flag.name != "break_lock" and flag.serialize())
+                   if flag.name not in ("break_lock", "allow_change") and flag.serialize())
 
 
 def _own_flags_of_run_flagfiles(argv):
@@ -227,7 +246,8 @@ HELP_GROUPS = {
     "Evaluation during training": "eval_every eval_records eval_samples eval_feature_side fid_weights best_metric",
     "Output and monitoring": "model_dir log_every checkpoint_every image_every keep_checkpoints "
                              "profile_steps",
-    "Stopping and resuming": "save_on_signals exit_zero_on_signal break_lock dry_run",
+    "Starting from a trained model": "init_from init_networks",
+    "Stopping and resuming": "allow_change save_on_signals exit_zero_on_signal break_lock dry_run",
 }
 EXAMPLE = "crfgan-train --flagfile=configs/luna.flags --model_dir=runs/luna256"
 
@@ -241,15 +261,15 @@ def _out_of_memory(err) -> str:
     batch = config.per_replica_batch_size or config.batch_size
     if phase.startswith("the input pipeline"):
         cuts, plan = ("a lower `batch_size` (a batch of whole volumes is assembled in host "
-                      "memory; in a new `model_dir`: a resume refuses another batch)"), ""
+                      "memory), which resumes this run with `allow_change=batch_size`"), ""
     elif phase.startswith("the in-training"):
         cuts, plan = ("`eval_every=0`, which resumes this run (evaluate afterwards with "
-                      "crfgan-fid-mmd); `eval_feature_side=128` or fewer `eval_samples` in a "
-                      "new `model_dir` (a resume refuses them)"), ""
+                      "crfgan-fid-mmd); `eval_feature_side=128` or fewer `eval_samples`, which "
+                      "resume it with `allow_change=eval_feature_side,eval_samples`"), ""
     else:
         cuts = ("`crf_encoder_slab=16` (CRF-GAN) or `remat`, which resume this run; a lower "
                 "`batch_size` (or `per_replica_batch_size`) or `mixed_precision=mixed_float16` "
-                "on a GPU, in a new `model_dir` (a resume refuses them)")
+                "on a GPU, which resume it with `allow_change=batch_size,mixed_precision`")
         plan = _planner_says(config, batch)
     described = common.device_text()
     kept = "" if not hasattr(err, "phase") else (
@@ -316,6 +336,7 @@ def main(argv):
     del argv
     config = config_from_flags()
     config.validate()
+    rundir.parse_allow_change(",".join(FLAGS.allow_change))
     common.warn_if_gpu_unseen()  # loads TensorFlow only where an NVIDIA driver is
     if FLAGS.dry_run:  # what a start checks before any work, the records too
         from crfgan_tf.data import record_files  # no TensorFlow
@@ -335,7 +356,7 @@ def main(argv):
                                nodules=FLAGS.demo_nodules)
     try:
         train_lib.train(config, log=common.log, flags_text=_flags_text(),
-                        break_lock=FLAGS.break_lock)
+                        break_lock=FLAGS.break_lock, allow_change=tuple(FLAGS.allow_change))
     except preemption.Interrupted as err:  # a stop, not an error: train has said where it saved
         return preemption.exit_status(err.signum, FLAGS.exit_zero_on_signal)
     return 0

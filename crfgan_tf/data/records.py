@@ -301,6 +301,9 @@ def records_metadata(files, num_classes: int = 0) -> dict:
             "records": files[0]}
     directory = os.path.dirname(files[0])
     meta["output_spacing"] = manifest.median_output_spacing(directory) or meta["output_spacing"]
+    converted = manifest.read(directory)
+    if converted:  # the dataset kind (luna16, gsp, dicom, generic), for the model card
+        meta["dataset"] = converted.get("settings", {}).get("dataset")
     if num_classes:
         meta["class_names"] = manifest.class_names(directory, num_classes)
     # the cases the generator learnt from: evaluations on real scans (crfgan-downstream,

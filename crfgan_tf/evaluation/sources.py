@@ -4,7 +4,8 @@
     anything at the model's resolution): integer images are read as intensities in the
     training window (HU for CT) and mapped to [-1, 1]; floating-point images must already be
     in [-1, 1];
-  - a SavedModel from crfgan_tf.export: `num_samples` volumes are generated from `seed`,
+  - an export of crfgan_tf.export (a weights package or a SavedModel; the package is
+    loaded where a directory holds both): `num_samples` volumes are generated from `seed`,
     sample i from latent (seed, i), as crfgan_tf.sample does.
 With a class `label`, a TFRecord source keeps the records of that class and a conditional
 SavedModel generates that class (compare one class of generated volumes with the real
@@ -164,7 +165,7 @@ def open_source(spec: str, num_samples: int = 0, seed: int = 0, batch_size: int 
     selects one class (TFRecords with labels, conditional SavedModels); without it,
     `all_classes` has a conditional SavedModel generate its classes in turn (sample i of
     class i mod num_classes) where it would otherwise need a label."""
-    if os.path.isdir(spec) and os.path.exists(os.path.join(spec, "saved_model.pb")):
+    if os.path.isdir(spec) and sample_lib.is_export(spec):
         return _saved_model_source(spec, num_samples, seed, batch_size, label, all_classes)
     candidates = _files_of(spec)
     record_files = [p for p in candidates if _is_record_file(p)]
@@ -200,7 +201,7 @@ def open_source(spec: str, num_samples: int = 0, seed: int = 0, batch_size: int 
         return Source(spec, "volumes", len(volumes), fingerprint,
                       lambda: (read_volume_file(p, window) for p in volumes))
     raise EvaluationError(
-        f"{spec!r} is not a SavedModel directory and matches no TFRecord (*.tfrecord*) or "
+        f"{spec!r} is not an export (weights package or SavedModel) and matches no TFRecord (*.tfrecord*) or "
         f"volume ({', '.join(VOLUME_SUFFIXES)}) files")
 
 

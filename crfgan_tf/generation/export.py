@@ -1,7 +1,10 @@
-"""SavedModel export: G1, G2 and the encoder of a run's checkpoint with the `generate`
-signature, which runs G2 slab by slab in bounded memory (networks.generator.Head.by_slabs),
-the `encode` and `reconstruct` signatures of real volumes, and the metadata generation
-needs (from the run directory's data.json)."""
+"""The export of a run's checkpoint: G1, G2 and the encoder as a SavedModel with the
+`generate` signature, which runs G2 slab by slab in bounded memory
+(networks.generator.Head.by_slabs), the `encode` and `reconstruct` signatures of real
+volumes, and the metadata generation needs (from the run directory's data.json); beside
+it the same networks as a weights package (generation.package: data only, safe to share)
+and the model card (generation.model_card). `FORMATS` says which of the two are written;
+the card always is."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import keras
 import tensorflow as tf
 
 from crfgan_tf.core import intensity
+from crfgan_tf.generation import model_card, package
 from crfgan_tf.models import options
 from crfgan_tf.run import config as config_lib
 from crfgan_tf.run import factory, rundir
@@ -19,6 +23,9 @@ from crfgan_tf.utils import fileio
 
 EXPORT_FORMAT = "crfgan-tf-generator/1"
 SIGNATURES = ("generate", "encode", "reconstruct")
+# what an export directory holds besides the model card: "both" (the SavedModel and the
+# weights package), "weights" (the package alone), "savedmodel" (the SavedModel alone)
+FORMATS = ("both", "weights", "savedmodel")
 
 
 def pooled_features(embedding):
@@ -145,11 +152,27 @@ def load_generator(model_dir: str, step=None, encoders: bool = False):
     return config, trunk, head, ckpt
 
 
+def checkpoint_step(path: str):
+    """N of a checkpoint path ".../ckpt-N", or None."""
+    tail = os.path.basename(path).rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
 def export(model_dir: str, export_dir: str, step=None, slab: int = 8,
-           log=print) -> dict:
-    """Writes a SavedModel with the `generate` signature; returns its metadata."""
+           log=print, fmt: str = "both", license_text: str = "",
+           memorization_report: str = "") -> dict:
+    """Writes the export of a checkpoint (a SavedModel with the `generate` signature and/or
+    a weights package, by `fmt`, and the model card); returns its metadata. The directory
+    is built beside `export_dir` and renamed into place whole."""
+    from crfgan_tf import __version__
+
     if slab < 1:
         raise ValueError(f"`slab` must be >= 1, got {slab}")
+    if fmt not in FORMATS:
+        raise ValueError(f"`format` must be one of {FORMATS}, got {fmt!r}")
+    if memorization_report and not os.path.isfile(memorization_report):
+        raise FileNotFoundError(f"`memorization_report` {memorization_report!r} is not a file "
+                                "(crfgan-memorization writes memorization.json)")
     config, trunk, head, encoder, sub_encoder, ckpt = load_generator(model_dir, step,
                                                                      encoders=True)
     if "://" not in export_dir:  # a local path: fail before the work, not after it
@@ -158,17 +181,33 @@ def export(model_dir: str, export_dir: str, step=None, slab: int = 8,
             raise fileio.OutputError(f"`export_dir` {export_dir!r} is a file")
     metadata = training_metadata(config, model_dir, log)
     metadata.update(checkpoint=ckpt, slab=slab)
-    module = GeneratorModule(trunk, head, config.latent_dim, config.img_size, slab, metadata,
-                             config.num_classes, encoder, sub_encoder)
+    networks = {options.TRUNK_KEY: trunk, options.HEAD_KEY: head,
+                options.ENCODER_KEY: encoder, options.SUB_ENCODER_KEY: sub_encoder}
     tmp = export_dir.rstrip("/") + ".tmp"
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)
-    tf.saved_model.save(module, tmp, signatures={name: getattr(module, name)
-                                                 for name in SIGNATURES})
+    if fmt in ("both", "savedmodel"):
+        module = GeneratorModule(trunk, head, config.latent_dim, config.img_size, slab,
+                                 metadata, config.num_classes, encoder, sub_encoder)
+        tf.saved_model.save(module, tmp, signatures={name: getattr(module, name)
+                                                     for name in SIGNATURES})
+    else:
+        tf.io.gfile.makedirs(tmp)
+    manifest_sha = None
+    if fmt in ("both", "weights"):
+        package.write(tmp, config, networks, metadata, __version__)
+        manifest_sha = package.sha256(os.path.join(tmp, package.PACKAGE_FILE))
+    parameters = {k: int(sum(int(v.numpy().size) for v in n.weights))
+                  for k, n in networks.items() if n is not None}
+    card = model_card.build(config, model_dir, metadata, checkpoint_step(ckpt), parameters,
+                            __version__, license_text, memorization_report, manifest_sha)
+    model_card.write(tmp, card)
     if tf.io.gfile.exists(export_dir):
         tf.io.gfile.rmtree(export_dir)
     tf.io.gfile.rename(tmp, export_dir)  # a half-written export never has the final name
     classes = f", {config.num_classes} classes" if config.num_classes else ""
-    log(f"export: {ckpt} -> {export_dir} ({config.img_size}^3, latent {config.latent_dim}"
-        f"{classes}, slab {slab})")
+    kinds = {"both": "SavedModel + weights package", "weights": "weights package",
+             "savedmodel": "SavedModel"}[fmt]
+    log(f"export: {ckpt} -> {export_dir} ({kinds} and model card {card['id']}; "
+        f"{config.img_size}^3, latent {config.latent_dim}{classes}, slab {slab})")
     return metadata

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 import tensorflow as tf
 
 from crfgan_tf.core import intensity
+from crfgan_tf.generation import package
 from crfgan_tf.utils import fileio, runtime
 from crfgan_tf.utils.progress import Progress
 
@@ -19,19 +20,55 @@ FORMATS = {"nii.gz": ".nii.gz", "mha": ".mha", "nrrd": ".nrrd", "npy": ".npy"}
 
 
 class SavedModelError(Exception):
-    """A SavedModel that is missing or not a crfgan-tf generator."""
+    """An export that is missing or not a crfgan-tf generator (a SavedModel or a weights
+    package), or a weights package that is damaged, altered or does not fit."""
 
 
-def load(saved_model: str):
-    """Loads an export of crfgan_tf.export; returns (module, metadata dict)."""
+def is_export(path: str) -> bool:
+    """Whether `path` is an export directory: a weights package or a SavedModel."""
+    return package.is_package(path) or tf.io.gfile.exists(os.path.join(path, "saved_model.pb"))
+
+
+def load(saved_model: str, log=lambda m: None):
+    """Loads an export of crfgan_tf.export; returns (module, metadata dict).
+
+    A directory with a weights package (package.json) is loaded from it: the networks are
+    rebuilt from this project's code and the package's arrays copied in, after their
+    checksums are checked; nothing in the files is executed. Only a directory without one
+    is loaded as a SavedModel (which runs its graph: load only SavedModels you trust).
+    Both give a module with the same `generate`, `encode` and `reconstruct` functions and
+    the variables `latent_dim`, `img_size`, `window`, `output_spacing`, `metadata_json`.
+    """
+    if package.is_package(saved_model):
+        return _load_package(saved_model, log)
     if not tf.io.gfile.exists(os.path.join(saved_model, "saved_model.pb")):
-        raise SavedModelError(f"no SavedModel at {saved_model!r} (expected saved_model.pb)")
+        raise SavedModelError(f"no export at {saved_model!r} (expected a weights package, "
+                              f"{package.PACKAGE_FILE}, or a SavedModel, saved_model.pb)")
     module = tf.saved_model.load(saved_model)
     if "generate" not in module.signatures or not hasattr(module, "metadata_json"):
         raise SavedModelError(f"{saved_model!r} is a SavedModel but not a crfgan-tf generator "
                               "(no 'generate' signature or metadata); export it with "
                               "python -m crfgan_tf.export")
     return module, json.loads(module.metadata_json.numpy().decode())
+
+
+def _load_package(directory: str, log):
+    from crfgan_tf.generation.export import SIGNATURES, GeneratorModule
+    from crfgan_tf.models import options
+
+    try:
+        config, networks, manifest = package.read(directory, log=log)
+    except package.PackageError as err:
+        raise SavedModelError(str(err)) from None
+    meta = manifest["metadata"]
+    module = GeneratorModule(networks[options.TRUNK_KEY], networks[options.HEAD_KEY],
+                             config.latent_dim, config.img_size, int(meta.get("slab", 8)),
+                             meta, config.num_classes, networks.get(options.ENCODER_KEY),
+                             networks.get(options.SUB_ENCODER_KEY))
+    # what code written for a loaded SavedModel asks of it ("encode" in module.signatures)
+    module.signatures = {name: getattr(module, name) for name in SIGNATURES
+                         if hasattr(module, name)}
+    return module, meta
 
 
 def latents(seed: int, first: int, count: int, latent_dim: int) -> tf.Tensor:

@@ -25,3 +25,13 @@ TRUNK_KEY = "generator_trunk"
 HEAD_KEY = "generator_head"
 ENCODER_KEY = "encoder"
 SUB_ENCODER_KEY = "sub_encoder"
+
+# `init_networks`: the groups of networks a new run may take from another's weights
+# (crfgan_tf.training.initialize); keys a model does not have are skipped. "all" is every
+# network the source holds (an export or weights package holds G1, G2 and the encoders).
+INIT_GROUPS = {
+    "generator": (TRUNK_KEY, HEAD_KEY, "low_generator"),
+    "encoder": (ENCODER_KEY, SUB_ENCODER_KEY),
+    "discriminator": ("discriminator", "low_discriminator"),
+    "crf": ("crf",),
+}

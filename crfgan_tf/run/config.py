@@ -9,7 +9,8 @@ import json
 from crfgan_tf.core import geometry
 from crfgan_tf.core.geometry import FEATURE_SIDE, MIN_FEATURE_SIDE
 from crfgan_tf.models.options import (ADAM_VARIANTS, AUGMENT_TRANSFORMS, CRF_NODES,
-                                      CRF_SAMPLES, FAKE_LABELS, LOW_RES_MODES, MODELS)
+                                      CRF_SAMPLES, FAKE_LABELS, INIT_GROUPS, LOW_RES_MODES,
+                                      MODELS)
 from crfgan_tf.utils import preemption
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -89,6 +90,12 @@ class TrainConfig:
     ada_speed: float = 0.001  # ADA: change of p per step
     # signals that stop the run after the current step with a checkpoint ("" or "none": off)
     save_on_signals: str = preemption.DEFAULT_SIGNALS
+    # a new run's initial weights: a run directory (its latest checkpoint; DIR@STEP,
+    # DIR@best), an export or a weights package (crfgan_tf.training.initialize); "" = the seed
+    init_from: str = ""
+    # which networks init_from takes: "all" (every network the source holds) or groups of
+    # models.options.INIT_GROUPS ("generator,encoder"); the others start from the seed
+    init_networks: str = "all"
 
     def __post_init__(self):
         # not a field (config.json does not hold it): the factor was the size's default,
@@ -155,6 +162,18 @@ class TrainConfig:
         need(self.ada_speed > 0, f"`ada_speed` must be > 0, got {self.ada_speed}")
         self.profile_range()
         preemption.parse_signals(self.save_on_signals)
+        self.init_groups()
+
+    def init_groups(self) -> tuple:
+        """`init_networks` as a tuple of INIT_GROUPS names ("all" -> all of them)."""
+        names = tuple(n.strip() for n in self.init_networks.split(",") if n.strip())
+        if names == ("all",):
+            return tuple(INIT_GROUPS)
+        bad = [n for n in names if n not in INIT_GROUPS]
+        if bad or not names:
+            raise ValueError(f"`init_networks` must be 'all' or a comma-separated list of "
+                             f"{tuple(INIT_GROUPS)}, got {self.init_networks!r}")
+        return names
 
     def global_batch(self, replicas: int) -> int:
         """The global batch on `replicas` replicas: `per_replica_batch_size` times the

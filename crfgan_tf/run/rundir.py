@@ -1,9 +1,11 @@
 """The run directory: its layout, and the rule that its config never changes under its
 checkpoints.
 
-  <model_dir>/config.json          the TrainConfig the checkpoints were written with
+  <model_dir>/config.json          the TrainConfig the checkpoints were written with, and
+                                   `init_source` for a run started with `init_from`
   <model_dir>/flags.txt            the command-line flags of the latest start
-  <model_dir>/config_changes.jsonl one line per start that changed a resumable field
+  <model_dir>/config_changes.jsonl one line per start that changed a resumable field or
+                                   a field of `allow_change` (with the step it resumed at)
   <model_dir>/trainer_state.json   step, checkpoint and metrics of the latest save
   <model_dir>/data.json            what generation needs to know of the training data
                                    (window, modality, output spacing, class names), written
@@ -18,11 +20,14 @@ checkpoints.
   <model_dir>/eval.jsonl           one line per in-training evaluation (`eval_every`)
   <model_dir>/best/ckpt-N          the checkpoint with the best evaluation, kept apart
   <model_dir>/best.json            its step, metric and value
+  <model_dir>/best_until_step_N/   the earlier best/ and best.json, when the evaluation
+                                   changed on resume at step N (`allow_change`)
   <model_dir>/eval_cache/          features of the evaluation records (computed once)
 
-Only the fields in RESUMABLE_FIELDS may differ when a run directory is started again;
-any other difference (architecture, data, optimizer, seed) is refused before anything is
-written, with the fields listed.
+Only the fields in RESUMABLE_FIELDS may differ when a run directory is started again, and
+those of CHANGEABLE_FIELDS when the start names them (`allow_change`); any other
+difference (architecture, data identity, seed, the initialisation) is refused before
+anything is written, with the fields listed.
 """
 
 from __future__ import annotations
@@ -57,6 +62,22 @@ RESUMABLE_FIELDS = ("model_dir", "train_steps", "log_every", "checkpoint_every",
                     "image_every", "keep_checkpoints", "profile_steps", "jit_compile",
                     "strategy", "cpu_devices", "eval_every", "save_on_signals",
                     "crf_encoder_slab", "remat")
+
+# What may change on resume when the start names it (`allow_change`): settings that do not
+# change what a checkpoint holds or which data it was trained on, only how training goes
+# on from it (learning rates, the loss weights' schedule, precision, batch, augmentation)
+# or how it is evaluated. A changed evaluation (feature network, side, records, samples,
+# metric) starts a new best: distances of two feature spaces do not compare.
+CHANGEABLE_FIELDS = ("lr_g", "lr_d", "lr_crf", "lr_e", "crf_weight_start",
+                     "crf_weight_decay_steps", "lambda_class", "mixed_precision", "batch_size",
+                     "per_replica_batch_size", "augment", "augment_p", "ada_target",
+                     "ada_speed", "eval_records", "eval_samples", "eval_feature_side",
+                     "fid_weights", "best_metric")
+# the changes after which the stored best checkpoint's value no longer compares
+EVALUATION_FIELDS = ("eval_records", "eval_samples", "eval_feature_side", "fid_weights",
+                     "best_metric")
+# config.json's record of where a run's initial weights came from (`init_from`)
+INIT_SOURCE_KEY = "init_source"
 
 
 class RunDirError(ValueError):
@@ -106,45 +127,128 @@ def config_difference(old: config_lib.TrainConfig, new: config_lib.TrainConfig) 
     return {k: (a.get(k), b[k]) for k in b if a.get(k) != b[k]}
 
 
-def check_config(config: config_lib.TrainConfig) -> dict:
-    """Compares `config` with the one stored in its run directory.
-
-    Returns:
-      {field: (old, new)} of the resumable fields that changed ({} for a new run).
+def parse_allow_change(text: str) -> tuple:
+    """`allow_change` ("lr_d,mixed_precision") as a tuple of field names.
 
     Raises:
-      RunDirError: a field outside RESUMABLE_FIELDS differs; lists each (old -> new).
+      ValueError: a name that is not in CHANGEABLE_FIELDS; says which are, and why
+        architecture and data fields are not.
+    """
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in CHANGEABLE_FIELDS]
+    if bad:
+        raise ValueError(
+            f"`allow_change`: {', '.join(bad)} cannot change on resume. It accepts "
+            f"{', '.join(CHANGEABLE_FIELDS)}; the architecture, the data, the seed and the "
+            "initialisation decide what the checkpoints hold (start a new run from this "
+            "one's weights with `init_from` instead)")
+    return names
+
+
+def check_config(config: config_lib.TrainConfig, allow: tuple = ()) -> dict:
+    """Compares `config` with the one stored in its run directory.
+
+    Args:
+      allow: fields of CHANGEABLE_FIELDS this start may change (`allow_change`).
+
+    Returns:
+      {field: (old, new)} of the resumable and allowed fields that changed ({} for a new run).
+
+    Raises:
+      RunDirError: any other field differs; lists each (old -> new), and names
+        `allow_change=FIELD` for those it would accept.
     """
     stored = read_config(config.model_dir)
     if stored is None:
         return {}
     diff = config_difference(stored, config)
-    refused = {k: v for k, v in diff.items() if k not in RESUMABLE_FIELDS}
+    refused = {k: v for k, v in diff.items() if k not in RESUMABLE_FIELDS + tuple(allow)}
     if refused:
         fields = ", ".join(f"`{k}`: {old!r} -> {new!r}" for k, (old, new) in sorted(refused.items()))
+        changeable = sorted(k for k in refused if k in CHANGEABLE_FIELDS)
+        fixed = sorted(k for k in refused if k not in CHANGEABLE_FIELDS)
+        ways = []
+        if changeable:
+            ways.append(f"allow the change explicitly with `allow_change={','.join(changeable)}` "
+                        f"(logged in {CHANGES_FILE})" + (
+                            f", and keep {', '.join(f'`{k}`' for k in fixed)} as stored"
+                            if fixed else ""))
+        if fixed:
+            ways.append(f"start a new run from this one's weights with `init_from={config.model_dir}` "
+                        "and another `model_dir`")
+        ways.append(f"resume it with its own settings (`flagfile={os.path.join(config.model_dir, FLAGS_FILE)}`)")
         raise RunDirError(
             f"`model_dir` {config.model_dir!r} holds a run whose checkpoints were written with "
-            f"other settings ({fields}). Nothing was changed there. Resume it with its own "
-            f"settings (`flagfile={os.path.join(config.model_dir, FLAGS_FILE)}`), or start a "
-            f"new run with another `model_dir`. Only {', '.join(RESUMABLE_FIELDS[1:])} may "
-            "change on resume.")
+            f"other settings ({fields}). Nothing was changed there. Either " + "; or ".join(ways)
+            + f". Without `allow_change` only {', '.join(RESUMABLE_FIELDS[1:])} may change on "
+            "resume.")
     return {k: v for k, v in diff.items() if k != "model_dir"}
 
 
 def record_config(config: config_lib.TrainConfig, flags_text: Optional[str],
-                  changed: dict, log: Callable[[str], None]) -> None:
-    """Writes config.json (and flags.txt), after check_config; logs and appends the changes."""
+                  changed: dict, log: Callable[[str], None], step: Optional[int] = None,
+                  init_source: Optional[dict] = None) -> None:
+    """Writes config.json (and flags.txt), after check_config; logs and appends the changes
+    (with `step`, the step the run resumes at). `init_source` (a new run's `init_from`,
+    resolved: kind, path, step, checksum) is kept in config.json under INIT_SOURCE_KEY,
+    and kept there on every later start."""
     os.makedirs(config.model_dir, exist_ok=True)
     if changed:
         log("train: resuming with " + ", ".join(
             f"`{k}` {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items())))
-        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": step,
                            "changed": {k: list(v) for k, v in changed.items()}})
         with open(os.path.join(config.model_dir, CHANGES_FILE), "a") as f:
             f.write(line + "\n")
-    fileio.atomic_write(os.path.join(config.model_dir, CONFIG_FILE), config.to_json())
+    stored = read_init_source(config.model_dir)
+    record = json.loads(config.to_json())
+    if init_source or stored:
+        record[INIT_SOURCE_KEY] = init_source or stored
+    fileio.atomic_write(os.path.join(config.model_dir, CONFIG_FILE),
+                        json.dumps(record, indent=2, sort_keys=True))
     if flags_text is not None:
         fileio.atomic_write(os.path.join(config.model_dir, FLAGS_FILE), flags_text)
+
+
+def retire_best(model_dir: str, step: int, log: Callable[[str], None]) -> Optional[str]:
+    """Moves best/ and best.json aside into `best_until_step_<step>/` when the evaluation
+    changed on resume (EVALUATION_FIELDS): the next evaluation starts a new best, and the
+    old best checkpoint is kept. Returns the new folder, or None when there was no best."""
+    best_json = os.path.join(model_dir, BEST_FILE)
+    best_dir = os.path.join(model_dir, BEST_DIR)
+    if not os.path.exists(best_json) and not os.path.isdir(best_dir):
+        return None
+    target = os.path.join(model_dir, f"best_until_step_{step}")
+    if os.path.exists(target):
+        shutil.rmtree(target)
+    if os.path.isdir(best_dir):
+        os.replace(best_dir, target)
+    else:
+        os.makedirs(target)
+    if os.path.exists(best_json):
+        os.replace(best_json, os.path.join(target, BEST_FILE))
+    log(f"train: the evaluation changed, so its distances do not compare with the earlier "
+        f"best; that one is kept in {target}/ and the next evaluation starts a new best")
+    return target
+
+
+def read_init_source(model_dir: str) -> Optional[dict]:
+    """Where a run's initial weights came from (config.json's INIT_SOURCE_KEY), or None
+    for a run that started from its seed."""
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get(INIT_SOURCE_KEY)
+
+
+def read_changes(model_dir: str) -> list:
+    """config_changes.jsonl's lines (dicts), oldest first; [] when there are none."""
+    path = os.path.join(model_dir, CHANGES_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def remove_partial_checkpoints(model_dir: str, log: Callable[[str], None]) -> list:

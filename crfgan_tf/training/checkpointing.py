@@ -30,6 +30,29 @@ def make_checkpoint(model: SubVolumeGAN) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(**model.checkpoint_items())
 
 
+def reading_checkpoint(model: SubVolumeGAN, stored_precision: str,
+                       stored_augment: bool) -> tf.train.Checkpoint:
+    """The checkpoint to restore a run's checkpoints into when they were written with
+    another `mixed_precision` or with augmentation off (`allow_change`): a phase optimizer
+    is a LossScaleOptimizer under mixed_float16 only, holding the Adam it wraps as
+    `inner_optimizer`, so the Adam state is read across the wrapper (the loss scale of
+    a run that turns mixed_float16 on starts at its initial value; one turned off is
+    dropped); `augment_p` is left at its flag's value where the checkpoint has none."""
+    import keras
+
+    items = model.checkpoint_items()
+    if not stored_augment:
+        items.pop("augment_p", None)
+    was_scaled = stored_precision == "mixed_float16"
+    for phase, opt in model.phase_optimizers().items():
+        scaled = isinstance(opt, keras.optimizers.LossScaleOptimizer)
+        if scaled and not was_scaled:
+            items[f"{phase}_optimizer"] = opt.inner_optimizer
+        elif was_scaled and not scaled:
+            items[f"{phase}_optimizer"] = tf.train.Checkpoint(inner_optimizer=opt)
+    return tf.train.Checkpoint(**items)
+
+
 def checkpoint_bytes(items: dict) -> int:
     """About the bytes a checkpoint of `items` (SubVolumeGAN.checkpoint_items()) writes:
     every variable of its networks and optimizers and the step, without the index file."""
@@ -49,6 +72,15 @@ def _shape(text: str) -> tuple:
     return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
 
 
+def shape_mismatch(err: Exception):
+    """(variable name, stored shape, built shape) of TensorFlow's error for a checkpoint
+    tensor that does not fit its variable, or None for any other error."""
+    found = _SHAPE_MISMATCH.search(str(err))
+    if not found:
+        return None
+    return found.group(3).split(":")[0], _shape(found.group(1)), _shape(found.group(2))
+
+
 def architecture_flag(name: str, stored: tuple, built: tuple) -> str:
     """The flag that most likely explains a variable stored as `stored` but built as
     `built` (from the shapes the flags give: latent size, channel width, volume size)."""
@@ -62,8 +94,11 @@ def architecture_flag(name: str, stored: tuple, built: tuple) -> str:
 
 
 def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager,
-                   log: Callable[[str], None] = _log, move_damaged: bool = False) -> Optional[str]:
+                   log: Callable[[str], None] = _log, move_damaged: bool = False,
+                   reader: Optional[tf.train.Checkpoint] = None) -> Optional[str]:
     """Restores the newest readable checkpoint; an unreadable one is skipped with a warning.
+    `reader` (reading_checkpoint) reads instead of `checkpoint` where the objects were
+    saved under another structure.
 
     With `move_damaged` (the process that writes the run directory), the unreadable
     checkpoints newer than the one restored are moved into `checkpoints/damaged/` and the
@@ -82,19 +117,21 @@ def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.Checkpoint
     damaged = []
     for path in reversed(manager.checkpoints):
         try:
-            checkpoint.read(path).assert_existing_objects_matched()
+            status = (reader or checkpoint).read(path)
+            status.assert_existing_objects_matched()
+            if reader is not None:
+                status.expect_partial()  # a dropped loss scale or augment_p
             if damaged and move_damaged:
                 move_aside(manager, damaged, log)
             return path
         except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways
             # (DataLossError, IndexError "read less bytes", ValueError ...); each is skipped.
-            mismatch = _SHAPE_MISMATCH.search(str(err))
+            mismatch = shape_mismatch(err)
             if mismatch:
-                stored, built, name = (_shape(mismatch.group(1)), _shape(mismatch.group(2)),
-                                       mismatch.group(3))
+                name, stored, built = mismatch
                 raise rundir.RunDirError(
                     f"checkpoint {path} does not fit the networks these settings build: "
-                    f"variable {name.split(':')[0]} is {stored} in the checkpoint and {built} "
+                    f"variable {name} is {stored} in the checkpoint and {built} "
                     f"here; check {architecture_flag(name, stored, built)}. Nothing was "
                     "changed; resume with the settings the run was started with.") from None
             log(f"WARNING: checkpoint {path} is unreadable ({type(err).__name__}: "

@@ -25,7 +25,8 @@ from crfgan_tf.run import config as config_lib
 from crfgan_tf.run import factory, rundir
 from crfgan_tf.training import summaries
 from crfgan_tf.training.checkpointing import (checkpoint_bytes, checkpoint_managers,
-                                              make_checkpoint, restore_latest)
+                                              make_checkpoint, reading_checkpoint,
+                                              restore_latest)
 from crfgan_tf.training.distribute import (is_chief, make_distributed_step,
                                            make_stop_agreement, make_strategy)
 from crfgan_tf.utils import dirlock, fileio, preemption, runtime
@@ -90,15 +91,18 @@ def _cpu_flags() -> set:
 
 
 def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
-          flags_text: Optional[str] = None, break_lock: bool = False) -> dict:
+          flags_text: Optional[str] = None, break_lock: bool = False,
+          allow_change: tuple = ()) -> dict:
     """Trains (or resumes) until `config.train_steps`; returns the last metrics and step.
 
     Before anything is written: the rules of resuming are applied (rundir.resume_config:
     a default embedding factor takes the stored run's), the config is validated, its
     global batch resolved for
     the strategy's replicas (TrainConfig.global_batch), and it is compared with the one stored
-    in the run directory (only rundir.RESUMABLE_FIELDS may differ), and the records are
-    checked (they exist and hold img_size^3 volumes). The run directory's lock
+    in the run directory (only rundir.RESUMABLE_FIELDS and the `allow_change` fields may
+    differ), a new run's `init_from` is resolved and its architecture compared
+    (training.initialize), and the records are checked (they exist and hold img_size^3
+    volumes). The run directory's lock
     (crfgan_tf.utils.dirlock) is held from before the checkpoints are read until the end.
 
     A signal of `config.save_on_signals` stops the run after the step in progress, with a
@@ -110,6 +114,8 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
       log: progress lines.
       flags_text: the command line as a flagfile, kept as flags.txt.
       break_lock: take over a lock held from another host (`break_lock`).
+      allow_change: fields of rundir.CHANGEABLE_FIELDS this start may change on resume;
+        each change is logged with its step in config_changes.jsonl.
 
     Raises:
       ValueError: invalid config (before any work); rundir.RunDirError, a run directory
@@ -129,9 +135,11 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
         log(f"train: Slurm cluster (SlurmClusterResolver): this is worker {resolver.task_id} "
             f"of {resolver.cluster_spec().as_dict()}")
     config = _resolve_batch(config, strategy.num_replicas_in_sync, log)
-    files, changed, data_meta = _check_inputs(config)
+    files, changed, data_meta = _check_inputs(config, tuple(allow_change))
+    source = _init_source(config)
     with contextlib.ExitStack() as held:
-        run = _start(config, strategy, data_meta, changed, flags_text, log, held, break_lock)
+        run = _start(config, strategy, data_meta, changed, flags_text, log, held, break_lock,
+                     source)
         return _loop(config, run, files, log)
 
 
@@ -232,12 +240,27 @@ class _Run:
     writer_manager: tf.train.CheckpointManager
 
 
+def _init_source(config: config_lib.TrainConfig):
+    """The resolved `init_from` of a run directory without checkpoints (None otherwise: a
+    resume restores its own), its architecture checked against `config`."""
+    if not config.init_from:
+        return None
+    from crfgan_tf.training import initialize
+
+    if tf.train.latest_checkpoint(os.path.join(config.model_dir, rundir.CHECKPOINT_DIR)):
+        return None
+    source = initialize.resolve(config.init_from)
+    initialize.check_architecture(source, config)
+    return source
+
+
 def _start(config: config_lib.TrainConfig, strategy: tf.distribute.Strategy,
            data_meta: Optional[dict], changed: dict, flags_text: Optional[str], log,
-           held: contextlib.ExitStack, break_lock: bool = False) -> _Run:
+           held: contextlib.ExitStack, break_lock: bool = False, source=None) -> _Run:
     """The run directory's lock (the chief's, kept in `held`), model and checkpoint
-    restored (or fresh) under `strategy`; only then, on the chief, the run directory's
-    config.json, flags.txt and data.json are written."""
+    restored (or fresh, or from `source`: `init_from`) under `strategy`; only then, on
+    the chief, the run directory's config.json, flags.txt and data.json are written (and a
+    run started from `source` saves its step-0 checkpoint)."""
     chief = is_chief(strategy)
     evaluate = _evaluation_wanted(config, chief, log)
     if chief:  # before anything is read or removed there: one writer per run directory
@@ -253,17 +276,59 @@ def _start(config: config_lib.TrainConfig, strategy: tf.distribute.Strategy,
         checkpoint = make_checkpoint(model)
     manager, writer_manager = checkpoint_managers(checkpoint, config.model_dir,
                                                   config.keep_checkpoints, chief, strategy)
-    restored = restore_latest(checkpoint, manager, log, move_damaged=chief)
+    reader = None
+    if {"mixed_precision", "augment"} & set(changed):  # `allow_change`: another structure
+        stored = rundir.read_config(config.model_dir)
+        reader = reading_checkpoint(model, stored.mixed_precision, bool(stored.augment))
+    restored = restore_latest(checkpoint, manager, log, move_damaged=chief, reader=reader)
     if restored and restored != manager.latest_checkpoint:  # damaged ones moved aside
         manager, writer_manager = checkpoint_managers(checkpoint, config.model_dir,
                                                       config.keep_checkpoints, chief, strategy)
+    if restored:
+        _apply_settings(config, model, changed)
+    init_record = None
+    if not restored and source is not None:
+        init_record = _initialize(config, source, model, log)
+    step = int(model.step_counter.numpy())
     if chief:  # only now: the checkpoints fit this config (or there are none)
-        rundir.record_config(config, flags_text, changed, log)
+        rundir.record_config(config, flags_text, changed, log, step=step,
+                             init_source=init_record)
         if data_meta:
             rundir.write_data_metadata(config.model_dir, data_meta)
+        if restored and set(changed) & set(rundir.EVALUATION_FIELDS):
+            rundir.retire_best(config.model_dir, step, log)
     if restored:
-        log(f"train: resumed from {restored} at step {int(model.step_counter.numpy())}")
-    return _Run(strategy, chief, evaluate, model, checkpoint, manager, writer_manager)
+        log(f"train: resumed from {restored} at step {step}")
+    run = _Run(strategy, chief, evaluate, model, checkpoint, manager, writer_manager)
+    if init_record is not None:  # the initial weights, as a checkpoint of their own
+        _save(config, run, 0, {})
+    return run
+
+
+def _apply_settings(config: config_lib.TrainConfig, model: SubVolumeGAN, changed: dict) -> None:
+    """After a restore: the learning rates of `config` into the phase optimizers (a Keras
+    optimizer checkpoints its rate, which would otherwise override `allow_change=lr_d`),
+    and a changed `augment_p` into the model (ADA's adapted p is otherwise resumed)."""
+    for phase, field in type(model).LEARNING_RATES.items():
+        opt = model.phase_optimizers()[phase]
+        getattr(opt, "inner_optimizer", opt).learning_rate = getattr(config, field)
+    if "augment_p" in changed and model.augment_p is not None:
+        model.augment_p.assign(config.augment_p)
+
+
+def _initialize(config: config_lib.TrainConfig, source, model: SubVolumeGAN, log) -> dict:
+    """Copies `source`'s networks (by `init_networks`) into `model`; returns the record."""
+    from crfgan_tf.training import initialize
+
+    modules = model.modules()
+    keys = initialize.selected(source, config, modules)
+    initialize.apply(source, modules, keys, log)
+    fresh = [k for k in modules if k not in keys]
+    log(f"train: initialised {', '.join(keys)} from {source.kind} {source.location}"
+        + (f" (step {source.step})" if source.step is not None else "")
+        + (f"; {', '.join(fresh)} from the seed" if fresh else "")
+        + "; optimizers fresh, step 0")
+    return source.record(keys)
 
 
 def _after_step(config: config_lib.TrainConfig, run: _Run, step: int, metrics: dict, writer,
@@ -303,14 +368,14 @@ class _Profile:
                      f"to {self.model_dir}/plugins/profile (TensorBoard's Profile tab)")
 
 
-def _check_inputs(config: config_lib.TrainConfig):
+def _check_inputs(config: config_lib.TrainConfig, allow: tuple = ()):
     """Everything checked before any work: the config, the run directory's stored config
-    (returns the resumable fields that changed), the records and, for a conditional run,
-    their labels (`config` is validated, its batch resolved). Returns (record files,
-    changed fields, the data metadata to store)."""
+    (returns the resumable and `allow`ed fields that changed), the records and, for a
+    conditional run, their labels (`config` is validated, its batch resolved). Returns
+    (record files, changed fields, the data metadata to store)."""
     if not config.train_records and config.train_steps > 0:
         raise ValueError("`train_records` is required")
-    changed = rundir.check_config(config)
+    changed = rundir.check_config(config, rundir.parse_allow_change(",".join(allow)))
     if config.train_steps <= 0:
         return [], changed, None
     files = records.check_records(config.train_records, config.img_size)

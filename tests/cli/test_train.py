@@ -61,8 +61,8 @@ def test_a_batch_larger_than_memory_is_one_line_naming_the_phase(records_64, tmp
     (line,) = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert line == ("error: out of memory in the input pipeline at step 1 on CPU (" +
                     line.split(" on CPU (")[1].split(")")[0] + "); what cuts memory: a lower "
-                    "--batch_size (a batch of whole volumes is assembled in host memory; in a new "
-                    "--model_dir: a resume refuses another batch) "
+                    "--batch_size (a batch of whole volumes is assembled in host memory), which "
+                    "resumes this run with --allow_change=batch_size "
                     "(crfgan-plan-memory --model=crfgan --img_size=64 --width=0.0625 "
                     "--batch_size=100000 breaks it down); no checkpoint was written yet"), line
 
@@ -88,7 +88,7 @@ def test_out_of_memory_in_the_step_after_a_checkpoint(records_64, trained_run, t
     assert line.endswith(
         "what cuts memory: --crf_encoder_slab=16 (CRF-GAN) or --remat, which resume this run; a "
         "lower --batch_size (or --per_replica_batch_size) or --mixed_precision=mixed_float16 "
-        "on a GPU, in a new --model_dir (a resume refuses them) (crfgan-plan-memory --model=crfgan --img_size=64 --width=0.0625 --batch_size=2 breaks "
+        "on a GPU, which resume it with --allow_change=batch_size,mixed_precision (crfgan-plan-memory --model=crfgan --img_size=64 --width=0.0625 --batch_size=2 breaks "
         f"it down); the last checkpoint, {tmp_path}/run/checkpoints/ckpt-1, is intact"), line
 
 
@@ -103,8 +103,8 @@ def test_out_of_memory_in_the_in_training_evaluation(records_64, tmp_path):
     assert line.startswith("error: out of memory in the in-training evaluation at step 0 on "
                            "CPU ("), line
     assert ("what cuts memory: --eval_every=0, which resumes this run (evaluate afterwards "
-            "with crfgan-fid-mmd); --eval_feature_side=128 or fewer --eval_samples in a new "
-            "--model_dir (a resume refuses them)") in line, line
+            "with crfgan-fid-mmd); --eval_feature_side=128 or fewer --eval_samples, which "
+            "resume it with --allow_change=eval_feature_side,eval_samples") in line, line
 
 
 def test_sampling_out_of_memory_is_one_line(exported, tmp_path):

@@ -49,6 +49,11 @@ def test_no_patient_data_in_anything_written_or_printed(dicom_export, dicom_conv
     printed.append(_command("tools.fid_mmd", f"--real={records}/*.tfrecord", f"--fake={export}",
                             "--num_samples=2", "--allow_random_features", "--json",
                             f"--cache_dir={tmp_path / 'cache'}"))
+    # the export's model card (MODEL_CARD.md, model_card.json) and weights package are
+    # searched with the rest: the card names the training cases by their record ids
+    card = __import__("json").load(open(export / "model_card.json"))
+    assert card["training"]["dataset"] == "dicom" and card["training"]["cases"] >= 1
+    assert (export / "MODEL_CARD.md").exists() and (export / "package.json").exists()
     needles = _needles()
     leaks, files = [], 0
     for root in (records, run, export, samples, tmp_path / "cache"):

@@ -86,7 +86,7 @@ def test_sample_cli_errors(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "crfgan_tf.sample", *a], cwd=REPO,
                                     env=env, capture_output=True, text=True, timeout=300)
     res = run(f"--saved_model={tmp_path}/none", f"--output_dir={tmp_path}/o")
-    assert res.returncode == 2 and "no SavedModel" in res.stderr
+    assert res.returncode == 2 and "no export at" in res.stderr and "saved_model.pb" in res.stderr
     res = run(f"--saved_model={tmp_path}", f"--output_dir={tmp_path}/o", "--format=jpeg")
     assert res.returncode != 0 and "--format" in res.stderr
     other = tf.Module()

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 
 from conftest import REPO
+from crfgan_tf.run.config import TrainConfig
 
 from support import format_fixtures
 
@@ -33,7 +34,11 @@ def test_a_run_directory_of_v0_resumes_with_its_own_flagfile(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming" in res.stderr and "--train_steps 2 -> 3" in res.stderr
     after = json.load(open(tmp_path / "run" / "config.json"))
-    assert {k for k in after if after[k] != before.get(k)} == {"train_steps", "checkpoint_every"}
+    assert {k for k in before if after[k] != before[k]} == {"train_steps", "checkpoint_every"}
+    # fields added since v0 are written with their defaults, which is what the run used
+    defaults = json.loads(TrainConfig(model_dir="x").to_json())
+    assert {k: after[k] for k in after if k not in before} == \
+        {k: defaults[k] for k in after if k not in before}
     state = json.load(open(tmp_path / "run" / "trainer_state.json"))
     assert state["step"] == 3
 
