@@ -342,6 +342,11 @@ def main(argv):
         from crfgan_tf.data import record_files  # no TensorFlow
 
         record_files.check_records(config.train_records, config.img_size)
+        source = config.init_from.rsplit("@", 1)[0] if "@" in config.init_from and \
+            not os.path.exists(config.init_from) else config.init_from
+        if source and not os.path.isdir(source):
+            raise common.CommandError(f"--init_from {source!r} is not a directory (a run "
+                                      "directory, or an export of crfgan-export)")
         print(config.to_json())
         return 0
     runtime.quiet_tensorflow()

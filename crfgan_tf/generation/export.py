@@ -196,7 +196,7 @@ def export(model_dir: str, export_dir: str, step=None, slab: int = 8,
     manifest_sha = None
     if fmt in ("both", "weights"):
         package.write(tmp, config, networks, metadata, __version__)
-        manifest_sha = package.sha256(os.path.join(tmp, package.PACKAGE_FILE))
+        manifest_sha = fileio.sha256(os.path.join(tmp, package.PACKAGE_FILE))
     parameters = {k: int(sum(int(v.numpy().size) for v in n.weights))
                   for k, n in networks.items() if n is not None}
     card = model_card.build(config, model_dir, metadata, checkpoint_step(ckpt), parameters,

@@ -25,7 +25,6 @@ its publisher states.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Callable, Optional, Sequence
@@ -45,14 +44,6 @@ ARCHITECTURE_FIELDS = ("model", "img_size", "embedding_factor", "latent_dim", "w
 
 class PackageError(ValueError):
     """A weights package that is missing, damaged, altered or does not fit; names the file."""
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_package(path: str) -> bool:
@@ -76,7 +67,7 @@ def write(directory: str, config: config_lib.TrainConfig, networks: dict, metada
         path = os.path.join(directory, name)
         with fileio.atomic_output(path, WEIGHTS_SUFFIX) as tmp:
             network.save_weights(tmp)
-        entries[key] = {"file": name, "sha256": sha256(path), "bytes": os.path.getsize(path),
+        entries[key] = {"file": name, "sha256": fileio.sha256(path), "bytes": os.path.getsize(path),
                         "variables": len(network.weights),
                         "parameters": int(sum(int(v.numpy().size) for v in network.weights))}
     manifest = {"format": PACKAGE_FORMAT, "crfgan_tf_version": version,
@@ -125,7 +116,7 @@ def verify(directory: str, manifest: dict, keys: Optional[Sequence[str]] = None)
                                f"{entry['file']!r} is not a plain file name of the package")
         if not os.path.isfile(path):
             raise PackageError(f"{path} is missing from the weights package")
-        if sha256(path) != entry["sha256"]:
+        if fileio.sha256(path) != entry["sha256"]:
             raise PackageError(
                 f"{path} does not match its checksum in {PACKAGE_FILE} (altered or damaged): "
                 "refused. Get the package again from its source")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,14 +17,6 @@ from crfgan_tf.reference.mapping import (LR_FIELDS, FILES, apply_state, check_st
                                         classes_of, layout, strip_prefix)
 
 IMPORT_RECORD = "reference_import.json"
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def import_checkpoint(model: str, checkpoint_dir: str, iteration: int, img_size: int,
@@ -105,7 +96,7 @@ def _import(model: str, paths: dict, img_size: int, model_dir: str, latent_dim: 
               "img_size": img_size, "files": {}}
     for f, raw in raws.items():
         info = apply_state(built, f, FILES[model][f], tensors[f], raw, log)
-        record["files"][os.path.basename(paths[f])] = dict(info, sha256=_sha256(paths[f]))
+        record["files"][os.path.basename(paths[f])] = dict(info, sha256=fileio.sha256(paths[f]))
         if "lr" in info:  # the reference run's own settings
             setattr(config, LR_FIELDS[FILES[model][f]], info["lr"])
             config.beta_1, config.beta_2 = info["betas"]

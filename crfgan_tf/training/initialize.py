@@ -30,6 +30,7 @@ from crfgan_tf.models import options
 from crfgan_tf.run import config as config_lib
 from crfgan_tf.run import rundir
 from crfgan_tf.training.checkpointing import architecture_flag, shape_mismatch
+from crfgan_tf.utils import fileio
 
 KINDS = ("run", "package", "savedmodel")
 # every network key of either model, in the models' order
@@ -119,7 +120,7 @@ def _run_source(path: str, step) -> Source:
         raise InitError(f"`init_from` {path!r}: {err}") from None
     held = _top_level(ckpt)
     return Source("run", path, checkpoint_step(ckpt), ckpt, package.architecture(config),
-                  tuple(k for k in _ALL_NETWORKS if k in held), package.sha256(ckpt + ".index"))
+                  tuple(k for k in _ALL_NETWORKS if k in held), fileio.sha256(ckpt + ".index"))
 
 
 def _package_source(path: str) -> Source:
@@ -133,7 +134,7 @@ def _package_source(path: str) -> Source:
 
     return Source("package", path, checkpoint_step(manifest["metadata"].get("checkpoint", "")),
                   path, package.architecture(arch), tuple(manifest["networks"]),
-                  package.sha256(os.path.join(path, package.PACKAGE_FILE)))
+                  fileio.sha256(os.path.join(path, package.PACKAGE_FILE)))
 
 
 def _savedmodel_source(path: str) -> Source:
@@ -150,7 +151,7 @@ def _savedmodel_source(path: str) -> Source:
     networks = tuple(k for k, attr in _SAVEDMODEL_ATTRIBUTES.items() if attr in held)
     return Source("savedmodel", path, checkpoint_step(meta.get("checkpoint", "")), prefix,
                   {k: meta.get(k) for k in package.ARCHITECTURE_FIELDS}, networks,
-                  package.sha256(prefix + ".index"))
+                  fileio.sha256(prefix + ".index"))
 
 
 def check_architecture(source: Source, config: config_lib.TrainConfig) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 from typing import Optional
@@ -120,6 +121,15 @@ def atomic_output(path: str, suffix: str = ""):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def sha256(path: str) -> str:
+    """The hex sha256 of a file's content, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write(path: str, text: str) -> None:
