@@ -127,6 +127,9 @@ def test_every_documented_training_command_passes_its_dry_run(tmp_path):
     for page, args in lines.values():
         extra = [] if any(a.startswith(("--model_dir", "--flagfile")) for a in args) \
             else ["--model_dir=runs/doc_check"]
+        for arg in args:  # the run or export a fine-tuning line starts from: made earlier
+            if arg.startswith("--init_from="):
+                os.makedirs(tmp_path / arg.split("=", 1)[1].split("@")[0], exist_ok=True)
         for attempt in range(2):
             res = subprocess.run([sys.executable, "-m", "crfgan_tf.train", *args, *extra,
                                   "--dry_run"], cwd=tmp_path, capture_output=True, text=True,
