@@ -64,6 +64,10 @@ flags.DEFINE_float("slice_spacing_tolerance", dicom.DEFAULT_SPACING_TOLERANCE,
 flags.DEFINE_bool("allow_tilt", False,
                   "DICOM: convert gantry-tilted series by shifting each slice back in-plane "
                   "(default: refuse them, with the angle).")
+flags.DEFINE_bool("include_derived", False,
+                  "DICOM: convert series whose ImageType is DERIVED too (reformats, and the "
+                  "synthetic series of crfgan-sample --format=dicom); default: skip them, "
+                  "so that no derived or synthetic image enters training data unasked.")
 flags.DEFINE_enum("case_ids", "hash", list(dicom.CASE_IDS),
                   "DICOM case ids: hash (of the SeriesInstanceUID; no identifier written), "
                   "series_uid (the UID itself, e.g. LIDC-IDRI's public ones), or path (the "
@@ -84,7 +88,8 @@ flags.register_validator("workers", lambda v: v >= 1, message="--workers must be
 # --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
     "Input": "dataset input_dir modality labels_csv num_classes",
-    "DICOM series": "min_slices series_policy slice_spacing_tolerance allow_tilt case_ids",
+    "DICOM series": "min_slices series_policy slice_spacing_tolerance allow_tilt "
+                    "include_derived case_ids",
     "Preprocessing": "size air_correction max_air_shift",
     "Output": "output_dir num_shards num_val_shards val_fraction seed compression overwrite",
     "Running": "workers break_lock",
@@ -105,7 +110,8 @@ def main(argv):
         overwrite=FLAGS.overwrite, labels_csv=FLAGS.labels_csv,
         num_classes=FLAGS.num_classes, min_slices=FLAGS.min_slices,
         series_policy=FLAGS.series_policy, slice_spacing_tolerance=FLAGS.slice_spacing_tolerance,
-        allow_tilt=FLAGS.allow_tilt, case_ids=FLAGS.case_ids)
+        allow_tilt=FLAGS.allow_tilt, case_ids=FLAGS.case_ids,
+        include_derived=FLAGS.include_derived)
     runtime.quiet_tensorflow()
     summary = convert.run_conversion(config, log=common.log, break_lock=FLAGS.break_lock)
     return 1 if summary["failed"] else 0

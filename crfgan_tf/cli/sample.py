@@ -17,7 +17,9 @@ flags.DEFINE_string("saved_model", None, "Directory written by python -m crfgan_
 flags.DEFINE_integer("num_samples", 1, "Volumes to generate.")
 flags.DEFINE_integer("seed", 0, "Sample i uses z drawn from (seed, i).")
 flags.DEFINE_string("output_dir", None, "Where the volumes and previews go.")
-flags.DEFINE_enum("format", "nii.gz", ["nii.gz", "mha", "nrrd", "npy"], "Output format.")
+flags.DEFINE_enum("format", "nii.gz", ["nii.gz", "mha", "nrrd", "npy", "dicom"],
+                  "Output format; dicom: a CT series per sample, in a folder of its own, "
+                  "marked synthetic in its header (docs/generation.md#dicom-output).")
 flags.DEFINE_integer("batch_size", 1, "Volumes generated per call.")
 flags.DEFINE_integer("label", None, "Conditional models: the class of every sample.")
 flags.DEFINE_list("labels", None, "Conditional models: classes cycled over the samples "

@@ -46,7 +46,7 @@ SUFFIXES = {"luna16": (".mhd", ".mha"), "gsp": (".nii", ".nii.gz"),
 # --dataset=dicom, and for generic when they differ from these)
 DICOM_SETTINGS = {"min_slices": dicom.DEFAULT_MIN_SLICES, "series_policy": "thinnest",
                   "slice_spacing_tolerance": dicom.DEFAULT_SPACING_TOLERANCE,
-                  "allow_tilt": False, "case_ids": "hash"}
+                  "allow_tilt": False, "case_ids": "hash", "include_derived": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +75,7 @@ class ConvertConfig:
     slice_spacing_tolerance: float = dicom.DEFAULT_SPACING_TOLERANCE
     allow_tilt: bool = False
     case_ids: str = "hash"
+    include_derived: bool = False  # DICOM: convert DERIVED series too (synthetic ones)
 
     @property
     def resolved_modality(self) -> str:
@@ -86,7 +87,8 @@ class ConvertConfig:
         return dicom.SeriesOptions(
             modality=self.resolved_modality, min_slices=self.min_slices,
             series_policy=self.series_policy, spacing_tolerance=self.slice_spacing_tolerance,
-            allow_tilt=self.allow_tilt, case_ids=self.case_ids)
+            allow_tilt=self.allow_tilt, case_ids=self.case_ids,
+            include_derived=self.include_derived)
 
     def validate(self) -> None:
         """Raises ValueError naming the offending setting (the flag of the same name)."""
@@ -130,8 +132,10 @@ class ConvertConfig:
         out = {k: getattr(self, k) for k in keys}
         out["modality"] = self.resolved_modality
         out["input_dir"] = os.path.abspath(self.input_dir)
-        for key, default in DICOM_SETTINGS.items():
-            if self.dataset == "dicom" or getattr(self, key) != default:
+        for key, default in DICOM_SETTINGS.items():  # include_derived only when on: the
+            # manifests of conversions before it existed resume unchanged
+            if (self.dataset == "dicom" and key != "include_derived") or \
+                    getattr(self, key) != default:
                 out[key] = getattr(self, key)
         if self.dataset == "dicom":  # folder names are often patient names: a hash only
             out["input_dir_sha256"] = hashlib.sha256(out.pop("input_dir").encode()).hexdigest()

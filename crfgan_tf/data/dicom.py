@@ -16,8 +16,9 @@ The rules, in the order they apply (docs/data.md, "Your own DICOM series"):
   files (and media directory SOP instances) are ignored;
 - one series per SeriesInstanceUID; a folder with several gives several;
 - skipped (reason code, not a failure): no image (no Rows/Columns), another modality,
-  multi-frame, localizer/scout (ImageType), derived or secondary capture, fewer than
-  `min_slices`;
+  multi-frame, localizer/scout (ImageType), derived (unless `include_derived`: then a
+  derived series, such as crfgan-sample's synthetic ones, converts like any other) or
+  secondary capture, fewer than `min_slices`;
 - refused (a failure, named): mixed orientations, sizes or pixel spacings; duplicate
   positions whose pixels differ (identical duplicates are dropped); a gap over
   GAP_FACTOR x the median spacing (missing slices); spacing deviating from the median by
@@ -69,7 +70,7 @@ REASONS = {
     "skipped_modality": "another modality than `modality`",
     "skipped_multiframe": "a multi-frame (enhanced) image: not read by this version",
     "skipped_localizer": "localizer or scout (ImageType)",
-    "skipped_derived": "derived image or secondary capture",
+    "skipped_derived": "derived image (without `include_derived`) or secondary capture",
     "skipped_too_few_slices": "fewer slices than `min_slices`",
     "skipped_series_policy": "another reconstruction of its study was chosen (`series_policy`)",
     "refused_mixed_geometry": "orientations, sizes or pixel spacings differ within the series",
@@ -92,6 +93,7 @@ class SeriesOptions:
     spacing_tolerance: float = DEFAULT_SPACING_TOLERANCE
     allow_tilt: bool = False
     case_ids: str = "hash"
+    include_derived: bool = False
 
     def validate(self) -> None:
         if self.min_slices < 2:
@@ -346,8 +348,10 @@ def _decide(uid: str, slices: List[Slice], options: SeriesOptions, input_dir: st
     if localizer is not None:
         return verdict("skipped_localizer", "ImageType " + "\\".join(localizer.image_type))
     if first.sop_class.startswith(SECONDARY_CAPTURE_PREFIX) or (
-            first.image_type and first.image_type[0] == "DERIVED"):
+            first.image_type and first.image_type[0] == "DERIVED"
+            and not options.include_derived):
         return verdict("skipped_derived", "ImageType " + "\\".join(first.image_type)
+                       + " (`include_derived` converts it)"
                        if first.image_type else f"SOP class {first.sop_class}")
     problem = _mixed_geometry(slices)
     if problem:

@@ -27,6 +27,13 @@ def uid(seed: str) -> str:
     return generate_uid(entropy_srcs=[seed])
 
 
+def fresh_uid(_key: str = "") -> str:
+    """A new UID, never issued before: `2.25.` and a random UUID as an integer."""
+    from pydicom.uid import generate_uid
+
+    return generate_uid(prefix=None)
+
+
 def write_series(volume: np.ndarray, out_dir: str, spacing_zyx: Sequence[float],
                  origin_xyz: Sequence[float] = (0.0, 0.0, 0.0), *, seed: str = "series",
                  study_uid: str = "", series_number: int = 1, modality: str = "CT",
@@ -34,7 +41,8 @@ def write_series(volume: np.ndarray, out_dir: str, spacing_zyx: Sequence[float],
                  tags: Optional[Dict[str, object]] = None,
                  rescale: Callable[[int], Tuple[float, float]] = lambda k: (1.0, -1024.0),
                  slice_offsets: Optional[Sequence[float]] = None, tilt_deg: float = 0.0,
-                 shuffled_names: bool = False, compression: str = "") -> List[str]:
+                 shuffled_names: bool = False, compression: str = "",
+                 fresh_uids: bool = False) -> List[str]:
     """Writes `volume` (z, y, x canonical LPS, HU) as one file per axial slice.
 
     Args:
@@ -54,6 +62,9 @@ def write_series(volume: np.ndarray, out_dir: str, spacing_zyx: Sequence[float],
       shuffled_names: random file names without extension and InstanceNumber reversed
         (neither is position order); else IM0001.dcm, ... in position order.
       compression: "" (explicit VR little endian), "jpeg" (lossless) or "jpeg2000".
+      fresh_uids: new UIDs for the series, the study (unless `study_uid`) and every
+        instance, UUID-derived (`2.25.<UUID as an integer>`, ISO/IEC 9834-8), instead of
+        UIDs derived from `seed`.
 
     Returns:
       The paths written, in slice order.
@@ -65,8 +76,9 @@ def write_series(volume: np.ndarray, out_dir: str, spacing_zyx: Sequence[float],
     count = volume.shape[0]
     offsets = (np.arange(count) * float(spacing_zyx[0]) if slice_offsets is None
                else np.asarray(slice_offsets, dtype=np.float64))
-    series_uid = uid(f"{seed}/series")
-    study_uid = study_uid or uid(f"{seed}/study")
+    new_uid = fresh_uid if fresh_uids else (lambda key: uid(f"{seed}/{key}"))
+    series_uid = new_uid("series")
+    study_uid = study_uid or new_uid("study")
     rng = np.random.default_rng(int(hashlib.sha256(seed.encode()).hexdigest()[:8], 16))
     os.makedirs(out_dir, exist_ok=True)
     drift = np.tan(np.radians(tilt_deg))
@@ -83,7 +95,7 @@ def write_series(volume: np.ndarray, out_dir: str, spacing_zyx: Sequence[float],
         stored = np.clip(np.round((plane - intercept) / slope), -32768, 32767).astype(np.int16)
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-        meta.MediaStorageSOPInstanceUID = uid(f"{seed}/slice/{k}")
+        meta.MediaStorageSOPInstanceUID = new_uid(f"slice/{k}")
         meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
         ds = Dataset()
         ds.file_meta = meta

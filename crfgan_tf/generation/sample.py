@@ -16,7 +16,8 @@ from crfgan_tf.generation import package
 from crfgan_tf.utils import fileio, runtime
 from crfgan_tf.utils.progress import Progress
 
-FORMATS = {"nii.gz": ".nii.gz", "mha": ".mha", "nrrd": ".nrrd", "npy": ".npy"}
+# output format -> file suffix; "dicom" is a folder per sample (generation.dicom_output)
+FORMATS = {"nii.gz": ".nii.gz", "mha": ".mha", "nrrd": ".nrrd", "npy": ".npy", "dicom": ""}
 
 
 class SavedModelError(Exception):
@@ -190,6 +191,22 @@ def generate(module, z: tf.Tensor, labels: Optional[Sequence[int]] = None) -> np
     return module.generate(z=z)["volume"].numpy()
 
 
+def _dicom_writer(meta: dict):
+    """write(array, path, spacing, seed, index, label, class_name) of a synthetic CT series
+    (generation.dicom_output), marked with the export's model card id."""
+    from crfgan_tf import __version__
+    from crfgan_tf.generation import dicom_output, model_card
+    from crfgan_tf.generation.export import checkpoint_step
+
+    card = model_card.card_id(meta, checkpoint_step(meta.get("checkpoint", "")))
+    name = model_card.MODEL_NAMES.get(meta.get("model"), str(meta.get("model")))
+
+    def write(array, path, spacing, seed, index, label, class_name):
+        dicom_output.write_sample(array, path, spacing, card, seed, index, __version__, name,
+                                  label, class_name)
+    return write
+
+
 def preview_png(array: np.ndarray, path: str, window) -> None:
     """Axial, coronal and sagittal mid-slices side by side (superior up) at `window`."""
     fileio.atomic_write_bytes(path, intensity.png_bytes(intensity.mid_slice_tile(array, window)))
@@ -200,8 +217,8 @@ def sample(saved_model: str, num_samples: int, seed: int, output_dir: str, fmt: 
     """Generates `num_samples` volumes; returns the paths written.
 
     labels: for a conditional SavedModel, sample i gets labels[i % len(labels)] (its z is
-    the same whatever the label). `samples.json` in output_dir lists every file with its
-    seed, index and class."""
+    the same whatever the label). `samples.json` in output_dir lists every file (for
+    `fmt="dicom"`, every series folder) with its seed, index and class."""
     if fmt not in FORMATS:
         raise ValueError(f"`format` must be one of {sorted(FORMATS)}, got {fmt!r}")
     if num_samples < 1 or batch_size < 1:
@@ -209,6 +226,7 @@ def sample(saved_model: str, num_samples: int, seed: int, output_dir: str, fmt: 
     fileio.ensure_output_dir(output_dir, "`output_dir`")
     module, meta = load(saved_model)
     cycle = resolve_labels(meta, labels)
+    dicom = _dicom_writer(meta) if fmt == "dicom" else None
     names = class_names(meta)
     latent_dim = int(module.latent_dim.numpy())
     window = [float(v) for v in module.window.numpy()]
@@ -228,7 +246,10 @@ def sample(saved_model: str, num_samples: int, seed: int, output_dir: str, fmt: 
             name = f"sample_seed{seed}_{i:05d}" + (f"_class{label}" if cycle else "")
             array = intensity.from_unit(volumes[k], window)
             path = os.path.join(output_dir, name + FORMATS[fmt])
-            write_volume(array, path, spacing, fmt, label, names[label] if cycle else "")
+            if dicom:
+                dicom(array, path, spacing, seed, i, label, names[label] if cycle else "")
+            else:
+                write_volume(array, path, spacing, fmt, label, names[label] if cycle else "")
             preview_png(array, os.path.join(output_dir, name + ".png"), preview_window)
             paths.append(path)
             listing.append({"file": os.path.basename(path), "seed": seed, "index": i,
