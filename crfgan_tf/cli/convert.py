@@ -50,6 +50,11 @@ flags.DEFINE_string("labels_csv", "",
                     "CSV of case_id,label[,name] (class index 0..N-1): records get a 'label' "
                     "for conditional training; scans without a label are reported and skipped. "
                     "LUNA16 nodule labels: python -m data_prep.luna16_labels.")
+flags.DEFINE_string("groups_csv", "",
+                    "CSV with a header 'case_id,group': the cases of one group share a split "
+                    "(e.g. LUNA16 series -> their LIDC-IDRI patient). DICOM series are grouped "
+                    "by their PatientID without it (read in memory only, never written), or "
+                    "by their study when it is empty.")
 flags.DEFINE_integer("num_classes", 0, "With --labels_csv: labels must be below this "
                      "(0: the largest label + 1).")
 flags.DEFINE_integer("min_slices", dicom.DEFAULT_MIN_SLICES,
@@ -87,7 +92,7 @@ flags.register_validator("workers", lambda v: v >= 1, message="--workers must be
 
 # --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
-    "Input": "dataset input_dir modality labels_csv num_classes",
+    "Input": "dataset input_dir modality labels_csv num_classes groups_csv",
     "DICOM series": "min_slices series_policy slice_spacing_tolerance allow_tilt "
                     "include_derived case_ids",
     "Preprocessing": "size air_correction max_air_shift",
@@ -107,7 +112,7 @@ def main(argv):
         val_fraction=FLAGS.val_fraction, seed=FLAGS.seed, workers=FLAGS.workers,
         modality=FLAGS.modality, compression=FLAGS.compression,
         air_correction=FLAGS.air_correction, max_air_shift=FLAGS.max_air_shift,
-        overwrite=FLAGS.overwrite, labels_csv=FLAGS.labels_csv,
+        overwrite=FLAGS.overwrite, labels_csv=FLAGS.labels_csv, groups_csv=FLAGS.groups_csv,
         num_classes=FLAGS.num_classes, min_slices=FLAGS.min_slices,
         series_policy=FLAGS.series_policy, slice_spacing_tolerance=FLAGS.slice_spacing_tolerance,
         allow_tilt=FLAGS.allow_tilt, case_ids=FLAGS.case_ids,

@@ -68,6 +68,7 @@ class ConvertConfig:
     max_air_shift: float = 100.0
     overwrite: bool = False
     labels_csv: str = ""  # case_id,label[,name]: labelled records for conditional training
+    groups_csv: str = ""  # case_id,group: cases of one group share a split (patients)
     num_classes: int = 0  # with labels_csv: labels must be below it (0: max label + 1)
     # DICOM series (crfgan_tf.data.dicom): --dataset=dicom, or found by generic
     min_slices: int = dicom.DEFAULT_MIN_SLICES
@@ -115,6 +116,8 @@ class ConvertConfig:
             raise ValueError(f"`input_dir` {self.input_dir!r} is not a directory")
         if self.labels_csv and not os.path.isfile(self.labels_csv):
             raise ValueError(f"`labels_csv` {self.labels_csv!r} is not a file")
+        if self.groups_csv and not os.path.isfile(self.groups_csv):
+            raise ValueError(f"`groups_csv` {self.groups_csv!r} is not a file")
         if self.num_classes < 0 or (self.num_classes and not self.labels_csv):
             raise ValueError("`num_classes` needs `labels_csv` and must be >= 0, got "
                              f"{self.num_classes}")
@@ -143,6 +146,9 @@ class ConvertConfig:
             with open(self.labels_csv, "rb") as fh:
                 out["labels_sha256"] = hashlib.sha256(fh.read()).hexdigest()
             out["num_classes"] = self.num_classes
+        if self.groups_csv:  # the same
+            with open(self.groups_csv, "rb") as fh:
+                out["groups_sha256"] = hashlib.sha256(fh.read()).hexdigest()
         return out
 
 
@@ -167,8 +173,8 @@ def split_cases(case_ids: List[str], val_fraction: float, seed: int,
 
     Cases are ordered by sha256 of (seed, case id); the first round(n * val_fraction)
     (at least one when val_fraction > 0 and n >= 2) are validation. With `groups` (case id
-    -> group, e.g. the DICOM study of a series) the groups are split that way instead, so
-    that one patient's study never lands in both splits.
+    -> group, split_groups: a patient, a study, a `groups_csv` group) the groups are split
+    that way instead, so that one patient's scans never land in both splits.
     """
     groups = groups or {}
     members: Dict[str, List[str]] = {}
@@ -267,18 +273,94 @@ def run_conversion(config: ConvertConfig, log: Callable[[str], None] = _log,
     start = time.time()
     cases, failures, series = _discover_cases(config, log)
     table = _apply_labels(config, cases, log) if config.labels_csv else None
-    studies = {c: s.study for c, s in cases.items() if isinstance(s, dicom.Series)}
-    split = split_cases(list(cases), config.val_fraction, config.seed, studies)
+    groups, grouping = split_groups(config, cases, log)
+    split = split_cases(list(cases), config.val_fraction, config.seed, groups)
     shards = plan_shards(cases, split, config)
+    summary = split_summary(split, groups, grouping)
+    log(f"convert: split by {summary['grouping']}: {summary['groups']['train']} groups "
+        f"({summary['cases']['train']} scans) train, {summary['groups']['val']} groups "
+        f"({summary['cases']['val']} scans) val")
     with dirlock.DirLock(config.output_dir, "`output_dir`", break_lock, log):
-        return _convert(config, cases, failures, table, shards, start, log, series)
+        return _convert(config, cases, failures, table, shards, start, log, series, summary)
+
+
+def read_groups_csv(path: str) -> Dict[str, str]:
+    """`groups_csv`: a header `case_id,group`, then one row per case.
+
+    Raises:
+      ValueError: no such header, a row without both values, or a case given twice
+        (the line named).
+    """
+    import csv
+
+    out: Dict[str, str] = {}
+    with open(path, newline="") as fh:
+        rows = csv.reader(fh)
+        header = [h.strip() for h in next(rows, [])]
+        if header[:2] != ["case_id", "group"]:
+            raise ValueError(f"`groups_csv` {path!r}: the first line must be the header "
+                             f"'case_id,group', got {','.join(header)!r}")
+        for line, row in enumerate(rows, start=2):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) < 2 or not row[0].strip() or not row[1].strip():
+                raise ValueError(f"`groups_csv` {path!r} line {line}: needs a case id and a "
+                                 f"group, got {row!r}")
+            case = row[0].strip()
+            if case in out:
+                raise ValueError(f"`groups_csv` {path!r} line {line}: case {case!r} is given "
+                                 "twice")
+            out[case] = row[1].strip()
+    return out
+
+
+def split_groups(config: ConvertConfig, cases: Dict[str, object], log=_log):
+    """({case id: group key}, a sentence saying how): the cases that must share a split.
+    `groups_csv` first; a DICOM series then goes with its patient's other series
+    (PatientID, held in memory and used only here: the key is never written), or, without
+    a PatientID, with its study's; anything else is a group of its own."""
+    given = read_groups_csv(config.groups_csv) if config.groups_csv else {}
+    groups: Dict[str, object] = {}
+    kinds = {"groups_csv": 0, "patient": 0, "study": 0, "case": 0}
+    for cid, scan in cases.items():
+        if cid in given:
+            groups[cid], kind = ("csv", given[cid]), "groups_csv"
+        elif isinstance(scan, dicom.Series) and scan.patient:
+            groups[cid], kind = ("patient", scan.patient), "patient"
+        elif isinstance(scan, dicom.Series):
+            groups[cid], kind = ("study", scan.study), "study"
+        else:
+            groups[cid], kind = ("case", cid), "case"
+        kinds[kind] += 1
+    if given:
+        unknown = sorted(set(given) - set(cases))
+        if unknown:
+            log(f"convert: {len(unknown)} case(s) of `groups_csv` are not in the archive "
+                f"(ignored), e.g. {unknown[:3]}")
+    words = {"groups_csv": "`groups_csv`", "patient": "DICOM patient (PatientID)",
+             "study": "DICOM study (no PatientID)", "case": "scan (no group)"}
+    grouping = "; ".join(f"{words[k]} for {n} scans" for k, n in kinds.items() if n)
+    return groups, grouping or "scan"
+
+
+def split_summary(split: Dict[str, str], groups: Dict[str, object], grouping: str) -> dict:
+    """The manifest's `split`: how cases were grouped and the groups and cases per split
+    (counts only: no group key, which may be a patient's id, is written)."""
+    out = {"grouping": grouping, "groups": {}, "cases": {}}
+    for name in ("train", "val"):
+        members = [c for c, s in split.items() if s == name]
+        out["cases"][name] = len(members)
+        out["groups"][name] = len({groups.get(c, c) for c in members})
+    return out
 
 
 def _convert(config: ConvertConfig, cases: Dict[str, object], failures: Dict[str, dict],
              table: Optional[labels_lib.LabelTable], shards: List[Shard], start: float,
-             log, series: List[dicom.Series]) -> dict:
+             log, series: List[dicom.Series], split: Optional[dict] = None) -> dict:
     """The conversion's work in its locked output directory."""
     manifest = _resume_manifest(config, {s.name for s in shards})
+    if split:
+        manifest["split"] = split
     if series:
         manifest["dicom"] = {"series": {s.case_id: s.summary() for s in series},
                              "reasons": dicom.REASONS}

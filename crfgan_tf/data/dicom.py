@@ -2,10 +2,13 @@
 and how it converts (a reason code per decision, never silent), and reading one into the
 canonical (z, y, x) volume that `preprocess.process_volume` takes.
 
-Headers are read with pydicom, and only the 13 tags of HEADER_TAGS: none of them names,
-dates or locates the patient, so no name, id, date, accession number or institution ever
-enters this process's data structures. The study and series UIDs, which PS3.15's Basic
-Profile replaces too, are used for grouping and leave only as hashes. Pixels are decoded
+Headers are read with pydicom, and only the 13 tags of HEADER_TAGS and PATIENT_TAG: none
+of HEADER_TAGS names, dates or locates the patient, so no name, date, accession number or
+institution ever enters this process's data structures. The one exception, PatientID
+(PATIENT_TAG), is held in memory only, to keep a patient's series on one side of the
+train/val split (`Series.patient`, excluded from every summary, repr and log); it is never
+written, not even hashed. The study and series UIDs, which PS3.15's Basic Profile
+replaces too, are used for grouping and leave only as hashes. Pixels are decoded
 by SimpleITK (GDCM; raw, JPEG lossless and JPEG 2000 are tested), one slice at a time,
 with each slice's own RescaleSlope and RescaleIntercept. Case ids are a hash of the SeriesInstanceUID unless asked otherwise
 (`CASE_IDS`), and a series is described by its case id and slice count, never by its
@@ -59,6 +62,8 @@ _SAME_POSITION_MM = 1e-3
 HEADER_TAGS = ("SOPClassUID", "Modality", "ImageType", "SeriesInstanceUID", "StudyInstanceUID",
                "SeriesNumber", "ImagePositionPatient", "ImageOrientationPatient",
                "PixelSpacing", "Rows", "Columns", "ConvolutionKernel", "NumberOfFrames")
+# read in memory only, to group a patient's series for the split; never written
+PATIENT_TAG = "PatientID"
 MEDIA_DIRECTORY_SOP = "1.2.840.10008.1.3.10"
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 DICOM_MODALITY = {"ct": ("CT",), "mri": ("MR",)}
@@ -127,6 +132,7 @@ class Slice:
     kernel: str
     transfer_syntax: str
     frames: int = 1
+    patient: str = dataclasses.field(default="", repr=False)  # PATIENT_TAG: memory only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +157,8 @@ class Series:
     transfer_syntax: str = ""
     modality: str = ""
     kernel: str = ""
+    # PATIENT_TAG of its slices, in memory only (the split's grouping); never in summary()
+    patient: str = dataclasses.field(default="", repr=False)
 
     @property
     def kept(self) -> bool:
@@ -245,7 +253,7 @@ def read_header(path: str) -> Optional[Slice]:
     try:
         with _quiet_readers():
             ds = pydicom.dcmread(path, stop_before_pixels=True,
-                                 specific_tags=list(HEADER_TAGS))
+                                 specific_tags=list(HEADER_TAGS) + [PATIENT_TAG])
     except Exception:  # noqa: BLE001 - pydicom raises many types for a broken file
         return None
     meta = getattr(ds, "file_meta", None)
@@ -260,6 +268,7 @@ def read_header(path: str) -> Optional[Slice]:
     return Slice(
         path=path, series_uid=str(ds.SeriesInstanceUID),
         study_uid=str(ds.get("StudyInstanceUID", "")),
+        patient=str(ds.get(PATIENT_TAG, "") or "").strip(),
         sop_class=sop_class,
         modality=str(ds.get("Modality", "")).upper(),
         image_type=tuple(str(v).upper() for v in image_type), series_number=number,
@@ -331,7 +340,8 @@ def _decide(uid: str, slices: List[Slice], options: SeriesOptions, input_dir: st
     first = slices[0]
     base = dict(case_id=cid, source=source, study=_study_key(first.study_uid or uid),
                 modality=first.modality, kernel=first.kernel,
-                transfer_syntax=first.transfer_syntax)
+                transfer_syntax=first.transfer_syntax,
+                patient=next((s.patient for s in slices if s.patient), ""))
 
     def verdict(code, detail, **kw):
         return Series(decision=code, detail=detail, **{**base, **kw})

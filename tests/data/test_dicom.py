@@ -115,9 +115,15 @@ def test_series_policy_chooses_among_reconstructions_of_one_study(dicom_export, 
 def test_all_reconstructions_of_a_study_share_a_split(dicom_export, tmp_path):
     summary, _ = _run(dicom_export, str(tmp_path / "o"), size=16, series_policy="all",
                       val_fraction=0.5, seed=4)
-    cases = json.load(open(tmp_path / "o" / "manifest.json"))["cases"]
+    manifest = json.load(open(tmp_path / "o" / "manifest.json"))
+    cases = manifest["cases"]
     assert cases[ds.case_id("thin")]["split"] == cases[ds.case_id("thick")]["split"]
-    assert summary["train"] and summary["val"]  # both splits used
+    # every series of this export carries PHI_TAGS' one PatientID: one patient, one split
+    # (tests/data/test_split_groups.py splits several patients, and a series without one)
+    assert len({c["split"] for c in cases.values() if c["status"] == "ok"}) == 1
+    assert manifest["split"]["grouping"].startswith("DICOM patient (PatientID) for ")
+    assert summary["train"] + summary["val"] == len([c for c in cases.values()
+                                                     if c["status"] == "ok"])
     for seed in range(8):  # and for any seed
         split = convert.split_cases(["a", "b", "c", "d"], 0.5, seed, {"a": "s", "b": "s"})
         assert split["a"] == split["b"]
