@@ -477,12 +477,13 @@ def _find_series(config: ConvertConfig, log, skip) -> List[dicom.Series]:
                                unread, functools.partial(_read_headers, config.workers))
     if unread:  # counted, not named: file and folder names may be patient names
         log(f"convert: {len(unread)} DICOM file(s) belong to no series (a header pydicom "
-            "cannot parse, no SeriesInstanceUID, or a media directory): not converted")
+            "cannot parse, or a media directory): not converted")
     if not series:
         return series
     codes = collections.Counter(s.decision for s in series)
     log(f"convert: {len(series)} DICOM series: " + ", ".join(
-        f"{n} {code}" for code, n in sorted(codes.items(), key=lambda kv: kv[0] != "kept")))
+        f"{n} {code}" for code, n in sorted(codes.items(),
+                                            key=lambda kv: (kv[0] not in dicom.KEPT, kv[0]))))
     for s in series:
         if not s.kept:
             log(f"  {s.case_id}: {s.decision}: {s.detail}")

@@ -18,6 +18,11 @@ The rules, in the order they apply (docs/data.md, "Your own DICOM series"):
 - a file is DICOM when it has the "DICM" marker at byte 128, whatever its name; DICOMDIR
   files (and media directory SOP instances) are ignored;
 - one series per SeriesInstanceUID; a folder with several gives several;
+- files whose SeriesInstanceUID an anonymiser left empty (and often StudyInstanceUID and
+  SOPClassUID too) are grouped by what remains: folder, SeriesNumber, orientation, pixel
+  spacing, size, ImageType and modality (`kept_regrouped` when they convert); a group
+  with two files at one position holds several series that nothing tells apart, and is
+  refused (`refused_ambiguous_series`);
 - skipped (reason code, not a failure): no image (no Rows/Columns), another modality,
   multi-frame, localizer/scout (ImageType), derived (unless `include_derived`: then a
   derived series, such as crfgan-sample's synthetic ones, converts like any other) or
@@ -62,6 +67,8 @@ _SAME_POSITION_MM = 1e-3
 HEADER_TAGS = ("SOPClassUID", "Modality", "ImageType", "SeriesInstanceUID", "StudyInstanceUID",
                "SeriesNumber", "ImagePositionPatient", "ImageOrientationPatient",
                "PixelSpacing", "Rows", "Columns", "ConvolutionKernel", "NumberOfFrames")
+# the decisions of a series that converts
+KEPT = ("kept", "kept_regrouped")
 # read in memory only, to group a patient's series for the split; never written
 PATIENT_TAG = "PatientID"
 MEDIA_DIRECTORY_SOP = "1.2.840.10008.1.3.10"
@@ -71,6 +78,11 @@ DICOM_MODALITY = {"ct": ("CT",), "mri": ("MR",)}
 # decision code -> what it means (manifest["dicom"]["reasons"])
 REASONS = {
     "kept": "converted",
+    "kept_regrouped": ("converted; its SeriesInstanceUID was empty (anonymised), so its "
+                       "files were grouped by folder, series number, geometry and image type"),
+    "refused_ambiguous_series": ("files with empty SeriesInstanceUID whose folder, series "
+                                 "number, geometry and image type are the same hold two "
+                                 "files at one position: several series, not told apart"),
     "skipped_no_image": "no image (no Rows/Columns): a report, structure set or similar",
     "skipped_modality": "another modality than `modality`",
     "skipped_multiframe": "a multi-frame (enhanced) image: not read by this version",
@@ -162,7 +174,7 @@ class Series:
 
     @property
     def kept(self) -> bool:
-        return self.decision == "kept"
+        return self.decision in KEPT
 
     @property
     def voxels(self) -> int:
@@ -259,14 +271,14 @@ def read_header(path: str) -> Optional[Slice]:
     meta = getattr(ds, "file_meta", None)
     sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "")
                                                    if meta else ""))
-    if sop_class == MEDIA_DIRECTORY_SOP or not ds.get("SeriesInstanceUID"):
-        return None
+    if sop_class == MEDIA_DIRECTORY_SOP or not (ds.get("SeriesInstanceUID") or ds.get("Rows")):
+        return None  # no series and no image: nothing a series could be made of
     image_type = ds.get("ImageType", ())
     image_type = (image_type,) if isinstance(image_type, str) else tuple(image_type)
     number = _int(ds.get("SeriesNumber"), None)
     kernel = ds.get("ConvolutionKernel", "")
     return Slice(
-        path=path, series_uid=str(ds.SeriesInstanceUID),
+        path=path, series_uid=str(ds.get("SeriesInstanceUID", "") or "").strip(),
         study_uid=str(ds.get("StudyInstanceUID", "")),
         patient=str(ds.get(PATIENT_TAG, "") or "").strip(),
         sop_class=sop_class,
@@ -296,9 +308,10 @@ def find_series(input_dir: str, options: SeriesOptions,
                 unread: Optional[list] = None,
                 read_headers: Callable[[List[str]], Iterable[Optional[Slice]]] = None
                 ) -> List[Series]:
-    """Every series under `input_dir`, each with its decision; in case-id order. DICOM
-    files that belong to no series (a header pydicom cannot parse, no SeriesInstanceUID,
-    a media directory) are appended to `unread` when given. `read_headers` maps
+    """Every series under `input_dir`, each with its decision; in case-id order (files
+    with an empty SeriesInstanceUID grouped by what remains, `_blank_key`). DICOM files
+    that belong to no series (a header pydicom cannot parse, a media directory) are
+    appended to `unread` when given. `read_headers` maps
     `read_header` over the files in their order (default: here, one by one; the
     conversion passes its worker pool for large archives)."""
     files = find_files(input_dir, skip)
@@ -306,7 +319,7 @@ def find_series(input_dir: str, options: SeriesOptions,
     headers = (read_headers or (lambda paths: map(read_header, paths)))(files)
     for k, (path, header) in enumerate(zip(files, headers)):
         if header is not None:
-            by_uid[header.series_uid].append(header)
+            by_uid[header.series_uid or _blank_key(header)].append(header)
         elif unread is not None:
             unread.append(path)
         if progress:
@@ -315,9 +328,50 @@ def find_series(input_dir: str, options: SeriesOptions,
     folders = collections.Counter(os.path.dirname(s[0].path) for s in by_uid.values())
     for uid, slices in by_uid.items():
         slices.sort(key=lambda s: s.path)
-        series.append(_decide(uid, slices, options, input_dir, folders))
+        decided = _decide(uid, slices, options, input_dir, folders)
+        if uid.startswith(_BLANK):
+            decided = _regrouped(decided, slices)
+        series.append(decided)
     series = _apply_policy(series, options.series_policy)
     return sorted(series, key=lambda s: s.case_id)
+
+
+_BLANK = "blanked:"  # the key of files whose SeriesInstanceUID is empty
+
+
+def _blank_key(s: Slice) -> str:
+    """What groups files whose SeriesInstanceUID is empty: their folder, series number,
+    orientation, pixel spacing, size, ImageType, modality and (where left) study; a
+    hash, so that the case id derived from it is stable across reruns and names nothing."""
+    round_ = lambda v, n: None if v is None else tuple(round(x, n) for x in v)  # noqa: E731
+    key = repr((os.path.dirname(s.path), s.series_number, round_(s.orientation, 4),
+                round_(s.pixel_spacing, 4), s.rows, s.columns, s.image_type, s.modality,
+                s.study_uid))
+    return _BLANK + hashlib.sha256(key.encode()).hexdigest()
+
+
+def _regrouped(series: Series, slices: List[Slice]) -> Series:
+    """A group of files with an empty SeriesInstanceUID: refused when two of its files
+    share a position (several series, not told apart), else its own reason code."""
+    positions = collections.Counter(s.position for s in slices if s.position is not None)
+    shared = sum(n for n in positions.values() if n > 1)
+    if shared:
+        return dataclasses.replace(
+            series, decision="refused_ambiguous_series",
+            detail=f"SeriesInstanceUID empty in {len(slices)} files of one folder with the same "
+                   f"series number ({slices[0].series_number}), geometry and image type, and "
+                   f"{shared} of them share {sum(n > 1 for n in positions.values())} "
+                   "positions: several series that nothing left in their headers tells "
+                   "apart. Export each series into a folder of its own, or keep their "
+                   "SeriesInstanceUID or SeriesNumber when anonymising")
+    if series.kept:
+        blank = [t for t, v in (("StudyInstanceUID", slices[0].study_uid),
+                                ("SOPClassUID", slices[0].sop_class)) if not v]
+        return dataclasses.replace(
+            series, decision="kept_regrouped",
+            detail=f"SeriesInstanceUID{''.join(', ' + t for t in blank)} empty: grouped by "
+                   f"folder, series number, geometry and image type; {series.detail}")
+    return series
 
 
 def _case_id_and_source(uid: str, slices: List[Slice], options: SeriesOptions, input_dir: str,

@@ -99,3 +99,54 @@ def test_the_command_splits_by_patient_and_writes_no_patient_id(tmp_path):
     written = b"".join(open(os.path.join(d, f), "rb").read()
                        for d, _, files in os.walk(out) for f in files)
     assert PATIENT.encode() not in written and PATIENT not in res.stdout + res.stderr
+
+
+# --- series whose identifiers an anonymiser blanked -----------------------------------------
+
+BLANK = {"SeriesInstanceUID": "", "StudyInstanceUID": "", "SOPClassUID": ""}
+
+
+def _blanked_archive(root):
+    """An anonymised export: JPEG 2000 lossless, 20 slices, SeriesInstanceUID,
+    StudyInstanceUID and SOPClassUID empty (`single/`); two such series in one folder
+    told apart by their SeriesNumber (`numbered/`); two that nothing tells apart
+    (`twins/`: same number, geometry and positions)."""
+    rng = np.random.default_rng(1)
+    volume = lambda: rng.integers(-1000, 400, size=(20, 32, 32)).astype(np.int16)  # noqa: E731
+    write = lambda folder, seed, number, **kw: dicom_write.write_series(  # noqa: E731
+        volume(), os.path.join(root, folder), (2.5, 0.8, 0.8), seed=seed, series_number=number,
+        tags=dict(BLANK, PatientID=f"P-{folder}"), **kw)
+    write("single", "blank/single", 1, compression="jpeg2000")
+    write("numbered", "blank/n1", 1, shuffled_names=True)
+    write("numbered", "blank/n2", 2, shuffled_names=True)
+    write("twins", "blank/a1", 3, shuffled_names=True)
+    write("twins", "blank/a2", 3, shuffled_names=True)
+    return root
+
+
+def test_series_with_blanked_identifiers_convert_and_an_ambiguous_folder_is_refused(tmp_path):
+    root = _blanked_archive(str(tmp_path / "in"))
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "data_prep.convert", "--dataset=dicom",
+                          f"--input_dir={root}", f"--output_dir={out}", "--size=64",
+                          "--num_shards=1", "--val_fraction=0", "--workers=1",
+                          "--min_slices=16"], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1, res.stderr[-3000:]  # the ambiguous folder is a failure
+    assert "convert: 4 DICOM series: 3 kept_regrouped, 1 refused_ambiguous_series" in res.stderr
+    manifest = json.load(open(out / "manifest.json"))
+    series = manifest["dicom"]["series"]
+    kept = [e for e in series.values() if e["decision"] == "kept_regrouped"]
+    assert len(kept) == 3 and manifest["counts"] == {"train": 3, "val": 0, "failed": 1}
+    assert sorted(e["slices"] for e in kept) == [20, 20, 20]
+    # the empty SOPClassUID is read from the file meta's MediaStorageSOPClassUID
+    assert all(e["detail"].startswith("SeriesInstanceUID, StudyInstanceUID empty: grouped by "
+                                      "folder, series number, geometry and image type; 20 "
+                                      "slices of 32x32") for e in kept)
+    assert sum(e["transfer_syntax"] == "1.2.840.10008.1.2.4.90" for e in kept) == 1  # JPEG 2000
+    (failure,) = manifest["failures"]
+    assert failure["reason"].startswith("refused_ambiguous_series: SeriesInstanceUID empty in "
+                                        "40 files of one folder with the same series number (3)")
+    assert "Export each series into a folder of its own" in failure["reason"]
+    assert "kept_regrouped" in manifest["dicom"]["reasons"]
+    assert "twins" not in res.stderr  # the folder's name is not printed, its hash is
