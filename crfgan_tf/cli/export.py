@@ -29,6 +29,10 @@ flags.DEFINE_enum("format", "both", ["both", "weights", "savedmodel"],
                   "package), weights (the package alone: data only, to share) or savedmodel.")
 flags.DEFINE_string("license", "", "The weights' licence for the model card (e.g. CC-BY-4.0); "
                     "they carry the terms of their training data. Default: not stated.")
+flags.DEFINE_bool("quality_ranges", True,
+                  "Compute the quality gate's ranges (quality_ranges.json, and in the model "
+                  "card) from up to 256 of the run's training volumes, for crfgan-sample "
+                  "--quality_check; skipped with a warning when the records are gone.")
 flags.DEFINE_string("memorization_report", "",
                     "memorization.json of crfgan-memorization on this model: its verdict goes "
                     "into the model card.")
@@ -40,7 +44,7 @@ flags.register_validator("slab", lambda v: v >= 1, message="--slab must be >= 1"
 HELP_GROUPS = {
     "Input": "model_dir step",
     "Output": "export_dir format",
-    "Model card": "license memorization_report",
+    "Model card": "license memorization_report quality_ranges",
     "Generation": "slab",
 }
 EXAMPLE = "crfgan-export --model_dir=runs/luna256 --export_dir=exports/luna256"
@@ -58,9 +62,22 @@ def main(argv):
                 f"--step must be an integer or 'best', got {step!r}") from None
     from crfgan_tf.generation import export as export_lib
 
-    export_lib.export(FLAGS.model_dir, FLAGS.export_dir, step, FLAGS.slab, log=common.log,
-                      fmt=FLAGS.format, license_text=FLAGS.license,
-                      memorization_report=FLAGS.memorization_report)
+    meta = export_lib.export(FLAGS.model_dir, FLAGS.export_dir, step, FLAGS.slab,
+                             log=common.log, fmt=FLAGS.format, license_text=FLAGS.license,
+                             memorization_report=FLAGS.memorization_report)
+    if FLAGS.quality_ranges and meta.get("modality", "ct") == "ct":
+        from crfgan_tf.data import record_files
+        from crfgan_tf.evaluation import quality
+        from crfgan_tf.run import rundir
+
+        records = rundir.read_config(FLAGS.model_dir).train_records
+        try:
+            record_files.list_record_files(records)
+        except (FileNotFoundError, record_files.RecordsError):
+            common.log(f"export: WARNING: the training records ({records or 'none'}) are gone: "
+                       "no quality ranges, so crfgan-sample --quality_check refuses this export")
+            return
+        quality.write_ranges(FLAGS.export_dir, records, meta["window"], log=common.log)
 
 
 def run():

@@ -35,6 +35,10 @@ flags.DEFINE_string("cache_dir", os.path.join(os.path.expanduser("~"), ".cache",
                     "Where real-set features are cached ('' to disable).")
 flags.DEFINE_integer("feature_side", FEATURE_SIDE, "MedicalNet's input side. " + common.FEATURE_SIDE_HELP)
 flags.DEFINE_bool("json", False, "Print one JSON object.")
+flags.DEFINE_bool("quality_check", False,
+                  "Also report the share of --fake's generated volumes that pass the quality "
+                  "gate of its export (quality_ranges.json; docs/generation.md), in the "
+                  "output and as `quality` in --json.")
 flags.DEFINE_integer("label", None, "Compare one class: the records of that label and a "
                      "conditional SavedModel's samples of it.")
 flags.mark_flags_as_required(["real", "fake"])
@@ -50,7 +54,7 @@ HELP_GROUPS = {
     "Data": "real fake num_samples seed label window",
     "Features": "weights allow_random_features feature_side cache_dir",
     "Running": "batch_size",
-    "Output": "json",
+    "Output": "json quality_check",
 }
 EXAMPLE = ("crfgan-fid-mmd --real='data/luna16_256/val-*.tfrecord' --fake=exports/luna256 "
            "--weights=weights/medicalnet_resnet50.npz")
@@ -73,8 +77,23 @@ def main(argv):
     log(f"extractor {extractor.name}, weights sha256 {extractor.weights_sha256}")
     for name, source in opened.items():
         log(f"--{name}: {source.kind}, {source.count} volumes")
+    gate_summary = None
+    if FLAGS.quality_check:
+        from crfgan_tf.evaluation import quality
+
+        if opened["fake"].kind != "savedmodel":
+            raise common.CommandError("--quality_check needs --fake to be an export (its "
+                                      "quality_ranges.json holds the gate's ranges)")
+        ranges = quality.read_ranges(FLAGS.fake)
+        opened["fake"], gate_summary = quality.observed(opened["fake"], ranges,
+                                                        ranges.get("window", window))
     result = fid_mmd.fid_mmd(opened["real"], opened["fake"], extractor,
                              FLAGS.batch_size, FLAGS.cache_dir or None, log)
+    if gate_summary:
+        result["quality"] = gate_summary()
+        q = result["quality"]
+        log(f"quality gate: {q['passed']} of {q['volumes']} generated volumes pass "
+            f"({q['pass_rate']:.0%}); failing statistics {q['failed'] or 'none'}")
     if FLAGS.json:
         print(json.dumps(result))
         return 0

@@ -24,6 +24,11 @@ flags.DEFINE_integer("batch_size", 1, "Volumes generated per call.")
 flags.DEFINE_integer("label", None, "Conditional models: the class of every sample.")
 flags.DEFINE_list("labels", None, "Conditional models: classes cycled over the samples "
                   "(sample i gets labels[i % len]), e.g. 0,1.")
+flags.DEFINE_bool("quality_check", False,
+                  "Check each sample's anatomy statistics against the training data's ranges "
+                  "stored in the export; regenerate a failing one from its next latent; write "
+                  "quality.json (exit status 1 when a sample still fails).")
+flags.DEFINE_integer("quality_tries", 5, "With --quality_check: latents tried per sample.")
 flags.mark_flags_as_required(["saved_model", "output_dir"])
 flags.register_validator("num_samples", lambda v: v >= 1, message="--num_samples must be >= 1")
 flags.register_validator("batch_size", lambda v: v >= 1, message="--batch_size must be >= 1")
@@ -34,6 +39,7 @@ HELP_GROUPS = {
     "Input": "saved_model",
     "Generation": "num_samples seed batch_size label labels",
     "Output": "output_dir format",
+    "Quality gate": "quality_check quality_tries",
 }
 EXAMPLE = "crfgan-sample --saved_model=exports/luna256 --num_samples=4 --output_dir=samples/luna256"
 
@@ -50,6 +56,18 @@ def main(argv):
             [int(v) for v in FLAGS.labels or []]
     except ValueError:
         raise common.CommandError(f"--labels must be integers, got {FLAGS.labels}") from None
+    if FLAGS.quality_check:
+        from crfgan_tf.evaluation import quality
+
+        report = quality.sample_checked(
+            FLAGS.saved_model, FLAGS.num_samples, FLAGS.seed, FLAGS.output_dir, FLAGS.format,
+            FLAGS.batch_size, log=common.log, labels=labels, max_tries=FLAGS.quality_tries)
+        if report["failed"]:
+            raise common.CommandError(
+                f"{report['failed']} of {report['failed'] + report['passed']} samples failed the "
+                f"quality gate after {FLAGS.quality_tries} latents each (written, marked "
+                f"passed: false in {FLAGS.output_dir}/quality.json)", status=1)
+        return
     from crfgan_tf.generation import sample as sample_lib
 
     sample_lib.sample(FLAGS.saved_model, FLAGS.num_samples, FLAGS.seed, FLAGS.output_dir,

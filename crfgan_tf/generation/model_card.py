@@ -219,6 +219,15 @@ def markdown(card: dict) -> str:
                  f"{audit['holdout']} held-out volumes)." if audit else
                  "Memorisation audit: none given (crfgan-memorization, then crfgan-export "
                  "--memorization_report).")
+    gate = card.get("quality_gate")
+    if gate:
+        lines += ["", "## Quality gate", "",
+                  f"`crfgan-sample --quality_check` accepts a sample whose statistics lie in "
+                  f"these ranges (from {gate['volumes']} training volumes, widened by a "
+                  f"margin; {gate['definition']}):", "",
+                  "| statistic | training min | training max | accepted |", "|---|---|---|---|"]
+        lines += [f"| {k} | {_fmt(r['min'])} | {_fmt(r['max'])} | {_fmt(r['low'])} to "
+                  f"{_fmt(r['high'])} |" for k, r in gate["ranges"].items()]
     lines += ["", "## Intended use", "", card["intended_use"], "", "## Limitations", ""]
     lines += [f"- {text}" for text in card["limitations"]]
     lic = card["license"]

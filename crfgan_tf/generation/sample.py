@@ -207,18 +207,42 @@ def _dicom_writer(meta: dict):
     return write
 
 
+def _gated(module, accept, array, spacing, window, seed: int, index: int, num_samples: int,
+           latent_dim: int, label, max_tries: int):
+    """(the volume to write, its gate record): `array` (latent index `index`) or, while the
+    gate refuses, the volume of the next latent of this sample, up to `max_tries`."""
+    tries, latent_index = [], index
+    for attempt in range(max_tries):
+        if attempt:
+            latent_index = index + attempt * num_samples
+            z = latents(seed, latent_index, 1, latent_dim)
+            array = intensity.from_unit(generate(module, z, [label] if label is not None
+                                                 else None)[0], window)
+        passed, record = accept(array, spacing)
+        tries.append({"latent_index": latent_index, **record})
+        if passed:
+            break
+    return array, {"latent_index": latent_index, "passed": bool(passed), "tries": tries}
+
+
 def preview_png(array: np.ndarray, path: str, window) -> None:
     """Axial, coronal and sagittal mid-slices side by side (superior up) at `window`."""
     fileio.atomic_write_bytes(path, intensity.png_bytes(intensity.mid_slice_tile(array, window)))
 
 
 def sample(saved_model: str, num_samples: int, seed: int, output_dir: str, fmt: str = "nii.gz",
-           batch_size: int = 1, log=print, labels: Optional[Sequence[int]] = None) -> list:
+           batch_size: int = 1, log=print, labels: Optional[Sequence[int]] = None,
+           accept=None, max_tries: int = 1) -> list:
     """Generates `num_samples` volumes; returns the paths written.
 
     labels: for a conditional SavedModel, sample i gets labels[i % len(labels)] (its z is
     the same whatever the label). `samples.json` in output_dir lists every file (for
-    `fmt="dicom"`, every series folder) with its seed, index and class."""
+    `fmt="dicom"`, every series folder) with its seed, index and class.
+    accept: a quality gate (evaluation.quality): accept(HU volume, spacing) -> (passed,
+    record). A sample it does not pass is generated again from the next latent of its
+    own (latent index i + t * num_samples at try t) up to `max_tries` times; the last
+    try is written whatever its verdict. Each listing entry then holds `latent_index`,
+    `passed` and `tries` (every try's latent index and record)."""
     if fmt not in FORMATS:
         raise ValueError(f"`format` must be one of {sorted(FORMATS)}, got {fmt!r}")
     if num_samples < 1 or batch_size < 1:
@@ -245,6 +269,10 @@ def sample(saved_model: str, num_samples: int, seed: int, output_dir: str, fmt: 
             label = batch_labels[k] if cycle else None
             name = f"sample_seed{seed}_{i:05d}" + (f"_class{label}" if cycle else "")
             array = intensity.from_unit(volumes[k], window)
+            gate = None
+            if accept is not None:
+                array, gate = _gated(module, accept, array, spacing, window, seed, i,
+                                     num_samples, latent_dim, label, max_tries)
             path = os.path.join(output_dir, name + FORMATS[fmt])
             if dicom:
                 dicom(array, path, spacing, seed, i, label, names[label] if cycle else "")
@@ -253,7 +281,8 @@ def sample(saved_model: str, num_samples: int, seed: int, output_dir: str, fmt: 
             preview_png(array, os.path.join(output_dir, name + ".png"), preview_window)
             paths.append(path)
             listing.append({"file": os.path.basename(path), "seed": seed, "index": i,
-                            "class": label, "class_name": names[label] if cycle else None})
+                            "class": label, "class_name": names[label] if cycle else None,
+                            **(gate or {})})
         progress.report(first + count)
     fileio.atomic_write(os.path.join(output_dir, "samples.json"),
                         json.dumps({"saved_model": saved_model, "samples": listing}, indent=2))

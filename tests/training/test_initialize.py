@@ -241,6 +241,9 @@ def test_the_model_card_fields(source):
     assert ev["at_exported_step"]["step"] == 2 and ev["at_exported_step"]["fd"] is not None
     assert ev["at_exported_step"]["pretrained"] is False
     assert card["license"] == {"weights": "CC-BY-4.0", "code": "Apache-2.0"}
+    # crfgan-export took the quality gate's ranges from the run's 4 training volumes
+    assert card["quality_gate"]["volumes"] == 4
+    assert json.load(open(export / "quality_ranges.json"))["ranges"] == card["quality_gate"]["ranges"]
     md = open(export / "MODEL_CARD.md").read()
     assert "not for diagnosis" in md and "random features (not FID)" in md
     assert "Weights: CC-BY-4.0." in md and card["id"] in md
