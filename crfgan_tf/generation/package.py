@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from crfgan_tf.run import config as config_lib
 from crfgan_tf.run import factory
@@ -131,8 +131,7 @@ def config_of(manifest: dict, model_dir: str = "(weights package)") -> config_li
     return config_lib.TrainConfig(model_dir=model_dir, **{k: arch[k] for k in ARCHITECTURE_FIELDS})
 
 
-def load_into(directory: str, manifest: dict, networks: dict,
-              log: Callable[[str], None] = lambda m: None) -> list:
+def load_into(directory: str, manifest: dict, networks: dict) -> list:
     """Copies the package's arrays into `networks` ({key: keras.Model}, built by
     factory.build_networks for the package's architecture); the files must have passed
     verify(). Returns the keys loaded.
@@ -170,8 +169,8 @@ def _first_line(err: Exception) -> str:
     return text.splitlines()[0][:400] if text else type(err).__name__
 
 
-def read(directory: str, keys: Sequence[str] = factory.GENERATION_KEYS + factory.ENCODING_KEYS,
-         log: Callable[[str], None] = lambda m: None) -> tuple:
+def read(directory: str,
+         keys: Sequence[str] = factory.GENERATION_KEYS + factory.ENCODING_KEYS) -> tuple:
     """(config, {key: network}, manifest) of a package: verified, networks rebuilt from
     code and loaded (keys the package's model does not have are skipped; float32).
 
@@ -191,5 +190,5 @@ def read(directory: str, keys: Sequence[str] = factory.GENERATION_KEYS + factory
     verify(directory, manifest, keys)
     keras.mixed_precision.set_global_policy("float32")
     networks = factory.build_networks(config, keys)
-    load_into(directory, manifest, networks, log)
+    load_into(directory, manifest, networks)
     return config, networks, manifest

@@ -30,7 +30,7 @@ def is_export(path: str) -> bool:
     return package.is_package(path) or tf.io.gfile.exists(os.path.join(path, "saved_model.pb"))
 
 
-def load(saved_model: str, log=lambda m: None):
+def load(saved_model: str):
     """Loads an export of crfgan_tf.export; returns (module, metadata dict).
 
     A directory with a weights package (package.json) is loaded from it: the networks are
@@ -41,7 +41,7 @@ def load(saved_model: str, log=lambda m: None):
     the variables `latent_dim`, `img_size`, `window`, `output_spacing`, `metadata_json`.
     """
     if package.is_package(saved_model):
-        return _load_package(saved_model, log)
+        return _load_package(saved_model)
     if not tf.io.gfile.exists(os.path.join(saved_model, "saved_model.pb")):
         raise SavedModelError(f"no export at {saved_model!r} (expected a weights package, "
                               f"{package.PACKAGE_FILE}, or a SavedModel, saved_model.pb)")
@@ -53,12 +53,12 @@ def load(saved_model: str, log=lambda m: None):
     return module, json.loads(module.metadata_json.numpy().decode())
 
 
-def _load_package(directory: str, log):
+def _load_package(directory: str):
     from crfgan_tf.generation.export import SIGNATURES, GeneratorModule
     from crfgan_tf.models import options
 
     try:
-        config, networks, manifest = package.read(directory, log=log)
+        config, networks, manifest = package.read(directory)
     except package.PackageError as err:
         raise SavedModelError(str(err)) from None
     meta = manifest["metadata"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Callable, Optional
+from typing import Optional
 
 import tensorflow as tf
 
@@ -190,8 +190,7 @@ def selected(source: Source, config: config_lib.TrainConfig, model_keys) -> tupl
     return tuple(keys)
 
 
-def apply(source: Source, modules: dict, keys: tuple,
-          log: Callable[[str], None] = print) -> None:
+def apply(source: Source, modules: dict, keys: tuple) -> None:
     """Copies the networks `keys` of `source` into `modules` ({key: network} of the model).
 
     Raises:

@@ -322,7 +322,7 @@ def _initialize(config: config_lib.TrainConfig, source, model: SubVolumeGAN, log
 
     modules = model.modules()
     keys = initialize.selected(source, config, modules)
-    initialize.apply(source, modules, keys, log)
+    initialize.apply(source, modules, keys)
     fresh = [k for k in modules if k not in keys]
     log(f"train: initialised {', '.join(keys)} from {source.kind} {source.location}"
         + (f" (step {source.step})" if source.step is not None else "")
