@@ -65,19 +65,10 @@ def main(argv):
     meta = export_lib.export(FLAGS.model_dir, FLAGS.export_dir, step, FLAGS.slab,
                              log=common.log, fmt=FLAGS.format, license_text=FLAGS.license,
                              memorization_report=FLAGS.memorization_report)
-    if FLAGS.quality_ranges and meta.get("modality", "ct") == "ct":
-        from crfgan_tf.data import record_files
+    if FLAGS.quality_ranges:
         from crfgan_tf.evaluation import quality
-        from crfgan_tf.run import rundir
 
-        records = rundir.read_config(FLAGS.model_dir).train_records
-        try:
-            record_files.list_record_files(records)
-        except (FileNotFoundError, record_files.RecordsError):
-            common.log(f"export: WARNING: the training records ({records or 'none'}) are gone: "
-                       "no quality ranges, so crfgan-sample --quality_check refuses this export")
-            return
-        quality.write_ranges(FLAGS.export_dir, records, meta["window"], log=common.log)
+        quality.export_ranges(FLAGS.model_dir, FLAGS.export_dir, meta, log=common.log)
 
 
 def run():

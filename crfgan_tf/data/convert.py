@@ -277,9 +277,6 @@ def run_conversion(config: ConvertConfig, log: Callable[[str], None] = _log,
     split = split_cases(list(cases), config.val_fraction, config.seed, groups)
     shards = plan_shards(cases, split, config)
     summary = split_summary(split, groups, grouping)
-    log(f"convert: split by {summary['grouping']}: {summary['groups']['train']} groups "
-        f"({summary['cases']['train']} scans) train, {summary['groups']['val']} groups "
-        f"({summary['cases']['val']} scans) val")
     with dirlock.DirLock(config.output_dir, "`output_dir`", break_lock, log):
         return _convert(config, cases, failures, table, shards, start, log, series, summary)
 
@@ -361,6 +358,9 @@ def _convert(config: ConvertConfig, cases: Dict[str, object], failures: Dict[str
     manifest = _resume_manifest(config, {s.name for s in shards})
     if split:
         manifest["split"] = split
+        log(f"convert: split by {split['grouping']}: {split['groups']['train']} groups "
+            f"({split['cases']['train']} scans) train, {split['groups']['val']} groups "
+            f"({split['cases']['val']} scans) val")
     if series:
         manifest["dicom"] = {"series": {s.case_id: s.summary() for s in series},
                              "reasons": dicom.REASONS}

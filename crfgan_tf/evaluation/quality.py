@@ -113,6 +113,26 @@ def write_ranges(export_dir: str, records: str, window, log: Callable[[str], Non
     return ranges
 
 
+def export_ranges(model_dir: str, export_dir: str, metadata: dict,
+                  log: Callable[[str], None] = print) -> Optional[dict]:
+    """write_ranges for an export of the run `model_dir` (`metadata`: the export's), from
+    the run's training records; None, with a warning, for a run that is not CT or whose
+    records are gone (crfgan-sample --quality_check then refuses the export)."""
+    from crfgan_tf.data import record_files
+    from crfgan_tf.run import rundir
+
+    if metadata.get("modality", "ct") != "ct":
+        return None
+    records = rundir.read_config(model_dir).train_records
+    try:
+        record_files.list_record_files(records)
+    except (FileNotFoundError, record_files.RecordsError):
+        log(f"export: WARNING: the training records ({records or 'none'}) are gone: no "
+            "quality ranges, so crfgan-sample --quality_check refuses this export")
+        return None
+    return write_ranges(export_dir, records, metadata["window"], log)
+
+
 def read_ranges(export_dir: str) -> dict:
     """The ranges stored with an export.
 

@@ -16,8 +16,9 @@ from crfgan_tf.generation import package
 from crfgan_tf.utils import fileio, runtime
 from crfgan_tf.utils.progress import Progress
 
-# output format -> file suffix; "dicom" is a folder per sample (generation.dicom_output)
-FORMATS = {"nii.gz": ".nii.gz", "mha": ".mha", "nrrd": ".nrrd", "npy": ".npy", "dicom": ""}
+FORMATS = {"nii.gz": ".nii.gz", "mha": ".mha", "nrrd": ".nrrd", "npy": ".npy"}
+# besides FORMATS' files: a DICOM series per sample, in a folder (generation.dicom_output)
+DICOM = "dicom"
 
 
 class SavedModelError(Exception):
@@ -243,14 +244,14 @@ def sample(saved_model: str, num_samples: int, seed: int, output_dir: str, fmt: 
     own (latent index i + t * num_samples at try t) up to `max_tries` times; the last
     try is written whatever its verdict. Each listing entry then holds `latent_index`,
     `passed` and `tries` (every try's latent index and record)."""
-    if fmt not in FORMATS:
-        raise ValueError(f"`format` must be one of {sorted(FORMATS)}, got {fmt!r}")
+    if fmt not in FORMATS and fmt != DICOM:
+        raise ValueError(f"`format` must be one of {sorted(FORMATS) + [DICOM]}, got {fmt!r}")
     if num_samples < 1 or batch_size < 1:
         raise ValueError("`num_samples` and `batch_size` must be >= 1")
     fileio.ensure_output_dir(output_dir, "`output_dir`")
     module, meta = load(saved_model)
     cycle = resolve_labels(meta, labels)
-    dicom = _dicom_writer(meta) if fmt == "dicom" else None
+    dicom = _dicom_writer(meta) if fmt == DICOM else None
     names = class_names(meta)
     latent_dim = int(module.latent_dim.numpy())
     window = [float(v) for v in module.window.numpy()]
@@ -273,7 +274,7 @@ def sample(saved_model: str, num_samples: int, seed: int, output_dir: str, fmt: 
             if accept is not None:
                 array, gate = _gated(module, accept, array, spacing, window, seed, i,
                                      num_samples, latent_dim, label, max_tries)
-            path = os.path.join(output_dir, name + FORMATS[fmt])
+            path = os.path.join(output_dir, name + FORMATS.get(fmt, ""))
             if dicom:
                 dicom(array, path, spacing, seed, i, label, names[label] if cycle else "")
             else:
