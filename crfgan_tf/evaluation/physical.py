@@ -32,14 +32,19 @@ def _fill_axial(mask: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(mask, structure=_IN_PLANE)
 
 
+def body_and_lungs(hu: np.ndarray):
+    """(body, lungs) masks of one (z, y, x) HU volume, as the module docstring defines them."""
+    body = _fill_axial(hu > AIR_HU)
+    return body, body & (hu <= AIR_HU)
+
+
 def lung_statistics(hu: np.ndarray, spacing_zyx=(1.0, 1.0, 1.0)) -> Dict[str, float]:
     """Of one (z, y, x) HU volume with voxel spacing `spacing_zyx` (mm):
     {"lung_fraction": lungs / body, "dense_fraction": dense / lung envelope,
      "dense_ml": the dense volume in millilitres} (fractions 0 where the body or the
     envelope is empty)."""
     hu = np.asarray(hu, np.float32)
-    body = _fill_axial(hu > AIR_HU)
-    lungs = body & (hu <= AIR_HU)
+    body, lungs = body_and_lungs(hu)
     ry, rx = (max(1, int(round(CLOSING_MM / s))) for s in spacing_zyx[1:])
     yy, xx = np.mgrid[-ry:ry + 1, -rx:rx + 1]
     disk = ((yy / ry) ** 2 + (xx / rx) ** 2 <= 1.0)[None]

@@ -30,7 +30,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from crfgan_tf.evaluation.physical import AIR_HU, _fill_axial
+from crfgan_tf.evaluation.physical import body_and_lungs
 from crfgan_tf.utils import fileio
 
 RANGES_FILE = "quality_ranges.json"
@@ -51,8 +51,7 @@ class QualityError(ValueError):
 def statistics(hu: np.ndarray) -> dict:
     """The statistics of the module docstring of one (z, y, x) HU volume."""
     hu = np.asarray(hu, np.float32)
-    body = _fill_axial(hu > AIR_HU)
-    lungs = body & (hu <= AIR_HU)
+    body, lungs = body_and_lungs(hu)
     tissue = body & ~lungs
     n_body = int(body.sum())
     median = lambda mask: float(np.median(hu[mask])) if mask.any() else math.nan  # noqa: E731

@@ -38,8 +38,8 @@ def test_a_volume_like_the_training_data_passes_and_the_controls_fail(ranges):
     passed, record = accept(shifted, None)
     assert not passed and {"lung_median_hu", "air_median_hu"} <= set(record["failed"]), record
     filled = _hu(6)
-    body = physical._fill_axial(filled > physical.AIR_HU)
-    filled[body & (filled <= physical.AIR_HU)] = 40.0  # the lungs filled with soft tissue
+    _, lungs = physical.body_and_lungs(filled)
+    filled[lungs] = 40.0  # the lungs filled with soft tissue
     passed, record = accept(filled, None)
     assert not passed and "lung_fraction" in record["failed"], record
     noise = np.random.default_rng(0).uniform(-1024, 600, size=(40, 64, 64)).astype(np.float32)
