@@ -154,3 +154,9 @@ def block_mean(volume, factor: int):
     f = factor
     return volume.reshape(d // f, f, h // f, f, w // f, f).mean(axis=(1, 3, 5),
                                                                dtype=np.float32)
+
+
+def centred_origin_xyz(shape_zyx, spacing_zyx) -> list:
+    """The (x, y, z) origin in mm that centres a (z, y, x) volume of `spacing_zyx` on 0:
+    where every written sample (NIfTI, MHA, NRRD, npy and DICOM) puts its first voxel."""
+    return [-(n - 1) / 2.0 * float(s) for n, s in zip(reversed(shape_zyx), reversed(spacing_zyx))]

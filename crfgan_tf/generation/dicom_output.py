@@ -33,10 +33,10 @@ from typing import Optional
 
 import numpy as np
 
+from crfgan_tf.core import geometry
 from crfgan_tf.data import dicom_write
 from crfgan_tf.utils import fileio
 
-SUFFIX = ""  # a series is a folder: `<name>/IM0001.dcm ...`
 STUDY_DESCRIPTION = "SYNTHETIC CT - NOT A PATIENT"
 
 
@@ -71,7 +71,7 @@ def write_sample(array: np.ndarray, path: str, spacing_zyx, card_id: str, seed: 
     """Writes `array` (z, y, x canonical LPS, HU, int16) as a synthetic CT series in the
     folder `path`, whole or not at all (written beside it, renamed). Returns the files."""
     spacing = [float(s) for s in spacing_zyx]
-    origin_xyz = [-(n - 1) / 2.0 * s for n, s in zip(reversed(array.shape), reversed(spacing))]
+    origin_xyz = geometry.centred_origin_xyz(array.shape, spacing)
     class_text = f", class {label} ({class_name})" if label is not None else ""
     tags = synthetic_tags(card_id, seed, index, version, model_name, class_text)
     tmp = f"{path}.tmp-{os.getpid()}"

@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 import tensorflow as tf
 
-from crfgan_tf.core import intensity
+from crfgan_tf.core import geometry, intensity
 from crfgan_tf.generation import package
 from crfgan_tf.utils import fileio, runtime
 from crfgan_tf.utils.progress import Progress
@@ -96,7 +96,7 @@ def write_volume(array: np.ndarray, path: str, spacing_zyx, fmt: str,
         and leaves a truncated file; that is caught by reading the file back).
     """
     spacing = [float(s) for s in spacing_zyx]
-    origin_xyz = [-(n - 1) / 2.0 * s for n, s in zip(reversed(array.shape), reversed(spacing))]
+    origin_xyz = geometry.centred_origin_xyz(array.shape, spacing)
     try:
         if fmt == "npy":
             with fileio.atomic_output(path, ".npy") as tmp:
