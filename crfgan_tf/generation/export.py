@@ -152,12 +152,6 @@ def load_generator(model_dir: str, step=None, encoders: bool = False):
     return config, trunk, head, ckpt
 
 
-def checkpoint_step(path: str):
-    """N of a checkpoint path ".../ckpt-N", or None."""
-    tail = os.path.basename(path).rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else None
-
-
 def export(model_dir: str, export_dir: str, step=None, slab: int = 8,
            log=print, fmt: str = "both", license_text: str = "",
            memorization_report: str = "") -> dict:
@@ -199,7 +193,7 @@ def export(model_dir: str, export_dir: str, step=None, slab: int = 8,
         manifest_sha = fileio.sha256(os.path.join(tmp, package.PACKAGE_FILE))
     parameters = {k: int(sum(int(v.numpy().size) for v in n.weights))
                   for k, n in networks.items() if n is not None}
-    card = model_card.build(config, model_dir, metadata, checkpoint_step(ckpt), parameters,
+    card = model_card.build(config, model_dir, metadata, rundir.checkpoint_step(ckpt), parameters,
                             __version__, license_text, memorization_report, manifest_sha)
     model_card.write(tmp, card)
     if tf.io.gfile.exists(export_dir):

@@ -197,9 +197,9 @@ def _dicom_writer(meta: dict):
     (generation.dicom_output), marked with the export's model card id."""
     from crfgan_tf import __version__
     from crfgan_tf.generation import dicom_output, model_card
-    from crfgan_tf.generation.export import checkpoint_step
+    from crfgan_tf.run import rundir
 
-    card = model_card.card_id(meta, checkpoint_step(meta.get("checkpoint", "")))
+    card = model_card.card_id(meta, rundir.checkpoint_step(meta.get("checkpoint", "")))
     name = model_card.MODEL_NAMES.get(meta.get("model"), str(meta.get("model")))
 
     def write(array, path, spacing, seed, index, label, class_name):

@@ -302,3 +302,9 @@ def checkpoint_path(model_dir: str, step: Union[None, int, str] = None) -> str:
             f"no best checkpoint in {directory!r}: it is written by in-training evaluation "
             "(`eval_every`)" if step == "best" else f"no checkpoint in {directory!r}")
     return latest
+
+
+def checkpoint_step(path: str) -> Optional[int]:
+    """N of a checkpoint path ".../ckpt-N" (an export's metadata records it), or None."""
+    tail = os.path.basename(path).rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else None

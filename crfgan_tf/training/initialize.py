@@ -111,15 +111,13 @@ def resolve(spec: str) -> Source:
 
 
 def _run_source(path: str, step) -> Source:
-    from crfgan_tf.generation.export import checkpoint_step
-
     config = rundir.read_config(path)
     try:
         ckpt = rundir.checkpoint_path(path, step)
     except FileNotFoundError as err:
         raise InitError(f"`init_from` {path!r}: {err}") from None
     held = _top_level(ckpt)
-    return Source("run", path, checkpoint_step(ckpt), ckpt, package.architecture(config),
+    return Source("run", path, rundir.checkpoint_step(ckpt), ckpt, package.architecture(config),
                   tuple(k for k in _ALL_NETWORKS if k in held), fileio.sha256(ckpt + ".index"))
 
 
@@ -130,16 +128,13 @@ def _package_source(path: str) -> Source:
         arch = package.config_of(manifest)
     except package.PackageError as err:
         raise InitError(f"`init_from`: {err}") from None
-    from crfgan_tf.generation.export import checkpoint_step
-
-    return Source("package", path, checkpoint_step(manifest["metadata"].get("checkpoint", "")),
-                  path, package.architecture(arch), tuple(manifest["networks"]),
+    step = rundir.checkpoint_step(manifest["metadata"].get("checkpoint", ""))
+    return Source("package", path, step, path, package.architecture(arch),
+                  tuple(manifest["networks"]),
                   fileio.sha256(os.path.join(path, package.PACKAGE_FILE)))
 
 
 def _savedmodel_source(path: str) -> Source:
-    from crfgan_tf.generation.export import checkpoint_step
-
     prefix = os.path.join(path, "variables", "variables")
     try:
         meta = json.loads(tf.train.load_variable(
@@ -149,7 +144,7 @@ def _savedmodel_source(path: str) -> Source:
                         f"({str(err).splitlines()[0][:200]}); export the run with crfgan-export")
     held = _top_level(prefix)
     networks = tuple(k for k, attr in _SAVEDMODEL_ATTRIBUTES.items() if attr in held)
-    return Source("savedmodel", path, checkpoint_step(meta.get("checkpoint", "")), prefix,
+    return Source("savedmodel", path, rundir.checkpoint_step(meta.get("checkpoint", "")), prefix,
                   {k: meta.get(k) for k in package.ARCHITECTURE_FIELDS}, networks,
                   fileio.sha256(prefix + ".index"))
 
