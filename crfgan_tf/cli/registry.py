@@ -26,6 +26,7 @@ COMMANDS = {
     "encode": ("tools", "features and reconstructions of real volumes from an export's encoder"),
     "downstream": ("tools", "the classification study: what synthetic data is worth"),
     "memorization": ("tools", "the memorisation audit: nearest neighbours of generated volumes"),
+    "study": ("tools", "the head-to-head study: trains the arms, measures them, reports with statistics"),
     # the reference's checkpoints
     "import_reference": ("tools", "a PyTorch reference checkpoint -> a run directory"),
     "import_medicalnet": ("tools", "MedicalNet's PyTorch ResNet-50 -> the .npz FID reads"),

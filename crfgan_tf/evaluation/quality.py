@@ -148,16 +148,22 @@ def read_ranges(export_dir: str) -> dict:
         return json.load(f)
 
 
+def failed(stats: dict, limits: dict) -> list:
+    """The statistics of `stats` (statistics()) outside their range in `limits`
+    (ranges_from's {statistic: {low, high}}); NaN is outside."""
+    return [name for name, r in limits.items()
+            if math.isnan(stats[name]) or not r["low"] <= stats[name] <= r["high"]]
+
+
 def gate(ranges: dict):
     """accept(HU volume, spacing) -> (passed, {statistics, failed}) for sample.sample."""
     limits = ranges["ranges"]
 
     def accept(hu, spacing):
         stats = statistics(hu)
-        failed = [name for name, r in limits.items()
-                  if math.isnan(stats[name]) or not r["low"] <= stats[name] <= r["high"]]
-        return not failed, {"statistics": {k: round(v, 4) for k, v in stats.items()},
-                            "failed": failed}
+        outside = failed(stats, limits)
+        return not outside, {"statistics": {k: round(v, 4) for k, v in stats.items()},
+                             "failed": outside}
     return accept
 
 
