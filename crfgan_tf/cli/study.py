@@ -109,5 +109,6 @@ def main(argv):
 
 
 def run():
-    """The command (console script, python -m shim)."""
-    common.run_command(main)
+    """The command (console script, python -m shim). TensorFlow loads only when a stage
+    needs it: a refused flag costs no import."""
+    common.run_command(main, load_tensorflow=False)

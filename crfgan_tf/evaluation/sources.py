@@ -56,7 +56,7 @@ class Source:
     volumes: Callable[[], Iterator[np.ndarray]]
 
 
-def _file_fingerprint(paths) -> str:
+def file_fingerprint(paths) -> str:
     digest = hashlib.sha256()
     for p in paths:
         st = os.stat(p)
@@ -184,20 +184,20 @@ def open_source(spec: str, num_samples: int = 0, seed: int = 0, batch_size: int 
                                   f"(labels present: {sorted(set(labels.tolist()))})")
         pattern = ",".join(record_files)
         return Source(spec, "tfrecord", count,
-                      hashlib.sha256(f"{_file_fingerprint(record_files)}|class{label}".encode())
+                      hashlib.sha256(f"{file_fingerprint(record_files)}|class{label}".encode())
                       .hexdigest(),
                       lambda: (r.volume for r in records.read_volumes(pattern) if r.label == label))
     if record_files:
         count = records.count_records(record_files)
         pattern = ",".join(record_files)
-        return Source(spec, "tfrecord", count, _file_fingerprint(record_files),
+        return Source(spec, "tfrecord", count, file_fingerprint(record_files),
                       lambda: (r.volume for r in records.read_volumes(pattern)))
     if volumes and label is not None:
         raise EvaluationError(f"`label` applies to TFRecords and SavedModels; {spec!r} holds "
                               "volume files, which carry no class (select them by name)")
     if volumes:
         fingerprint = hashlib.sha256(
-            f"{_file_fingerprint(volumes)}|{tuple(window)}".encode()).hexdigest()
+            f"{file_fingerprint(volumes)}|{tuple(window)}".encode()).hexdigest()
         return Source(spec, "volumes", len(volumes), fingerprint,
                       lambda: (read_volume_file(p, window) for p in volumes))
     raise EvaluationError(

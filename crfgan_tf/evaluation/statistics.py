@@ -2,8 +2,10 @@
 cannot fake, on per-volume feature vectors and anatomy statistics (crfgan-study,
 docs/evaluation.md "Statistics").
 
-  bootstrap_interval   a statistic of (real, generated) with its 95 % percentile interval,
-                       real and generated resampled with replacement, each within itself;
+  bootstrap_interval   a statistic of (real, generated) with its 95 % interval (the
+                       estimate +- 1.96 bootstrap standard errors; summary says why not
+                       the percentiles), real and generated resampled with replacement,
+                       each within itself;
   difference           statistic(real, A) - statistic(real, B) with its bootstrap interval
                        (real, A and B resampled) and a permutation test's p-value (A and B
                        pooled and re-split, real fixed);
@@ -34,12 +36,29 @@ DEFAULT_K = 5
 CONFIDENCE = 0.95
 
 
-def _interval(values: np.ndarray) -> list:
-    tail = (1.0 - CONFIDENCE) / 2.0 * 100.0
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return [float("nan"), float("nan")]
-    return [float(np.percentile(finite, tail)), float(np.percentile(finite, 100.0 - tail))]
+Z95 = 1.959963984540054  # the standard normal's 97.5th percentile
+
+
+def summary(value: float, draws: np.ndarray) -> dict:
+    """The interval of `value` from its bootstrap `draws`: value +- Z95 x the draws'
+    standard deviation (the bootstrap standard error), with the draws' bias (mean - value)
+    and their 2.5 and 97.5 percentiles beside it.
+
+    Why not the percentiles themselves: a resample with replacement repeats volumes, and a
+    set distance sees the repeats (FD's covariance loses rank, MMD's within-set pairs
+    include identical volumes), so the draws sit above the estimate, by more than their
+    spread with a few dozen volumes; the percentile interval then misses the estimate it
+    belongs to. The standard error is what the resampling does measure well."""
+    finite = draws[np.isfinite(draws)]
+    if finite.size < 2:
+        return {"value": float(value), "ci95": [float("nan"), float("nan")],
+                "se": float("nan"), "bootstrap_bias": float("nan"),
+                "percentile_ci95": [float("nan"), float("nan")]}
+    se = float(finite.std(ddof=1))
+    return {"value": float(value), "ci95": [float(value - Z95 * se), float(value + Z95 * se)],
+            "se": se, "bootstrap_bias": float(finite.mean() - value),
+            "percentile_ci95": [float(np.percentile(finite, 2.5)),
+                                float(np.percentile(finite, 97.5))]}
 
 
 def _resample(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
@@ -49,19 +68,19 @@ def _resample(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
 def bootstrap_interval(statistic: Callable[[np.ndarray, np.ndarray], float],
                        real: np.ndarray, fake: np.ndarray, resamples: int = 1000,
                        seed: int = 0) -> dict:
-    """{"value", "ci95": [low, high], "resamples"}: statistic(real, fake) and the 2.5 and
-    97.5 percentiles of statistic(real*, fake*) over `resamples` bootstrap draws, real* and
-    fake* drawn with replacement from real and fake, each of its own size.
+    """statistic(real, fake) with its 95 % interval (summary: value +- 1.96 bootstrap
+    standard errors; also the bias and the percentiles of the draws), from `resamples`
+    draws of statistic(real*, fake*), real* and fake* drawn with replacement from real and
+    fake, each of its own size.
 
-    Assumes the volumes of each set are independent draws. Biased where the statistic is:
-    a resample repeats volumes, which shrinks the covariance a Fréchet distance sees and
-    adds 1/n-order bias to FD (upward) and to MMD; the interval is that of the plug-in
-    estimate at these sample sizes, wide when the sets are small, which is the point."""
+    Assumes the volumes of each set are independent draws, and the estimate roughly
+    normal. It measures the sampling spread of the estimate at these sample sizes, not
+    its bias: FD and MMD^2 are biased upward with few volumes (FD by O(1/n)), so two sets
+    of other sizes do not compare even within their intervals."""
     rng = np.random.default_rng(seed)
     draws = np.array([statistic(_resample(rng, real), _resample(rng, fake))
                       for _ in range(resamples)], np.float64)
-    return {"value": float(statistic(real, fake)), "ci95": _interval(draws),
-            "resamples": int(resamples)}
+    return dict(summary(statistic(real, fake), draws), resamples=int(resamples))
 
 
 def difference(statistic: Callable[[np.ndarray, np.ndarray], float], real: np.ndarray,
@@ -70,7 +89,8 @@ def difference(statistic: Callable[[np.ndarray, np.ndarray], float], real: np.nd
     """statistic(real, a) - statistic(real, b) (negative: a is closer to real when the
     statistic is a distance) with
 
-      ci95     the bootstrap interval: real, a and b each resampled with replacement;
+      ci95     the bootstrap interval (summary): real, a and b each resampled with
+               replacement (the biases of the two distances largely cancel);
       p_value  a two-sided permutation test of "a and b come from one distribution": the
                rows of a and b pooled and re-split at random into sets of their sizes,
                real fixed; p = (1 + #{|d*| >= |d|}) / (1 + permutations).
@@ -79,7 +99,7 @@ def difference(statistic: Callable[[np.ndarray, np.ndarray], float], real: np.nd
     with several training seeds per arm, pooling them treats a seed's volumes as
     independent of each other, which they are not (they share a generator), so the
     p-value answers "these volumes" rather than "this method": the seeds' spread is
-    reported beside it (study.seed_summary)."""
+    reported beside it (the report's mean +- sd over seeds)."""
     rng = np.random.default_rng(seed)
     observed = float(statistic(real, a) - statistic(real, b))
     boot = np.array([statistic(_resample(rng, real), _resample(rng, a))
@@ -92,9 +112,8 @@ def difference(statistic: Callable[[np.ndarray, np.ndarray], float], real: np.nd
         order = rng.permutation(pooled.shape[0])
         d = statistic(real, pooled[order[:n_a]]) - statistic(real, pooled[order[n_a:]])
         extreme += abs(d) >= abs(observed) - 1e-12 * max(abs(observed), 1.0)
-    return {"value": observed, "ci95": _interval(boot),
-            "p_value": float((1 + extreme) / (1 + permutations)),
-            "resamples": int(resamples), "permutations": int(permutations)}
+    return dict(summary(observed, boot), p_value=float((1 + extreme) / (1 + permutations)),
+                resamples=int(resamples), permutations=int(permutations))
 
 
 def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -57,7 +57,8 @@ def _evaluation(model_dir: str, step: Optional[int]) -> dict:
     """The in-training evaluations of the run: the one at the exported step, the best, the
     last; each with its feature network and side."""
     keep = ("step", "fd", "mmd", "hist_w1_hu", "profile_l1_hu", "lung_fraction_diff",
-            "ms_ssim", "ms_ssim_real", "diversity_ratio", "extractor", "pretrained",
+            "ms_ssim", "ms_ssim_real", "diversity_ratio", "coverage",
+            "body_fraction_sd_ratio", "lung_fraction_sd_ratio", "extractor", "pretrained",
             "feature_side", "n_real", "n_fake", "alarms")
     rows = _eval_rows(model_dir)
     out: dict = {"in_training": None}
@@ -205,7 +206,9 @@ def markdown(card: dict) -> str:
                   f"FD {_fmt(row.get('fd'))}, MMD {_fmt(row.get('mmd'))} with "
                   f"{row.get('extractor')} ({kind}, side {row.get('feature_side')}), "
                   f"{row.get('n_fake')} generated against {row.get('n_real')} real volumes; "
-                  f"diversity ratio {_fmt(row.get('diversity_ratio'))}."]
+                  f"coverage {_fmt(row.get('coverage'))}, body and lung fraction spread "
+                  f"{_fmt(row.get('body_fraction_sd_ratio'))} and "
+                  f"{_fmt(row.get('lung_fraction_sd_ratio'))} x the real volumes'."]
         if ev.get("best"):
             b = ev["best"]
             lines.append(f"Best {b['metric']} {_fmt(b['value'])} at step {b['step']}.")

@@ -197,11 +197,10 @@ def analyse(study) -> dict:
                          - fid25d.mean_statistic(_rs(rng, real["features25d"]),
                                                  _rs(rng, pb["features25d"]))
                          for _ in range(r25)]
-                pair["fid25d"] = {
-                    "value": out["arms"][a]["final"]["fid25d"]["value"]
-                    - out["arms"][b]["final"]["fid25d"]["value"],
-                    "ci95": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))],
-                    "resamples": r25, "p_value": None}
+                pair["fid25d"] = dict(statistics.summary(
+                    out["arms"][a]["final"]["fid25d"]["value"]
+                    - out["arms"][b]["final"]["fid25d"]["value"], np.array(draws)),
+                    resamples=r25, p_value=None)
             out["pairs"].append(pair)
     out["paper"] = paper_columns(study)
     out["inputs"] = _fingerprint(study)

@@ -34,6 +34,7 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from crfgan_tf.utils import dirlock, fileio
+from crfgan_tf.utils.progress import Progress
 
 STUDY_FILE = "study.json"
 FORMAT = "crfgan-tf-study/1"
@@ -42,6 +43,7 @@ GRID_VOLUMES = 4          # volumes per set shown in the report's mid-slice grid
 MAX_REAL_VOLUMES = 256    # real volumes measured at most (the first ones of the records)
 SAMPLE_SEED = 1 << 16     # generated volume i of every arm and step uses latent (this, i)
 ANALYSIS_FIELDS = ("resamples", "permutations")
+PROGRESS_EVERY_S = 30.0
 
 
 class StudyError(ValueError):
@@ -284,12 +286,13 @@ class Study:
                           log=lambda m: None)
         return out
 
-    def measure(self, name: str, volumes, meter) -> None:
+    def measure(self, name: str, volumes, meter, total: int) -> None:
         path = self.measure_path(name)
         if os.path.exists(path):
             return
         t0 = time.time()
-        result = meter.measure(volumes)
+        result = meter.measure(volumes, Progress(total, self.log, f"study: measure {name}",
+                                                 "volumes"))
         result["seconds"] = np.array(time.time() - t0)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with fileio.atomic_output(path, ".npz") as tmp:
@@ -320,7 +323,8 @@ class Study:
                 return report_lib.read(self.dir)
             self.check_arms()
             meter = Meter(self.c, self.log)
-            self.measure("real", meter.real_volumes(self.c.real_records), meter)
+            self.measure("real", meter.real_volumes(self.c.real_records), meter,
+                         _record_count(self.c.real_records))
             meter.window = tuple(load_measure(self.measure_path("real"))["window"])
             steps = self.c.eval_steps()
             for seed in self.c.seeds:
@@ -332,7 +336,8 @@ class Study:
                             continue
                         export = self.export(arm.name, seed, step)
                         meter.slices25d = step == self.c.train_steps
-                        self.measure(name, self.generated_volumes(export), meter)
+                        self.measure(name, self.generated_volumes(export), meter,
+                                     self.c.num_samples)
             self.log("study: analysing (bootstrap and permutation tests)")
             return report_lib.write(self)
 
@@ -375,11 +380,12 @@ class Meter:
                                  f"`img_size={self.c.img_size}`")
             yield r.volume.astype(np.float32)
 
-    def measure(self, volumes) -> dict:
+    def measure(self, volumes, progress: Optional[Progress] = None) -> dict:
         from crfgan_tf.core import intensity
         from crfgan_tf.evaluation import metrics, quality
 
         feats, rows, slices, planes25d, pairs, pending = [], [], [], [], [], None
+        last = time.time()
         for volume in volumes:
             if self.window is None:  # set by real_volumes; generated sets come after it
                 raise StudyError("the real volumes are measured first (their window)")
@@ -395,6 +401,11 @@ class Meter:
             else:
                 pairs.append(metrics.ms_ssim_3d(pending, volume))
                 pending = None
+            if progress is not None:
+                progress.done += 1
+                if progress.clock() - last >= PROGRESS_EVERY_S:
+                    progress.report(progress.done)
+                    last = progress.clock()
         out = {"features3d": np.stack(feats).astype(np.float32),
                "anatomy": np.array(json.dumps(rows)),
                "ms_ssim_pairs": np.array(pairs, np.float64),
@@ -407,6 +418,17 @@ class Meter:
             out["extractor25d"] = np.array(self.extractor25d().name)
             out["pretrained25d"] = np.array(self.extractor25d().pretrained)
         return out
+
+
+def _record_count(pattern: str) -> int:
+    """Records matching `pattern` by the manifests (capped at MAX_REAL_VOLUMES): the
+    progress line's total only."""
+    from crfgan_tf.data import manifest, record_files
+
+    total = 0
+    for f in record_files.list_record_files(pattern):
+        total += manifest.shard_records(f) or 0
+    return min(total, MAX_REAL_VOLUMES) or MAX_REAL_VOLUMES
 
 
 def load_measure(path: str) -> dict:

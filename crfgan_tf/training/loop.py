@@ -485,7 +485,8 @@ class _InTrainingEvaluation:
         monitor.write_summaries(writer, result)
         shown = " ".join(f"{k} {result[k]:.4g}" for k in
                          ("fd", "mmd", "hist_w1_hu", "lung_fraction_diff", "profile_l1_hu",
-                          "ms_ssim", "diversity_ratio", "r_t") if result.get(k) is not None)
+                          "ms_ssim", "coverage", "body_fraction_sd_ratio",
+                          "lung_fraction_sd_ratio", "r_t") if result.get(k) is not None)
         self.log(f"eval: step {step}: {shown} ({result['seconds']:.1f} s)")
         for alarm in result["alarms"]:
             self.log(f"warning: eval at step {step}: {alarm}")

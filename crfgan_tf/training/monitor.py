@@ -16,13 +16,27 @@ directory):
   profile_l1_hu   mean |difference| of the mean axial, coronal and sagittal intensity
                   profiles;
   ms_ssim         mean 3D MS-SSIM of disjoint pairs of generated volumes and of real
-                  volumes; diversity = 1 - ms_ssim, and diversity_ratio = generated / real;
+                  volumes; diversity = 1 - ms_ssim, and diversity_ratio = generated / real
+                  (shown, no longer an alarm: noise lowers MS-SSIM, so a collapsed model
+                  with noisy output looks diverse by it);
+  precision, recall, density, coverage
+                  k-NN manifolds of the generated features against the diversity
+                  reference (evaluation.statistics.knn_coverage);
+  body_fraction_sd_ratio, lung_fraction_sd_ratio
+                  the generated volumes' standard deviation of each over the reference's
+                  (evaluation.statistics.anatomy_spread);
   r_t             the share of D's real logits above 0 since the last evaluation (ADA's
                   overfitting heuristic; passed in by the training loop).
 
-Alarms (logged as warnings, in eval.jsonl and TensorBoard's eval/alarm): generated
-diversity below DIVERSITY_ALARM x the real data's (mode collapse), r_t above R_T_ALARM (D
-tells every real volume apart: overfitting, or D overpowering G).
+The diversity reference: the evaluation records, and when they are fewer than
+DIVERSITY_REAL volumes, the first training records up to that many (diversity is a
+property of the data, not of held-out cases; two val volumes cannot show a spread).
+
+Alarms (logged as warnings, in eval.jsonl and TensorBoard's eval/alarm): mode collapse by
+evaluation.statistics.collapse_alarms (coverage below its threshold, or the body or lung
+fraction varying less than half as much as in the reference; not at the step-0 baseline,
+whose volumes are an untrained network's), r_t above R_T_ALARM (D tells every real volume
+apart: overfitting, or D overpowering G).
 """
 
 from __future__ import annotations
@@ -39,12 +53,12 @@ import tensorflow as tf
 from crfgan_tf.core import intensity
 from crfgan_tf.data import records
 from crfgan_tf.evaluation import features as features_lib
-from crfgan_tf.evaluation import metrics, physical, sources
+from crfgan_tf.evaluation import metrics, physical, quality, sources, statistics
 from crfgan_tf.run import config as config_lib
 from crfgan_tf.run import rundir
 from crfgan_tf.utils import fileio
 
-DIVERSITY_ALARM = 0.5
+DIVERSITY_REAL = 16  # real volumes the diversity measures compare with, at least
 # the reference setup runs just below it on the phantoms
 # (docs/benchmarks/2026-11-30-evaluation-alarms-augmentation.md)
 R_T_ALARM = 0.99
@@ -117,7 +131,35 @@ class Evaluator:
         if out["count"] < 2:
             raise records.RecordsError(f"evaluation needs at least 2 records, {self.pattern} has "
                                     f"{out['count']}")
+        out["diversity_features"], out["anatomy"] = self._diversity_reference(
+            features, stats.anatomy)
         return out
+
+    def _diversity_reference(self, features, anatomy):
+        """(features, anatomy rows) of the evaluation records, topped up from the first
+        training records to DIVERSITY_REAL volumes (their features cached like the rest)."""
+        missing = DIVERSITY_REAL - features.shape[0]
+        if missing <= 0:
+            return features, anatomy
+        train = [f for part in self.config.train_records.split(",")
+                 for f in sorted(glob.glob(part))]
+        eval_files = set(self.pattern.split(","))
+        train = [f for f in train if f not in eval_files]
+        if not train:
+            return features, anatomy
+        volumes = []
+        for r in records.read_volumes(",".join(train)):
+            volumes.append(r.volume)
+            if len(volumes) == missing:
+                break
+        source = sources.Source(
+            f"the first {len(volumes)} training records", "tfrecord", len(volumes),
+            sources.file_fingerprint(train) + f"|first{len(volumes)}", lambda: iter(volumes))
+        extra, _, _ = features_lib.cached_features(source, self.extractor, self.cache_dir, 1,
+                                                   "diversity reference", log=lambda m: None)
+        rows = [quality.statistics(intensity.from_unit(v, self.window)) for v in volumes] \
+            if self.modality == "ct" else []
+        return np.concatenate([features, extra]), anatomy + rows
 
     # ---- one evaluation ------------------------------------------------------------
     def latents(self):
@@ -165,10 +207,18 @@ class Evaluator:
         diversity = (1 - fake["ms_ssim"], 1 - real["ms_ssim"])
         result["diversity_ratio"] = diversity[0] / diversity[1] if diversity[1] > 0 else None
         result["r_t"] = r_t
-        alarms = []
-        if result["diversity_ratio"] is not None and result["diversity_ratio"] < DIVERSITY_ALARM:
-            alarms.append(f"generated diversity (1 - MS-SSIM {fake['ms_ssim']:.3f}) is "
-                          f"{result['diversity_ratio']:.2f} x the real data's: mode collapse?")
+        coverage = statistics.knn_coverage(real["diversity_features"], features) \
+            if finite and features.shape[0] >= 2 else None
+        spread = statistics.anatomy_spread(real["anatomy"], fake["anatomy"],
+                                           statistics.SPREAD_STATISTICS) \
+            if self.modality == "ct" else {}
+        if coverage:
+            result.update({k: coverage[k] for k in ("precision", "recall", "density",
+                                                    "coverage")})
+        for name, row in spread.items():
+            result[f"{name}_sd_ratio"] = row["sd_ratio"]
+        result["n_real_diversity"] = int(real["diversity_features"].shape[0])
+        alarms = statistics.collapse_alarms(coverage, spread) if step > 0 else []
         if r_t is not None and r_t > R_T_ALARM:
             alarms.append(f"r_t = {r_t:.3f}: D calls nearly every real volume real (overfitting "
                           "or D overpowering G; `augment` / `ada_target`, a lower `lr_d`)")
@@ -190,6 +240,7 @@ class _VolumeStats:
         self.histogram = np.zeros(len(self.edges) - 1, np.float64)
         self.profiles = None
         self.lungs, self.pairs, self.pending, self.n = [], [], None, 0
+        self.anatomy = []
 
     def add(self, volume, spacing):
         hu = intensity.from_unit(volume, self.window).astype(np.float32)
@@ -200,6 +251,7 @@ class _VolumeStats:
         self.n += 1
         if self.modality == "ct":
             self.lungs.append(physical.lung_statistics(hu, spacing)["lung_fraction"])
+            self.anatomy.append(quality.statistics(hu))
         if self.pending is None:
             self.pending = volume
         else:
@@ -210,7 +262,8 @@ class _VolumeStats:
         return {"histogram": self.histogram / max(self.histogram.sum(), 1),
                 "profiles": [p / self.n for p in self.profiles],
                 "lung_fraction": float(np.mean(self.lungs)) if self.lungs else None,
-                "ms_ssim": float(np.mean(self.pairs)) if self.pairs else float("nan")}
+                "ms_ssim": float(np.mean(self.pairs)) if self.pairs else float("nan"),
+                "anatomy": self.anatomy}
 
 
 def _w1(p: np.ndarray, q: np.ndarray, bin_width: float) -> float:
@@ -267,8 +320,9 @@ def append_log(model_dir: str, result: dict) -> None:
 def write_summaries(writer, result: dict) -> None:
     with writer.as_default(step=result["step"]):
         for key in ("fd", "mmd", "hist_w1_hu", "profile_l1_hu", "lung_fraction",
-                    "lung_fraction_real", "ms_ssim", "ms_ssim_real", "diversity_ratio", "r_t",
-                    "seconds"):
+                    "lung_fraction_real", "ms_ssim", "ms_ssim_real", "diversity_ratio",
+                    "precision", "recall", "density", "coverage", "body_fraction_sd_ratio",
+                    "lung_fraction_sd_ratio", "r_t", "seconds"):
             if result.get(key) is not None:
                 tf.summary.scalar(f"eval/{key}", result[key])
         tf.summary.scalar("eval/alarm", float(bool(result["alarms"])))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from crfgan_tf.data import records
 from crfgan_tf.run import factory
 from crfgan_tf.evaluation import metrics
 from crfgan_tf.generation import export as export_lib
@@ -149,17 +150,39 @@ def test_eval_log_best_checkpoint_and_resume_without_duplicates(records_64, tmp_
 
 
 def test_collapse_and_overfitting_raise_the_alarms(records_64, tmp_path):
-    config = _eval_config(tmp_path / "run", records_64, eval_samples=4)
+    """Healthy: the generated volumes are real ones (the diversity reference's own
+    variety), no alarm. Collapsed like the demo: one real volume again and again with fresh
+    noise; MS-SSIM calls it diverse, coverage and the anatomy spread do not. Identical
+    volumes, and r_t near 1, raise theirs."""
+    config = _eval_config(tmp_path / "run", records_64, eval_samples=4,
+                          eval_records=os.path.join(records_64, "train-00000-*.tfrecord"))
     evaluator = monitor.Evaluator(config, log=lambda m: None)
+    # the 2 records of the evaluation shard, topped up from the other training shard's 2
+    assert evaluator.real["count"] == 2
+    assert evaluator.real["diversity_features"].shape[0] == 4
+    assert len(evaluator.real["anatomy"]) == 4
+    real = [r.volume for r in records.read_volumes(os.path.join(records_64, "train-*.tfrecord"))]
     model = factory.build_model(config)
-    healthy = evaluator.evaluate(model, 0, r_t=0.6)
-    assert healthy["alarms"] == [] and healthy["diversity_ratio"] > 0.5
-    collapsed = lambda z, label=None, training=False: model.trunk(tf.zeros_like(z))
-    model.embed = collapsed  # every latent gives the same volume: mode collapse
-    result = evaluator.evaluate(model, 1, r_t=0.999)
-    assert result["ms_ssim"] == pytest.approx(1.0) and result["diversity_ratio"] == pytest.approx(0.0, abs=1e-9)
-    assert any("mode collapse" in a for a in result["alarms"])
+    evaluator.generate = lambda m: iter(real[:4])
+    healthy = evaluator.evaluate(model, 1, r_t=0.6)
+    assert healthy["alarms"] == [], healthy["alarms"]
+    assert healthy["coverage"] >= 0.75 and healthy["n_real_diversity"] == 4
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(real[0] + rng.normal(0, 0.3, real[0].shape), -1, 1).astype(np.float32)
+             for _ in range(4)]
+    evaluator.generate = lambda m: iter(noisy)
+    collapsed = evaluator.evaluate(model, 2, r_t=0.6)
+    assert collapsed["diversity_ratio"] > 0.5  # the old alarm's measure is fooled
+    assert collapsed["body_fraction_sd_ratio"] < 0.5
+    assert any("one anatomy repeated" in a for a in collapsed["alarms"])
+    evaluator.generate = lambda m: iter([real[0]] * 4)
+    result = evaluator.evaluate(model, 3, r_t=0.999)
+    assert result["ms_ssim"] == pytest.approx(1.0)
+    assert result["body_fraction_sd_ratio"] == pytest.approx(0.0, abs=1e-9)
+    assert any("one anatomy repeated" in a for a in result["alarms"])
     assert any("r_t = 0.999" in a for a in result["alarms"])
+    # the step-0 baseline (an untrained network) raises no collapse alarm
+    assert not any("anatomy" in a for a in evaluator.evaluate(model, 0, r_t=None)["alarms"])
 
 
 @pytest.mark.parametrize("side", [8, 48])

@@ -1,0 +1,202 @@
+"""crfgan-study (crfgan_tf/studies/study.py, report.py): flags refused before any work; the
+report from known measurements (its numbers, its tables, the page in Chromium); and, in
+the slow tier, a micro study through the command: reports written, a rerun that does
+nothing, a second writer refused, changed settings refused, a killed study resumed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from crfgan_tf.evaluation import metrics
+from crfgan_tf.studies import report as report_lib
+from crfgan_tf.studies import study as study_lib
+from crfgan_tf.utils import dirlock
+from support import chromium
+
+
+def _study(tmp_path, **kw):
+    base = dict(study_dir=str(tmp_path / "study"), train_records="unused-*.tfrecord",
+                real_records="unused-*.tfrecord",
+                arms=study_lib.parse_arms(["crfgan", "hagan"]), seeds=[0, 1], train_steps=4,
+                num_samples=8, eval_every=2, img_size=64, width=0.125,
+                allow_random_features=True, resamples=200, permutations=200)
+    base.update(kw)
+    return study_lib.Study(study_lib.StudyConfig(**base), log=lambda m: None)
+
+
+def _measure(path, features, anatomy, rng, with25d):
+    n = features.shape[0]
+    out = {"features3d": features.astype(np.float32), "anatomy": np.array(json.dumps(anatomy)),
+           "ms_ssim_pairs": rng.uniform(0.8, 0.9, n // 2), "count": np.array(n),
+           "mid_slices": rng.uniform(-1, 1, (4, 3, 16, 16)).astype(np.float16),
+           "window": np.array([-1024.0, 600.0]), "extractor": np.array("stub-random"),
+           "pretrained": np.array(False)}
+    if with25d:
+        out["features25d"] = (features[:, None, None, :4]
+                              + rng.normal(0, 0.1, (n, 3, 5, 4))).astype(np.float32)
+        out["extractor25d"] = np.array("stub2d")
+        out["pretrained25d"] = np.array(False)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(path, **out)
+
+
+def _anatomy(rng, n, sd):
+    return [{"body_fraction": float(0.3 + rng.normal(0, sd)),
+             "lung_fraction": float(0.15 + rng.normal(0, sd)), "lung_median_hu": -850.0,
+             "soft_tissue_median_hu": 20.0, "air_median_hu": -1000.0} for _ in range(n)]
+
+
+def _fake_study(tmp_path):
+    """Measurements as the stages would leave them: 'crfgan' drawn like the real set,
+    'hagan' shifted and collapsed (one anatomy)."""
+    study = _study(tmp_path)
+    rng = np.random.default_rng(0)
+    basis = rng.normal(size=(6, 16))
+    real = rng.normal(size=(16, 6)) @ basis
+    _measure(study.measure_path("real"), real, _anatomy(rng, 16, 0.03), rng, True)
+    for seed in (0, 1):
+        for step in (2, 4):
+            good = rng.normal(size=(8, 6)) @ basis
+            bad = rng.normal(size=(8, 6)) @ basis * 0.2 + 3.0
+            _measure(study.measure_path(f"crfgan-seed{seed}-step-{step}"), good,
+                     _anatomy(rng, 8, 0.03), rng, step == 4)
+            _measure(study.measure_path(f"hagan-seed{seed}-step-{step}"), bad,
+                     _anatomy(rng, 8, 0.001), rng, step == 4)
+        for arm, rss, speed in (("crfgan", 900, 0.25), ("hagan", 1100, 0.4)):
+            run = study.run_dir(arm, seed)
+            os.makedirs(run, exist_ok=True)
+            with open(os.path.join(run, "study_train.json"), "w") as f:
+                json.dump({"peak_rss_bytes": (rss + seed) * 2 ** 20,
+                           "seconds_per_iteration": speed + 0.01 * seed,
+                           "parameters": {"total": 1000 if arm == "crfgan" else 1400}}, f)
+    return study, real
+
+
+def test_report_from_known_measurements(tmp_path):
+    study, real = _fake_study(tmp_path)
+    report = report_lib.write(study)
+    crf, ha = report["arms"]["crfgan"], report["arms"]["hagan"]
+    # the pooled value is the FD of the real set against both seeds' volumes
+    pooled = np.concatenate([study_lib.load_measure(study.measure_path(
+        f"crfgan-seed{s}-step-4"))["features3d"] for s in (0, 1)])
+    assert crf["final"]["fd"]["value"] == pytest.approx(metrics.fid_from_features(
+        real.astype(np.float32), pooled), rel=1e-5)
+    for arm in (crf, ha):
+        lo, hi = arm["final"]["fd"]["ci95"]
+        assert lo < arm["final"]["fd"]["value"] < hi
+        assert arm["final"]["fd"]["bootstrap_bias"] > 0  # repeated volumes: FD rises
+        assert [s["step"] for s in arm["steps"]] == [2, 4]
+        assert arm["final"]["seeds"]["fd"]["n"] == 2 and "fid25d" in arm["final"]
+    pair = report["pairs"][0]
+    assert (pair["a"], pair["b"]) == ("crfgan", "hagan")
+    assert pair["fd"]["value"] < 0 and pair["fd"]["p_value"] < 0.01
+    assert pair["fd"]["ci95"][1] < 0 and pair["fid25d"]["p_value"] is None
+    # the collapsed arm raises the alarms, the other not
+    assert crf["final"]["alarms"] == []
+    assert any("coverage" in a for a in ha["final"]["alarms"])
+    assert any("one anatomy repeated" in a for a in ha["final"]["alarms"])
+    assert ha["final"]["coverage"]["coverage"] < 0.5 <= crf["final"]["coverage"]["coverage"]
+    assert crf["training"]["seconds_per_iteration"]["mean"] == pytest.approx(0.255)
+    assert ha["training"]["peak_rss_mib"]["mean"] == pytest.approx(1100.5)
+    assert report["paper"] == {}  # 64^3 at 1/8 width: nothing of the paper's compares
+    assert report_lib.is_current(study)
+    md = open(os.path.join(study.dir, report_lib.MD)).read()
+    assert "| crfgan − hagan |" in md and "RANDOM features" in md
+    page = os.path.join(study.dir, report_lib.HTML)
+    text = open(page).read()
+    assert text.count("data:image/png;base64,") == 5 and "http" not in text.replace(
+        "http-equiv", "")
+    shot, console = chromium.render(page, str(tmp_path))
+    assert console == [] and os.path.getsize(shot) > 50_000
+
+
+def test_paper_columns_only_where_they_compare(tmp_path):
+    full = _study(tmp_path, width=1.0, img_size=128, batch_size=2)
+    cols = report_lib.paper_columns(full)
+    assert cols["table3_parameters_millions"] == {"crfgan": 57.20, "hagan": 79.58}
+    assert cols["table4_memory_mb_batch2"] == {"crfgan": 2622, "hagan": 2812}
+    assert "table1" not in cols  # not LUNA16 at 256^3
+    assert report_lib.paper_columns(_study(tmp_path, width=0.5, img_size=128)) == {}
+
+
+def _cli(*flags, **popen):
+    return subprocess.run([sys.executable, "-m", "tools.study", *flags], cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2"),
+                          capture_output=True, text=True, timeout=900, **popen)
+
+
+def test_bad_flags_are_refused_before_any_work(tmp_path):
+    base = [f"--study_dir={tmp_path / 's'}", "--train_records=x-*.tfrecord",
+            "--real_records=x-*.tfrecord", "--train_steps=2", "--allow_random_features"]
+    out = _cli(*base, "--arms=crfgan,bogus")
+    assert out.returncode == 2 and "--arms: 'bogus' is neither a model" in out.stderr
+    out = _cli(*base, "--seeds=0,0")
+    assert out.returncode == 2 and "--seeds repeats a seed" in out.stderr
+    out = _cli(*base, "--train_flags=--model_dir=elsewhere")
+    assert out.returncode == 2 and "--model_dir is set by the study itself" in out.stderr
+    assert not os.path.exists(tmp_path / "s")
+
+
+def _micro(records, study_dir, arm_flags, *extra):
+    return [f"--study_dir={study_dir}", f"--train_records={records}/train-*.tfrecord",
+            f"--real_records={records}/*.tfrecord", f"--arms=crfgan,alt={arm_flags}",
+            "--seeds=0", "--train_steps=2", "--eval_every=1", "--num_samples=4",
+            "--img_size=64", "--width=0.0625", "--train_flags=--latent_dim=16 --log_every=1",
+            "--allow_random_features", "--feature_side=16", "--resamples=20",
+            "--permutations=20", *extra]
+
+
+@pytest.mark.slow
+def test_micro_study_through_the_command(records_64, tmp_path):
+    arm_flags = tmp_path / "alt.flags"
+    arm_flags.write_text("--model=crfgan\n--lr_g=0.0002\n")
+    study_dir = tmp_path / "study"
+    args = _micro(records_64, study_dir, arm_flags)
+    # killed during its first training run (the whole process group, as a scheduler does)
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen([sys.executable, "-m", "tools.study", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    log = study_dir / "logs" / "crfgan-seed0.log"
+    deadline = time.time() + 300
+    while not (log.exists() and "step 1/2" in log.read_text()) and time.time() < deadline:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (study_dir / "measure" / "real.npz").exists()
+    real_mtime = os.path.getmtime(study_dir / "measure" / "real.npz")
+    # the rerun takes over the dead holder's locks and finishes
+    out = _cli(*args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "crfgan - alt: FD difference" in out.stdout
+    assert os.path.getmtime(study_dir / "measure" / "real.npz") == real_mtime
+    for name in (report_lib.JSON, report_lib.MD, report_lib.HTML):
+        assert (study_dir / name).exists()
+    report = json.loads((study_dir / report_lib.JSON).read_text())
+    assert set(report["arms"]) == {"crfgan", "alt"}
+    assert report["arms"]["alt"]["flagfile"] == str(arm_flags)
+    for arm in report["arms"].values():
+        assert [s["step"] for s in arm["steps"]] == [1, 2]
+        assert arm["training"]["parameters"] == 135818
+        assert arm["training"]["seconds_per_iteration"]["mean"] > 0
+    # finished: a rerun does nothing
+    mtimes = {p: os.path.getmtime(p) for p in (study_dir / "measure").iterdir()}
+    out = _cli(*args)
+    assert out.returncode == 0 and "nothing to do" in out.stderr
+    assert {p: os.path.getmtime(p) for p in (study_dir / "measure").iterdir()} == mtimes
+    # other settings: refused by name
+    out = _cli(*_micro(records_64, study_dir, arm_flags, "--num_samples=6")[:-1])
+    assert out.returncode == 2 and "--num_samples was 4, now 6" in out.stderr
+    # a second writer: refused while the lock is held
+    with dirlock.DirLock(str(study_dir), "`study_dir`"):
+        out = _cli(*args)
+    assert out.returncode == 2 and "is being written" in out.stderr
+    shot, console = chromium.render(str(study_dir / report_lib.HTML), str(tmp_path))
+    assert console == []
