@@ -29,6 +29,7 @@ from crfgan_tf.evaluation import fid25d, metrics, quality, statistics
 from crfgan_tf.utils import fileio
 
 JSON, MD, HTML = "report.json", "report.md", "report.html"
+FIGURES = "figures"
 FORMAT = "crfgan-tf-study-report/1"
 ALPHA = 0.05
 RESAMPLES_25D_DIVISOR = 20   # the 2.5D FID's resamples: resamples / this (at least 10)
@@ -164,11 +165,11 @@ def analyse(study) -> dict:
         steps = []
         for step in c.eval_steps():
             f = pooled[arm.name][step]["features3d"]
+            knn = statistics.knn_coverage(real["features3d"], f)
             steps.append({"step": step,
                           "fd": _interval(fd, real["features3d"], f, c.resamples, i),
                           "mmd": _interval(mmd, real["features3d"], f, c.resamples, i),
-                          "coverage": statistics.knn_coverage(real["features3d"], f)["coverage"],
-                          "recall": statistics.knn_coverage(real["features3d"], f)["recall"],
+                          "coverage": knn["coverage"], "recall": knn["recall"],
                           "ms_ssim": _mean(np.concatenate(
                               [sets[arm.name, s, step]["ms_ssim_pairs"] for s in c.seeds]))})
         train = [_read_json(os.path.join(study.run_dir(arm.name, s), "study_train.json")) or {}
@@ -285,9 +286,10 @@ def figures(study, report: dict) -> dict:
     window = tuple(real["window"])
     rows = [("real", real["mid_slices"])]
     for arm in c.arms:
-        m = load_measure(study.measure_path(f"{unit_name(arm.name, c.seeds[0])}-step-"
-                                            f"{c.train_steps}"))
-        rows.append((f"{arm.name} (seed {c.seeds[0]})", m["mid_slices"]))
+        for seed in c.seeds:  # every seed: one seed's samples can mislead (docs/study.md)
+            m = load_measure(study.measure_path(f"{unit_name(arm.name, seed)}-step-"
+                                                f"{c.train_steps}"))
+            rows.append((f"{arm.name}, seed {seed}", m["mid_slices"]))
     out = {}
     for key, (low, high) in (("grid_lung", LUNG_WINDOW), ("grid_soft_tissue", SOFT_TISSUE_WINDOW)):
         cols = max(r[1].shape[0] for r in rows) * 3
@@ -319,6 +321,8 @@ def figures(study, report: dict) -> dict:
         axes[2].plot(steps, [s["coverage"] for s in arm["steps"]], marker="o", label=f"{name} coverage")
         axes[2].plot(steps, [s["recall"] for s in arm["steps"]], marker="x", linestyle="--",
                      label=f"{name} recall")
+    if all(s["fd"]["ci95"][0] > 0 for arm in report["arms"].values() for s in arm["steps"]):
+        axes[0].set_yscale("log")  # early steps are orders of magnitude away
     for ax, title in zip(axes, ("FD (3D features), 95 % CI", "MMD² (3D features), 95 % CI",
                                 "k-NN coverage and recall")):
         ax.set_title(title, fontsize=9)
@@ -502,8 +506,13 @@ def to_html(report: dict, figs: dict) -> str:
 def write(study) -> dict:
     report = analyse(study)
     figs = figures(study, report)
+    folder = os.path.join(study.dir, FIGURES)  # the same figures as files, for papers
+    os.makedirs(folder, exist_ok=True)
+    for key, uri in figs.items():
+        fileio.atomic_write_bytes(os.path.join(folder, f"{key}.png"),
+                                  base64.b64decode(uri.split(",", 1)[1]))
     fileio.atomic_write(os.path.join(study.dir, JSON), json.dumps(report, indent=1) + "\n")
     fileio.atomic_write(os.path.join(study.dir, MD), markdown(report) + "\n")
     fileio.atomic_write(os.path.join(study.dir, HTML), to_html(report, figs) + "\n")
-    study.log(f"study: wrote {os.path.join(study.dir, HTML)}, {JSON} and {MD}")
+    study.log(f"study: wrote {os.path.join(study.dir, HTML)}, {JSON}, {MD} and {FIGURES}/")
     return report

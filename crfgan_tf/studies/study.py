@@ -13,7 +13,7 @@ nothing):
   measure  `num_samples` volumes generated from the fixed latents (sample_seed, i) and
            measured (3D features, 2.5D slice features at the last step, anatomy
            statistics, MS-SSIM, mid-slices for the pictures):  DIR/measure/ARM-seedS-step-N.npz
-  report   studies.report: DIR/report.{json,md,html}
+  report   studies.report: DIR/report.{json,md,html} and the figures as DIR/figures/*.png
 
 One study writes a directory at a time (utils.dirlock); every file is written whole
 (utils.fileio). The settings are kept in DIR/study.json: a rerun with other settings is
@@ -83,7 +83,10 @@ class StudyConfig:
         d.pop("study_dir")
         for k in ANALYSIS_FIELDS:
             d.pop(k)
-        d["arms"] = [dataclasses.asdict(a) for a in self.arms]
+        # an arm's flagfile by its content too: an edited flagfile is another arm
+        d["arms"] = [dict(dataclasses.asdict(a), flagfile_sha256=fileio.sha256(a.flagfile)
+                          if a.flagfile and os.path.isfile(a.flagfile) else "")
+                     for a in self.arms]
         return d
 
     def eval_steps(self) -> List[int]:
@@ -114,6 +117,7 @@ class StudyConfig:
                  "NAME=FLAGFILE")
             need(not arm.flagfile or os.path.isfile(arm.flagfile),
                  f"`arms`: {arm.name!r}'s flagfile {arm.flagfile!r} does not exist")
+
         for flag in self.train_flags:
             need(flag.startswith("--"), f"`train_flags`: {flag!r} is not a --flag=value")
             name = flag[2:].split("=", 1)[0]
@@ -147,15 +151,22 @@ def parse_arms(values: List[str]) -> List[Arm]:
     return arms
 
 
-def _flagfile_model(path: str) -> str:
-    if not os.path.isfile(path):
-        return ""
-    model = ""
+def _flagfile_lines(path: str) -> list:
+    if not path or not os.path.isfile(path):
+        return []
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip().startswith("--model="):
-                model = line.strip().split("=", 1)[1]
-    return model
+        return [line.strip() for line in f if line.strip().startswith("--")]
+
+
+def _flagfile_names(path: str) -> list:
+    return [line[2:].split("=", 1)[0] for line in _flagfile_lines(path)]
+
+
+def _flagfile_model(path: str) -> str:
+    """The --model a flagfile sets (the last one), or ""."""
+    models = [line.split("=", 1)[1] for line in _flagfile_lines(path)
+              if line.startswith("--model=")]
+    return models[-1] if models else ""
 
 
 def unit_name(arm: str, seed: int) -> str:
@@ -206,9 +217,8 @@ class Study:
     # ---- training --------------------------------------------------------------------
     def train_command(self, arm: Arm, seed: int, dry_run: bool = False) -> list:
         c = self.c
-        cmd = [sys.executable, "-m", "crfgan_tf.train",
-               f"--train_records={c.train_records}", f"--img_size={c.img_size}",
-               f"--width={c.width:g}", f"--batch_size={c.batch_size}"]
+        cmd = [sys.executable, "-m", "crfgan_tf.train", f"--width={c.width:g}",
+               f"--batch_size={c.batch_size}"]
         if arm.model:
             cmd.append(f"--model={arm.model}")
         cmd += list(c.train_flags)
@@ -216,7 +226,8 @@ class Study:
             cmd.append(f"--flagfile={arm.flagfile}")
         steps = c.eval_steps()
         every = c.eval_every if c.eval_every > 0 else c.train_steps
-        cmd += [f"--model_dir={self.run_dir(arm.name, seed)}", f"--seed={seed}",
+        cmd += [f"--train_records={c.train_records}", f"--img_size={c.img_size}",
+                f"--model_dir={self.run_dir(arm.name, seed)}", f"--seed={seed}",
                 f"--train_steps={c.train_steps}", f"--checkpoint_every={every}",
                 f"--image_every={c.train_steps}", f"--keep_checkpoints={len(steps) + 1}",
                 "--eval_every=0"]
@@ -227,6 +238,11 @@ class Study:
     def check_arms(self) -> None:
         """Each arm's training flags through crfgan-train --dry_run (no work, no writes)."""
         for arm in self.c.arms:
+            fixed = sorted({n for n in _flagfile_names(arm.flagfile) if n in FIXED_TRAIN_FLAGS})
+            if fixed:  # e.g. configs/luna.flags as an arm: its run settings give way
+                self.log(f"study: arm {arm.name}: the study sets "
+                         f"{', '.join('--' + n for n in fixed)} for every arm; {arm.flagfile}'s "
+                         "values of them are not used")
             out = subprocess.run(self.train_command(arm, self.c.seeds[0], dry_run=True),
                                  capture_output=True, text=True, env=_child_env())
             if out.returncode != 0:
@@ -462,10 +478,11 @@ def _read_json(path: str) -> Optional[dict]:
 
 def _training_speed(run_dir: str) -> Optional[float]:
     """Seconds per iteration: the median over the TensorBoard windows (every `log_every`
-    steps; the first window of each start, with the graph's tracing, left out)."""
+    steps; the first window of each start, with the graph's tracing, left out unless no
+    other window exists: a run of a few steps)."""
     import tensorflow as tf
 
-    rates = []
+    rates, firsts = [], []
     for path in sorted(glob.glob(os.path.join(run_dir, "**", "events.out.tfevents.*"),
                                  recursive=True)):
         first = True
@@ -476,11 +493,12 @@ def _training_speed(run_dir: str) -> Optional[float]:
                     if value.tag == "iterations_per_sec":
                         rate = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") \
                             else value.simple_value
-                        if not first and rate > 0:
-                            rates.append(rate)
+                        if rate > 0:
+                            (firsts if first else rates).append(rate)
                         first = False
         except tf.errors.DataLossError:  # a file cut short by a kill: what it holds counts
             pass
+    rates = rates or firsts
     return round(1.0 / float(np.median(rates)), 4) if rates else None
 
 

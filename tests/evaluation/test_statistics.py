@@ -99,6 +99,7 @@ def _phantoms(n, seed):
             for i in range(n)]
 
 
+@pytest.mark.slow  # the fast tier has the same alarm through the Evaluator (test_monitor.py)
 def test_collapse_alarm_fires_on_one_anatomy_with_noise_and_not_on_real_variety():
     """The demo's collapse (docs/study.md): one body and one pair of lungs with fresh
     noise. MS-SSIM calls such a set more diverse than the real one; coverage and the

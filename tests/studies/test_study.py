@@ -113,6 +113,8 @@ def test_report_from_known_measurements(tmp_path):
     text = open(page).read()
     assert text.count("data:image/png;base64,") == 5 and "http" not in text.replace(
         "http-equiv", "")
+    assert sorted(os.listdir(os.path.join(study.dir, report_lib.FIGURES))) == [
+        "anatomy.png", "curves.png", "grid_lung.png", "grid_soft_tissue.png", "training.png"]
     shot, console = chromium.render(page, str(tmp_path))
     assert console == [] and os.path.getsize(shot) > 50_000
 
@@ -124,6 +126,27 @@ def test_paper_columns_only_where_they_compare(tmp_path):
     assert cols["table4_memory_mb_batch2"] == {"crfgan": 2622, "hagan": 2812}
     assert "table1" not in cols  # not LUNA16 at 256^3
     assert report_lib.paper_columns(_study(tmp_path, width=0.5, img_size=128)) == {}
+
+
+def test_an_arms_flagfile_overrides_the_common_flags_and_gives_way_to_the_studys(tmp_path):
+    arm = tmp_path / "luna.flags"
+    arm.write_text("--model=hagan\n--width=0.5\n--img_size=256\n--model_dir=runs/x\n")
+    study = _study(tmp_path, arms=study_lib.parse_arms(["crfgan", f"big={arm}"]))
+    assert study.c.arms[1].model == "hagan"
+    cmd = study.train_command(study.c.arms[1], 1)
+    value = lambda name: [c for c in cmd if c.startswith(f"--{name}=")][-1]  # noqa: E731
+    flagfile = cmd.index(f"--flagfile={arm}")
+    assert cmd.index("--width=0.125") < flagfile  # the common width, then the arm's 0.5
+    assert value("img_size") == "--img_size=64" and cmd.index(value("img_size")) > flagfile
+    assert value("model_dir") == f"--model_dir={study.run_dir('big', 1)}"
+    assert value("seed") == "--seed=1" and value("eval_every") == "--eval_every=0"
+    assert value("keep_checkpoints") == "--keep_checkpoints=3"  # steps 2 and 4, and one more
+    lines = []
+    study.log = lines.append
+    study.c.arms = study.c.arms[1:]
+    with pytest.raises(study_lib.StudyError):  # the dry run: no records here
+        study.check_arms()
+    assert any("sets --img_size, --model_dir for every arm" in l for l in lines)
 
 
 def _cli(*flags, **popen):
@@ -141,6 +164,7 @@ def test_bad_flags_are_refused_before_any_work(tmp_path):
     assert out.returncode == 2 and "--seeds repeats a seed" in out.stderr
     out = _cli(*base, "--train_flags=--model_dir=elsewhere")
     assert out.returncode == 2 and "--model_dir is set by the study itself" in out.stderr
+
     assert not os.path.exists(tmp_path / "s")
 
 
@@ -192,7 +216,7 @@ def test_micro_study_through_the_command(records_64, tmp_path):
     assert out.returncode == 0 and "nothing to do" in out.stderr
     assert {p: os.path.getmtime(p) for p in (study_dir / "measure").iterdir()} == mtimes
     # other settings: refused by name
-    out = _cli(*_micro(records_64, study_dir, arm_flags, "--num_samples=6")[:-1])
+    out = _cli(*_micro(records_64, study_dir, arm_flags, "--num_samples=6"))  # the last wins
     assert out.returncode == 2 and "--num_samples was 4, now 6" in out.stderr
     # a second writer: refused while the lock is held
     with dirlock.DirLock(str(study_dir), "`study_dir`"):
