@@ -25,7 +25,6 @@ from typing import Optional
 
 import numpy as np
 
-from crfgan_tf.evaluation import fid25d, metrics, quality, statistics
 from crfgan_tf.utils import fileio
 
 JSON, MD, HTML = "report.json", "report.md", "report.html"
@@ -49,11 +48,30 @@ LUNG_WINDOW = (-1350.0, 150.0)       # level -600, width 1500 HU
 SOFT_TISSUE_WINDOW = (-160.0, 240.0)  # level 40, width 400 HU
 
 
+# ---- the measurements -------------------------------------------------------------------
+def unit_name(arm: str, seed: int) -> str:
+    return f"{arm}-seed{seed}"
+
+
+def load_measure(path: str) -> dict:
+    with np.load(path, allow_pickle=False) as f:
+        out = {k: f[k] for k in f.files}
+    out["anatomy"] = json.loads(str(out["anatomy"]))
+    return out
+
+
+def read_json(path: str) -> Optional[dict]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+
 # ---- analysis ---------------------------------------------------------------------------
 def _inputs(study) -> list:
     """The measurement files the report is computed from (their names and sizes)."""
-    from crfgan_tf.studies.study import unit_name
-
     names = ["real"] + [f"{unit_name(a.name, s)}-step-{t}" for s in study.c.seeds
                         for a in study.c.arms for t in study.c.eval_steps()]
     return [study.measure_path(n) for n in names]
@@ -85,11 +103,14 @@ def read(study_dir: str) -> Optional[dict]:
 
 
 def _interval(stat, real, fake, resamples, seed):
+    from crfgan_tf.evaluation import statistics
+
     return statistics.bootstrap_interval(stat, real, fake, resamples, seed)
 
 
 def analyse(study) -> dict:
-    from crfgan_tf.studies.study import load_measure, unit_name, _read_json
+    # evaluation loads TensorFlow: not at import (a refused flag of crfgan-study costs none)
+    from crfgan_tf.evaluation import fid25d, metrics, quality, statistics
 
     c = study.c
     real = load_measure(study.measure_path("real"))
@@ -172,7 +193,7 @@ def analyse(study) -> dict:
                           "coverage": knn["coverage"], "recall": knn["recall"],
                           "ms_ssim": _mean(np.concatenate(
                               [sets[arm.name, s, step]["ms_ssim_pairs"] for s in c.seeds]))})
-        train = [_read_json(os.path.join(study.run_dir(arm.name, s), "study_train.json")) or {}
+        train = [read_json(os.path.join(study.run_dir(arm.name, s), "study_train.json")) or {}
                  for s in c.seeds]
         out["arms"][arm.name] = {
             "model": arm.model, "flagfile": arm.flagfile, "final": summary, "steps": steps,
@@ -213,6 +234,8 @@ def _rs(rng, x):
 
 
 def _planes(array: np.ndarray) -> dict:
+    from crfgan_tf.evaluation import fid25d
+
     return {p: array[:, i] for i, p in enumerate(fid25d.PLANES)}
 
 
@@ -279,7 +302,6 @@ def figures(study, report: dict) -> dict:
     import matplotlib.pyplot as plt
 
     from crfgan_tf.core import intensity
-    from crfgan_tf.studies.study import load_measure, unit_name
 
     c = study.c
     real = load_measure(study.measure_path("real"))

@@ -33,6 +33,8 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
+from crfgan_tf.studies import report as report_lib
+from crfgan_tf.studies.report import load_measure, read_json, unit_name
 from crfgan_tf.utils import dirlock, fileio
 from crfgan_tf.utils.progress import Progress
 
@@ -169,10 +171,6 @@ def _flagfile_model(path: str) -> str:
     return models[-1] if models else ""
 
 
-def unit_name(arm: str, seed: int) -> str:
-    return f"{arm}-seed{seed}"
-
-
 class Study:
     """One study directory: its paths, stages and the state of each."""
 
@@ -282,7 +280,7 @@ class Study:
                              f"{proc.returncode}; its log {self.log_path(arm.name, seed)} ends:"
                              f"\n{tail}\nFix the cause and rerun: it resumes")
         speed = _training_speed(run)
-        previous = _read_json(record) or {}
+        previous = read_json(record) or {}
         fileio.atomic_write(record, json.dumps({
             "peak_rss_bytes": max(int(usage.ru_maxrss) * 1024,
                                   int(previous.get("peak_rss_bytes", 0))),
@@ -327,8 +325,6 @@ class Study:
 
     # ---- the whole study ---------------------------------------------------------------
     def run(self, break_lock: bool = False) -> dict:
-        from crfgan_tf.studies import report as report_lib
-
         self.c.validate()
         os.makedirs(self.dir, exist_ok=True)
         with dirlock.DirLock(self.dir, "`study_dir`", break_lock, self.log):
@@ -447,13 +443,6 @@ def _record_count(pattern: str) -> int:
     return min(total, MAX_REAL_VOLUMES) or MAX_REAL_VOLUMES
 
 
-def load_measure(path: str) -> dict:
-    with np.load(path, allow_pickle=False) as f:
-        out = {k: f[k] for k in f.files}
-    out["anatomy"] = json.loads(str(out["anatomy"]))
-    return out
-
-
 def _child_env() -> dict:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -466,14 +455,6 @@ def _tail(path: str, lines: int = 8) -> str:
             return "".join(f.readlines()[-lines:]).rstrip()
     except OSError:
         return "(no log)"
-
-
-def _read_json(path: str) -> Optional[dict]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def _training_speed(run_dir: str) -> Optional[float]:

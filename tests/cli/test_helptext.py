@@ -74,7 +74,7 @@ READS = {"input_dir", "train_records", "test_records", "records", "real", "fake"
          "model_a", "model_b", "model_dir", "weights", "features", "checkpoint",
          "checkpoint_dir", "annotations", "labels_csv", "scans", "key", "answers", "flagfile",
          "study_dir", "eval_records", "fid_weights"}
-WRITES = {"output_dir", "export_dir", "model_dir", "output", "cache_dir"}
+WRITES = {"output_dir", "export_dir", "model_dir", "output", "cache_dir", "study_dir"}
 
 
 def _help_commands(text):

@@ -18,7 +18,7 @@ def test_the_commands_are_the_cli_modules():
     modules = {f[:-3] for f in os.listdir(os.path.join(REPO, "crfgan_tf", "cli"))
                if f.endswith(".py")} - NOT_COMMANDS
     assert sorted(registry.COMMANDS) == sorted(modules)
-    assert len(registry.COMMANDS) == 25
+    assert len(registry.COMMANDS) == 26
 
 
 def test_every_shim_is_the_registrys_text_and_there_is_no_other():
