@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 PUBLIC = [
@@ -47,6 +49,9 @@ def test_every_public_name_resolves_and_is_documented():
     assert crfgan_tf.build_model.__module__ == "crfgan_tf.run.factory"
 
 
+# the page's whole example trains and exports (76 s on 2 cores); the fast tier keeps the
+# names and the lazy loading above
+@pytest.mark.slow
 def test_the_api_pages_example_runs(tmp_path):
     page = open(os.path.join(REPO, "docs", "api.md"), encoding="utf-8").read()
     [example] = re.findall(r"```python\n(.*?)```", page, re.S)

@@ -7,6 +7,8 @@ import signal
 import stat
 import subprocess
 import sys
+
+import pytest
 import time
 
 from conftest import REPO, train_args
@@ -39,6 +41,8 @@ def _job(tmp_path, records, restart, *extra):
                             stdout=log, stderr=subprocess.STDOUT), log
 
 
+# 37 s on 2 cores; tests/utils/test_preemption.py keeps SIGTERM's save-and-resume fast
+@pytest.mark.slow
 def test_time_limit_saves_requeues_and_the_requeued_job_resumes(records_64, tmp_path):
     _stand_ins(tmp_path / "bin")
     job, log = _job(tmp_path, records_64, 0)
