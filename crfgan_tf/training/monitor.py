@@ -53,7 +53,7 @@ import tensorflow as tf
 from crfgan_tf.core import intensity
 from crfgan_tf.data import records
 from crfgan_tf.evaluation import features as features_lib
-from crfgan_tf.evaluation import metrics, physical, quality, sources, statistics
+from crfgan_tf.evaluation import metrics, quality, sources, statistics
 from crfgan_tf.run import config as config_lib
 from crfgan_tf.run import rundir
 from crfgan_tf.utils import fileio
@@ -116,7 +116,6 @@ class Evaluator:
         first = next(iter(records.read_volumes(self.pattern)))
         self.window = tuple(first.window)
         self.modality = first.modality
-        self.spacing = tuple(first.output_spacing)
         source = sources.open_source(self.pattern)
         features, shape, _ = features_lib.cached_features(
             source, self.extractor, self.cache_dir, 1, "eval records", log=lambda m: None)
@@ -125,7 +124,7 @@ class Evaluator:
                                     f"`img_size={self.config.img_size}`")
         stats = _VolumeStats(self.window, self.modality)
         for r in records.read_volumes(self.pattern):
-            stats.add(r.volume, r.output_spacing)
+            stats.add(r.volume)
         out = stats.finish()
         out.update(features=features, count=int(features.shape[0]))
         if out["count"] < 2:
@@ -182,7 +181,7 @@ class Evaluator:
         stats = _VolumeStats(self.window, self.modality)
         volumes, rows = [], []
         for volume in self.generate(model):
-            stats.add(volume, self.spacing)
+            stats.add(volume)
             volumes.append(volume)
             if len(volumes) == 4:  # the extractor's batch; memory stays at 4 volumes
                 rows.append(self.extractor(np.stack(volumes)))
@@ -242,16 +241,16 @@ class _VolumeStats:
         self.lungs, self.pairs, self.pending, self.n = [], [], None, 0
         self.anatomy = []
 
-    def add(self, volume, spacing):
+    def add(self, volume):
         hu = intensity.from_unit(volume, self.window).astype(np.float32)
         self.histogram += np.histogram(hu, self.edges)[0]
         profiles = [hu.mean(axis=tuple(a for a in range(3) if a != k)) for k in range(3)]
         self.profiles = profiles if self.profiles is None else \
             [p + q for p, q in zip(self.profiles, profiles)]
         self.n += 1
-        if self.modality == "ct":
-            self.lungs.append(physical.lung_statistics(hu, spacing)["lung_fraction"])
+        if self.modality == "ct":  # lungs / body, as evaluation.physical defines them
             self.anatomy.append(quality.statistics(hu))
+            self.lungs.append(self.anatomy[-1]["lung_fraction"])
         if self.pending is None:
             self.pending = volume
         else:
