@@ -34,7 +34,7 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from crfgan_tf.studies import report as report_lib
-from crfgan_tf.studies.report import load_measure, read_json, unit_name
+from crfgan_tf.studies.report import read_json, unit_name
 from crfgan_tf.utils import dirlock, fileio
 from crfgan_tf.utils.progress import Progress
 
@@ -334,10 +334,9 @@ class Study:
                          f"({os.path.join(self.dir, report_lib.HTML)})")
                 return report_lib.read(self.dir)
             self.check_arms()
-            meter = Meter(self.c, self.log)
+            meter = Meter(self.c, _window(self.c.real_records))
             self.measure("real", meter.real_volumes(self.c.real_records), meter,
                          _record_count(self.c.real_records))
-            meter.window = tuple(load_measure(self.measure_path("real"))["window"])
             steps = self.c.eval_steps()
             for seed in self.c.seeds:
                 for arm in self.c.arms:
@@ -359,22 +358,23 @@ class Meter:
     generated): 3D features, 2.5D slice features (when `slices25d`), anatomy statistics,
     MS-SSIM of disjoint pairs and the mid-slices of the first GRID_VOLUMES volumes."""
 
-    def __init__(self, config: StudyConfig, log):
-        from crfgan_tf.evaluation import features as features_lib, fid25d
+    def __init__(self, config: StudyConfig, window):
+        from crfgan_tf.evaluation import features as features_lib
 
         self.c = config
+        self.window = tuple(window)  # the real records': every set is read in it
         self.extractor = features_lib.load_extractor(config.fid_weights or None,
                                                      config.allow_random_features,
                                                      max_side=config.feature_side)
-        self.window = None
         self.slices25d = True
-        self._fid25d = fid25d
         self._extractor25d = None
-        self.log = log
 
     def extractor25d(self):
+        """The 2.5D FID's network, built on first use (the last step's sets only)."""
+        from crfgan_tf.evaluation import fid25d
+
         if self._extractor25d is None:
-            self._extractor25d = self._fid25d.load_extractor(
+            self._extractor25d = fid25d.load_extractor(
                 self.c.fid25d_weights or None, self.c.allow_random_features,
                 window=self.window)
         return self._extractor25d
@@ -385,8 +385,6 @@ class Meter:
         for i, r in enumerate(records.read_volumes(pattern)):
             if i >= MAX_REAL_VOLUMES:
                 break
-            if self.window is None:
-                self.window = tuple(r.window)
             if r.volume.shape != (self.c.img_size,) * 3:
                 raise StudyError(f"`real_records` hold {r.volume.shape} volumes, "
                                  f"`img_size={self.c.img_size}`")
@@ -394,13 +392,11 @@ class Meter:
 
     def measure(self, volumes, progress: Optional[Progress] = None) -> dict:
         from crfgan_tf.core import intensity
-        from crfgan_tf.evaluation import metrics, quality
+        from crfgan_tf.evaluation import fid25d, metrics, quality
 
         feats, rows, slices, planes25d, pairs, pending = [], [], [], [], [], None
         last = time.time()
         for volume in volumes:
-            if self.window is None:  # set by real_volumes; generated sets come after it
-                raise StudyError("the real volumes are measured first (their window)")
             feats.append(self.extractor(volume[None])[0])
             rows.append(quality.statistics(intensity.from_unit(volume, self.window)))
             if len(slices) < GRID_VOLUMES:
@@ -426,10 +422,20 @@ class Meter:
                "extractor": np.array(self.extractor.name),
                "pretrained": np.array(self.extractor.pretrained)}
         if planes25d:
-            out["features25d"] = self._fid25d.as_array(self._fid25d.stack(planes25d))
+            out["features25d"] = fid25d.as_array(fid25d.stack(planes25d))
             out["extractor25d"] = np.array(self.extractor25d().name)
             out["pretrained25d"] = np.array(self.extractor25d().pretrained)
         return out
+
+
+def _window(pattern: str) -> tuple:
+    """The intensity window of the real records (their first record's): the HU scale of
+    every volume the study measures."""
+    from crfgan_tf.data import records
+
+    for r in records.read_volumes(pattern):
+        return tuple(r.window)
+    raise StudyError(f"`real_records` {pattern!r} hold no record")
 
 
 def _record_count(pattern: str) -> int:

@@ -84,7 +84,7 @@ def test_report_from_known_measurements(tmp_path):
     report = report_lib.write(study)
     crf, ha = report["arms"]["crfgan"], report["arms"]["hagan"]
     # the pooled value is the FD of the real set against both seeds' volumes
-    pooled = np.concatenate([study_lib.load_measure(study.measure_path(
+    pooled = np.concatenate([report_lib.load_measure(study.measure_path(
         f"crfgan-seed{s}-step-4"))["features3d"] for s in (0, 1)])
     assert crf["final"]["fd"]["value"] == pytest.approx(metrics.fid_from_features(
         real.astype(np.float32), pooled), rel=1e-5)
@@ -117,6 +117,44 @@ def test_report_from_known_measurements(tmp_path):
         "anatomy.png", "curves.png", "grid_lung.png", "grid_soft_tissue.png", "training.png"]
     shot, console = chromium.render(page, str(tmp_path))
     assert console == [] and os.path.getsize(shot) > 50_000
+
+
+class _StubFeatures:
+    """Stand-ins for the two ResNet-50s (their own tests are in tests/evaluation): the
+    mean and mean square of each input, with the attributes Meter records."""
+    name, weights_sha256, pretrained = "stub", "", False
+
+    def __call__(self, x, training=False):
+        x = np.asarray(x)
+        axes = tuple(range(1, x.ndim))
+        return np.stack([x.mean(axis=axes), (x ** 2).mean(axis=axes)], axis=1)
+
+
+def test_the_meter_measures_each_volume_once_for_everything(tmp_path, monkeypatch):
+    """What a stage stores per set, with stand-in networks: the fast tier's check of
+    Meter's wiring (the slow micro study runs it with the real ones, through the
+    command)."""
+    from crfgan_tf.evaluation import features, fid25d
+
+    monkeypatch.setattr(features, "load_extractor", lambda *a, **k: _StubFeatures())
+    study = _study(tmp_path, img_size=64, feature_side=16)
+    meter = study_lib.Meter(study.c, (-1024.0, 600.0))
+    meter._extractor25d = fid25d.SliceExtractor(_StubFeatures(), "stub2d", "", False,
+                                                meter.window)
+    rng = np.random.default_rng(0)
+    volumes = [rng.uniform(-1, 1, (32, 32, 32)).astype(np.float32) for _ in range(5)]
+    out = meter.measure(iter(volumes))
+    assert int(out["count"]) == 5 and out["features3d"].shape == (5, 2)
+    np.testing.assert_allclose(out["features3d"][:, 0], [v.mean() for v in volumes],
+                               rtol=1e-5)
+    anatomy = json.loads(str(out["anatomy"]))
+    assert len(anatomy) == 5 and set(anatomy[0]) >= {"body_fraction", "lung_fraction"}
+    assert out["ms_ssim_pairs"].shape == (2,)  # disjoint pairs (0, 1), (2, 3)
+    assert out["mid_slices"].shape == (4, 3, 32, 32)  # GRID_VOLUMES, three planes
+    assert out["features25d"].shape == (5, 3, 13, 2)  # slices 9..21 of 32 per plane
+    assert tuple(out["window"]) == (-1024.0, 600.0) and str(out["extractor25d"]) == "stub2d"
+    meter.slices25d = False  # an intermediate step: no 2.5D features
+    assert "features25d" not in meter.measure(iter(volumes[:2]))
 
 
 def test_paper_columns_only_where_they_compare(tmp_path):
