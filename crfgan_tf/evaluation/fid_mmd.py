@@ -36,7 +36,7 @@ def fid_mmd(real: Source, fake: Source, extractor: Extractor, batch_size: int = 
     sigma = metrics.median_pairwise_distance(pooled)
     return {
         "fid": metrics.fid_from_features(real_features, fake_features),
-        "mmd": metrics.mmd(real_features, fake_features, sigma=sigma),
+        "mmd": metrics.mmd(real_features, fake_features, sigma=sigma or None),
         "n_real": int(real_features.shape[0]), "n_fake": int(fake_features.shape[0]),
         "extractor": extractor.name, "weights_sha256": extractor.weights_sha256,
         "pretrained": extractor.pretrained, "feature_dim": int(real_features.shape[1]),

@@ -107,35 +107,82 @@ def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.clip(d2, 0.0, None)
 
 
-def median_pairwise_distance(samples: np.ndarray, max_points: int = MEDIAN_MAX_POINTS,
-                             seed: int = 0, block: int = 1024) -> float:
-    """Median Euclidean distance over all pairs i < j of `samples` (N, D); above
-    `max_points` samples, over the pairs of a fixed-seed subsample of that size."""
-    x = np.asarray(samples, np.float64)
-    if x.shape[0] > max_points:
-        x = x[np.sort(np.random.default_rng(seed).choice(x.shape[0], max_points, replace=False))]
-    x = x - x.mean(axis=0)  # distances are translation invariant; centring keeps precision
+def row_ids(x: np.ndarray) -> np.ndarray:
+    """An integer per row of `x` (N, D), equal for rows that are exact copies of each
+    other (bit for bit, with -0.0 taken as 0.0) and different otherwise.
+
+    |a|^2 + |b|^2 - 2 a.b, the distance of the matrix-product route, is for two copies 0
+    or rounding noise (~1e-7 |a|) depending on the CPU's vector width and the rows'
+    places in the product; the distance functions set it to exactly 0 by these ids, so a
+    generated copy of a real row is as far from every row as that row is from it on every
+    CPU, and the median heuristic below sees its copies as 0."""
+    x = np.ascontiguousarray(np.asarray(x, np.float64) + 0.0)  # -0.0 + 0.0 = 0.0
+    if x.shape[0] == 0:
+        return np.zeros(0, np.int64)
+    rows = x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()
+    return np.unique(rows, return_inverse=True)[1].ravel()
+
+
+def _copies_zeroed(d2: np.ndarray, ids_a: np.ndarray, ids_b: np.ndarray) -> np.ndarray:
+    d2[ids_a[:, None] == ids_b[None, :]] = 0.0
+    return d2
+
+
+def _pair_distances(x: np.ndarray, block: int) -> np.ndarray:
+    """The Euclidean distances of all pairs i < j of the rows of x, copies exactly 0."""
+    ids = row_ids(x)
     n = x.shape[0]
-    if n < 2:
-        raise ValueError("the median heuristic needs at least 2 samples")
     parts = []
     for start in range(0, n, block):
         stop = min(start + block, n)
-        d2 = _squared_distances(x[start:stop], x[start:])
+        d2 = _copies_zeroed(_squared_distances(x[start:stop], x[start:]), ids[start:stop],
+                            ids[start:])
         rows, cols = np.triu_indices(stop - start, k=1, m=n - start)
         parts.append(d2[rows, cols])
-    return float(np.median(np.sqrt(np.concatenate(parts))))
+    return np.sqrt(np.concatenate(parts))
 
 
-def _kernel_sum(a, b, gamma, same: bool, block: int) -> float:
+def median_pairwise_distance(samples: np.ndarray, max_points: int = MEDIAN_MAX_POINTS,
+                             seed: int = 0, block: int = 1024) -> float:
+    """Median Euclidean distance over all pairs i < j of `samples` (N, D); above
+    `max_points` samples, over the pairs of a fixed-seed subsample of that size.
+
+    Exact copies are exactly 0 apart (row_ids). When more than half the pairs are copies
+    (a collapsed or memorising generator: every generated row the same, or a copy of a
+    real one), the median is 0, which is no kernel width: then the median of the nonzero
+    distances is returned, the spread of the distinct rows, weighted by how often each
+    pair occurs. Where the subsample holds no two distinct rows but the whole set does,
+    the heuristic is taken over the set's distinct rows. 0.0 only when every row is the
+    same (MMD is then 0 for every width)."""
+    x = np.asarray(samples, np.float64)
+    if x.shape[0] < 2:
+        raise ValueError("the median heuristic needs at least 2 samples")
+    whole = x
+    if x.shape[0] > max_points:
+        x = x[np.sort(np.random.default_rng(seed).choice(x.shape[0], max_points, replace=False))]
+    x = x - x.mean(axis=0)  # distances are translation invariant; centring keeps precision
+    distances = _pair_distances(x, block)
+    median = float(np.median(distances))
+    if median > 0:
+        return median
+    nonzero = distances[distances > 0]
+    if nonzero.size:
+        return float(np.median(nonzero))
+    if whole.shape[0] > x.shape[0]:  # a subsample of copies only: the set's distinct rows
+        first = np.unique(row_ids(whole), return_index=True)[1]
+        if 2 <= first.size < whole.shape[0]:
+            return median_pairwise_distance(whole[np.sort(first)], max_points, seed, block)
+    return 0.0
+
+
+def _kernel_sum(a, b, ids_a, ids_b, sigma, block: int) -> float:
     total = 0.0
     for start in range(0, a.shape[0], block):
         stop = min(start + block, a.shape[0])
-        d2 = _squared_distances(a[start:stop], b)
-        if same:  # k(x, x) = 1 exactly; rounding must not leak into the diagonal
-            idx = np.arange(stop - start)
-            d2[idx, idx + start] = 0.0
-        total += np.exp(-gamma * d2).sum()
+        # copies (the diagonal of a set with itself among them) are exactly 0 apart, so
+        # k = 1 exactly: rounding leaks into neither
+        d2 = _copies_zeroed(_squared_distances(a[start:stop], b), ids_a[start:stop], ids_b)
+        total += np.exp(-0.5 * (d2 / sigma) / sigma).sum()  # no sigma^2: it can underflow
     return total
 
 
@@ -148,10 +195,20 @@ def mmd(x, y, sigma: Optional[float] = None, block: int = 1024) -> float:
 
     Args:
       x, y: (m, D) and (n, D) samples, m, n >= 2.
-      sigma: kernel width; None uses the median pairwise distance of the pooled samples.
+      sigma: kernel width, > 0; None uses the median pairwise distance of the pooled
+        samples (median_pairwise_distance). Where more than half the pooled pairs are
+        exact copies (a collapsed generator, or one that repeats a real sample) that
+        median is 0, and the median of the nonzero pooled distances is used instead;
+        where every pooled sample is the same, the result is 0.0 (one point mass against
+        itself: 0 for every width), not an error.
       block: rows per block; memory is O(block * (m + n)).
 
-    The unbiased estimate can be slightly negative when the distributions are equal.
+    Raises:
+      ValueError: fewer than 2 samples in a set, or an explicit sigma that is not > 0.
+
+    Exact copies count as exactly 0 apart (k = 1), whatever the rounding of the matrix
+    product. The unbiased estimate can be slightly negative when the distributions are
+    equal.
     """
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
@@ -164,12 +221,15 @@ def mmd(x, y, sigma: Optional[float] = None, block: int = 1024) -> float:
     x, y = x - centre, y - centre
     if sigma is None:
         sigma = median_pairwise_distance(np.concatenate([x, y]))
+        if sigma == 0:  # every pooled sample the same
+            return 0.0
     if not sigma > 0:
         raise ValueError(f"kernel width sigma must be > 0, got {sigma} (all samples identical?)")
-    gamma = 1.0 / (2.0 * sigma * sigma)
-    kxx = _kernel_sum(x, x, gamma, True, block) - m
-    kyy = _kernel_sum(y, y, gamma, True, block) - n
-    kxy = _kernel_sum(x, y, gamma, False, block)
+    ids = row_ids(np.concatenate([x, y]))
+    ids_x, ids_y = ids[:m], ids[m:]
+    kxx = _kernel_sum(x, x, ids_x, ids_x, sigma, block) - m
+    kyy = _kernel_sum(y, y, ids_y, ids_y, sigma, block) - n
+    kxy = _kernel_sum(x, y, ids_x, ids_y, sigma, block)
     return float(kxx / (m * (m - 1)) + kyy / (n * (n - 1)) - 2.0 * kxy / (m * n))
 
 

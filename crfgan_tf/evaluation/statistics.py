@@ -28,6 +28,8 @@ from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
+from crfgan_tf.evaluation import metrics
+
 # The alarm thresholds (docs/evaluation.md): below these the generated set is not diverse.
 COVERAGE_ALARM = 0.5     # share of real volumes with a generated volume in their k-NN ball
 SPREAD_ALARM = 0.5       # generated sd / real sd of an anatomy statistic
@@ -121,10 +123,26 @@ def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(d2, 0.0, None))
 
 
-def _kth_neighbour_radii(x: np.ndarray, k: int) -> np.ndarray:
-    """Distance of each row of x to its k-th nearest other row."""
-    d = _distances(x, x)
-    return np.sort(d, axis=1)[:, k]  # column 0 is the row itself
+def _distance_blocks(real: np.ndarray, fake: np.ndarray):
+    """(real-real, generated-generated, real-generated) Euclidean distances, all read from
+    one symmetric table over the distinct rows of both sets (metrics.row_ids): an exact
+    copy of a row has exactly that row's distances, and 0 to it. Computed pair by pair,
+    copies would be 0 or ~1e-7 apart, and a copy on the edge of a ball in or out of it, by
+    the CPU's rounding (a collapsed generator's copies, a duplicated real volume)."""
+    pooled = np.concatenate([real, fake])
+    ids = metrics.row_ids(pooled)
+    distinct = pooled[np.unique(ids, return_index=True)[1]]  # distinct[ids] == pooled
+    table = _distances(distinct, distinct)
+    table = (table + table.T) / 2.0
+    np.fill_diagonal(table, 0.0)
+    r, f = ids[:real.shape[0]], ids[real.shape[0]:]
+    return table[np.ix_(r, r)], table[np.ix_(f, f)], table[np.ix_(r, f)]
+
+
+def _kth_neighbour_radii(d: np.ndarray, k: int) -> np.ndarray:
+    """Distance of each row to its k-th nearest other row, from the set's distance matrix
+    (a zero diagonal: column 0 after sorting is the row itself, or a copy of it)."""
+    return np.sort(d, axis=1)[:, k]
 
 
 def knn_coverage(real: np.ndarray, fake: np.ndarray, k: int = DEFAULT_K) -> dict:
@@ -146,7 +164,13 @@ def knn_coverage(real: np.ndarray, fake: np.ndarray, k: int = DEFAULT_K) -> dict
     random-feature fallback it is a relative measure only). Biased with few volumes:
     with n real volumes the balls are wide, so precision and coverage run high; recall
     runs low when m is small. Noise added to one repeated anatomy moves its features
-    together, so it does not buy coverage or recall."""
+    together, so it does not buy coverage or recall.
+
+    Balls are closed (a volume at exactly the radius is inside). Exact copies are exactly
+    0 apart and have exactly their original's distances (_distance_blocks), so duplicated
+    rows are well defined on every CPU: a ball whose k-th neighbour is a copy has radius 0
+    and holds the copies only, and a collapsed generator's copies of one real volume lie
+    in exactly the balls that volume lies in."""
     real = np.asarray(real, np.float64)
     fake = np.asarray(fake, np.float64)
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
@@ -161,9 +185,9 @@ def knn_coverage(real: np.ndarray, fake: np.ndarray, k: int = DEFAULT_K) -> dict
     fake = (fake - pooled.mean(0)) / scale
     k_real = min(k, real.shape[0] - 1)
     k_fake = min(k, fake.shape[0] - 1)
-    real_radii = _kth_neighbour_radii(real, k_real)
-    fake_radii = _kth_neighbour_radii(fake, k_fake)
-    cross = _distances(real, fake)                # (n, m)
+    real_d, fake_d, cross = _distance_blocks(real, fake)  # cross: (n, m)
+    real_radii = _kth_neighbour_radii(real_d, k_real)
+    fake_radii = _kth_neighbour_radii(fake_d, k_fake)
     inside_real = cross <= real_radii[:, None]    # fake j in the ball of real i
     inside_fake = cross <= fake_radii[None, :]    # real i in the ball of fake j
     return {"precision": float(inside_real.any(axis=0).mean()),

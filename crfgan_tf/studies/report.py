@@ -131,7 +131,7 @@ def analyse(study) -> dict:
     sigma = metrics.median_pairwise_distance(np.concatenate(
         [real["features3d"]] + [pooled[a.name][final]["features3d"] for a in c.arms]))
     fd = metrics.fid_from_features
-    mmd = lambda r, f: metrics.mmd(r, f, sigma=sigma)  # noqa: E731
+    mmd = lambda r, f: metrics.mmd(r, f, sigma=sigma or None)  # noqa: E731
     r25 = max(10, c.resamples // RESAMPLES_25D_DIVISOR)
     limits = quality.ranges_from(real["anatomy"])
     real_spread = statistics.anatomy_spread(real["anatomy"], real["anatomy"])

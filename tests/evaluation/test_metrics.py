@@ -121,4 +121,54 @@ def test_mmd_rejects_too_few_samples_and_zero_width():
     with pytest.raises(ValueError, match="at least 2"):
         metrics.mmd(np.zeros((1, 3)), np.zeros((4, 3)))
     with pytest.raises(ValueError, match="sigma"):
-        metrics.mmd(np.zeros((3, 3)), np.zeros((4, 3)))
+        metrics.mmd(np.ones((3, 3)), np.zeros((4, 3)), sigma=0.0)
+
+
+# ---- MMD when most pooled pairs are copies (issue #52 item 8) -------------------------
+
+def _copies_of_one_real_row():
+    """3 real feature rows and 6 generated ones that are exact copies of the first: 21 of
+    the 36 pooled pairs are copies, so the median pooled distance is 0."""
+    rng = np.random.default_rng(8)
+    real = rng.standard_normal((3, 2048)).astype(np.float32) * 3 + 5
+    return real, np.repeat(real[:1], 6, axis=0)
+
+
+def test_mmd_of_generated_copies_of_one_real_row_uses_the_median_nonzero_distance():
+    real, fake = _copies_of_one_real_row()
+    pooled = np.concatenate([real, fake]).astype(np.float64)
+    dists = np.array([np.linalg.norm(a - b) for a, b in itertools.combinations(pooled, 2)])
+    assert np.count_nonzero(dists == 0) == 21 and np.median(dists) == 0
+    sigma = float(np.median(dists[dists > 0]))  # the fallback width
+    assert metrics.median_pairwise_distance(pooled, block=4) == pytest.approx(sigma, rel=1e-12)
+    got = metrics.mmd(real, fake, block=4)
+    assert np.isfinite(got)
+    assert got == pytest.approx(_mmd_loop(real.astype(np.float64), fake.astype(np.float64),
+                                          sigma), rel=1e-10)
+    assert got > 0.1  # one real row repeated is far from the 3 real rows
+
+
+def test_mmd_of_all_identical_rows_is_zero_and_an_explicit_zero_width_is_refused():
+    row = np.random.default_rng(9).standard_normal((1, 2048)) * 7 + 11
+    x, y = np.repeat(row, 3, axis=0), np.repeat(row, 5, axis=0)
+    assert metrics.median_pairwise_distance(np.concatenate([x, y])) == 0.0
+    assert metrics.mmd(x, y) == 0.0  # one point mass against itself, whatever the width
+    assert metrics.mmd(x, y, sigma=1.0) == pytest.approx(0.0, abs=1e-15)
+    for sigma in (0.0, -1.0):
+        with pytest.raises(ValueError, match="sigma must be > 0"):
+            metrics.mmd(x, y, sigma=sigma)
+
+
+def test_copies_are_exactly_zero_apart_whatever_the_matrix_product_rounds():
+    """|a|^2 + |b|^2 - 2 a.b of two copies is 0 or rounding noise, by the CPU's luck, unless
+    copies are recognised as such: 11 of these 21 pairs are copies, so the median is the
+    fallback's, the distance of the two distinct rows, on every CPU."""
+    rng = np.random.default_rng(10)
+    base = rng.standard_normal((2, 512))
+    x = np.repeat(base, [5, 2], axis=0)  # 10 + 1 pairs of copies out of 21
+    d01 = float(np.linalg.norm(base[0] - base[1]))
+    assert metrics.median_pairwise_distance(x) == pytest.approx(d01, rel=1e-6)
+    # above max_points: a subsample of copies only still finds the set's spread
+    many = np.repeat(base, [200, 1], axis=0)
+    assert metrics.median_pairwise_distance(many, max_points=8, seed=0) == \
+        pytest.approx(d01, rel=1e-6)
