@@ -12,7 +12,10 @@ from crfgan_tf.data import convert, labels, phantom, preprocess
 # Small enough for a few minutes on 2 CPU cores, large enough to look like a chest CT.
 DEMO_SPEC = phantom.PhantomSpec(in_plane=128, num_slices=72, spacing_zyx=(2.5, 2.8, 2.8),
                                 blank_slices=2)
-DEMO_SCANS = 12
+# 36 phantoms: 32 train and 4 val (DEMO_VAL_FRACTION); the family's variety
+# (phantom.family_variety) is docs/data.md's figure.
+DEMO_SCANS = 36
+DEMO_VAL_FRACTION = 0.1  # round(36 * 0.1) = 4 val scans
 # At 64^3 a voxel of the demo is about 5.6 mm: nodules of 12-30 mm span 2-5 voxels.
 DEMO_NODULE_DIAMETER_MM = (12.0, 30.0)
 
@@ -37,7 +40,7 @@ def prepare_demo_data(work_dir: str, size: int = 64, log=print, nodules: bool = 
         labels.write_labels_csv(labels_csv, table, labels.LUNA_CLASS_NAMES)
     summary = convert.run_conversion(convert.ConvertConfig(
         dataset="luna16", input_dir=archive, output_dir=records_dir, size=size,
-        num_shards=4, val_fraction=0.17, workers=2, labels_csv=labels_csv), log=log)
+        num_shards=4, val_fraction=DEMO_VAL_FRACTION, workers=2, labels_csv=labels_csv), log=log)
     if summary["failed"]:
         raise RuntimeError(f"demo conversion failed for {summary['failed']} scans")
     return records_dir

@@ -206,7 +206,10 @@ def test_padding_and_floor_air_stored_any_way_give_the_same_record(tmp_path):
     ref = results[0]
     assert ref.trimmed_slices == (3, 3) and ref.air_shift == pytest.approx(-20.0, abs=3.0)
     for r in results[1:]:  # the record stores the quantised volume
-        np.testing.assert_array_equal(intensity.quantize(r.volume), intensity.quantize(ref.volume))
+        # NIfTI's float32 geometry moves the resampling by ~1e-7: a voxel that lies that
+        # close to a rounding boundary of the int16 storage may differ by one step
+        steps = np.abs(intensity.quantize(r.volume).astype(int) - intensity.quantize(ref.volume))
+        assert steps.max() <= (1 if r.source.endswith(".nii.gz") else 0)
         np.testing.assert_allclose(r.volume, ref.volume, atol=1e-6)
         assert (r.trimmed_slices, r.air_estimate, r.air_shift) == \
             (ref.trimmed_slices, ref.air_estimate, ref.air_shift)

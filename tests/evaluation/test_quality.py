@@ -27,17 +27,17 @@ def _hu(seed):
 
 @pytest.fixture(scope="module")
 def ranges():
-    return {"ranges": quality.ranges_from([quality.statistics(_hu(s)) for s in range(6)])}
+    return {"ranges": quality.ranges_from([quality.statistics(_hu(s)) for s in range(8)])}
 
 
 def test_a_volume_like_the_training_data_passes_and_the_controls_fail(ranges):
     accept = quality.gate(ranges)
-    passed, record = accept(_hu(6), None)
+    passed, record = accept(_hu(8), None)
     assert passed and record["failed"] == [], record
-    shifted = np.clip(_hu(6) + 200, -1024, 600)
+    shifted = np.clip(_hu(8) + 200, -1024, 600)
     passed, record = accept(shifted, None)
     assert not passed and {"lung_median_hu", "air_median_hu"} <= set(record["failed"]), record
-    filled = _hu(6)
+    filled = _hu(8)
     _, lungs = physical.body_and_lungs(filled)
     filled[lungs] = 40.0  # the lungs filled with soft tissue
     passed, record = accept(filled, None)

@@ -241,14 +241,14 @@ def test_demo_flagfile_end_to_end(tmp_path):
                f"--train_records={work}/records_64/train-*.tfrecord", f"--model_dir={work}/model",
                "--train_steps=2", "--log_every=1", "--checkpoint_every=2")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "12 scans found" in res.stderr and "step 2/2" in res.stderr
+    assert "36 scans found" in res.stderr and "step 2/2" in res.stderr
     state = json.load(open(work / "model" / "trainer_state.json"))
     assert state["step"] == 2
     assert os.path.exists(work / "model" / "flags.txt")
     assert json.load(open(work / "model" / "config.json"))["width"] == 0.125
     # the demo evaluates itself: a baseline at step 0 and the last step
     rows = [json.loads(line) for line in open(work / "model" / "eval.jsonl")]
-    assert [r["step"] for r in rows] == [0, 2] and rows[0]["n_real"] == 2
+    assert [r["step"] for r in rows] == [0, 2] and rows[0]["n_real"] == 4
 
 
 @pytest.mark.parametrize("flagfile,model,run", [
