@@ -21,8 +21,12 @@ from crfgan_tf.cli import common
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Training run directory (config.json, checkpoints/).")
 flags.DEFINE_string("export_dir", None, "Where the SavedModel goes (replaced if present).")
-flags.DEFINE_string("step", None, "Checkpoint step to export, or 'best' (the best "
-                    "in-training evaluation, model_dir/best); default: the latest.")
+flags.DEFINE_string("step", None, "Checkpoint step to export: an integer, 'best' (the best "
+                    "in-training evaluation, model_dir/best, by the run's --best_metric) or "
+                    "'latest'. Default: 'best' where the run kept one (its healthiest step, "
+                    "named in the model card), else 'latest'.")
+flags.DEFINE_bool("ema", True, "For a run trained with --ema_decay: export G's moving "
+                  "average (what its evaluations measured); --noema: the trained weights.")
 flags.DEFINE_integer("slab", 8, "Embedding slices per G2 slab: smaller = less memory, same result.")
 flags.DEFINE_enum("format", "both", ["both", "weights", "savedmodel"],
                   "What to write beside the model card: both (SavedModel and weights "
@@ -42,7 +46,7 @@ flags.register_validator("slab", lambda v: v >= 1, message="--slab must be >= 1"
 
 # --help (crfgan_tf/cli/helptext.py): every flag above, by group, then the example
 HELP_GROUPS = {
-    "Input": "model_dir step",
+    "Input": "model_dir step ema",
     "Output": "export_dir format",
     "Model card": "license memorization_report quality_ranges",
     "Generation": "slab",
@@ -54,17 +58,18 @@ EXAMPLE = "crfgan-export --model_dir=runs/luna256 --export_dir=exports/luna256"
 def main(argv):
     del argv
     step = FLAGS.step
-    if step is not None and step != "best":
+    if step not in (None, "best", "latest"):
         try:
             step = int(step)
         except ValueError:
             raise common.CommandError(
-                f"--step must be an integer or 'best', got {step!r}") from None
+                f"--step must be an integer, 'best' or 'latest', got {step!r}") from None
     from crfgan_tf.generation import export as export_lib
 
+    step = export_lib.default_step(FLAGS.model_dir, step, log=common.log)
     meta = export_lib.export(FLAGS.model_dir, FLAGS.export_dir, step, FLAGS.slab,
                              log=common.log, fmt=FLAGS.format, license_text=FLAGS.license,
-                             memorization_report=FLAGS.memorization_report)
+                             memorization_report=FLAGS.memorization_report, ema=FLAGS.ema)
     if FLAGS.quality_ranges:
         from crfgan_tf.evaluation import quality
 

@@ -59,6 +59,16 @@ flags.DEFINE_integer("per_replica_batch_size", _defaults["per_replica_batch_size
 flags.DEFINE_integer("train_steps", _defaults["train_steps"], "Total training iterations.")
 flags.DEFINE_integer("latent_dim", _defaults["latent_dim"], "Size of the latent z.")
 flags.DEFINE_float("width", _defaults["width"], "Channel multiplier (1 = the paper's networks).")
+flags.DEFINE_float("d_width", _defaults["d_width"],
+                   "D's channel multiplier (HA-GAN: D and D^L); 0 = --width. A wider D on "
+                   "small data: docs/training.md. Exports hold no D.")
+flags.DEFINE_bool("d_minibatch_std", _defaults["d_minibatch_std"],
+                  "D also sees the standard deviation of its features over the batch "
+                  "(StyleGAN's minibatch std): a batch of one repeated body looks fake. "
+                  "Needs >= 2 examples per replica. Not the reference's.")
+flags.DEFINE_bool("rec_trains_head", _defaults["rec_trains_head"],
+                  "The reconstruction phase (L1 of G2(hE(x)) against real crops) also updates "
+                  "G2, not hE alone (the reference): a direct signal for G2's HU.")
 flags.DEFINE_float("lr_g", _defaults["lr_g"], "Generator (G1, G2) learning rate.")
 flags.DEFINE_float("lr_d", _defaults["lr_d"], "Discriminator learning rate.")
 flags.DEFINE_float("lr_crf", _defaults["lr_crf"],
@@ -73,6 +83,20 @@ flags.DEFINE_enum("adam", _defaults["adam"], list(config_lib.ADAM_VARIANTS),
 flags.DEFINE_float("crf_weight_start", _defaults["crf_weight_start"], "w at step 0.")
 flags.DEFINE_integer("crf_weight_decay_steps", _defaults["crf_weight_decay_steps"],
                      "w = max(start - start * step / this, 0).")
+flags.DEFINE_float("crf_decay_fraction", _defaults["crf_decay_fraction"],
+                   "> 0: w decays to 0 over this fraction of --train_steps (the paper's "
+                   "60,000 of 80,000: 0.75) instead of --crf_weight_decay_steps; 0: off.")
+flags.DEFINE_enum("weight_init", _defaults["weight_init"], list(config_lib.WEIGHT_INITS),
+                  "Initial weights of G1, G2, hE (and HA-GAN's other networks): pytorch = "
+                  "U(+-1/sqrt(fan_in)) kernels and biases, the reference's PyTorch defaults; "
+                  "keras = glorot-uniform kernels, zero biases (crfgan-tf before 0.3.0). "
+                  "D: PyTorch's in both.")
+flags.DEFINE_float("r1_gamma", _defaults["r1_gamma"],
+                   "> 0: R1 penalty (gamma/2) E||grad D(x)||^2 on real sub-volumes in D's "
+                   "phase (small data: docs/training.md); 0: the paper's loss.")
+flags.DEFINE_float("ema_decay", _defaults["ema_decay"],
+                   "> 0: keep an exponential moving average of G1 and G2 with this decay "
+                   "(e.g. 0.999), used for evaluation, images, export and sampling; 0: none.")
 flags.DEFINE_integer("crf_iterations", _defaults["crf_iterations"], "Mean-field iterations.")
 flags.DEFINE_enum("crf_nodes", _defaults["crf_nodes"], ["slices", "channels"],
                   "CRF nodes: axial slices (paper) or channel groups (reference code).")
@@ -132,7 +156,9 @@ flags.DEFINE_string("fid_weights", _defaults["fid_weights"],
                     "it a fixed-seed random network (labelled; the run's own trend only).")
 flags.DEFINE_enum("best_metric", _defaults["best_metric"], list(config_lib.BEST_METRICS),
                   "Evaluation metric that picks the best checkpoint (model_dir/best; "
-                  "crfgan_tf.export --step=best).")
+                  "crfgan_tf.export --step=best): coverage (k-NN coverage of the real "
+                  "volumes, higher is better, ties to the lower FD: what noise and a "
+                  "collapse cannot fake) or a distance (lower is better).")
 flags.DEFINE_string("augment", _defaults["augment"],
                     "Differentiable augmentation of every volume D sees, comma-separated: "
                     "translation, cutout, intensity (no flips). Off by default (the paper).")
@@ -238,9 +264,11 @@ HELP_GROUPS = {
     "Data": "train_records demo_data_dir demo_nodules shuffle_buffer seed",
     "Model": "model img_size embedding_factor latent_dim width num_classes lambda_class "
              "fake_labels balance_classes crf_iterations crf_nodes crf_sample crf_encoder_slab "
-             "remat crf_weight_start crf_weight_decay_steps hagan_low_res",
+             "remat crf_weight_start crf_weight_decay_steps crf_decay_fraction hagan_low_res",
     "Optimisation": "batch_size per_replica_batch_size train_steps lr_g lr_d lr_crf lr_e beta_1 "
                     "beta_2 adam_epsilon adam",
+    "Stabilisers (small data)": "weight_init r1_gamma ema_decay d_width d_minibatch_std "
+                                "rec_trains_head",
     "Augmentation": "augment augment_p ada_target ada_speed",
     "Speed and devices": "mixed_precision jit_compile strategy cpu_devices",
     "Evaluation during training": "eval_every eval_records eval_samples eval_feature_side fid_weights best_metric",

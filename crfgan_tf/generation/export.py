@@ -130,11 +130,13 @@ def training_metadata(config: config_lib.TrainConfig, model_dir: str, log=print)
     return meta
 
 
-def load_generator(model_dir: str, step=None, encoders: bool = False):
+def load_generator(model_dir: str, step=None, encoders: bool = False, ema: bool = True):
     """(config, trunk, head, checkpoint path) of a training run, weights restored; with
     `encoders`, (config, trunk, head, encoder, sub-encoder or None, checkpoint path).
 
-    step: None (the latest), an int, or "best" (model_dir/best, from `eval_every`)."""
+    step: None (the latest), an int, or "best" (model_dir/best, from `eval_every`).
+    ema: a run trained with `ema_decay` gives G's moving average (what its evaluations
+    measured); False: the trained weights themselves."""
     config = rundir.read_config(model_dir)
     if config is None:
         raise FileNotFoundError(f"{model_dir!r} has no {rundir.CONFIG_FILE}: not a training "
@@ -144,7 +146,11 @@ def load_generator(model_dir: str, step=None, encoders: bool = False):
     # G1 and G2 are all that generation needs, for CRF-GAN and HA-GAN alike.
     parts = factory.build_networks(config, factory.GENERATION_KEYS
                                    + (factory.ENCODING_KEYS if encoders else ()))
-    tf.train.Checkpoint(**parts).read(ckpt).expect_partial().assert_existing_objects_matched()
+    keys = dict(parts)
+    if ema and config.ema_decay:  # the moving average, checkpointed beside G1 and G2
+        for key in factory.GENERATION_KEYS:
+            keys[key + options.EMA_SUFFIX] = keys.pop(key)
+    tf.train.Checkpoint(**keys).read(ckpt).expect_partial().assert_existing_objects_matched()
     trunk, head = parts[options.TRUNK_KEY], parts[options.HEAD_KEY]
     if encoders:
         return (config, trunk, head, parts[options.ENCODER_KEY],
@@ -152,9 +158,28 @@ def load_generator(model_dir: str, step=None, encoders: bool = False):
     return config, trunk, head, ckpt
 
 
+def default_step(model_dir: str, step=None, log=print):
+    """The step crfgan-export takes: `step` as given (an int or "best"); "latest" -> None
+    (the latest checkpoint); None -> "best" where the run kept a best checkpoint
+    (in-training evaluation), else None. Logs the choice."""
+    if step == "latest":
+        return None
+    if step is not None:
+        return step
+    best_file = os.path.join(model_dir, rundir.BEST_FILE)
+    if not os.path.exists(best_file) or not tf.train.latest_checkpoint(
+            os.path.join(model_dir, rundir.BEST_DIR)):
+        return None
+    with open(best_file) as f:
+        best = json.load(f)
+    log(f"export: the run's best step by its evaluation, {best['step']} ({best['metric']} "
+        f"{best['value']:.4g}); `--step=latest` exports the last checkpoint")
+    return "best"
+
+
 def export(model_dir: str, export_dir: str, step=None, slab: int = 8,
            log=print, fmt: str = "both", license_text: str = "",
-           memorization_report: str = "") -> dict:
+           memorization_report: str = "", ema: bool = True) -> dict:
     """Writes the export of a checkpoint (a SavedModel with the `generate` signature and/or
     a weights package, by `fmt`, and the model card); returns its metadata. The directory
     is built beside `export_dir` and renamed into place whole."""
@@ -168,13 +193,15 @@ def export(model_dir: str, export_dir: str, step=None, slab: int = 8,
         raise FileNotFoundError(f"`memorization_report` {memorization_report!r} is not a file "
                                 "(crfgan-memorization writes memorization.json)")
     config, trunk, head, encoder, sub_encoder, ckpt = load_generator(model_dir, step,
-                                                                     encoders=True)
+                                                                     encoders=True, ema=ema)
     if "://" not in export_dir:  # a local path: fail before the work, not after it
         fileio.ensure_output_dir(os.path.dirname(os.path.abspath(export_dir)), "`export_dir`")
         if os.path.exists(export_dir) and not os.path.isdir(export_dir):
             raise fileio.OutputError(f"`export_dir` {export_dir!r} is a file")
     metadata = training_metadata(config, model_dir, log)
     metadata.update(checkpoint=ckpt, slab=slab)
+    if config.ema_decay:  # which of the run's two generators this is
+        metadata["generator_weights"] = "moving average" if ema else "trained"
     networks = {options.TRUNK_KEY: trunk, options.HEAD_KEY: head,
                 options.ENCODER_KEY: encoder, options.SUB_ENCODER_KEY: sub_encoder}
     tmp = export_dir.rstrip("/") + ".tmp"

@@ -74,7 +74,9 @@ def _evaluation(model_dir: str, step: Optional[int]) -> dict:
         if os.path.exists(best_path):
             with open(best_path) as f:
                 best = json.load(f)
-            best = {k: best.get(k) for k in ("step", "metric", "value", "extractor")}
+            best = {k: best.get(k) for k in ("step", "metric", "value", "extractor", "fd",
+                                             "coverage", "recall", "body_fraction_sd_ratio",
+                                             "lung_fraction_sd_ratio") if k in best}
         out["in_training"]["best"] = best
     return out
 
@@ -211,7 +213,13 @@ def markdown(card: dict) -> str:
                   f"{_fmt(row.get('lung_fraction_sd_ratio'))} x the real volumes'."]
         if ev.get("best"):
             b = ev["best"]
-            lines.append(f"Best {b['metric']} {_fmt(b['value'])} at step {b['step']}.")
+            shown = ", ".join(f"{k.replace('_', ' ')} {_fmt(b[k])}" for k in
+                              ("fd", "coverage", "recall", "body_fraction_sd_ratio",
+                               "lung_fraction_sd_ratio") if b.get(k) is not None)
+            exported = "the exported step" if b["step"] == row["step"] else \
+                "not the exported step (`crfgan-export --step=best` exports it)"
+            lines.append(f"Best {b['metric']} {_fmt(b['value'])} at step {b['step']}, "
+                         f"{exported}" + (f": {shown}." if shown else "."))
     else:
         lines.append("No in-training evaluation was run (`eval_every`); score the export "
                      "with crfgan-fid-mmd.")

@@ -13,6 +13,7 @@ from crfgan_tf.core import geometry, intensity
 from crfgan_tf.models import augment as augment_lib
 from crfgan_tf.models import losses
 from crfgan_tf.networks import build_discriminator, build_encoder, build_head, build_trunk
+from crfgan_tf.networks.layers import initialize_like_pytorch
 from crfgan_tf.models import options
 
 REPLICA_INVARIANT = ("crf_weight",)  # reduce with MEAN, not SUM, across replicas
@@ -64,8 +65,22 @@ class SubVolumeGAN(keras.Model):
     def __init__(self, img_size=256, latent_dim=1024, width=1.0, global_batch_size=2,
                  num_classes=0, lambda_class=0.1, augment=(), augment_p=0.5,
                  augment_window=intensity.CT_WINDOW, seed=0,
-                 embedding_factor=0, remat=False, **kwargs):
+                 embedding_factor=0, remat=False, weight_init="pytorch", r1_gamma=0.0,
+                 ema_decay=0.0, d_width=0.0, d_minibatch_std=False, rec_trains_head=False,
+                 **kwargs):
         super().__init__(**kwargs)
+        if weight_init not in options.WEIGHT_INITS:
+            raise ValueError(f"weight_init must be one of {options.WEIGHT_INITS}, "
+                             f"got {weight_init!r}")
+        if r1_gamma < 0 or not 0 <= ema_decay < 1:
+            raise ValueError(f"need r1_gamma >= 0 and 0 <= ema_decay < 1, got {r1_gamma}, "
+                             f"{ema_decay}")
+        self.weight_init = weight_init
+        self.d_width = float(d_width)
+        self.d_minibatch_std = bool(d_minibatch_std)
+        self.rec_trains_head = bool(rec_trains_head)
+        self.r1_gamma = float(r1_gamma)
+        self.ema_decay = float(ema_decay)
         self.remat = bool(remat)
         embedding_factor = geometry.resolve_factor(img_size, embedding_factor, self.MODEL)
         geometry.check_factor(img_size, embedding_factor, self.MODEL)
@@ -76,9 +91,19 @@ class SubVolumeGAN(keras.Model):
         self.global_batch_size = global_batch_size
         self.num_classes = num_classes
         self.lambda_class = lambda_class
-        for key, build in self.network_builders(img_size, latent_dim, width, num_classes,
-                                                embedding_factor).items():
+        builders = self.network_builders(img_size, latent_dim, width, num_classes,
+                                         embedding_factor, d_width, d_minibatch_std)
+        for key, build in builders.items():
             setattr(self, _ATTRIBUTES.get(key, key), build())
+        if weight_init == "pytorch":
+            for key in builders:
+                initialize_like_pytorch(getattr(self, _ATTRIBUTES.get(key, key)))
+        self.trunk_ema = self.head_ema = None
+        if self.ema_decay:
+            self.trunk_ema = builders[options.TRUNK_KEY]()
+            self.head_ema = builders[options.HEAD_KEY]()
+            self.trunk_ema.trainable = self.head_ema.trainable = False
+            self.reset_ema()
         self.step_counter = self.add_weight(name="step", shape=(), dtype="int64",
                                             initializer="zeros", trainable=False,
                                             aggregation="only_first_replica")
@@ -96,18 +121,23 @@ class SubVolumeGAN(keras.Model):
     # ---- networks and shapes ---------------------------------------------------------
     @classmethod
     def network_builders(cls, img_size: int, latent_dim: int, width: float, num_classes: int,
-                         embedding_factor: int) -> dict:
+                         embedding_factor: int, d_width: float = 0.0,
+                         d_minibatch_std: bool = False) -> dict:
         """{checkpoint key: a function that builds that network}, in the order the model
         builds them (which decides the initial weights of a seed): the one description of
         a model's networks, used by the model itself and by whatever restores some of
-        them (crfgan_tf.run.factory.build_networks: export, the reference import)."""
+        them (crfgan_tf.run.factory.build_networks: export, the reference import).
+        d_width: the discriminators' channel multiplier (0: `width`); d_minibatch_std:
+        D's minibatch standard deviation feature (networks.discriminator.MinibatchStd)."""
         factor = embedding_factor
+        d_width = d_width or width
         return {
             options.TRUNK_KEY: lambda: build_trunk(img_size, latent_dim, width,
                                                    num_classes=num_classes, factor=factor),
             options.HEAD_KEY: lambda: build_head(img_size, width, factor=factor),
-            "discriminator": lambda: build_discriminator(img_size, width,
-                                                         num_classes=num_classes),
+            "discriminator": lambda: build_discriminator(img_size, d_width,
+                                                         num_classes=num_classes,
+                                                         minibatch_std=d_minibatch_std),
             options.ENCODER_KEY: lambda: build_encoder(img_size, width, factor=factor),
         }
 
@@ -190,6 +220,44 @@ class SubVolumeGAN(keras.Model):
         return augment_lib.augment(volume, self.augment, self.augment_p, seed,
                                    self.augment_window)
 
+    def training_config(self) -> dict:
+        """get_config's entries of the stabilisers (SubVolumeGAN's own arguments)."""
+        return dict(weight_init=self.weight_init, r1_gamma=self.r1_gamma,
+                    ema_decay=self.ema_decay, d_width=self.d_width,
+                    d_minibatch_std=self.d_minibatch_std, rec_trains_head=self.rec_trains_head)
+
+    # ---- the moving average of G (ema_decay) ----------------------------------------------
+    def ema_pairs(self) -> list:
+        """(average network, trained network) pairs; [] without EMA."""
+        if not self.ema_decay:
+            return []
+        return [(self.trunk_ema, self.trunk), (self.head_ema, self.head)]
+
+    def reset_ema(self) -> None:
+        """The averages := the trained weights (at the start, and after `init_from`)."""
+        for ema, net in self.ema_pairs():
+            for e, w in zip(ema.weights, net.weights):
+                e.assign(w)
+
+    def update_ema(self):
+        """One EMA step: e <- d e + (1 - d) w, d = min(ema_decay, (1 + t) / (10 + t)) at
+        step t (the step counter after the training step). Runs in the cross-replica
+        context (the training loop calls it between steps), so every replica's copy of
+        the averages gets the same update."""
+        step = tf.cast(self.step_counter, tf.float32)
+        decay = tf.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
+        for ema, net in self.ema_pairs():
+            for e, w in zip(ema.weights, net.weights):
+                e.assign(decay * e + (1.0 - decay) * tf.cast(w, e.dtype))
+        return decay
+
+    def generation_networks(self) -> tuple:
+        """(G1, G2) that generation uses: the moving averages with `ema_decay`, else the
+        trained networks."""
+        if self.ema_decay:
+            return self.trunk_ema, self.head_ema
+        return self.trunk, self.head
+
     def generate(self, z, label=None, training=False):
         """Whole volumes: G2 on the whole G1 embedding -> (batch, S, S, S, 1)."""
         return self.head(self.embed(z, label, training=training), training=training)
@@ -221,8 +289,12 @@ class SubVolumeGAN(keras.Model):
             opt.build(weights[phase])
 
     def checkpoint_items(self) -> dict:
-        """Everything a checkpoint holds: networks, optimizers (with their state), step."""
+        """Everything a checkpoint holds: networks (and G's moving averages, under their
+        keys + options.EMA_SUFFIX), optimizers (with their state), step."""
         items = dict(self.modules())
+        if self.ema_decay:
+            items[options.TRUNK_KEY + options.EMA_SUFFIX] = self.trunk_ema
+            items[options.HEAD_KEY + options.EMA_SUFFIX] = self.head_ema
         items.update({f"{p}_optimizer": o for p, o in self._phase_optimizers.items()})
         items["step"] = self.step_counter
         if self.augment_p is not None:  # only then: older checkpoints restore unchanged
@@ -267,16 +339,30 @@ class SubVolumeGAN(keras.Model):
     def _scale(self, phase, loss):
         return self._phase_optimizers[phase].scale_loss(loss)
 
-    def _discriminator_update(self, real_logits_fn, fake_logits_fn, real_label=None):
+    def _discriminator_update(self, real_logits_fn, fake_logits_fn, real_label=None,
+                              real_inputs=()):
         """The "d" phase: D called on the real examples, then on the fake ones (two calls,
-        as in the reference: each training call advances the spectral-norm u once). Each
-        fn returns (logits, class logits or None); when conditional the loss adds the
-        cross-entropy of the real examples' class (not the fake ones', as in the
-        references)."""
+        as in the reference: each training call advances the spectral-norm u once).
+        real_logits_fn(*real_inputs) and fake_logits_fn() return (logits, class logits or
+        None); when conditional the loss adds the cross-entropy of the real examples'
+        class (not the fake ones', as in the references). With r1_gamma the loss adds
+        losses.r1_penalty of the real logits' gradient with respect to `real_inputs`
+        (reported as r1_penalty; d_loss is the total)."""
         with tf.GradientTape() as tape:
-            real_logits, real_class = real_logits_fn()
+            r1 = None
+            if self.r1_gamma:
+                with tf.GradientTape() as inner:
+                    inner.watch(real_inputs)
+                    real_logits, real_class = real_logits_fn(*real_inputs)
+                    summed = tf.reduce_sum(tf.cast(real_logits, tf.float32))
+                r1 = losses.r1_penalty(inner.gradient(summed, real_inputs), self.r1_gamma,
+                                       self.global_batch_size)
+            else:
+                real_logits, real_class = real_logits_fn(*real_inputs)
             fake_logits, _ = fake_logits_fn()
             loss = losses.discriminator_loss(real_logits, fake_logits, self.global_batch_size)
+            if r1 is not None:
+                loss += r1
             if self.num_classes:
                 class_loss = self.class_loss(real_class, real_label)
                 loss += class_loss
@@ -288,12 +374,20 @@ class SubVolumeGAN(keras.Model):
         # r_t: the share of real logits above 0, ADA's overfitting heuristic
         out = {"d_loss": loss, "d_real": share(real_logits), "d_fake": share(fake_logits),
                "r_t": positive}
+        if r1 is not None:
+            out["r1_penalty"] = r1
         if self.num_classes:
             out["d_class_loss"] = class_loss
         return out
 
+    def rec_weights(self) -> list:
+        """What the reconstruction phase updates: hE, and G2 with rec_trains_head."""
+        extra = self.head.trainable_weights if self.rec_trains_head else []
+        return self.encoder.trainable_weights + extra
+
     def rec_step(self, crop):
-        """hE reconstruction: update hE so that G2(hE(x_crop)) reconstructs x_crop."""
+        """hE reconstruction: update hE (and G2, rec_trains_head) so that G2(hE(x_crop))
+        reconstructs x_crop."""
         with tf.GradientTape() as tape:
             rec = self.train_call(self.head, self.train_call(self.encoder, crop))
             loss = losses.reconstruction_loss(rec, crop, self.global_batch_size)

@@ -72,7 +72,7 @@ class CRFGAN(SubVolumeGAN):
 
     def phase_weights(self) -> dict:
         return {"d": self.discriminator.trainable_weights, "g": self.generator_weights(),
-                "crf": self.crf.trainable_weights, "rec": self.encoder.trainable_weights}
+                "crf": self.crf.trainable_weights, "rec": self.rec_weights()}
 
     def crf_weight(self):
         return losses.crf_weight(self.step_counter, self.crf_weight_start,
@@ -86,10 +86,10 @@ class CRFGAN(SubVolumeGAN):
                          training=True)
         fake = tf.stop_gradient(tf.cast(fake, crop.dtype))
         return self._discriminator_update(
-            lambda: self.split_logits(self.discriminator([self.d_view(crop, 1), pos],
-                                                         training=True)),
+            lambda real: self.split_logits(self.discriminator([self.d_view(real, 1), pos],
+                                                              training=True)),
             lambda: self.split_logits(self.discriminator([self.d_view(fake, 2), pos],
-                                                         training=True)), label)
+                                                         training=True)), label, (crop,))
 
     def g_step(self, position, z_g, fake_label=None):
         """Phase 2: update G1 and G2 through D and the CRF (and D's class head: + lambda
@@ -190,4 +190,4 @@ class CRFGAN(SubVolumeGAN):
                     crf_weight_decay_steps=self.crf_weight_decay_steps,
                     global_batch_size=self.global_batch_size, crf_sample=self.crf_sample,
                     num_classes=self.num_classes, lambda_class=self.lambda_class,
-                    encoder_slab=self.encoder_slab)
+                    encoder_slab=self.encoder_slab, **self.training_config())

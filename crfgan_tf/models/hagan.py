@@ -49,12 +49,13 @@ class HAGAN(SubVolumeGAN):
         self.low_res = low_res
 
     @classmethod
-    def network_builders(cls, img_size, latent_dim, width, num_classes, embedding_factor):
+    def network_builders(cls, img_size, latent_dim, width, num_classes, embedding_factor,
+                         d_width=0.0, d_minibatch_std=False):
         builders = super().network_builders(img_size, latent_dim, width, num_classes,
-                                            embedding_factor)
+                                            embedding_factor, d_width, d_minibatch_std)
         builders.update({
             "low_generator": lambda: build_low_generator(img_size, width),
-            "low_discriminator": lambda: build_low_discriminator(img_size, width,
+            "low_discriminator": lambda: build_low_discriminator(img_size, d_width or width,
                                                                  num_classes=num_classes),
             options.SUB_ENCODER_KEY: lambda: build_sub_encoder(img_size, latent_dim, width),
         })
@@ -71,7 +72,7 @@ class HAGAN(SubVolumeGAN):
                 + self.low_discriminator.trainable_weights,
                 "g": self.trunk.trainable_weights + self.head.trainable_weights
                 + self.low_generator.trainable_weights,
-                "rec": self.encoder.trainable_weights,
+                "rec": self.rec_weights(),
                 "sub_rec": self.sub_encoder.trainable_weights}
 
     def low_resolution(self, volume):
@@ -107,9 +108,9 @@ class HAGAN(SubVolumeGAN):
                                         crop.dtype))
         fake_low = tf.stop_gradient(tf.cast(self.low_generator(embedding, training=True),
                                             low.dtype))
-        return self._discriminator_update(lambda: self.joint_logits(crop, low, pos, 1),
+        return self._discriminator_update(lambda c, l: self.joint_logits(c, l, pos, 1),
                                           lambda: self.joint_logits(fake, fake_low, pos, 2),
-                                          label)
+                                          label, (crop, low))
 
     def g_step(self, position, z_g, fake_label=None):
         pos = self.normalized_position(position)
@@ -172,4 +173,5 @@ class HAGAN(SubVolumeGAN):
     def get_config(self):
         return dict(img_size=self.img_size, latent_dim=self.latent_dim, width=self.width,
                     global_batch_size=self.global_batch_size, low_res=self.low_res,
-                    num_classes=self.num_classes, lambda_class=self.lambda_class)
+                    num_classes=self.num_classes, lambda_class=self.lambda_class,
+                    **self.training_config())

@@ -35,6 +35,18 @@ def crf_weight(step, start: float = 0.5, decay_steps: int = 60000):
     return tf.maximum(start - start * step / float(decay_steps), 0.0)
 
 
+def r1_penalty(gradients, gamma: float, global_batch_size):
+    """(gamma / 2) * the per-replica mean over examples of ||grad||^2, the squared norm of
+    D's real-logit gradient summed over every input in `gradients` (a list of (batch, ...)
+    tensors): R1 (Mescheder et al., "Which training methods for GANs do actually
+    converge?", 2018), as StyleGAN2-ADA applies it on small data."""
+    squared = 0.0
+    for g in gradients:
+        g = tf.cast(g, tf.float32)
+        squared += tf.reduce_sum(tf.square(g), axis=list(range(1, len(g.shape))))
+    return 0.5 * gamma * per_replica_mean(squared, global_batch_size)
+
+
 def generator_loss(fake_logits, crf_logits, weight, global_batch_size):
     """BCE(w * CRF(G1(z), D(fake)) + (1 - w) * D(fake), 1)."""
     mixed = weight * tf.cast(crf_logits, tf.float32) + (1.0 - weight) * tf.cast(fake_logits, tf.float32)

@@ -14,6 +14,9 @@ CRF_NODES = ("slices", "channels")
 LOW_RES_MODES = ("nearest", "average")
 # the labels of generated samples of a conditional model: the real batch's, or uniform
 FAKE_LABELS = ("batch", "uniform")
+# initial weights (crfgan_tf.networks.layers.initialize_like_pytorch): the reference's
+# PyTorch defaults, or Keras' (glorot-uniform kernels, zero biases)
+WEIGHT_INITS = ("pytorch", "keras")
 # D-side differentiable augmentation (crfgan_tf.models.augment); no flips (chest anatomy
 # is asymmetric)
 AUGMENT_TRANSFORMS = ("translation", "cutout", "intensity")
@@ -25,6 +28,9 @@ TRUNK_KEY = "generator_trunk"
 HEAD_KEY = "generator_head"
 ENCODER_KEY = "encoder"
 SUB_ENCODER_KEY = "sub_encoder"
+# the exponential moving average of G1 and G2 (`ema_decay`) is checkpointed under their
+# keys with this suffix
+EMA_SUFFIX = "_ema"
 
 # `init_networks`: the groups of networks a new run may take from another's weights
 # (crfgan_tf.training.initialize); keys a model does not have are skipped. "all" is every

@@ -379,3 +379,33 @@ class GroupNorm(keras.layers.GroupNormalization):
         if self.center:
             shift = shift + tf.cast(self.beta, "float32")
         return scale, shift
+
+
+def pytorch_bound(layer) -> float | None:
+    """1/sqrt(fan_in) of a built Keras Conv3D (UpsampleConv3D too: its kernel is the 3^3
+    one of the reference's conv after up-sampling) or Dense, PyTorch's default range for
+    both the kernel (kaiming_uniform_ with a = sqrt(5)) and the bias of nn.Conv3d and
+    nn.Linear; None for any other layer."""
+    if not isinstance(layer, (keras.layers.Conv3D, keras.layers.Dense)):
+        return None
+    return 1.0 / math.sqrt(math.prod(layer.kernel.shape[:-1]))
+
+
+def initialize_like_pytorch(network: keras.Model) -> int:
+    """Redraws every Conv3D and Dense kernel and bias of a built `network` from
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)): the initial ranges the reference's G1, G2, hE (and
+    HA-GAN's other networks) get from PyTorch's defaults, where Keras would start from
+    glorot-uniform kernels and zero biases. GroupNorm keeps scale 1, offset 0 (PyTorch's
+    too); the spectral-normalised layers of D already draw PyTorch's ranges. The draws come
+    from Keras' global seed (keras.utils.set_random_seed). Returns the layers redrawn."""
+    count = 0
+    for layer in network._flatten_layers(include_self=False):
+        bound = pytorch_bound(layer)
+        if bound is None:
+            continue
+        for variable in (layer.kernel, layer.bias):
+            if variable is not None:
+                variable.assign(keras.random.uniform(variable.shape, -bound, bound,
+                                                     dtype=variable.dtype))
+        count += 1
+    return count

@@ -10,12 +10,14 @@ from crfgan_tf.core import geometry
 from crfgan_tf.core.geometry import FEATURE_SIDE, MIN_FEATURE_SIDE
 from crfgan_tf.models.options import (ADAM_VARIANTS, AUGMENT_TRANSFORMS, CRF_NODES,
                                       CRF_SAMPLES, FAKE_LABELS, INIT_GROUPS, LOW_RES_MODES,
-                                      MODELS)
+                                      MODELS, WEIGHT_INITS)
 from crfgan_tf.utils import preemption
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
-BEST_METRICS = ("fd", "mmd", "hist_w1_hu", "profile_l1_hu")
+BEST_METRICS = ("coverage", "fd", "mmd", "hist_w1_hu", "profile_l1_hu")
+# the BEST_METRICS where higher is better (the rest are distances)
+HIGHER_IS_BETTER = ("coverage",)
 
 
 @dataclasses.dataclass
@@ -43,6 +45,9 @@ class TrainConfig:
     train_steps: int = 80000
     latent_dim: int = 1024
     width: float = 1.0
+    d_width: float = 0.0  # D's (and HA-GAN's D^L's) channel multiplier; 0: `width`
+    # D's dense layers also see its features' standard deviation over the batch
+    d_minibatch_std: bool = False
     lr_g: float = 1e-4
     lr_d: float = 4e-4
     lr_crf: float = 4e-4
@@ -53,6 +58,9 @@ class TrainConfig:
     adam: str = "pytorch"  # where eps goes: "pytorch" (the reference) or "keras"
     crf_weight_start: float = 0.5
     crf_weight_decay_steps: int = 60000
+    # > 0: w decays over this fraction of `train_steps` instead (the paper's 60k of 80k:
+    # 0.75); resolved into crf_weight_decay_steps by crf_decay_steps()
+    crf_decay_fraction: float = 0.0
     crf_iterations: int = 10
     crf_nodes: str = "slices"
     crf_sample: str = "fresh"  # CRF phase: "fresh" z (the reference) or "reuse" phase 2's
@@ -62,6 +70,19 @@ class TrainConfig:
     # G1, G2 and hE recompute their activations in the backward pass (tf.recompute_grad):
     # a lower peak where their backward passes are it, for more time (docs/resolution.md)
     remat: bool = False
+    # initial weights of G1, G2, hE and HA-GAN's other networks: "pytorch" (the reference's
+    # PyTorch defaults, U(+-1/sqrt(fan_in)) for kernels and biases) or "keras" (glorot-uniform
+    # kernels, zero biases: crfgan-tf before 0.3.0); D is PyTorch-ranged in both
+    weight_init: str = "pytorch"
+    # > 0: R1 penalty gamma/2 E||grad_x D(x)||^2 on real sub-volumes in D's phase (Mescheder
+    # et al. 2018); 0: none (the paper)
+    r1_gamma: float = 0.0
+    # > 0: an exponential moving average of G1's and G2's weights with this decay (ramped
+    # up over the first steps), used for evaluation, images, export and sampling; 0: none
+    ema_decay: float = 0.0
+    # the reconstruction phase also updates G2 (a direct signal for its intensities); False:
+    # hE alone (the reference)
+    rec_trains_head: bool = False
     hagan_low_res: str = "nearest"  # HA-GAN's S/4 real volume: "nearest" (ref.) or "average"
     num_classes: int = 0  # > 0: class-conditional (the references' --num-class)
     lambda_class: float = 0.1  # weight of the generator's auxiliary-classifier loss
@@ -83,7 +104,9 @@ class TrainConfig:
     eval_samples: int = 16  # generated volumes per evaluation (fixed latents)
     fid_weights: str = ""  # MedicalNet .npz; without it, the labelled random-feature net
     eval_feature_side: int = FEATURE_SIDE  # MedicalNet's input side (FEATURE_SIDE_HELP)
-    best_metric: str = "fd"  # the evaluation metric that picks the best checkpoint
+    # the evaluation metric that picks the best checkpoint: "coverage" (k-NN coverage of the
+    # real volumes, ties to the lower FD) or a distance
+    best_metric: str = "fd"
     augment: str = ""  # D-side differentiable augmentation: "translation,cutout,intensity"
     augment_p: float = 0.5  # probability per example and transform (ADA: the start)
     ada_target: float = 0.0  # > 0: adapt p so that r_t (share of real logits > 0) -> this
@@ -119,10 +142,20 @@ class TrainConfig:
         need(self.train_steps >= 0, f"`train_steps` must be >= 0, got {self.train_steps}")
         need(self.latent_dim >= 1, f"`latent_dim` must be >= 1, got {self.latent_dim}")
         need(0 < self.width <= 4, f"`width` must be in (0, 4], got {self.width}")
+        need(0 <= self.d_width <= 4, f"`d_width` must be in (0, 4], or 0 for `width`, got "
+             f"{self.d_width}")
         for name in ("lr_g", "lr_d", "lr_crf", "lr_e", "adam_epsilon"):
             need(getattr(self, name) > 0, f"`{name}` must be > 0, got {getattr(self, name)}")
         need(0 <= self.beta_1 < 1 and 0 <= self.beta_2 < 1, "`beta_1` and `beta_2` must be in [0, 1)")
         need(self.crf_weight_decay_steps >= 1, "`crf_weight_decay_steps` must be >= 1")
+        need(0 <= self.crf_decay_fraction <= 1,
+             f"`crf_decay_fraction` must be in [0, 1] (0: `crf_weight_decay_steps`), got "
+             f"{self.crf_decay_fraction}")
+        need(self.weight_init in WEIGHT_INITS,
+             f"`weight_init` must be one of {WEIGHT_INITS}, got {self.weight_init!r}")
+        need(self.r1_gamma >= 0, f"`r1_gamma` must be >= 0, got {self.r1_gamma}")
+        need(0 <= self.ema_decay < 1, f"`ema_decay` must be in [0, 1) (0: no EMA), got "
+             f"{self.ema_decay}")
         need(0 <= self.crf_weight_start <= 1, "`crf_weight_start` must be in [0, 1]")
         need(self.crf_iterations >= 0, "`crf_iterations` must be >= 0")
         need(self.crf_encoder_slab >= 0, "`crf_encoder_slab` must be >= 1 embedding slices "
@@ -163,6 +196,13 @@ class TrainConfig:
         self.profile_range()
         preemption.parse_signals(self.save_on_signals)
         self.init_groups()
+
+    def crf_decay_steps(self) -> int:
+        """The steps over which the CRF weight w decays to 0: `crf_decay_fraction` of
+        `train_steps` when set (at least 1), else `crf_weight_decay_steps`."""
+        if self.crf_decay_fraction > 0:
+            return max(1, int(round(self.crf_decay_fraction * self.train_steps)))
+        return self.crf_weight_decay_steps
 
     def init_groups(self) -> tuple:
         """`init_networks` as a tuple of INIT_GROUPS names ("all" -> all of them)."""

@@ -62,11 +62,15 @@ def build_model(config: config_lib.TrainConfig, window=intensity.CT_WINDOW):
                   global_batch_size=config.batch_size, name=config.model,
                   num_classes=config.num_classes, lambda_class=config.lambda_class,
                   augment=config.augment_transforms(), augment_p=config.augment_p,
-                  augment_window=window, seed=config.seed, remat=config.remat)
+                  augment_window=window, seed=config.seed, remat=config.remat,
+                  weight_init=config.weight_init, r1_gamma=config.r1_gamma,
+                  ema_decay=config.ema_decay, d_width=config.d_width,
+                  d_minibatch_std=config.d_minibatch_std,
+                  rec_trains_head=config.rec_trains_head)
     if config.model == "crfgan":
         common.update(crf_iterations=config.crf_iterations, crf_nodes=config.crf_nodes,
                       crf_weight_start=config.crf_weight_start,
-                      crf_weight_decay_steps=config.crf_weight_decay_steps,
+                      crf_weight_decay_steps=config.crf_decay_steps(),
                       crf_sample=config.crf_sample, encoder_slab=config.crf_encoder_slab)
     else:
         common.update(low_res=config.hagan_low_res)
@@ -88,5 +92,5 @@ def build_networks(config: config_lib.TrainConfig,
 
     builders = MODEL_CLASSES[config.model].network_builders(
         config.img_size, config.latent_dim, config.width, config.num_classes,
-        config.embedding_factor)
+        config.embedding_factor, config.d_width, config.d_minibatch_std)
     return {key: builders[key]() for key in keys if key in builders}

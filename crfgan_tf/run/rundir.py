@@ -69,10 +69,10 @@ RESUMABLE_FIELDS = ("model_dir", "train_steps", "log_every", "checkpoint_every",
 # or how it is evaluated. A changed evaluation (feature network, side, records, samples,
 # metric) starts a new best: distances of two feature spaces do not compare.
 CHANGEABLE_FIELDS = ("lr_g", "lr_d", "lr_crf", "lr_e", "crf_weight_start",
-                     "crf_weight_decay_steps", "lambda_class", "mixed_precision", "batch_size",
-                     "per_replica_batch_size", "augment", "augment_p", "ada_target",
-                     "ada_speed", "eval_records", "eval_samples", "eval_feature_side",
-                     "fid_weights", "best_metric")
+                     "crf_weight_decay_steps", "crf_decay_fraction", "r1_gamma",
+                     "lambda_class", "mixed_precision", "batch_size", "per_replica_batch_size",
+                     "augment", "augment_p", "ada_target", "ada_speed", "eval_records",
+                     "eval_samples", "eval_feature_side", "fid_weights", "best_metric")
 # the changes after which the stored best checkpoint's value no longer compares
 EVALUATION_FIELDS = ("eval_records", "eval_samples", "eval_feature_side", "fid_weights",
                      "best_metric")

@@ -172,6 +172,7 @@ def _loop(config: config_lib.TrainConfig, run: "_Run", files: list, log) -> dict
         balance_classes=config.balance_classes, factor=config.embedding_factor)
     iterator = iter(run.strategy.experimental_distribute_dataset(dataset))
     distributed_step = make_distributed_step(run.strategy, run.model, config.jit_compile)
+    ema_step = tf.function(run.model.update_ema) if run.model.ema_decay else None
     writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train")) \
         if run.chief else tf.summary.create_noop_writer()
     reporter = summaries.Reporter(config, run.model, writer, step, log)
@@ -200,6 +201,8 @@ def _loop(config: config_lib.TrainConfig, run: "_Run", files: list, log) -> dict
                     f"checkpoint, {run.manager.latest_checkpoint}, is intact)") from None
             with _phase("training step", step + 1, run.manager):
                 metrics = {k: float(v) for k, v in distributed_step(batch).items()}
+                if ema_step is not None:  # G's moving average, from the updated weights
+                    metrics["ema_decay"] = float(ema_step())
             step += 1
             if profile:
                 profile.after(step)
@@ -323,6 +326,7 @@ def _initialize(config: config_lib.TrainConfig, source, model: SubVolumeGAN, log
     modules = model.modules()
     keys = initialize.selected(source, config, modules)
     initialize.apply(source, modules, keys)
+    model.reset_ema()  # the averages start from the initial weights
     fresh = [k for k in modules if k not in keys]
     log(f"train: initialised {', '.join(keys)} from {source.kind} {source.location}"
         + (f" (step {source.step})" if source.step is not None else "")
@@ -486,7 +490,9 @@ class _InTrainingEvaluation:
         shown = " ".join(f"{k} {result[k]:.4g}" for k in
                          ("fd", "mmd", "hist_w1_hu", "lung_fraction_diff", "profile_l1_hu",
                           "ms_ssim", "coverage", "body_fraction_sd_ratio",
-                          "lung_fraction_sd_ratio", "r_t") if result.get(k) is not None)
+                          "lung_fraction_sd_ratio", "structure_recall", "structure_coverage",
+                          "quality_pass_rate", "lung_profile_corr", "r_t")
+                          if result.get(k) is not None)
         self.log(f"eval: step {step}: {shown} ({result['seconds']:.1f} s)")
         for alarm in result["alarms"]:
             self.log(f"warning: eval at step {step}: {alarm}")

@@ -25,6 +25,19 @@ directory):
   body_fraction_sd_ratio, lung_fraction_sd_ratio
                   the generated volumes' standard deviation of each over the reference's
                   (evaluation.statistics.anatomy_spread);
+  structure_precision, structure_recall, structure_coverage
+                  the same k-NN measures on the volumes themselves, average-pooled to
+                  STRUCTURE_SIDE^3 (the body, the lungs, the bones: where a voxel-level
+                  noise averages out, so noise cannot fake them and no feature network's
+                  view decides them);
+  quality_pass_rate
+                  (CT) the share of generated volumes inside the quality gate's ranges
+                  built from the diversity reference's volumes (evaluation.quality: body
+                  and lung fraction, lung, soft-tissue and air median HU);
+  lung_profile_corr
+                  (CT) the correlation of the generated and the real volumes' mean lung
+                  area per axial slice (each volume's profile normalised to sum 1): the
+                  lungs' shape from base to apex;
   r_t             the share of D's real logits above 0 since the last evaluation (ADA's
                   overfitting heuristic; passed in by the training loop).
 
@@ -53,11 +66,12 @@ import tensorflow as tf
 from crfgan_tf.core import intensity
 from crfgan_tf.data import records
 from crfgan_tf.evaluation import features as features_lib
-from crfgan_tf.evaluation import metrics, quality, sources, statistics
+from crfgan_tf.evaluation import metrics, physical, quality, sources, statistics
 from crfgan_tf.run import config as config_lib
 from crfgan_tf.run import rundir
 from crfgan_tf.utils import fileio
 
+STRUCTURE_SIDE = 16  # the side the structure measures pool every volume to
 DIVERSITY_REAL = 16  # real volumes the diversity measures compare with, at least
 # the reference setup runs just below it on the phantoms
 # (docs/benchmarks/2026-11-30-evaluation-alarms-augmentation.md)
@@ -130,22 +144,25 @@ class Evaluator:
         if out["count"] < 2:
             raise records.RecordsError(f"evaluation needs at least 2 records, {self.pattern} has "
                                     f"{out['count']}")
-        out["diversity_features"], out["anatomy"] = self._diversity_reference(
-            features, stats.anatomy)
+        (out["diversity_features"], out["anatomy"],
+         out["structure"]) = self._diversity_reference(features, stats.anatomy, stats.structure)
+        if self.modality == "ct" and len(out["anatomy"]) >= 2:  # the quality gate's rule
+            out["quality_ranges"] = quality.ranges_from(out["anatomy"])
         return out
 
-    def _diversity_reference(self, features, anatomy):
-        """(features, anatomy rows) of the evaluation records, topped up from the first
-        training records to DIVERSITY_REAL volumes (their features cached like the rest)."""
+    def _diversity_reference(self, features, anatomy, structure):
+        """(features, anatomy rows, structure vectors) of the evaluation records, topped up
+        from the first training records to DIVERSITY_REAL volumes (their features cached
+        like the rest)."""
         missing = DIVERSITY_REAL - features.shape[0]
         if missing <= 0:
-            return features, anatomy
+            return features, anatomy, np.stack(structure)
         train = [f for part in self.config.train_records.split(",")
                  for f in sorted(glob.glob(part))]
         eval_files = set(self.pattern.split(","))
         train = [f for f in train if f not in eval_files]
         if not train:
-            return features, anatomy
+            return features, anatomy, np.stack(structure)
         volumes = []
         for r in records.read_volumes(",".join(train)):
             volumes.append(r.volume)
@@ -158,7 +175,8 @@ class Evaluator:
                                                    "diversity reference", log=lambda m: None)
         rows = [quality.statistics(intensity.from_unit(v, self.window)) for v in volumes] \
             if self.modality == "ct" else []
-        return np.concatenate([features, extra]), anatomy + rows
+        return (np.concatenate([features, extra]), anatomy + rows,
+                np.stack(structure + [structure_vector(v) for v in volumes]))
 
     # ---- one evaluation ------------------------------------------------------------
     def latents(self):
@@ -171,10 +189,11 @@ class Evaluator:
 
     def generate(self, model):
         z, labels = self.latents()
+        trunk, head = model.generation_networks()  # G's moving average, where kept
         for i in range(self.config.eval_samples):
             label = None if labels is None else tf.constant([labels[i]])
-            embedding = model.embed(z[i:i + 1], label, training=False)
-            yield model.head.by_slabs(embedding, 8)[0].numpy().astype(np.float32)
+            embedding = trunk(model.trunk_input(z[i:i + 1], label), training=False)
+            yield head.by_slabs(embedding, 8)[0].numpy().astype(np.float32)
 
     def evaluate(self, model, step: int, r_t: Optional[float] = None) -> dict:
         t0 = time.time()
@@ -216,6 +235,16 @@ class Evaluator:
                                                     "coverage")})
         for name, row in spread.items():
             result[f"{name}_sd_ratio"] = row["sd_ratio"]
+        structure = statistics.knn_coverage(real["structure"], np.stack(fake["structure"]))
+        result.update({f"structure_{k}": structure[k]
+                       for k in ("precision", "recall", "coverage")})
+        if real.get("quality_ranges"):
+            limits = real["quality_ranges"]
+            result["quality_pass_rate"] = float(np.mean(
+                [not quality.failed(row, limits) for row in fake["anatomy"]]))
+        if self.modality == "ct":
+            result["lung_profile_corr"] = _correlation(real["lung_profile"],
+                                                       fake["lung_profile"])
         result["n_real_diversity"] = int(real["diversity_features"].shape[0])
         alarms = statistics.collapse_alarms(coverage, spread) if step > 0 else []
         if r_t is not None and r_t > R_T_ALARM:
@@ -239,7 +268,7 @@ class _VolumeStats:
         self.histogram = np.zeros(len(self.edges) - 1, np.float64)
         self.profiles = None
         self.lungs, self.pairs, self.pending, self.n = [], [], None, 0
-        self.anatomy = []
+        self.anatomy, self.structure, self.lung_profiles = [], [], []
 
     def add(self, volume):
         hu = intensity.from_unit(volume, self.window).astype(np.float32)
@@ -248,9 +277,11 @@ class _VolumeStats:
         self.profiles = profiles if self.profiles is None else \
             [p + q for p, q in zip(self.profiles, profiles)]
         self.n += 1
+        self.structure.append(structure_vector(volume))
         if self.modality == "ct":  # lungs / body, as evaluation.physical defines them
             self.anatomy.append(quality.statistics(hu))
             self.lungs.append(self.anatomy[-1]["lung_fraction"])
+            self.lung_profiles.append(lung_area_profile(hu))
         if self.pending is None:
             self.pending = volume
         else:
@@ -262,7 +293,34 @@ class _VolumeStats:
                 "profiles": [p / self.n for p in self.profiles],
                 "lung_fraction": float(np.mean(self.lungs)) if self.lungs else None,
                 "ms_ssim": float(np.mean(self.pairs)) if self.pairs else float("nan"),
-                "anatomy": self.anatomy}
+                "anatomy": self.anatomy, "structure": self.structure,
+                "lung_profile": np.mean(self.lung_profiles, axis=0)
+                if self.lung_profiles else None}
+
+
+def structure_vector(volume: np.ndarray, side: int = STRUCTURE_SIDE) -> np.ndarray:
+    """A (z, y, x) volume in [-1, 1] average-pooled to side^3 (each side divisible by
+    `side`, else the volume's own side), flattened: the structure measures' features."""
+    v = np.asarray(volume, np.float32)
+    shape = []
+    for n in v.shape:
+        f = n // side if n >= side and n % side == 0 else 1
+        shape += [n // f, f]
+    return v.reshape(shape).mean(axis=(1, 3, 5)).ravel()
+
+
+def lung_area_profile(hu: np.ndarray) -> np.ndarray:
+    """The lung voxels of each axial slice of a (z, y, x) HU volume over all of its lung
+    voxels (zeros without lungs): where along the body the lungs are, and how wide."""
+    _, lungs = physical.body_and_lungs(hu)
+    area = lungs.sum(axis=(1, 2)).astype(np.float64)
+    return area / area.sum() if area.sum() else area
+
+
+def _correlation(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> Optional[float]:
+    if a is None or b is None or np.std(a) == 0 or np.std(b) == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 def _w1(p: np.ndarray, q: np.ndarray, bin_width: float) -> float:
@@ -321,7 +379,9 @@ def write_summaries(writer, result: dict) -> None:
         for key in ("fd", "mmd", "hist_w1_hu", "profile_l1_hu", "lung_fraction",
                     "lung_fraction_real", "ms_ssim", "ms_ssim_real", "diversity_ratio",
                     "precision", "recall", "density", "coverage", "body_fraction_sd_ratio",
-                    "lung_fraction_sd_ratio", "r_t", "seconds"):
+                    "lung_fraction_sd_ratio", "structure_precision", "structure_recall",
+                    "structure_coverage", "quality_pass_rate", "lung_profile_corr", "r_t",
+                    "seconds"):
             if result.get(key) is not None:
                 tf.summary.scalar(f"eval/{key}", result[key])
         tf.summary.scalar("eval/alarm", float(bool(result["alarms"])))
@@ -338,15 +398,27 @@ def read_best(model_dir: str) -> Optional[dict]:
 
 
 def is_better(result: dict, best: Optional[dict], metric: str) -> bool:
-    """Lower is better: every BEST_METRICS entry is a distance."""
+    """Whether `result` beats `best` by `metric`: lower is better for the distances, higher
+    for config.HIGHER_IS_BETTER ("coverage"), whose ties (it moves in steps of 1 / the
+    real volumes) go to the lower FD."""
     value = result.get(metric)
     if value is None or not np.isfinite(value):
         return False
-    return best is None or value < best["value"]
+    if best is None:
+        return True
+    if metric not in config_lib.HIGHER_IS_BETTER:
+        return value < best["value"]
+    if value != best["value"]:
+        return value > best["value"]
+    fd, best_fd = result.get("fd"), best.get("fd")
+    return fd is not None and (best_fd is None or fd < best_fd)
 
 
 def record_best(model_dir: str, result: dict, metric: str, checkpoint: str) -> dict:
     best = {"step": result["step"], "metric": metric, "value": result[metric],
-            "checkpoint": checkpoint, "extractor": result["extractor"]}
+            "checkpoint": checkpoint, "extractor": result["extractor"], "fd": result.get("fd")}
+    for key in ("coverage", "recall", "body_fraction_sd_ratio", "lung_fraction_sd_ratio"):
+        if result.get(key) is not None:  # the figures the model card shows beside it
+            best[key] = result[key]
     fileio.atomic_write(os.path.join(model_dir, rundir.BEST_FILE), json.dumps(best, indent=2))
     return best

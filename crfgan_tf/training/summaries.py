@@ -52,9 +52,10 @@ def write_images(model: SubVolumeGAN, writer, step: int, config: config_lib.Trai
     real_crop = volume[: geometry.crop_depth(config.img_size)].numpy()
     z = tf.random.stateless_normal([1, config.latent_dim], seed=[config.seed, 7])
     label = tf.constant([config.num_classes - 1]) if config.num_classes else None  # last class
-    embedding = model.embed(z, label, training=False)
-    fake_crop = model.head(embedding[:, : model.slab_depth], training=False)
-    whole = model.head.by_slabs(embedding, max(1, model.slab_depth))
+    trunk, head = model.generation_networks()  # G's moving average, where kept
+    embedding = trunk(model.trunk_input(z, label), training=False)
+    fake_crop = head(embedding[:, : model.slab_depth], training=False)
+    whole = head.by_slabs(embedding, max(1, model.slab_depth))
     with writer.as_default(step=step):
         for name, vol in (("real_crop", real_crop),
                           ("generated_crop", np.asarray(fake_crop)[0, ..., 0]),

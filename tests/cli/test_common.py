@@ -153,8 +153,8 @@ def test_positional_arguments_and_a_bad_step_are_one_line(tmp_path):
                f"--export_dir={tmp_path}/e")
     _one_line_error(res, "unexpected arguments ['stray'] (flags need --name=value)")
     res = _run("crfgan_tf.export", f"--model_dir={tmp_path}/run", f"--export_dir={tmp_path}/e",
-               "--step=latest")
-    _one_line_error(res, "--step must be an integer or 'best', got 'latest'")
+               "--step=last")
+    _one_line_error(res, "--step must be an integer, 'best' or 'latest', got 'last'")
 
 
 def test_a_value_the_library_refuses_is_the_users_a_value_error_deep_in_numpy_is_a_bug():

@@ -30,10 +30,13 @@ def test_encode_is_the_models_encoder_and_reconstruct_its_head(exported, trained
     out = {k: v.numpy() for k, v in module.encode(volume=tf.constant(volumes)).items()}
     expected = model.encoder(volumes[..., None], training=False).numpy()
     assert out["embedding"].shape == (2, 16, 16, 16, 8) and "latent" not in out
-    np.testing.assert_allclose(out["embedding"], expected, atol=1e-5)
+    # float32 noise of the SavedModel's graph against eager (relative 2e-5 on embeddings
+    # of about 0.7 from PyTorch-ranged initial weights)
+    np.testing.assert_allclose(out["embedding"], expected, rtol=1e-4, atol=1e-5)
     flat = expected.reshape(2, -1, 8)
     np.testing.assert_allclose(out["features"],
-                               np.concatenate([flat.mean(1), flat.std(1)], axis=1), atol=1e-5)
+                               np.concatenate([flat.mean(1), flat.std(1)], axis=1),
+                               rtol=1e-4, atol=1e-5)
     recon = module.reconstruct(volume=tf.constant(volumes))["volume"].numpy()
     np.testing.assert_allclose(recon, model.head(expected, training=False).numpy()[..., 0],
                                atol=1e-4)

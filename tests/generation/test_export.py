@@ -129,3 +129,51 @@ def test_export_reads_the_data_metadata_training_wrote_not_the_records(records_6
     assert meta["window"] == [-1024.0, 600.0] and meta["metadata_source"] == "defaults"
     assert any("WARNING" in m and rundir.DATA_FILE in m for m in lines)
     assert json.loads(open(run / rundir.CONFIG_FILE).read())["img_size"] == 64
+
+
+def test_export_takes_the_best_step_and_gs_moving_average_by_default(records_64, tmp_path):
+    """A run with `ema_decay` and in-training evaluation: crfgan-export with no --step
+    exports the best step's moving average (says so, and the card names the step);
+    --step=latest --noema the last step's trained weights."""
+    import json
+
+    from conftest import tiny_config
+
+    from crfgan_tf.training import loop as train_lib
+
+    run = tmp_path / "run"
+    result = train_lib.train(tiny_config(
+        run, os.path.join(records_64, "train-*.tfrecord"), train_steps=2, checkpoint_every=1,
+        ema_decay=0.9, eval_every=1, eval_samples=2, eval_feature_side=32,
+        eval_records=os.path.join(records_64, "*.tfrecord"), best_metric="coverage"),
+        log=lambda m: None)
+    model = result["model"]
+    best = json.load(open(run / "best.json"))
+    assert best["metric"] == "coverage" and best["step"] in (1, 2) and "fd" in best
+
+    def export(*flags):
+        res = subprocess.run([sys.executable, "-m", "crfgan_tf.export", f"--model_dir={run}",
+                              *flags], cwd=REPO, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        return res.stderr
+
+    log = export(f"--export_dir={tmp_path / 'ex'}", "--noquality_ranges", "--format=weights")
+    assert f"the run's best step by its evaluation, {best['step']}" in log
+    card = json.load(open(tmp_path / "ex" / "model_card.json"))
+    meta = json.load(open(tmp_path / "ex" / "package.json"))
+    assert meta["metadata"]["generator_weights"] == "moving average"
+    assert meta["metadata"]["checkpoint"].endswith(f"best/ckpt-{best['step']}")
+    assert "Best coverage" in open(tmp_path / "ex" / "MODEL_CARD.md").read()
+    assert card
+
+    # --step=latest --noema, as the command passes them
+    assert export_lib.default_step(str(run), "latest") is None
+    export_lib.export(str(run), str(tmp_path / "last"), export_lib.default_step(str(run), "latest"),
+                      fmt="weights", ema=False, log=lambda m: None)
+    loaded, _ = sample_lib.load(str(tmp_path / "last"))
+    z = tf.random.stateless_normal((1, 16), seed=[4, 5])
+    got = loaded.generate(z=z)["volume"].numpy()
+    np.testing.assert_allclose(got, model.generate(z)[..., 0].numpy(), atol=5e-5)
+    # the moving average is another generator (decay 2/11 and 3/12 after steps 1 and 2)
+    trunk, head = model.generation_networks()
+    assert np.abs(head(trunk(z)).numpy()[..., 0] - got).max() > 1e-4

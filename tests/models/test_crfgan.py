@@ -285,3 +285,71 @@ def test_each_phase_runs_after_the_previous_phase_backward(tmp_path, model_name,
                      or any(t.shape.rank == 5 for t in op.outputs))]
         assert not free, f"{model_name} phase {phase!r}: {len(free)} ops may run before " \
                          f"phase {prev!r}'s backward pass, e.g. {free[:5]}"
+
+
+@pytest.mark.parametrize("model_name,img_size", [("crfgan", 64), ("hagan", 128)])
+def test_r1_penalty_is_the_squared_input_gradient_of_the_real_logits(tmp_path, model_name,
+                                                                       img_size):
+    """D's loss with r1_gamma = the paper's D loss + (gamma / 2) E||grad_x D(x)||^2, the
+    gradient taken by hand here on the same D state (spectral-norm u included)."""
+    from crfgan_tf.models import losses
+
+    model = _build(tmp_path, model=model_name, img_size=img_size, r1_gamma=10.0)
+    batch = tiny_batch(img_size)
+    crop = tf.cast(batch["crop"], tf.float32)
+    pos = model.normalized_position(batch["position"])
+    sn_u = [v for name in ("discriminator", "low_discriminator") if hasattr(model, name)
+            for v in getattr(model, name).weights if "sn_u" in v.path]
+    u_before = [v.numpy().copy() for v in sn_u]
+    inputs = [crop] if model_name == "crfgan" else [crop, model.low_resolution(batch["volume"])]
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        if model_name == "crfgan":
+            logits = model.discriminator([inputs[0], pos], training=True)
+        else:
+            logits, _ = model.joint_logits(inputs[0], inputs[1], pos, 1)
+        summed = tf.reduce_sum(logits)
+    expected = float(losses.r1_penalty(tape.gradient(summed, inputs), 10.0, 2))
+    for v, u in zip(sn_u, u_before):
+        v.assign(u)  # the model's own D call starts from the same u
+    if model_name == "crfgan":
+        out = model.d_step(crop, batch["position"], batch["z_d"])
+    else:
+        out = model.d_step(crop, inputs[1], batch["position"], batch["z_d"])
+    assert expected > 0
+    assert float(out["r1_penalty"]) == pytest.approx(expected, rel=1e-4)
+
+
+def test_ema_tracks_g_and_is_what_generation_uses(tmp_path):
+    model = _build(tmp_path, ema_decay=0.9)
+    trunk, head = model.generation_networks()
+    assert trunk is model.trunk_ema and head is model.head_ema
+    for e, w in zip(model.trunk_ema.weights, model.trunk.weights):
+        np.testing.assert_array_equal(e.numpy(), w.numpy())  # starts equal
+    before = [e.numpy().copy() for e in model.trunk_ema.weights]
+    model.train_step(tiny_batch())  # step counter 1: decay min(0.9, 2/11)
+    decay = float(model.update_ema())
+    assert decay == pytest.approx(2 / 11)
+    for e, b, w in zip(model.trunk_ema.weights, before, model.trunk.weights):
+        np.testing.assert_allclose(e.numpy(), decay * b + (1 - decay) * w.numpy(), atol=1e-7)
+    assert not model.trunk_ema.trainable_weights  # never a phase's weight
+    keys = set(model.checkpoint_items())
+    assert {"generator_trunk_ema", "generator_head_ema"} <= keys
+    assert "generator_trunk_ema" not in _build(tmp_path).checkpoint_items()
+
+
+@pytest.mark.parametrize("model_name,img_size", [("crfgan", 64), ("hagan", 128)])
+def test_rec_trains_head_moves_g2_in_the_reconstruction_phase(tmp_path, model_name, img_size):
+    model = _build(tmp_path, model=model_name, img_size=img_size, rec_trains_head=True)
+    crop = tf.cast(tiny_batch(img_size)["crop"], tf.float32)
+    head = [w.numpy().copy() for w in model.head.trainable_weights]
+    encoder = [w.numpy().copy() for w in model.encoder.trainable_weights]
+    model.rec_step(crop)
+    assert all(not np.array_equal(a, w.numpy()) for a, w in zip(head, model.head.trainable_weights))
+    assert all(not np.array_equal(a, w.numpy())
+               for a, w in zip(encoder, model.encoder.trainable_weights))
+    # the reference's phase: hE alone
+    plain = _build(tmp_path, model=model_name, img_size=img_size)
+    head = [w.numpy().copy() for w in plain.head.trainable_weights]
+    plain.rec_step(crop)
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(head, plain.head.trainable_weights))

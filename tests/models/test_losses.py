@@ -106,3 +106,12 @@ def test_crf_slices_are_axial_slices():
     crf = SliceCRF(4)
     feats = crf.node_features(_emb()).numpy()
     np.testing.assert_array_equal(feats[:, 2], _emb().numpy()[:, 2].reshape(2, -1))
+
+
+def test_r1_penalty_hand_computed():
+    # two examples; gradients over two inputs (HA-GAN's crop and low-resolution volume)
+    g1 = tf.constant([[1.0, 2.0], [0.0, 1.0]])
+    g2 = tf.constant([[[3.0]], [[2.0]]])
+    # ||grad||^2 per example: 1 + 4 + 9 = 14 and 0 + 1 + 4 = 5; mean 9.5; x gamma / 2
+    assert float(losses.r1_penalty([g1, g2], 2.0, 2)) == pytest.approx(9.5)
+    assert float(losses.r1_penalty([g1], 0.5, 4)) == pytest.approx(0.25 * (5 + 1) / 4)

@@ -1,6 +1,7 @@
 """Knowing whether training works: 3D MS-SSIM, the differentiable augmentation, in-training
 evaluation (eval.jsonl, alarms, resume) and the best checkpoint."""
 
+import itertools
 import json
 import os
 
@@ -149,6 +150,22 @@ def test_eval_log_best_checkpoint_and_resume_without_duplicates(records_64, tmp_
     assert [r["step"] for r in rows] == [0, 1, 2, 3] and rows[-1]["fd"] != -1.0
 
 
+class _OneAtATime:
+    """An extractor that features a batch one volume at a time, as the real side's were
+    (batch 1): a copy of a real volume then gets that volume's feature row bit for bit on
+    every CPU, where a batch of 4 gives a row that differs from it by rounding on some CPUs
+    and not on others."""
+
+    def __init__(self, extractor):
+        self.extractor = extractor
+
+    def __call__(self, batch):
+        return np.concatenate([self.extractor(v[None]) for v in batch])
+
+    def __getattr__(self, name):
+        return getattr(self.extractor, name)
+
+
 def test_collapse_and_overfitting_raise_the_alarms(records_64, tmp_path):
     """Healthy: the generated volumes are real ones (the diversity reference's own
     variety), no alarm. Collapsed like the demo: one real volume again and again with fresh
@@ -162,17 +179,22 @@ def test_collapse_and_overfitting_raise_the_alarms(records_64, tmp_path):
     assert evaluator.real["diversity_features"].shape[0] == 4
     assert len(evaluator.real["anatomy"]) == 4
     real = [r.volume for r in records.read_volumes(os.path.join(records_64, "train-*.tfrecord"))]
-    model = factory.build_model(config)
+    evaluator.extractor = _OneAtATime(evaluator.extractor)
+    model = None  # evaluator.generate is replaced below: no network runs
     evaluator.generate = lambda m: iter(real[:4])
     healthy = evaluator.evaluate(model, 1, r_t=0.6)
     assert healthy["alarms"] == [], healthy["alarms"]
     assert healthy["coverage"] >= 0.75 and healthy["n_real_diversity"] == 4
     rng = np.random.default_rng(0)
-    noisy = [np.clip(real[0] + rng.normal(0, 0.3, real[0].shape), -1, 1).astype(np.float32)
+    assert healthy["structure_coverage"] == 1.0 and healthy["quality_pass_rate"] == 1.0
+    assert healthy["lung_profile_corr"] > 0.95  # real volumes (the eval shard: 2 of these 4)
+    noisy = [np.clip(real[0] + rng.normal(0, 0.5, real[0].shape), -1, 1).astype(np.float32)
              for _ in range(4)]
     evaluator.generate = lambda m: iter(noisy)
     collapsed = evaluator.evaluate(model, 2, r_t=0.6)
     assert collapsed["diversity_ratio"] > 0.5  # the old alarm's measure is fooled
+    # the structure measures are not: the noise averages out in the pooled volumes
+    assert collapsed["structure_recall"] <= 0.25
     assert collapsed["body_fraction_sd_ratio"] < 0.5
     assert any("one anatomy repeated" in a for a in collapsed["alarms"])
     evaluator.generate = lambda m: iter([real[0]] * 4)
@@ -183,6 +205,44 @@ def test_collapse_and_overfitting_raise_the_alarms(records_64, tmp_path):
     assert any("r_t = 0.999" in a for a in result["alarms"])
     # the step-0 baseline (an untrained network) raises no collapse alarm
     assert not any("anatomy" in a for a in evaluator.evaluate(model, 0, r_t=None)["alarms"])
+
+
+def test_a_model_that_repeats_one_real_volume_gets_figures_and_an_alarm(records_64, tmp_path):
+    """Issue #52 item 8: every generated volume a copy of a real one, so its feature row is
+    that real row exactly; with 3 copies per real volume, most pooled pairs of MMD's median
+    heuristic are copies, and the median distance is 0 on every CPU. The evaluation gives
+    finite figures, MMD with the median of the nonzero distances as its width, and the
+    collapse alarm, not an exception in the training loop."""
+    pattern = os.path.join(records_64, "train-*.tfrecord")
+    evaluator = monitor.Evaluator(_eval_config(tmp_path / "run", records_64,
+                                               eval_records=pattern), log=lambda m: None)
+    evaluator.extractor = _OneAtATime(evaluator.extractor)
+    real_features = evaluator.real["features"].astype(np.float64)
+    n = real_features.shape[0]
+    assert n >= 3 and evaluator.real["diversity_features"].shape[0] == n
+    real = [r.volume for r in records.read_volumes(pattern)]
+    copy_row = evaluator.extractor(np.stack([real[0]]))[0]
+    np.testing.assert_array_equal(copy_row, real_features[0])  # bit for bit
+    evaluator.generate = lambda m: iter([real[0]] * (3 * n))
+    result = evaluator.evaluate(None, 3, r_t=0.6)  # generate is replaced: no network runs
+    for key in ("fd", "mmd", "hist_w1_hu", "profile_l1_hu", "precision", "recall", "density",
+                "coverage", "body_fraction_sd_ratio", "lung_fraction_sd_ratio"):
+        assert result[key] is None or np.isfinite(result[key]), (key, result[key])
+    assert result["fd"] > 0 and result["n_fake"] == 3 * n
+    # the width: the median of the nonzero pooled distances (copies are exactly 0 apart)
+    fake_features = np.repeat(real_features[:1], 3 * n, axis=0)
+    pooled = np.concatenate([real_features, fake_features])
+    dists = np.array([np.linalg.norm(a - b) for a, b in itertools.combinations(pooled, 2)])
+    assert np.median(dists) == 0
+    sigma = float(np.median(dists[dists > 0]))
+    assert result["mmd"] == pytest.approx(
+        metrics.mmd(real_features, fake_features, sigma=sigma), rel=1e-6)
+    assert result["mmd"] > 0.1
+    # k-NN: every copy lies in its original's ball; the copies' balls have radius 0 and
+    # hold exactly the real volume they copy
+    assert result["precision"] == 1.0 and result["recall"] == 1 / n
+    assert result["body_fraction_sd_ratio"] == 0.0
+    assert any("one anatomy repeated" in a for a in result["alarms"]), result["alarms"]
 
 
 @pytest.mark.parametrize("side", [8, 48])
@@ -199,3 +259,21 @@ def test_missing_eval_records_are_refused_before_anything_is_written(records_64,
     with pytest.raises(Exception, match="`eval_every` needs evaluation records.*`eval_records`"):
         train_lib.train(config)
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_best_by_coverage_is_higher_with_ties_to_the_lower_fd(tmp_path):
+    from crfgan_tf.training import monitor as m
+
+    first = {"step": 1500, "coverage": 0.5, "fd": 9.0, "extractor": "x"}
+    assert m.is_better(first, None, "coverage")
+    best = m.record_best(str(tmp_path), first, "coverage", "ckpt-1500")
+    assert best["fd"] == 9.0 and best["coverage"] == 0.5
+    assert m.read_best(str(tmp_path)) == best
+    assert m.is_better({"coverage": 0.75, "fd": 20.0}, best, "coverage")  # higher wins
+    assert not m.is_better({"coverage": 0.25, "fd": 1.0}, best, "coverage")
+    assert m.is_better({"coverage": 0.5, "fd": 8.0}, best, "coverage")  # tie: lower FD
+    assert not m.is_better({"coverage": 0.5, "fd": 10.0}, best, "coverage")
+    assert not m.is_better({"coverage": None, "fd": 1.0}, best, "coverage")
+    # the distances stay lower-is-better
+    assert m.is_better({"fd": 8.0}, {"value": 9.0}, "fd")
+    assert not m.is_better({"fd": 10.0}, {"value": 9.0}, "fd")
