@@ -238,17 +238,23 @@ def test_the_library_applies_the_resume_rule_itself(tmp_path, monkeypatch):
 def test_demo_flagfile_end_to_end(tmp_path):
     work = tmp_path / "demo"
     res = _cli("--flagfile=configs/demo.flags", f"--demo_data_dir={work}",
-               f"--train_records={work}/records_64/train-*.tfrecord", f"--model_dir={work}/model",
+               f"--train_records={work}/records_64/train-*.tfrecord",
+               f"--eval_records={work}/records_64/*.tfrecord", f"--model_dir={work}/model",
                "--train_steps=2", "--log_every=1", "--checkpoint_every=2")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "36 scans found" in res.stderr and "step 2/2" in res.stderr
     state = json.load(open(work / "model" / "trainer_state.json"))
     assert state["step"] == 2
     assert os.path.exists(work / "model" / "flags.txt")
-    assert json.load(open(work / "model" / "config.json"))["width"] == 0.125
-    # the demo evaluates itself: a baseline at step 0 and the last step
+    config = json.load(open(work / "model" / "config.json"))
+    assert config["width"] == 0.125
+    # configs/small_data.flags, nested in the demo's
+    assert (config["r1_gamma"], config["ema_decay"], config["crf_decay_fraction"],
+            config["rec_trains_head"], config["best_metric"]) == (1.0, 0.999, 0.75, True,
+                                                                  "coverage")
+    # the demo evaluates itself against all 36 phantoms: a baseline at step 0 and the last
     rows = [json.loads(line) for line in open(work / "model" / "eval.jsonl")]
-    assert [r["step"] for r in rows] == [0, 2] and rows[0]["n_real"] == 4
+    assert [r["step"] for r in rows] == [0, 2] and rows[0]["n_real"] == 36
 
 
 @pytest.mark.parametrize("flagfile,model,run", [
