@@ -81,14 +81,26 @@ def shape_mismatch(err: Exception):
     return found.group(3).split(":")[0], _shape(found.group(1)), _shape(found.group(2))
 
 
+# D's and HA-GAN's D^L's layers (networks.discriminator, networks.hagan): their own flags
+_D_LAYER = re.compile(r"(conv\d+|conv_out|fc1|logit|class_logits)/")
+
+
 def architecture_flag(name: str, stored: tuple, built: tuple) -> str:
     """The flag that most likely explains a variable stored as `stored` but built as
     `built` (from the shapes the flags give: latent size, channel width, volume size)."""
     if name.split(":")[0].endswith("fc/kernel") and len(stored) == 2 and stored[1:] == built[1:]:
         return (f"`latent_dim` (the checkpoint's G1 input is {stored[0]} = latent_dim + "
                 f"num_classes)")
+    discriminator = _D_LAYER.match(name) is not None
+    if discriminator and name.startswith("fc1/") and len(stored) == 2 \
+            and stored[1:] == built[1:] and abs(stored[0] - built[0]) == 1:
+        return ("`d_minibatch_std` (D's dense layer has one input more or less: the batch "
+                "statistic)")
     ratios = {b / a for a, b in zip(stored, built) if a != b and a}
     if len(stored) == len(built) and len(ratios) == 1:
+        if discriminator:
+            return (f"`d_width`, or `width` where `d_width` is 0 (D's channels "
+                    f"x{ratios.pop():g} of the checkpoint's)")
         return f"`width` (channels x{ratios.pop():g} of the checkpoint's)"
     return "`img_size` or `model`"
 
