@@ -66,7 +66,6 @@ def main(argv):
                 f"--step must be an integer, 'best' or 'latest', got {step!r}") from None
     from crfgan_tf.generation import export as export_lib
 
-    step = export_lib.default_step(FLAGS.model_dir, step, log=common.log)
     meta = export_lib.export(FLAGS.model_dir, FLAGS.export_dir, step, FLAGS.slab,
                              log=common.log, fmt=FLAGS.format, license_text=FLAGS.license,
                              memorization_report=FLAGS.memorization_report, ema=FLAGS.ema)

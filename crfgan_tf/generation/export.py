@@ -182,9 +182,14 @@ def export(model_dir: str, export_dir: str, step=None, slab: int = 8,
            memorization_report: str = "", ema: bool = True) -> dict:
     """Writes the export of a checkpoint (a SavedModel with the `generate` signature and/or
     a weights package, by `fmt`, and the model card); returns its metadata. The directory
-    is built beside `export_dir` and renamed into place whole."""
+    is built beside `export_dir` and renamed into place whole.
+
+    step: None (the run's best step where in-training evaluation kept one, else the
+    latest: default_step), "best", "latest" or an int. ema: G's moving average where the
+    run kept one (load_generator)."""
     from crfgan_tf import __version__
 
+    step = default_step(model_dir, step, log)
     if slab < 1:
         raise ValueError(f"`slab` must be >= 1, got {slab}")
     if fmt not in FORMATS:

@@ -166,10 +166,11 @@ def test_export_takes_the_best_step_and_gs_moving_average_by_default(records_64,
     assert "Best coverage" in open(tmp_path / "ex" / "MODEL_CARD.md").read()
     assert card
 
-    # --step=latest --noema, as the command passes them
+    # --step=latest --noema, as the command passes them (the library's rule is the command's)
+    assert export_lib.default_step(str(run), None, log=lambda m: None) == "best"
     assert export_lib.default_step(str(run), "latest") is None
-    export_lib.export(str(run), str(tmp_path / "last"), export_lib.default_step(str(run), "latest"),
-                      fmt="weights", ema=False, log=lambda m: None)
+    export_lib.export(str(run), str(tmp_path / "last"), "latest", fmt="weights", ema=False,
+                      log=lambda m: None)
     loaded, _ = sample_lib.load(str(tmp_path / "last"))
     z = tf.random.stateless_normal((1, 16), seed=[4, 5])
     got = loaded.generate(z=z)["volume"].numpy()
