@@ -99,8 +99,8 @@ def architecture_flag(name: str, stored: tuple, built: tuple) -> str:
     ratios = {b / a for a, b in zip(stored, built) if a != b and a}
     if len(stored) == len(built) and len(ratios) == 1:
         if discriminator:
-            return (f"`d_width`, or `width` where `d_width` is 0 (D's channels "
-                    f"x{ratios.pop():g} of the checkpoint's)")
+            return (f"`width` or `d_width` (D's channels x{ratios.pop():g} of the "
+                    "checkpoint's)")
         return f"`width` (channels x{ratios.pop():g} of the checkpoint's)"
     return "`img_size` or `model`"
 

@@ -342,7 +342,7 @@ def test_checkpoint_of_other_shapes_names_the_variable_and_flag(records_64, trai
     os.remove(tmp_path / "config.json")
     with pytest.raises(rundir.RunDirError, match=r"ckpt-1 does not fit .*variable \S+ is "
                        r"\([\d, ]+\) in the checkpoint and \([\d, ]+\) here; check `width` "
-                       r"\(channels x2 "):
+                       r"or `d_width` \(D's channels x2 "):  # D's conv1 is the first to differ
         train_lib.train(tiny_config(tmp_path, pattern, train_steps=2, width=0.125))
     assert not os.path.exists(tmp_path / "config.json")  # not written for a mismatch
     with pytest.raises(rundir.RunDirError, match="check `latent_dim`"):
