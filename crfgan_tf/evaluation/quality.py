@@ -48,10 +48,11 @@ class QualityError(ValueError):
     """A quality check that cannot run (no ranges in the export); says what to do."""
 
 
-def statistics(hu: np.ndarray) -> dict:
-    """The statistics of the module docstring of one (z, y, x) HU volume."""
+def statistics(hu: np.ndarray, masks=None) -> dict:
+    """The statistics of the module docstring of one (z, y, x) HU volume; `masks`: its
+    (body, lungs) from physical.body_and_lungs where the caller has them already."""
     hu = np.asarray(hu, np.float32)
-    body, lungs = body_and_lungs(hu)
+    body, lungs = body_and_lungs(hu) if masks is None else masks
     tissue = body & ~lungs
     n_body = int(body.sum())
     median = lambda mask: float(np.median(hu[mask])) if mask.any() else math.nan  # noqa: E731

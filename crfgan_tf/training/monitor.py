@@ -279,9 +279,10 @@ class _VolumeStats:
         self.n += 1
         self.structure.append(structure_vector(volume))
         if self.modality == "ct":  # lungs / body, as evaluation.physical defines them
-            self.anatomy.append(quality.statistics(hu))
+            masks = physical.body_and_lungs(hu)  # once, for both
+            self.anatomy.append(quality.statistics(hu, masks))
             self.lungs.append(self.anatomy[-1]["lung_fraction"])
-            self.lung_profiles.append(lung_area_profile(hu))
+            self.lung_profiles.append(lung_area_profile(masks[1]))
         if self.pending is None:
             self.pending = volume
         else:
@@ -309,10 +310,10 @@ def structure_vector(volume: np.ndarray, side: int = STRUCTURE_SIDE) -> np.ndarr
     return v.reshape(shape).mean(axis=(1, 3, 5)).ravel()
 
 
-def lung_area_profile(hu: np.ndarray) -> np.ndarray:
-    """The lung voxels of each axial slice of a (z, y, x) HU volume over all of its lung
-    voxels (zeros without lungs): where along the body the lungs are, and how wide."""
-    _, lungs = physical.body_and_lungs(hu)
+def lung_area_profile(lungs: np.ndarray) -> np.ndarray:
+    """The lung voxels of each axial slice of a (z, y, x) lung mask
+    (physical.body_and_lungs) over all of its lung voxels (zeros without lungs): where
+    along the body the lungs are, and how wide."""
     area = lungs.sum(axis=(1, 2)).astype(np.float64)
     return area / area.sum() if area.sum() else area
 
