@@ -18,6 +18,7 @@ written by another tool) are read from their own headers instead (crfgan_tf.data
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
@@ -144,3 +145,29 @@ def median_output_spacing(directory: str) -> Optional[list]:
     if not cases:
         return None
     return [statistics.median(c["output_spacing"][k] for c in cases) for k in range(3)]
+
+
+# what a shared model (export metadata, weights package, model card) says of its training
+# cases: digests, never the case ids, which for NIfTI input are file stems and may name a
+# patient. A digest is compared, not read: a held-out scan's id is digested the same way.
+CASE_DIGEST_PREFIX = "sha256:"
+
+
+def case_digest(case_id: str) -> str:
+    """A training case's name in a shared model: "sha256:" and the first 16 hex digits of
+    the sha256 of "crfgan-tf case id:" + `case_id`. One-way, so a shared model does not
+    carry the id (a file stem such as a patient's name); whoever holds a scan can digest
+    its id and compare. Not a secret: someone who guesses an id can confirm the guess."""
+    text = "crfgan-tf case id:" + (case_id.decode() if isinstance(case_id, bytes) else case_id)
+    return CASE_DIGEST_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def training_case_digests(meta: dict) -> Optional[set]:
+    """The digests of the cases a generator was trained on, from its export metadata:
+    `train_case_digests`, or an older export's `train_case_ids` digested here; None when
+    the export says neither (a run started before they were recorded)."""
+    if meta.get("train_case_digests") is not None:
+        return set(meta["train_case_digests"])
+    if meta.get("train_case_ids") is not None:
+        return {case_digest(c) for c in meta["train_case_ids"]}
+    return None

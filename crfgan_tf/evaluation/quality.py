@@ -90,7 +90,8 @@ def training_ranges(records: str, window, log: Callable[[str], None] = print,
     if not rows:
         raise QualityError(f"no training volume in {records!r} to take the quality ranges from")
     log(f"quality: ranges of {len(rows)} training volumes")
-    return {"format": FORMAT, "volumes": len(rows), "records": records,
+    # the pattern's file part only: quality_ranges.json goes into shared exports
+    return {"format": FORMAT, "volumes": len(rows), "records": os.path.basename(records),
             "window": [float(w) for w in window],
             "margin": {"fraction_of_spread": MARGIN_FRACTION, "at_least": MIN_MARGIN},
             "ranges": ranges_from(rows)}

@@ -99,7 +99,8 @@ class GeneratorModule(tf.Module):
 
 def training_metadata(config: config_lib.TrainConfig, model_dir: str, log=print) -> dict:
     """The SavedModel's metadata: the architecture, and the training data's window,
-    modality, output spacing, class names and case ids from the run's data.json. A run started
+    modality, output spacing, class names and case digests (manifest.case_digest: a shared
+    model never carries the case ids) from the run's data.json. A run started
     before data.json existed has them read from its records (as they are now), and
     without those the CT defaults are used, with a warning naming what is missing."""
     meta = {"format": EXPORT_FORMAT, "model": config.model, "img_size": config.img_size,
@@ -122,12 +123,24 @@ def training_metadata(config: config_lib.TrainConfig, model_dir: str, log=print)
                 f"it was written) and its training records ({config.train_records}) are gone: "
                 f"the SavedModel gets the CT window {list(intensity.CT_WINDOW)} and 1 mm spacing")
     meta.update(window=data["window"], modality=data["modality"],
-                output_spacing=data["output_spacing"], metadata_source=source)
+                output_spacing=data["output_spacing"],
+                metadata_source=source if source == "defaults" else _within(source, model_dir))
     if config.num_classes:
         meta["class_names"] = data.get("class_names") or [str(k) for k in range(config.num_classes)]
     if "train_case_ids" in data:  # runs started before it was recorded have none
-        meta["train_case_ids"] = data["train_case_ids"]
+        # digests, not the ids (file stems may name a patient): records.case_digest
+        from crfgan_tf.data import manifest
+
+        meta["train_case_digests"] = sorted({manifest.case_digest(c)
+                                             for c in data["train_case_ids"]})
     return meta
+
+
+def _within(path: str, model_dir: str) -> str:
+    """`path` relative to the run directory when inside it, else its file name: what an
+    export (which is shared) says of a file on the exporter's machine."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(model_dir))
+    return rel if not rel.startswith(os.pardir) else os.path.basename(path)
 
 
 def load_generator(model_dir: str, step=None, encoders: bool = False, ema: bool = True):
@@ -204,7 +217,9 @@ def export(model_dir: str, export_dir: str, step=None, slab: int = 8,
         if os.path.exists(export_dir) and not os.path.isdir(export_dir):
             raise fileio.OutputError(f"`export_dir` {export_dir!r} is a file")
     metadata = training_metadata(config, model_dir, log)
-    metadata.update(checkpoint=ckpt, slab=slab)
+    # the checkpoint as the run directory names it ("best/ckpt-N"): an export is shared,
+    # and a path on this machine may hold a user's or a patient's name
+    metadata.update(checkpoint=_within(ckpt, model_dir), slab=slab)
     if config.ema_decay:  # which of the run's two generators this is
         metadata["generator_weights"] = "moving average" if ema else "trained"
     networks = {options.TRUNK_KEY: trunk, options.HEAD_KEY: head,

@@ -2,9 +2,10 @@
 
 Written by crfgan-export beside every SavedModel and weights package. It states what the
 generator is (model, size, parameters, resolution, spacing), what it learnt from (the
-dataset kind, the number of cases and their ids as the records hold them: file stems or,
-for DICOM, sha256-derived ids; no patient data), how (steps, seed, batch, learning rates, the
-source it was initialised from, the changes made on resume), what was measured in the
+dataset kind, the number of cases and their digests, never their ids: file stems may name
+a patient; manifest.case_digest), how (steps, seed, batch, learning rates, the source it
+was initialised from by kind, folder name, step and checksum, not its path; the changes
+made on resume), what was measured in the
 run (the in-training FID/MMD with their feature network and side; a memorisation audit
 when one is given), its intended use, its limitations and its licence.
 
@@ -109,7 +110,7 @@ def build(config: config_lib.TrainConfig, model_dir: str, metadata: dict,
           package_sha256: Optional[str] = None) -> dict:
     """model_card.json's dict (see the module docstring)."""
     data = rundir.read_data_metadata(model_dir) or {}
-    case_ids = metadata.get("train_case_ids")
+    case_digests = metadata.get("train_case_digests")
     arch = {"model": config.model, "name": MODEL_NAMES.get(config.model, config.model),
             "img_size": config.img_size, "embedding_factor": config.embedding_factor,
             "latent_dim": config.latent_dim, "width": config.width,
@@ -130,16 +131,17 @@ def build(config: config_lib.TrainConfig, model_dir: str, metadata: dict,
                    "orientation": "LPS, axial slices along z"},
         "training": {
             "dataset": data.get("dataset", "not recorded (a run started before 0.3.0)"),
-            "cases": len(case_ids) if case_ids is not None else None,
-            "case_ids": case_ids,
-            "case_id_kind": ("the records' case ids: the scan's file stem or, for DICOM "
-                             "series, a sha256-derived id of the series (`s...`; not its UID, "
-                             "no patient data, unless converted with --case_ids=path)"),
+            "cases": len(case_digests) if case_digests is not None else None,
+            "case_digests": case_digests,
+            "case_digest_kind": ("sha256 digests of the records' case ids (the scan's file "
+                                 "stem, or an id derived from a DICOM series), not the ids: "
+                                 "whoever holds a scan can digest its id and compare "
+                                 "(crfgan_tf.data.manifest.case_digest)"),
             "steps": checkpoint_step, "train_steps": config.train_steps, "seed": config.seed,
             "batch_size": config.batch_size, "mixed_precision": config.mixed_precision,
             "learning_rates": {k: getattr(config, k) for k in ("lr_g", "lr_d", "lr_crf", "lr_e")},
             "augment": config.augment or None,
-            "initialised_from": rundir.read_init_source(model_dir),
+            "initialised_from": _shared_init_source(rundir.read_init_source(model_dir)),
             "changes_on_resume": [{"step": c.get("step"), "changed": c.get("changed")}
                                   for c in changes] or None},
         "evaluation": dict(_evaluation(model_dir, checkpoint_step),
@@ -150,6 +152,16 @@ def build(config: config_lib.TrainConfig, model_dir: str, metadata: dict,
         "weights_package_sha256": package_sha256,
     }
     return card
+
+
+def _shared_init_source(source: Optional[dict]) -> Optional[dict]:
+    """What the card says of `init_from`: the source's kind, folder name, step, checksum
+    and the networks taken; not its path on the exporter's machine (config.json keeps it)."""
+    if not source:
+        return None
+    shared = {k: source.get(k) for k in ("kind", "step", "sha256", "networks")}
+    shared["name"] = os.path.basename(os.path.normpath(str(source.get("path", "")))) or None
+    return shared
 
 
 def _fmt(value) -> str:
@@ -183,8 +195,8 @@ def markdown(card: dict) -> str:
              "", "## Training", "",
              "| field | value |", "|---|---|",
              f"| dataset | {t['dataset']} |",
-             f"| training cases | {_fmt(t['cases'])} (ids in model_card.json: "
-             "record case ids, no patient data) |",
+             f"| training cases | {_fmt(t['cases'])} (model_card.json lists their "
+             "sha256 digests, not their ids) |",
              f"| steps | {_fmt(t['steps'])} of {t['train_steps']}, seed {t['seed']}, batch "
              f"{t['batch_size']}, {t['mixed_precision']} |",
              "| learning rates | " + ", ".join(f"{k} {v:g}" for k, v in t["learning_rates"].items())
@@ -192,7 +204,7 @@ def markdown(card: dict) -> str:
              f"| augmentation | {t['augment'] or 'none'} |"]
     src = t["initialised_from"]
     lines.append("| initialised from | " + (
-        f"{src.get('kind')} {src.get('path')} step {src.get('step')} "
+        f"{src.get('kind')} {src.get('name', src.get('path'))} step {src.get('step')} "
         f"(networks: {', '.join(src.get('networks', []))}; sha256 {str(src.get('sha256'))[:16]}…)"
         if src else "its seed (trained from scratch)") + " |")
     if t["changes_on_resume"]:
@@ -245,10 +257,21 @@ def markdown(card: dict) -> str:
     lines += ["", "## Licence", "",
               f"Weights: {lic['weights']}." if lic["weights"] else
               "Weights: not stated by the exporter. They carry the terms of the data they "
-              "were trained on (LUNA16 and LIDC-IDRI: CC BY 3.0); state them with "
-              "crfgan-export --license.",
+              f"were trained on ({_data_terms(card['training']['dataset'])}); state them "
+              "with crfgan-export --license.",
               f"Code: {lic['code']} (crfgan-tf).", ""]
     return "\n".join(lines)
+
+
+# the terms of the public datasets the converters know; any other data's terms are the
+# exporter's to state
+DATASET_TERMS = {"luna16": "LUNA16 and LIDC-IDRI: CC BY 3.0"}
+
+
+def _data_terms(dataset) -> str:
+    return DATASET_TERMS.get(str(dataset), f"dataset {dataset!s}: terms not known to "
+                             "crfgan-tf; for scans of your own institution, its data-sharing "
+                             "rules")
 
 
 def write(directory: str, card: dict) -> None:

@@ -18,7 +18,7 @@ Synthetic volumes come from a SavedModel: a conditional one generates the classe
 (positive, then a negative class, ...), so every prefix of the pool is class-balanced; an
 unconditional one is labelled by a rule (`real_classifier`: the `real` arm's classifier of
 the same seed). The test scans must be unseen by the generator: they are checked against
-the generator's training cases (the export's train_case_ids, or `generator_train_records`)
+the generator's training cases (the export's case digests, or `generator_train_records`)
 and the study refuses any overlap.
 
 AUC is the Mann-Whitney statistic (ties count half) with a percentile bootstrap 95 % CI over
@@ -37,6 +37,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from crfgan_tf.core import geometry
+from crfgan_tf.data import manifest
 from crfgan_tf.evaluation.sources import EvaluationError, record_case_ids, record_cases
 from crfgan_tf.core.geometry import FEATURE_SIDE, MIN_FEATURE_SIDE
 from crfgan_tf.utils import fileio
@@ -189,13 +190,13 @@ def load_real(pattern: str, flag: str, input_size: int, label_table: Optional[di
 
 
 def generator_training_cases(meta: dict, generator_train_records: str) -> Optional[set]:
-    """The case ids the generator was trained on: from `generator_train_records` when given,
-    else from the export's metadata (train_case_ids; exports of runs started before it was
-    recorded have none: None)."""
+    """The digests (records.case_digest) of the cases the generator was trained on: from
+    `generator_train_records` when given, else from the export's metadata (exports of runs
+    started before it was recorded have none: None)."""
     if generator_train_records:
-        return set(record_case_ids(generator_train_records, "`generator_train_records`"))
-    ids = meta.get("train_case_ids")
-    return None if ids is None else set(ids)
+        return {manifest.case_digest(c) for c in
+                record_case_ids(generator_train_records, "`generator_train_records`")}
+    return manifest.training_case_digests(meta)
 
 
 def check_unseen(test: RealSet, train: RealSet, generator_cases: Optional[set]) -> None:
@@ -209,7 +210,7 @@ def check_unseen(test: RealSet, train: RealSet, generator_cases: Optional[set]) 
             "the SavedModel does not say which cases its generator was trained on (exported "
             "from a run that started before that was recorded); pass its training records "
             "as `generator_train_records` so that the test scans can be checked")
-    seen = sorted(set(test.case_ids) & generator_cases)
+    seen = sorted(c for c in set(test.case_ids) if manifest.case_digest(c) in generator_cases)
     if seen:
         raise EvaluationError(
             f"{len(seen)} of the {len(test.case_ids)} `test_records` case(s) were in the "

@@ -156,7 +156,7 @@ def _write_png(path: str, image_u8: np.ndarray) -> None:
 def run_audit(config: AuditConfig, log=print) -> dict:
     """The audit (module docstring): writes memorization.json, the closest pairs as PNG
     and ratios.png into config.output_dir; returns the result."""
-    from crfgan_tf.data import records
+    from crfgan_tf.data import manifest, records
     from crfgan_tf.evaluation import features
 
     for name, low in (("num_samples", 2), ("batch_size", 1), ("voxel_size", 4), ("pairs", 0),
@@ -179,14 +179,15 @@ def run_audit(config: AuditConfig, log=print) -> dict:
         from crfgan_tf.generation import sample as sample_lib
 
         _, meta = sample_lib.load(config.saved_model)
-        if meta.get("train_case_ids") is not None:
-            seen = sorted(set(hold_ids) & set(meta["train_case_ids"]))
+        trained_on = manifest.training_case_digests(meta)
+        if trained_on is not None:  # compared by digest: an export never holds the ids
+            seen = sorted(c for c in set(hold_ids) if manifest.case_digest(c) in trained_on)
             if seen:
                 raise EvaluationError(
                     f"{len(seen)} `holdout_records` case(s) were in the generator's training "
                     f"data (e.g. {seen[0]}): the held-out scans must be ones it never saw")
-            missing = len(set(train_ids) - set(meta["train_case_ids"]))
-            checked = {"generator_training_cases": len(meta["train_case_ids"]),
+            missing = sum(manifest.case_digest(c) not in trained_on for c in set(train_ids))
+            checked = {"generator_training_cases": len(trained_on),
                        "train_records_not_in_them": missing}
             if missing:
                 log(f"memorization: warning: {missing} `train_records` case(s) are not in the "

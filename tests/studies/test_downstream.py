@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from crfgan_tf.evaluation.sources import EvaluationError
+from crfgan_tf.evaluation.sources import EvaluationError, record_case_ids
 from crfgan_tf.studies import downstream
 
 ENV = dict(os.environ, PYTHONPATH=REPO)
@@ -55,8 +55,16 @@ def test_logistic_probe_separates_and_shrinks_to_the_base_rate():
 
 
 @pytest.mark.slow
+def _positives(records, split, table):
+    """Positive cases of a split, counted from the labels table (the LUNA16 rule)."""
+    return sum(int(table[c]) for c in record_case_ids(os.path.join(records, f"{split}-*.tfrecord")))
+
+
 def test_the_study_through_the_command(study_records, conditional_export, tmp_path):
     records, table = study_records
+    train_pos, test_pos = _positives(records, "train", table), _positives(records, "val", table)
+    assert 0 < train_pos < 10 and 0 < test_pos < 6  # both classes in both splits
+    half = -(-train_pos // 2) + -(-(10 - train_pos) // 2)  # 50 %, stratified, rounded up
     out = str(tmp_path / "study")
     res = _run(f"--saved_model={conditional_export[0]}",
                f"--train_records={os.path.join(records, 'train-*.tfrecord')}",
@@ -66,21 +74,21 @@ def test_the_study_through_the_command(study_records, conditional_export, tmp_pa
     assert res.returncode == 0, res.stderr
     result = json.load(open(os.path.join(out, "downstream.json")))
     assert result["task"]["train"] == {"records": os.path.join(records, "train-*.tfrecord"),
-                                       "cases": 10, "positives": 6}
-    assert result["task"]["test"]["cases"] == 6 and result["task"]["test"]["positives"] == 2
+                                       "cases": 10, "positives": train_pos}
+    assert result["task"]["test"]["cases"] == 6 and result["task"]["test"]["positives"] == test_pos
     assert result["test_unseen_by_generator"] == {"generator_training_cases": 10, "overlap": 0}
     arms = {a["name"]: a for a in result["arms"]}
     assert list(arms) == ["real", "real+0.5x", "real+1x", "synthetic", "real@50%"]
     assert [(a["real"], a["synthetic"]) for a in arms.values()] == \
-        [(10, 0), (10, 5), (10, 10), (0, 10), (5, 0)]
+        [(10, 0), (10, 5), (10, 10), (0, 10), (half, 0)]
     for arm in arms.values():
         assert [r["seed"] for r in arm["runs"]] == [0, 1]
         for r in arm["runs"]:
             assert 0 <= r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1] <= 1
     # the conditional pool alternates the classes: 5 of 10 positive, 3 of the first 5
     assert result["generator"]["pool"] == 10 and result["generator"]["pool_positives"] == 5
-    assert arms["real+0.5x"]["runs"][0]["train_positives"] == 6 + 3
-    assert [c["real"] for c in result["real_data_curve"]] == [5, 10]
+    assert arms["real+0.5x"]["runs"][0]["train_positives"] == train_pos + 3
+    assert [c["real"] for c in result["real_data_curve"]] == [half, 10]
     assert set(result["real_data_equivalent"]) == {"real+0.5x", "real+1x", "synthetic"}
     assert result["classifier"]["parameters"] == 17_585
     with open(os.path.join(out, "downstream.png"), "rb") as fh:
@@ -149,7 +157,7 @@ def test_the_probe_on_encoder_features_beside_medicalnet(study_records, conditio
 
 @pytest.mark.slow
 def test_an_unconditional_generator_needs_a_label_rule(study_records, exported, tmp_path):
-    records, _ = study_records
+    records, table = study_records
     common = [f"--saved_model={exported[0]}",
               f"--train_records={os.path.join(records, 'train-*.tfrecord')}",
               f"--test_records={os.path.join(records, 'val-*.tfrecord')}",
@@ -165,4 +173,5 @@ def test_an_unconditional_generator_needs_a_label_rule(study_records, exported, 
     assert result["generator"]["conditional"] is False
     arms = {a["name"]: a for a in result["arms"]}
     assert list(arms) == ["real", "real+1x", "synthetic", "real@50%"]
-    assert arms["real+1x"]["runs"][0]["train_positives"] == 6 + labelled[0]["positives"]
+    assert arms["real+1x"]["runs"][0]["train_positives"] == \
+        _positives(records, "train", table) + labelled[0]["positives"]
