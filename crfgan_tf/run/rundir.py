@@ -145,8 +145,18 @@ def parse_allow_change(text: str) -> tuple:
     return names
 
 
-def check_config(config: config_lib.TrainConfig, allow: tuple = ()) -> dict:
-    """Compares `config` with the one stored in its run directory.
+def has_checkpoint(model_dir: str) -> bool:
+    """Whether the run directory holds a checkpoint (rolling or best): what makes its
+    stored settings binding."""
+    return any(glob.glob(os.path.join(model_dir, folder, "ckpt-*.index"))
+               for folder in (CHECKPOINT_DIR, BEST_DIR))
+
+
+def check_config(config: config_lib.TrainConfig, allow: tuple = (),
+                 log: Optional[Callable[[str], None]] = None) -> dict:
+    """Compares `config` with the one stored in its run directory. Settings stored by a
+    start that wrote no checkpoint (a first try that stopped early) give way to this
+    start's, which `log` is told; nothing else of that start is kept.
 
     Args:
       allow: fields of CHANGEABLE_FIELDS this start may change (`allow_change`).
@@ -155,13 +165,20 @@ def check_config(config: config_lib.TrainConfig, allow: tuple = ()) -> dict:
       {field: (old, new)} of the resumable and allowed fields that changed ({} for a new run).
 
     Raises:
-      RunDirError: any other field differs; lists each (old -> new), and names
-        `allow_change=FIELD` for those it would accept.
+      RunDirError: any other field differs from a run with a checkpoint; lists each
+        (old -> new), and names `allow_change=FIELD` for those it would accept.
     """
     stored = read_config(config.model_dir)
     if stored is None:
         return {}
     diff = config_difference(stored, config)
+    if not has_checkpoint(config.model_dir):
+        diff.pop("model_dir", None)
+        if diff and log is not None:
+            log(f"train: {config.model_dir} holds the settings of a start that wrote no "
+                "checkpoint; this start's replace them (" + ", ".join(
+                    f"`{k}` {old!r} -> {new!r}" for k, (old, new) in sorted(diff.items())) + ")")
+        return {}
     refused = {k: v for k, v in diff.items() if k not in RESUMABLE_FIELDS + tuple(allow)}
     if refused:
         fields = ", ".join(f"`{k}`: {old!r} -> {new!r}" for k, (old, new) in sorted(refused.items()))
@@ -200,7 +217,8 @@ def record_config(config: config_lib.TrainConfig, flags_text: Optional[str],
                            "changed": {k: list(v) for k, v in changed.items()}})
         with open(os.path.join(config.model_dir, CHANGES_FILE), "a") as f:
             f.write(line + "\n")
-    stored = read_init_source(config.model_dir)
+    # a resume keeps the source it started from; a new start (step 0) has its own or none
+    stored = read_init_source(config.model_dir) if step is None or step > 0 else None
     record = json.loads(config.to_json())
     if init_source or stored:
         record[INIT_SOURCE_KEY] = init_source or stored

@@ -193,24 +193,45 @@ class Study:
         return os.path.join(self.dir, "logs", f"{unit_name(arm, seed)}.log")
 
     # ---- settings ------------------------------------------------------------------
-    def check_settings(self) -> None:
-        """study.json written at the first start; a rerun with other settings refused."""
+    def finished_work(self) -> list:
+        """What a start of this study left that depends on its settings: checkpoints of its
+        runs, measurements, exports (paths; [] for a study that finished nothing)."""
+        return sorted(glob.glob(os.path.join(self.dir, "runs", "*", "*", "ckpt-*.index"))
+                      + glob.glob(os.path.join(self.dir, "measure", "*.npz"))
+                      + glob.glob(os.path.join(self.dir, "exports", "*", "*")))
+
+    def check_settings(self) -> bool:
+        """Compares the settings with study.json's, writing nothing. A rerun with other
+        settings is refused once a start finished some work; settings of a start that
+        finished nothing give way (said in the log). Returns whether study.json is to be
+        (re)written (write_settings, once every check has passed)."""
         path = os.path.join(self.dir, STUDY_FILE)
         settings = self.c.settings()
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                kept = json.load(f)["settings"]
-            changed = sorted(k for k in set(kept) | set(settings) if kept.get(k) != settings.get(k))
-            if changed:
-                detail = "; ".join(f"`{k}` was {kept.get(k)!r}, now {settings.get(k)!r}"
-                                   for k in changed)
-                raise StudyError(f"`study_dir` {self.dir!r} holds a study with other settings "
-                                 f"({detail}): rerun with its settings to continue it, or give "
-                                 "a new `study_dir`")
-            return
-        fileio.atomic_write(path, json.dumps({"format": FORMAT, "settings": settings,
-                                              "started": time.strftime("%Y-%m-%dT%H:%M:%S")},
-                                             indent=1) + "\n")
+        if not os.path.exists(path):
+            return True
+        with open(path, encoding="utf-8") as f:
+            kept = json.load(f)["settings"]
+        changed = sorted(k for k in set(kept) | set(settings) if kept.get(k) != settings.get(k))
+        if not changed:
+            return False
+        detail = "; ".join(f"`{k}` was {kept.get(k)!r}, now {settings.get(k)!r}"
+                           for k in changed)
+        done = self.finished_work()
+        if done:
+            raise StudyError(f"`study_dir` {self.dir!r} holds a study with other settings "
+                             f"({detail}) and finished work ({len(done)} file(s), e.g. "
+                             f"{done[0]}): rerun with its settings to continue it, or give a "
+                             "new `study_dir`")
+        self.log(f"study: {self.dir} holds the settings of a start that finished nothing; "
+                 f"this start's replace them ({detail})")
+        return True
+
+    def write_settings(self) -> None:
+        """study.json: the settings every later start is compared with."""
+        fileio.atomic_write(os.path.join(self.dir, STUDY_FILE),
+                            json.dumps({"format": FORMAT, "settings": self.c.settings(),
+                                        "started": time.strftime("%Y-%m-%dT%H:%M:%S")},
+                                       indent=1) + "\n")
 
     # ---- training --------------------------------------------------------------------
     def train_command(self, arm: Arm, seed: int, dry_run: bool = False) -> list:
@@ -328,12 +349,14 @@ class Study:
         self.c.validate()
         os.makedirs(self.dir, exist_ok=True)
         with dirlock.DirLock(self.dir, "`study_dir`", break_lock, self.log):
-            self.check_settings()
-            if report_lib.is_current(self):
+            new_settings = self.check_settings()
+            if not new_settings and report_lib.is_current(self):
                 self.log(f"study: {self.dir} is complete and its report current; nothing to do "
                          f"({os.path.join(self.dir, report_lib.HTML)})")
                 return report_lib.read(self.dir)
-            self.check_arms()
+            self.check_arms()  # before study.json: a refused arm leaves no settings behind
+            if new_settings:
+                self.write_settings()
             meter = Meter(self.c, _window(self.c.real_records))
             self.measure("real", meter.real_volumes(self.c.real_records), meter,
                          _record_count(self.c.real_records))

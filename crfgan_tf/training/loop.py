@@ -135,7 +135,7 @@ def train(config: config_lib.TrainConfig, log: Callable[[str], None] = _log,
         log(f"train: Slurm cluster (SlurmClusterResolver): this is worker {resolver.task_id} "
             f"of {resolver.cluster_spec().as_dict()}")
     config = _resolve_batch(config, strategy.num_replicas_in_sync, log)
-    files, changed, data_meta = _check_inputs(config, tuple(allow_change))
+    files, changed, data_meta = _check_inputs(config, tuple(allow_change), log)
     source = _init_source(config)
     with contextlib.ExitStack() as held:
         run = _start(config, strategy, data_meta, changed, flags_text, log, held, break_lock,
@@ -372,14 +372,14 @@ class _Profile:
                      f"to {self.model_dir}/plugins/profile (TensorBoard's Profile tab)")
 
 
-def _check_inputs(config: config_lib.TrainConfig, allow: tuple = ()):
+def _check_inputs(config: config_lib.TrainConfig, allow: tuple = (), log=None):
     """Everything checked before any work: the config, the run directory's stored config
     (returns the resumable and `allow`ed fields that changed), the records and, for a
     conditional run, their labels (`config` is validated, its batch resolved). Returns
     (record files, changed fields, the data metadata to store)."""
     if not config.train_records and config.train_steps > 0:
         raise ValueError("`train_records` is required")
-    changed = rundir.check_config(config, rundir.parse_allow_change(",".join(allow)))
+    changed = rundir.check_config(config, rundir.parse_allow_change(",".join(allow)), log)
     if config.train_steps <= 0:
         return [], changed, None
     files = records.check_records(config.train_records, config.img_size)

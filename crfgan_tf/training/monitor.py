@@ -89,16 +89,24 @@ def check_eval_records(config: config_lib.TrainConfig) -> str:
     """The evaluation record files, checked before training writes anything.
 
     Raises:
-      records.RecordsError: none match (names `eval_records` or the default pattern).
+      records.RecordsError: none match, or they hold fewer than 2 volumes (names
+        `eval_records` or the default pattern, and the remedies).
     """
     pattern = config.eval_records or default_eval_records(config.train_records)
     files = [f for part in pattern.split(",") for f in sorted(glob.glob(part))]
+    which = "`eval_records`" if config.eval_records else \
+        "the val-* split beside `train_records` (the default of `eval_records`)"
     if not files:
-        which = "`eval_records`" if config.eval_records else \
-            "the val-* split beside `train_records` (the default of `eval_records`)"
         raise records.RecordsError(
             f"`eval_every` needs evaluation records: nothing matches {pattern!r}, {which}; "
             "convert with `val_fraction` > 0, or give `eval_records`, or `eval_every=0`")
+    count = len(records.record_case_ids(files))
+    if count < 2:
+        raise records.RecordsError(
+            f"`eval_every`: evaluation needs at least 2 volumes (the distances compare "
+            f"sets), {pattern!r} ({which}) holds {count}; give `eval_records` with more "
+            f"scans (the training records will do: `eval_records={config.train_records}`), "
+            "or `eval_every=0`")
     return ",".join(files)
 
 
@@ -142,8 +150,9 @@ class Evaluator:
         out = stats.finish()
         out.update(features=features, count=int(features.shape[0]))
         if out["count"] < 2:
-            raise records.RecordsError(f"evaluation needs at least 2 records, {self.pattern} has "
-                                    f"{out['count']}")
+            raise records.RecordsError(f"evaluation needs at least 2 volumes, {self.pattern} "
+                                    f"holds {out['count']}; give `eval_records` with more "
+                                    "scans, or `eval_every=0`")
         (out["diversity_features"], out["anatomy"],
          out["structure"]) = self._diversity_reference(features, stats.anatomy, stats.structure)
         if self.modality == "ct" and len(out["anatomy"]) >= 2:  # the quality gate's rule

@@ -158,3 +158,24 @@ def test_dry_run_checks_that_the_records_exist(tmp_path):
                            f"crfgan-convert --dataset="), line
     assert "crfgan-convert" in line and "data_prep" not in line, line
     assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_a_refused_first_try_leaves_nothing_that_blocks_the_corrected_one(records_64, tmp_path):
+    """Evaluation records holding one volume are refused before anything is written, with
+    the remedy; the corrected command (other records, other settings) then trains."""
+    run = tmp_path / "run"
+    one = sorted(f for f in os.listdir(records_64) if f.startswith("val-"))[0]
+    base = [f"--model_dir={run}", f"--train_records={records_64}/train-*.tfrecord",
+            "--img_size=64", "--batch_size=2", "--latent_dim=16", "--width=0.0625",
+            "--eval_every=1", "--eval_samples=2", "--eval_feature_side=16", "--image_every=100"]
+    res = _train(*base, f"--eval_records={records_64}/{one}", "--train_steps=1")
+    assert res.returncode == 2, res.stderr[-3000:]
+    (line,) = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert "evaluation needs at least 2 volumes" in line and "--eval_records" in line, line
+    assert "--eval_every=0" in line, line
+    assert not os.path.exists(run) or not os.listdir(run), os.listdir(run)
+    res = _train(*base, f"--eval_records={records_64}/*.tfrecord", "--train_steps=1",
+                 "--lr_d=2e-4")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert os.path.exists(run / "checkpoints" / "ckpt-1.index")

@@ -262,3 +262,36 @@ def test_micro_study_through_the_command(records_64, tmp_path):
     assert out.returncode == 2 and "is being written" in out.stderr
     shot, console = chromium.render(str(study_dir / report_lib.HTML), str(tmp_path))
     assert console == []
+
+
+def test_settings_of_a_start_that_finished_nothing_give_way(tmp_path):
+    said = []
+    first = _study(tmp_path)
+    os.makedirs(first.dir)
+    assert first.check_settings() is True
+    first.write_settings()
+    assert first.check_settings() is False  # the same settings: nothing to write
+    second = _study(tmp_path, arms=study_lib.parse_arms(["crfgan"]))
+    second.log = said.append
+    assert second.check_settings() is True
+    assert "finished nothing" in said[0] and "`arms` was" in said[0], said
+    second.write_settings()
+    _measure(second.measure_path("real"), np.zeros((4, 3)), [], np.random.default_rng(0), False)
+    with pytest.raises(study_lib.StudyError, match="other settings .* and finished work"):
+        _study(tmp_path, seeds=[0]).check_settings()
+
+
+@pytest.mark.slow
+def test_a_refused_first_try_leaves_nothing_that_blocks_the_corrected_one(records_64, tmp_path):
+    study_dir = tmp_path / "s"
+    base = [f"--study_dir={study_dir}", f"--train_records={records_64}/train-*.tfrecord",
+            "--seeds=0", "--train_steps=2", "--img_size=64", "--width=0.0625",
+            "--num_samples=4", "--allow_random_features", "--train_flags=--latent_dim=16"]
+    out = _cli(*base, f"--real_records={records_64}/*.tfrecord", "--arms=crfgan,hagan")
+    assert out.returncode == 2 and "arm 'hagan': crfgan-train refuses its flags" in out.stderr, \
+        out.stderr[-2000:]
+    assert not os.path.exists(study_dir / study_lib.STUDY_FILE)
+    # the corrected arms pass the settings; this try stops at the next check (no real volumes)
+    out = _cli(*base, f"--real_records={tmp_path}/none-*.tfrecord", "--arms=crfgan")
+    assert out.returncode == 2 and "other settings" not in out.stderr, out.stderr[-2000:]
+    assert "none-*.tfrecord" in out.stderr, out.stderr[-2000:]

@@ -52,8 +52,11 @@ def _network(values, group):
 # --- the rules, without TensorFlow --------------------------------------------------------
 
 def _stored(tmp_path, **kw):
+    """A run directory with its settings and a checkpoint (which makes them binding)."""
     config = config_lib.TrainConfig(model_dir=str(tmp_path), img_size=64, **kw)
     rundir.record_config(config, None, {}, lambda m: None)
+    os.makedirs(tmp_path / rundir.CHECKPOINT_DIR, exist_ok=True)
+    (tmp_path / rundir.CHECKPOINT_DIR / "ckpt-1.index").write_bytes(b"")
     return config
 
 
