@@ -9,6 +9,11 @@ deviation of votes per pair, and the chi-square test of preference with its p-va
 test and why: printed under the table, and in docs/evaluation.md).
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.analyze_2afc: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.analyze_2afc").run())
+
 import glob
 import json
 import os

@@ -4,6 +4,11 @@
   python -m tools.bench_convert --dicom=raw,jpeg,jpeg2000 --noreference  # DICOM vs .mhd
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.bench_convert: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.bench_convert").run())
+
 import json
 
 from absl import flags

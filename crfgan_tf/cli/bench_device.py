@@ -8,6 +8,11 @@ on one); on CPU give small configs.
   python -m tools.bench_device --configs=crfgan:64:1:float32 --generate_sizes=64 --width=0.0625
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.bench_device: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.bench_device").run())
+
 import json
 
 from absl import flags

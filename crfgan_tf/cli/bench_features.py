@@ -4,6 +4,11 @@ ResNet-50), each configuration in a fresh process.
   python -m tools.bench_features --img_sizes=128,256 --batch_sizes=1,2
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.bench_features: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.bench_features").run())
+
 import json
 
 from absl import flags

@@ -3,6 +3,11 @@
   python -m tools.bench_generate --img_size=256 --slabs=8,64
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.bench_generate: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.bench_generate").run())
+
 import json
 
 from absl import flags

@@ -7,6 +7,11 @@ Without --records, synthetic records are written to --work_dir first (24 x 32 Mi
 256^3). Results in docs/benchmarks.md.
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.bench_input: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.bench_input").run())
+
 import json
 import os
 import tempfile

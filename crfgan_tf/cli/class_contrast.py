@@ -7,6 +7,11 @@ volumes of each class.
       --records='data/luna16_256_labelled/*.tfrecord' --num_samples=32 --seed=0
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.class_contrast: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.class_contrast").run())
+
 import json
 
 from absl import flags

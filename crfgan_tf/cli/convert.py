@@ -20,6 +20,11 @@ manifest.json), 2 for invalid flags, a locked output directory or a full disk (t
 already complete stay valid; the rerun converts the rest).
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.convert: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.convert").run())
+
 import os
 
 from absl import flags

@@ -6,6 +6,11 @@
   python -m tools.count_params --img_size=512 --embedding_factor=4
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.count_params: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.count_params").run())
+
 import json
 
 from absl import flags

@@ -5,6 +5,11 @@ iteration (crfgan_tf.deviations): losses and the share of weights that step diff
   python -m tools.deviation_effects --model=hagan --img_size=128 --json
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.deviation_effects: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.deviation_effects").run())
+
 import json
 
 from absl import flags

@@ -11,6 +11,11 @@ The labels are the records' (converted with --labels_csv) or --labels_csv's; the
 (checked against the export's training cases). Writes downstream.json and downstream.png.
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.downstream: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.downstream").run())
+
 from absl import flags
 
 from crfgan_tf.cli import common

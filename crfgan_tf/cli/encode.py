@@ -11,6 +11,11 @@ model's size are preprocessed as the conversion does). The SavedModel must come 
 export with the `encode` signature (any export of this version; older ones: export again).
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.encode: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.encode").run())
+
 import json
 
 from absl import flags

@@ -14,6 +14,11 @@ The export directory holds, by --format:
     patient data), training, evaluation, intended use, limitations, licence.
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.export: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.export").run())
+
 from absl import flags
 
 from crfgan_tf.cli import common

@@ -11,6 +11,11 @@ weights. Without --weights the tool refuses, unless --allow_random_features asks
 labelled fixed-seed random network (smoke tests, relative comparisons only).
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.fid_mmd: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.fid_mmd").run())
+
 import json
 import os
 

@@ -9,6 +9,11 @@ the CPU, drops the segmentation head, checks that every tensor fits the Keras ne
 one forward pass, and prints the weights' sha256 (the number every FID result quotes).
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.import_medicalnet: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.import_medicalnet").run())
+
 import os
 
 from absl import flags

@@ -13,6 +13,11 @@ Exit status: 0 done, 1 the files do not fit (the message names the tensor and th
 2 invalid flags or missing files.
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.import_reference: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.import_reference").run())
+
 from absl import flags
 
 from crfgan_tf.cli import common

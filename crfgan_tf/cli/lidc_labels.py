@@ -12,6 +12,11 @@ physical nodules, one label per scan (crfgan_tf/data/lidc.py states the rules).
 (--nodules_output). Exit status 1 when an XML file could not be used (each named).
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.lidc_labels: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.lidc_labels").run())
+
 import os
 import sys
 

@@ -7,6 +7,11 @@ annotated nodule of --min_diameter_mm or more, 0 otherwise (every scan gets a la
       --output_dir=data/luna16_256_labelled --labels_csv=labels.csv
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.luna16_labels: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.luna16_labels").run())
+
 import os
 import sys
 

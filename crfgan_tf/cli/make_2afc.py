@@ -12,6 +12,11 @@ only; `results/study/key/` holds the answer key for tools.analyze_2afc. --label=
 from one class (labelled records, conditional models).
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.make_2afc: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.make_2afc").run())
+
 from absl import flags
 
 from crfgan_tf.cli import common

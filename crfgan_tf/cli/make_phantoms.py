@@ -6,6 +6,11 @@ or with --format=dicom one DICOM series per phantom (`caseK/`, one file per slic
   python -m data_prep.make_phantoms --output_dir=data/phantoms_dicom --format=dicom
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.make_phantoms: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.make_phantoms").run())
+
 import sys
 
 from absl import flags

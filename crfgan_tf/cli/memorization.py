@@ -14,6 +14,11 @@ verdict, every generated volume's nearest neighbours), closest_<space>_NN.png, r
 Exit status 0 either way; --fail_on_memorisation makes a flagged audit exit 1.
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.memorization: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.memorization").run())
+
 import json
 
 from absl import flags

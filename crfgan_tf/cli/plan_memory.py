@@ -9,6 +9,11 @@ It builds the model and traces its training step (no volume is computed: seconds
 machine); the fits table traces every size (or --fits_sizes) at each precision (a few minutes).
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.plan_memory: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.plan_memory").run())
+
 import dataclasses
 import json
 import sys

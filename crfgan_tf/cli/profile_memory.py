@@ -10,6 +10,11 @@ adds, from one more step under TensorFlow's profiler, the allocator's peak, the 
 the N largest tensors alive at it (crfgan_tf.bench.allocations).
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.profile_memory: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.profile_memory").run())
+
 import json
 import sys
 

@@ -69,3 +69,14 @@ def shim_source(name: str) -> str:
             f'crfgan_tf/cli/{name}.py\n(crfgan_tf/cli/registry.py)."""\n\n'
             f"from crfgan_tf.cli.{name} import run\n\n"
             'if __name__ == "__main__":\n    run()\n')
+
+
+def main_guard(name: str) -> str:
+    """The lines every command module carries right after its docstring, so that
+    `python -m crfgan_tf.cli.<name>` runs it as its shim does: the module is imported
+    under its own name (which owns its flags and help groups) and run; nothing below
+    the guard runs twice."""
+    return ('if __name__ == "__main__":  # python -m crfgan_tf.cli.' + name
+            + ': run the module as imported\n'
+            "    from importlib import import_module\n\n"
+            f'    raise SystemExit(import_module("crfgan_tf.cli.{name}").run())\n')

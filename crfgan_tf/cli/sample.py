@@ -8,6 +8,11 @@ Each volume is written in HU as int16 with spacing, origin and direction (opens 
 and ITK-SNAP), plus a PNG preview of its mid-slices at a lung window.
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.sample: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.sample").run())
+
 from absl import flags
 
 from crfgan_tf.cli import common

@@ -14,6 +14,11 @@ STUDY_DIR/report.html (figures embedded, opens offline), report.json (every numb
 report.md. docs/study.md explains the page; docs/evaluation.md each statistic.
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.study: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.study").run())
+
 import os
 import shlex
 

@@ -23,6 +23,11 @@ planner's largest batch on this device, the flags that cut memory); 128 + N stop
 signal N.
 """
 
+if __name__ == "__main__":  # python -m crfgan_tf.cli.train: run the module as imported
+    from importlib import import_module
+
+    raise SystemExit(import_module("crfgan_tf.cli.train").run())
+
 import os
 import sys
 

@@ -1,5 +1,6 @@
 """Every command's --help: its own flags with their help and defaults, by group, ending
-with an example; the same from the console script and from the `python -m` shim."""
+with an example; the same from the console script, the `python -m` shim and
+`python -m crfgan_tf.cli.<name>`."""
 
 import glob
 import os
@@ -28,7 +29,8 @@ def test_help_lists_the_commands_own_flags_by_group_and_ends_with_an_example(nam
     bin_dir = os.path.dirname(sys.executable)
     by_script = _run([os.path.join(bin_dir, script), "--help"])
     by_module = _run([sys.executable, "-m", module, "-h"])
-    assert by_script == by_module
+    by_cli_module = _run([sys.executable, "-m", f"crfgan_tf.cli.{name}", "--help"])
+    assert by_script == by_module == by_cli_module
     assert by_script.startswith(f"usage: {script} [--flag=value ...]\n"
                                 f"   or: python -m {module} [--flag=value ...]\n"
                                 f"\n{script}: {registry.COMMANDS[name][1]}\n")

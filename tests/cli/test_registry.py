@@ -49,3 +49,22 @@ def test_the_installation_page_lists_every_command():
     table = text.split("## Commands", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"`(crfgan-[\w-]+)`", table))
     assert listed == {registry.console_script(n) for n in registry.COMMANDS}
+
+
+def test_every_command_module_runs_as_its_own_module():
+    """`python -m crfgan_tf.cli.<name>` runs the command: the registry's guard follows the
+    module's docstring (before any flag is defined); the --help test runs it."""
+    import ast
+
+    for name in registry.COMMANDS:
+        path = os.path.join(REPO, "crfgan_tf", "cli", f"{name}.py")
+        source = open(path).read()
+        tree = ast.parse(source)
+        after = tree.body[1:]
+        if after and isinstance(after[0], ast.ImportFrom) and after[0].module == "__future__":
+            after = after[1:]
+        guard = after[0]
+        assert isinstance(guard, ast.If) and ast.unparse(guard.test) == "__name__ == '__main__'", name
+        start = source.splitlines(keepends=True)
+        text = "".join(start[guard.lineno - 1:guard.end_lineno])
+        assert text == registry.main_guard(name), (name, text)
