@@ -112,6 +112,7 @@ class SubVolumeGAN(keras.Model):
         self.augment = tuple(augment)
         self.augment_window = tuple(float(v) for v in augment_window)
         self.seed = int(seed)
+        self.augment_p_start = float(augment_p)
         self.augment_p = None
         if self.augment:
             self.augment_p = self.add_weight(
@@ -221,8 +222,13 @@ class SubVolumeGAN(keras.Model):
                                    self.augment_window)
 
     def training_config(self) -> dict:
-        """get_config's entries of the stabilisers (SubVolumeGAN's own arguments)."""
-        return dict(weight_init=self.weight_init, r1_gamma=self.r1_gamma,
+        """get_config's entries of SubVolumeGAN's own arguments past the size, latent and
+        width: the embedding factor, remat, the augmentation (its starting probability),
+        the seed and the stabilisers; from_config(get_config()) rebuilds the same model."""
+        return dict(embedding_factor=self.embedding_factor, remat=self.remat,
+                    augment=list(self.augment), augment_p=self.augment_p_start,
+                    augment_window=list(self.augment_window), seed=self.seed,
+                    weight_init=self.weight_init, r1_gamma=self.r1_gamma,
                     ema_decay=self.ema_decay, d_width=self.d_width,
                     d_minibatch_std=self.d_minibatch_std, rec_trains_head=self.rec_trains_head)
 
