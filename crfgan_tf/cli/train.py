@@ -204,7 +204,8 @@ flags.DEFINE_bool("dry_run", False, "Check the flags and the records, print the 
                   "config and exit.")
 flags.DEFINE_string("demo_data_dir", "",
                     "If set, first write and convert the phantom CT demo data there "
-                    "(skipped when present); configs/demo.flags sets it.")
+                    "(skipped when present, and when --train_records lies elsewhere: your "
+                    "own data); configs/demo.flags sets it.")
 flags.DEFINE_bool("demo_nodules", False,
                   "With --demo_data_dir: phantoms with lung nodules in half of the scans, "
                   "labelled 0/1 (configs/demo_conditional.flags).")
@@ -387,7 +388,10 @@ def main(argv):
     from crfgan_tf.training import loop as train_lib
     from crfgan_tf.utils import preemption
 
-    if FLAGS.demo_data_dir:
+    if FLAGS.demo_data_dir and not _under(config.train_records, FLAGS.demo_data_dir):
+        common.log(f"train: --train_records is not under --demo_data_dir "
+                   f"({FLAGS.demo_data_dir}): training on those records, no phantoms made")
+    elif FLAGS.demo_data_dir:
         from crfgan_tf.data import demo
 
         demo.prepare_demo_data(FLAGS.demo_data_dir, size=config.img_size, log=common.log,
@@ -398,6 +402,13 @@ def main(argv):
     except preemption.Interrupted as err:  # a stop, not an error: train has said where it saved
         return preemption.exit_status(err.signum, FLAGS.exit_zero_on_signal)
     return 0
+
+
+def _under(pattern: str, directory: str) -> bool:
+    """Whether every part of a records pattern lies inside `directory`."""
+    root = os.path.abspath(directory)
+    return all(os.path.commonpath([root, os.path.abspath(part)]) == root
+               for part in pattern.split(",") if part)
 
 
 def run():

@@ -21,12 +21,14 @@ from crfgan_tf.utils.progress import Progress
 
 CACHE_VERSION = 2  # 2: the key names the feature side
 WEIGHTS_HELP = (
-    "3D FID needs the MedicalNet ResNet-50 weights: download resnet_50.pth from the "
-    "MedicalNet release (github.com/Tencent/MedicalNet, 'pretrain' archive), then run "
-    "`pip install torch` and `python -m tools.import_medicalnet --checkpoint=resnet_50.pth "
-    "--output=weights/medicalnet_resnet50.npz`, and pass --weights=weights/medicalnet_resnet50.npz. For smoke "
-    "tests and relative comparisons only, --allow_random_features uses a fixed-seed random "
-    "network (labelled as such; its numbers are not comparable with published FIDs).")
+    "The volume features (FID, the k-NN measures, the memorisation audit, the downstream "
+    "probe) come from MedicalNet's ResNet-50: download resnet_50.pth from the MedicalNet "
+    "release (github.com/Tencent/MedicalNet, 'pretrain' archive), then run `pip install "
+    "torch` and `crfgan-import-medicalnet --checkpoint=resnet_50.pth "
+    "--output=weights/medicalnet_resnet50.npz` (in a checkout also `python -m "
+    "tools.import_medicalnet`), and pass --weights=weights/medicalnet_resnet50.npz. For "
+    "smoke tests and relative comparisons only, --allow_random_features uses a fixed-seed "
+    "random network (labelled as such; its numbers are not comparable with published FIDs).")
 
 
 def average_down(batch: np.ndarray, factor: int) -> np.ndarray:

@@ -179,3 +179,16 @@ def test_a_refused_first_try_leaves_nothing_that_blocks_the_corrected_one(record
                  "--lr_d=2e-4")
     assert res.returncode == 0, res.stderr[-3000:]
     assert os.path.exists(run / "checkpoints" / "ckpt-1.index")
+
+
+def test_the_demo_flagfile_with_a_users_records_makes_no_phantoms(records_64, tmp_path):
+    """configs/demo.flags names --demo_data_dir; a user's own --train_records outside it
+    means their data: nothing is written or converted there, and the log says why."""
+    demo = tmp_path / "demo"
+    res = _train("--flagfile=configs/demo.flags", f"--demo_data_dir={demo}",
+                 f"--train_records={records_64}/train-*.tfrecord",
+                 f"--eval_records={records_64}/*.tfrecord", f"--model_dir={tmp_path}/run",
+                 "--train_steps=0")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not os.path.exists(demo)
+    assert "--train_records is not under --demo_data_dir" in res.stderr, res.stderr[-3000:]

@@ -137,3 +137,18 @@ def test_a_saved_model_is_audited_only_on_scans_it_never_saw(study_records, cond
     assert result["holdout_unseen_by_generator"] == {"generator_training_cases": 10,
                                                      "train_records_not_in_them": 0}
     assert result["train"] == 10 and result["holdout"] == 6 and not result["pretrained"]
+
+
+def test_without_weights_the_error_names_the_installed_command_and_the_random_option(
+        study_records, tmp_path):
+    """The docs' audit line without --weights: the error names crfgan-import-medicalnet
+    (what an installed user has) and --allow_random_features, and does not speak of FID."""
+    records, _ = study_records
+    folder = tmp_path / "gen"
+    _write_generated(folder, [np.zeros((64, 64, 64), np.float32) - 1] * 2)
+    res = _run(f"--saved_model={folder}", f"--train_records={records}/train-*.tfrecord",
+               f"--holdout_records={records}/val-*.tfrecord", f"--output_dir={tmp_path / 'a'}")
+    assert res.returncode == 2, res.stderr[-2000:]
+    (line,) = [l for l in res.stderr.splitlines() if l.startswith("error:")]
+    assert "crfgan-import-medicalnet" in line and "--allow_random_features" in line, line
+    assert "3D FID needs" not in line, line

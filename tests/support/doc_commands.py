@@ -9,7 +9,7 @@ import shlex
 from conftest import COMMANDS, REPO
 
 PYTHON_M = {f"{pkg}.{name}": name for name in COMMANDS
-            for pkg in ("crfgan_tf", "tools", "data_prep")}
+            for pkg in ("crfgan_tf", "tools", "data_prep", "crfgan_tf.cli")}
 SHELL_BREAKS = {"|", "||", "&", "&&", ";", ">", "2>&1"}
 
 
