@@ -101,6 +101,9 @@ def main(argv):
         raise common.CommandError(f"--fid25d_weights: no file {FLAGS.fid25d_weights!r}")
     if FLAGS.fid_weights and not os.path.isfile(FLAGS.fid_weights):
         raise common.CommandError(f"--fid_weights: no file {FLAGS.fid_weights!r}")
+    from crfgan_tf.utils import runtime
+
+    runtime.quiet_tensorflow()  # the stages load it: without its C++ start-up lines
     report = study_lib.Study(config, common.log).run(FLAGS.break_lock)
     for pair in report["pairs"]:
         fd = pair["fd"]

@@ -61,6 +61,10 @@ def synthetic_tags(card_id: str, seed: int, index: int, version: str, model_name
         "PositionReferenceIndicator": "", "KVP": "", "AcquisitionNumber": "",
         "BurnedInAnnotation": "NO", "RescaleType": "HU", "BodyPartExamined": "CHEST",
         "PatientPosition": "HFS",
+        # the viewer's default window: lung first (what a chest CT is opened in), then the
+        # mediastinal window
+        "WindowCenter": ["-600", "40"], "WindowWidth": ["1500", "400"],
+        "WindowCenterWidthExplanation": ["LUNG", "MEDIASTINUM"],
         "ImageComments": comment[:10240],
     }
 

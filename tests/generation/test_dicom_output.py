@@ -114,6 +114,10 @@ def test_sample_as_dicom_through_the_commands(exported, trained_run, tmp_path):
         np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
         ds = pydicom.dcmread(sorted(glob.glob(str(folder / "*.dcm")))[0])
         assert f"SYNTHETIC {card} seed 5 #{s['index']}" in ds.SeriesDescription
+        # a viewer opens it in the lung window, the mediastinal one a click away
+        assert [float(v) for v in ds.WindowCenter] == [-600.0, 40.0]
+        assert [float(v) for v in ds.WindowWidth] == [1500.0, 400.0]
+        assert list(ds.WindowCenterWidthExplanation) == ["LUNG", "MEDIASTINUM"]
         data = b"".join(open(f, "rb").read() for f in glob.glob(str(folder / "*.dcm")))
         case_ids = json.load(open(os.path.join(trained_run[0], rundir.DATA_FILE)))["train_case_ids"]
         leaks = [c for c in case_ids if c.encode() in data]
