@@ -250,7 +250,7 @@ def test_demo_flagfile_end_to_end(tmp_path):
     assert config["width"] == 0.125
     # configs/small_data.flags, nested in the demo's
     assert (config["r1_gamma"], config["ema_decay"], config["crf_decay_fraction"],
-            config["rec_trains_head"], config["best_metric"]) == (1.0, 0.999, 0.75, True,
+            config["rec_trains_head"], config["best_metric"]) == (10.0, 0.999, 0.75, True,
                                                                   "coverage")
     # the demo evaluates itself against all 36 phantoms: a baseline at step 0 and the last
     rows = [json.loads(line) for line in open(work / "model" / "eval.jsonl")]
