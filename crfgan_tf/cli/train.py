@@ -67,6 +67,10 @@ flags.DEFINE_float("width", _defaults["width"], "Channel multiplier (1 = the pap
 flags.DEFINE_float("d_width", _defaults["d_width"],
                    "D's channel multiplier (HA-GAN: D and D^L); 0 = --width. A wider D on "
                    "small data: docs/training.md. Exports hold no D.")
+flags.DEFINE_float("head_width", _defaults["head_width"],
+                   "G2's hidden channel multiplier (its blocks before the output); 0 = "
+                   "--width. A wider G2 renders HU closer to the data's at small width: "
+                   "docs/training.md. Part of the architecture (exports keep it).")
 flags.DEFINE_bool("d_minibatch_std", _defaults["d_minibatch_std"],
                   "D also sees the standard deviation of its features over the batch "
                   "(StyleGAN's minibatch std): a batch of one repeated body looks fake. "
@@ -273,8 +277,8 @@ HELP_GROUPS = {
              "remat crf_weight_start crf_weight_decay_steps crf_decay_fraction hagan_low_res",
     "Optimisation": "batch_size per_replica_batch_size train_steps lr_g lr_d lr_crf lr_e beta_1 "
                     "beta_2 adam_epsilon adam",
-    "Stabilisers (small data)": "weight_init r1_gamma ema_decay d_width d_minibatch_std "
-                                "rec_trains_head",
+    "Stabilisers (small data)": "weight_init r1_gamma ema_decay d_width head_width "
+                                "d_minibatch_std rec_trains_head",
     "Augmentation": "augment augment_p ada_target ada_speed",
     "Speed and devices": "mixed_precision jit_compile strategy cpu_devices",
     "Evaluation during training": "eval_every eval_records eval_samples eval_feature_side fid_weights best_metric",

@@ -105,7 +105,8 @@ def training_metadata(config: config_lib.TrainConfig, model_dir: str, log=print)
     without those the CT defaults are used, with a warning naming what is missing."""
     meta = {"format": EXPORT_FORMAT, "model": config.model, "img_size": config.img_size,
             "embedding_factor": config.embedding_factor, "latent_dim": config.latent_dim,
-            "width": config.width, "num_classes": config.num_classes}
+            "width": config.width, "num_classes": config.num_classes,
+            "head_width": config.head_width}
     data = rundir.read_data_metadata(model_dir)
     source = os.path.join(model_dir, rundir.DATA_FILE)
     if data is None:

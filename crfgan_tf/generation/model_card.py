@@ -114,6 +114,7 @@ def build(config: config_lib.TrainConfig, model_dir: str, metadata: dict,
     arch = {"model": config.model, "name": MODEL_NAMES.get(config.model, config.model),
             "img_size": config.img_size, "embedding_factor": config.embedding_factor,
             "latent_dim": config.latent_dim, "width": config.width,
+            "head_width": config.head_width,
             "num_classes": config.num_classes,
             "class_names": metadata.get("class_names"),
             "parameters": parameters, "parameters_total": int(sum(parameters.values()))}

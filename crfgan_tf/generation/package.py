@@ -39,7 +39,9 @@ WEIGHTS_SUFFIX = ".weights.h5"
 # the TrainConfig fields that decide the networks' variables; a package holds these and
 # a run initialised from it must have the same
 ARCHITECTURE_FIELDS = ("model", "img_size", "embedding_factor", "latent_dim", "width",
-                       "num_classes")
+                       "num_classes", "head_width")
+# fields added after packages were first written, with the value those packages meant
+ARCHITECTURE_DEFAULTS = {"head_width": 0.0}
 
 
 class PackageError(ValueError):
@@ -124,7 +126,7 @@ def verify(directory: str, manifest: dict, keys: Optional[Sequence[str]] = None)
 
 def config_of(manifest: dict, model_dir: str = "(weights package)") -> config_lib.TrainConfig:
     """The TrainConfig of a package's networks (its architecture; the rest defaults)."""
-    arch = manifest["architecture"]
+    arch = dict(ARCHITECTURE_DEFAULTS, **manifest["architecture"])
     missing = [k for k in ARCHITECTURE_FIELDS if k not in arch]
     if missing:
         raise PackageError(f"{PACKAGE_FILE} lacks the architecture field(s) {missing}")

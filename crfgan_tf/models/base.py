@@ -67,7 +67,7 @@ class SubVolumeGAN(keras.Model):
                  augment_window=intensity.CT_WINDOW, seed=0,
                  embedding_factor=0, remat=False, weight_init="pytorch", r1_gamma=0.0,
                  ema_decay=0.0, d_width=0.0, d_minibatch_std=False, rec_trains_head=False,
-                 **kwargs):
+                 head_width=0.0, **kwargs):
         super().__init__(**kwargs)
         if weight_init not in options.WEIGHT_INITS:
             raise ValueError(f"weight_init must be one of {options.WEIGHT_INITS}, "
@@ -77,6 +77,7 @@ class SubVolumeGAN(keras.Model):
                              f"{ema_decay}")
         self.weight_init = weight_init
         self.d_width = float(d_width)
+        self.head_width = float(head_width)
         self.d_minibatch_std = bool(d_minibatch_std)
         self.rec_trains_head = bool(rec_trains_head)
         self.r1_gamma = float(r1_gamma)
@@ -92,7 +93,8 @@ class SubVolumeGAN(keras.Model):
         self.num_classes = num_classes
         self.lambda_class = lambda_class
         builders = self.network_builders(img_size, latent_dim, width, num_classes,
-                                         embedding_factor, d_width, d_minibatch_std)
+                                         embedding_factor, d_width, d_minibatch_std,
+                                         head_width)
         for key, build in builders.items():
             setattr(self, _ATTRIBUTES.get(key, key), build())
         if weight_init == "pytorch":
@@ -123,19 +125,21 @@ class SubVolumeGAN(keras.Model):
     @classmethod
     def network_builders(cls, img_size: int, latent_dim: int, width: float, num_classes: int,
                          embedding_factor: int, d_width: float = 0.0,
-                         d_minibatch_std: bool = False) -> dict:
+                         d_minibatch_std: bool = False, head_width: float = 0.0) -> dict:
         """{checkpoint key: a function that builds that network}, in the order the model
         builds them (which decides the initial weights of a seed): the one description of
         a model's networks, used by the model itself and by whatever restores some of
         them (crfgan_tf.run.factory.build_networks: export, the reference import).
         d_width: the discriminators' channel multiplier (0: `width`); d_minibatch_std:
-        D's minibatch standard deviation feature (networks.discriminator.MinibatchStd)."""
+        D's minibatch standard deviation feature (networks.discriminator.MinibatchStd);
+        head_width: G2's hidden channel multiplier (0: `width`)."""
         factor = embedding_factor
         d_width = d_width or width
         return {
             options.TRUNK_KEY: lambda: build_trunk(img_size, latent_dim, width,
                                                    num_classes=num_classes, factor=factor),
-            options.HEAD_KEY: lambda: build_head(img_size, width, factor=factor),
+            options.HEAD_KEY: lambda: build_head(img_size, width, factor=factor,
+                                                 hidden_width=head_width),
             "discriminator": lambda: build_discriminator(img_size, d_width,
                                                          num_classes=num_classes,
                                                          minibatch_std=d_minibatch_std),
@@ -230,7 +234,8 @@ class SubVolumeGAN(keras.Model):
                     augment_window=list(self.augment_window), seed=self.seed,
                     weight_init=self.weight_init, r1_gamma=self.r1_gamma,
                     ema_decay=self.ema_decay, d_width=self.d_width,
-                    d_minibatch_std=self.d_minibatch_std, rec_trains_head=self.rec_trains_head)
+                    d_minibatch_std=self.d_minibatch_std, rec_trains_head=self.rec_trains_head,
+                    head_width=self.head_width)
 
     # ---- the moving average of G (ema_decay) ----------------------------------------------
     def ema_pairs(self) -> list:

@@ -50,9 +50,10 @@ class HAGAN(SubVolumeGAN):
 
     @classmethod
     def network_builders(cls, img_size, latent_dim, width, num_classes, embedding_factor,
-                         d_width=0.0, d_minibatch_std=False):
+                         d_width=0.0, d_minibatch_std=False, head_width=0.0):
         builders = super().network_builders(img_size, latent_dim, width, num_classes,
-                                            embedding_factor, d_width, d_minibatch_std)
+                                            embedding_factor, d_width, d_minibatch_std,
+                                            head_width)
         builders.update({
             "low_generator": lambda: build_low_generator(img_size, width),
             "low_discriminator": lambda: build_low_discriminator(img_size, d_width or width,

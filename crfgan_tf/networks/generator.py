@@ -79,13 +79,14 @@ class Head(keras.Model):
     """
 
     def __init__(self, img_size: int = 256, width: float = 1.0, name: str = "g2",
-                 factor: int = EMBED_FACTOR):
+                 factor: int = EMBED_FACTOR, hidden_width: float = 0.0):
         check_size(img_size)
         n = embedding_side(img_size, factor)
         x = emb = keras.Input((None, n, n, embedding_channels(width)), name="embedding")
         blocks = []
+        hidden = scaled_channels(HEAD_CHANNELS, hidden_width or width)
         for i in range(1, factor_stages(factor)):
-            conv = UpsampleConv3D(scaled_channels(HEAD_CHANNELS, width), name=f"block{i}_conv")
+            conv = UpsampleConv3D(hidden, name=f"block{i}_conv")
             norm = GroupNorm(groups=8, epsilon=1e-5, name=f"block{i}_gn")
             x = keras.layers.ReLU(name=f"block{i}_relu")(norm(conv(x)))
             blocks.append((conv, norm))
@@ -161,6 +162,7 @@ class Head(keras.Model):
 
 
 def build_head(img_size: int = 256, width: float = 1.0, name: str = "g2",
-               factor: int = EMBED_FACTOR) -> Head:
-    """G2 (see Head)."""
-    return Head(img_size, width, name, factor)
+               factor: int = EMBED_FACTOR, hidden_width: float = 0.0) -> Head:
+    """G2 (see Head). hidden_width: the channel multiplier of its hidden blocks (0:
+    `width`; the embedding it reads keeps `width`'s channels)."""
+    return Head(img_size, width, name, factor, hidden_width)

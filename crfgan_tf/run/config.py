@@ -46,6 +46,7 @@ class TrainConfig:
     latent_dim: int = 1024
     width: float = 1.0
     d_width: float = 0.0  # D's (and HA-GAN's D^L's) channel multiplier; 0: `width`
+    head_width: float = 0.0  # G2's hidden channel multiplier; 0: `width`
     # D's dense layers also see its features' standard deviation over the batch
     d_minibatch_std: bool = False
     lr_g: float = 1e-4
@@ -144,6 +145,8 @@ class TrainConfig:
         need(0 < self.width <= 4, f"`width` must be in (0, 4], got {self.width}")
         need(0 <= self.d_width <= 4, f"`d_width` must be in (0, 4], or 0 for `width`, got "
              f"{self.d_width}")
+        need(0 <= self.head_width <= 4, f"`head_width` must be in (0, 4], or 0 for `width`, "
+             f"got {self.head_width}")
         for name in ("lr_g", "lr_d", "lr_crf", "lr_e", "adam_epsilon"):
             need(getattr(self, name) > 0, f"`{name}` must be > 0, got {getattr(self, name)}")
         need(0 <= self.beta_1 < 1 and 0 <= self.beta_2 < 1, "`beta_1` and `beta_2` must be in [0, 1)")

@@ -66,7 +66,7 @@ def build_model(config: config_lib.TrainConfig, window=intensity.CT_WINDOW):
                   weight_init=config.weight_init, r1_gamma=config.r1_gamma,
                   ema_decay=config.ema_decay, d_width=config.d_width,
                   d_minibatch_std=config.d_minibatch_std,
-                  rec_trains_head=config.rec_trains_head)
+                  rec_trains_head=config.rec_trains_head, head_width=config.head_width)
     if config.model == "crfgan":
         common.update(crf_iterations=config.crf_iterations, crf_nodes=config.crf_nodes,
                       crf_weight_start=config.crf_weight_start,
@@ -92,5 +92,5 @@ def build_networks(config: config_lib.TrainConfig,
 
     builders = MODEL_CLASSES[config.model].network_builders(
         config.img_size, config.latent_dim, config.width, config.num_classes,
-        config.embedding_factor, config.d_width, config.d_minibatch_std)
+        config.embedding_factor, config.d_width, config.d_minibatch_std, config.head_width)
     return {key: builders[key]() for key in keys if key in builders}

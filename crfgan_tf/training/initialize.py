@@ -145,7 +145,8 @@ def _savedmodel_source(path: str) -> Source:
     held = _top_level(prefix)
     networks = tuple(k for k, attr in _SAVEDMODEL_ATTRIBUTES.items() if attr in held)
     return Source("savedmodel", path, rundir.checkpoint_step(meta.get("checkpoint", "")), prefix,
-                  {k: meta.get(k) for k in package.ARCHITECTURE_FIELDS}, networks,
+                  {k: meta.get(k, package.ARCHITECTURE_DEFAULTS.get(k))
+                   for k in package.ARCHITECTURE_FIELDS}, networks,
                   fileio.sha256(prefix + ".index"))
 
 
