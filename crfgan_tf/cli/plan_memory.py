@@ -52,7 +52,9 @@ flags.DEFINE_list("fits_precisions", ["float32", "mixed_float16"],
 flags.DEFINE_list("fits_sizes", [], "Sizes of the fits table, e.g. 256,512 (default: every "
                   "size the model has; each is one trace per precision).")
 flags.DEFINE_bool("json", False, "Print the plan as JSON (working_bytes: the predicted CPU "
-                  "working memory; gpu_bytes: what a GPU needs), with the fits table.")
+                  "working memory; gpu_calibrated_bytes: what to plan a GPU with, scaled "
+                  "to the paper's Table 4; gpu_bytes: its lower bound), with the fits "
+                  "table.")
 flags.register_validator("crf_encoder_slab", lambda v: v >= 0,
                          message="--crf_encoder_slab must be >= 1 or 0 (one pass)")
 flags.register_validator("img_size", lambda v: v in geometry.SIZES,
@@ -144,13 +146,22 @@ def _print_plan(p: dict, gpu_memory: int) -> None:
     print(f"  {'CPU working memory (' + alloc.name + ')':52s} {_mib(p['working_bytes']):>12s}"
           f"   = persistent + {alloc.factor:g} x transient + {_mib(alloc.runtime_bytes)} "
           f"runtime; compare crfgan-profile-memory's 'working'")
-    print(f"  {'GPU memory':52s} {_mib(p['gpu_bytes']):>12s}"
-          f"   = persistent + transient + {_mib(memory_plan.GPU_RESERVE_BYTES)} CUDA/cuDNN "
-          f"reserve ({_gb(p['gpu_bytes'])} GB)")
+    cal = p["calibration"]
+    print(f"  {'GPU memory, to plan with':52s} {_mib(p['gpu_calibrated_bytes']):>12s}"
+          f"   ({_gb(p['gpu_calibrated_bytes'])} GB) = the allocator peak of the lower bound "
+          f"below x {max(1.0, cal['ratio']):.2f} + the reserve; {cal['ratio']:.2f} is the "
+          f"ratio of {memory_plan.PAPER_TABLE4} to this planner's allocator peak at "
+          f"{cal['img_size']}^3 batch {cal['batch_size']} ({_gb(cal['paper_bytes'])} GB "
+          f"against {_gb(cal['planned_bytes'])} GB; {cal['kind']})")
+    print(f"  {'GPU memory, lower bound':52s} {_mib(p['gpu_bytes']):>12s}"
+          f"   ({_gb(p['gpu_bytes'])} GB) = persistent + transient + "
+          f"{_mib(memory_plan.GPU_RESERVE_BYTES)} CUDA/cuDNN reserve: this code's live "
+          "tensors, not measured on a GPU; crfgan-bench-device measures it")
     if gpu_memory:
-        verdict = "fits" if p["gpu_bytes"] <= gpu_memory else "does NOT fit"
+        verdict = "fits" if p["gpu_calibrated_bytes"] <= gpu_memory else "does NOT fit"
         print(f"  on a {_gb(gpu_memory)} GB GPU: {verdict}; largest batch there: "
-              f"{p['largest_batch_on_gpu_memory']}")
+              f"{p['largest_batch_on_gpu_memory']} (by the lower bound at most "
+              f"{p['largest_batch_on_gpu_memory_lower_bound']})")
     if "largest_batch_on_cpu_memory" in p:
         print(f"  in {_gb(p['cpu_memory_bytes'])} GB of CPU memory: largest batch "
               f"{p['largest_batch_on_cpu_memory']}")
@@ -178,10 +189,13 @@ def _fits_table(req, step, progress) -> list:
                 traced = memory_plan.trace(r)
             rows.append({
                 "img_size": size, "precision": precision,
-                "gpu_bytes": {b: memory_plan.plan(dataclasses.replace(r, batch_size=b),
-                                                  traced)["gpu_bytes"] for b in FITS_BATCHES},
-                "largest_batch": {gb: memory_plan.largest_batch(traced, r, gb * memory_plan.GB)
-                                  for gb in memory_plan.DEVICE_MEMORY_GB}})
+                "gpu_bytes": {b: memory_plan.calibrated_gpu_bytes(
+                    dataclasses.replace(r, batch_size=b),
+                    memory_plan.plan(dataclasses.replace(r, batch_size=b), traced)["gpu_bytes"])
+                    for b in FITS_BATCHES},
+                "largest_batch": {gb: memory_plan.largest_batch(
+                    traced, r, gb * memory_plan.GB, measure="gpu_calibrated_bytes")
+                    for gb in memory_plan.DEVICE_MEMORY_GB}})
     return rows
 
 
@@ -189,8 +203,8 @@ def _print_fits(rows: list, model: str) -> None:
     from crfgan_tf.training import memory_plan
 
     cards = memory_plan.DEVICE_MEMORY_GB
-    print(f"\nGPU memory (GB) and the largest batch per card, {model} (planned, not measured "
-          "on a GPU):")
+    print(f"\nGPU memory (GB) and the largest batch per card, {model} (planned, scaled to "
+          f"{memory_plan.PAPER_TABLE4}; not measured on a GPU):")
     head = "  size  precision       " + "".join(f"b={b:<6d}" for b in FITS_BATCHES) + " | " \
         + "".join(f"{gb:>4d}GB" for gb in cards)
     print(head)
@@ -225,11 +239,16 @@ def main(argv):
     print(f"tracing {req.model} {req.img_size}^3 {req.precision} ...", file=progress, flush=True)
     step = memory_plan.trace(req)
     p = memory_plan.plan(req, step, allocator)
+    p["calibration"] = memory_plan.calibration(req)
+    p["gpu_calibrated_bytes"] = memory_plan.calibrated_gpu_bytes(req, p["gpu_bytes"])
     gpu_memory = memory_plan.parse_memory(FLAGS.gpu_memory) if FLAGS.gpu_memory else 0
     if gpu_memory:
         p["gpu_memory_bytes"] = gpu_memory
-        p["fits_gpu_memory"] = p["gpu_bytes"] <= gpu_memory
-        p["largest_batch_on_gpu_memory"] = memory_plan.largest_batch(step, req, gpu_memory)
+        p["fits_gpu_memory"] = p["gpu_calibrated_bytes"] <= gpu_memory
+        p["largest_batch_on_gpu_memory"] = memory_plan.largest_batch(
+            step, req, gpu_memory, measure="gpu_calibrated_bytes")
+        p["largest_batch_on_gpu_memory_lower_bound"] = memory_plan.largest_batch(
+            step, req, gpu_memory)
     cpu_memory = memory_plan.parse_memory(FLAGS.cpu_memory) if FLAGS.cpu_memory else 0
     if cpu_memory:
         p["cpu_memory_bytes"] = cpu_memory
