@@ -78,6 +78,10 @@ def main(argv):
     # everything that can be refused is refused before a volume is generated
     for name, need in needed.items():
         if need and not getattr(FLAGS, name):
+            if name == "model_b":
+                raise StudyError(f"--model_b is required for section 2 (--section2_pairs="
+                                 f"{FLAGS.section2_pairs}: model A against model B); with one "
+                                 "model give --section2_pairs=0 for section 1 alone")
             raise StudyError(f"--{name} is required for the sections asked for")
     build.check_output_dir(FLAGS.output_dir, FLAGS.overwrite)
     with dirlock.DirLock(FLAGS.output_dir, "--output_dir", FLAGS.break_lock, common.log):

@@ -298,3 +298,25 @@ def test_analyze_2afc_unwritable_plot_is_one_line(study, tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert f"--plot: cannot write '{tmp_path}/afile'" in res.stderr
     assert "a file is in the way" in res.stderr
+
+
+def test_one_model_the_refusal_names_section2_pairs_0_and_the_page_omits_section_2(tmp_path):
+    """crfgan-make-2afc with --model_a alone: the refusal says how to ask for section 1
+    alone; asked that way, the readers' page does not describe a section 2."""
+    dirs = {}
+    for k, name in enumerate(("real", "a")):
+        d = tmp_path / name
+        d.mkdir()
+        for i, v in enumerate(_volumes(20 + k, n=2, shape=(16, 16, 16))):
+            sitk.WriteImage(sitk.GetImageFromArray(v), str(d / f"v{i}.nii.gz"))
+        dirs[name] = str(d)
+    out = tmp_path / "study"
+    res = _run("tools.make_2afc", f"--real={dirs['real']}", f"--model_a={dirs['a']}",
+               f"--output_dir={out}", "--section1_pairs=3")
+    assert res.returncode == 2 and "--model_b is required" in res.stderr
+    assert "--section2_pairs=0" in res.stderr, res.stderr[-1000:]
+    res = _run("tools.make_2afc", f"--real={dirs['real']}", f"--model_a={dirs['a']}",
+               f"--output_dir={out}", "--section1_pairs=3", "--section2_pairs=0")
+    assert res.returncode == 0, res.stderr
+    page = (out / "readers" / "study.html").read_text()
+    assert "Section 2" not in page and "pick the real one" in page

@@ -184,4 +184,21 @@ def render_html(study_id: str, items: list) -> str:
                        "questions": items})
     page = resources.files("crfgan_tf.studies.reader_study").joinpath("page.html").read_text("utf-8")
     return (page.replace("__STUDY__", data.replace("</", "<\\/"))
+            .replace("__INTRO__", _intro({item.get("section") for item in items}))
             .replace("__TITLE__", html.escape(f"Chest CT reader study {study_id}")))
+
+
+INTRO = "You will see pairs of CT slices shown at a lung window, one pair at a time."
+INTRO_SECTIONS = {
+    1: ("one image of each pair is from a real scan and one was generated; pick the real one "
+        "and rate how difficult the choice was."),
+    2: "both images were generated; pick the one that looks more like a real CT."}
+
+
+def _intro(sections: set) -> str:
+    """The page's opening: only the sections the study has (numbered when both)."""
+    present = [k for k in (1, 2) if k in sections]
+    if len(present) == 1:
+        text = INTRO_SECTIONS[present[0]]
+        return f"{INTRO} {text[0].upper()}{text[1:]}"
+    return INTRO + "".join(f" Section {k}: {INTRO_SECTIONS[k]}" for k in present)
