@@ -18,7 +18,8 @@ from absl import flags
 from crfgan_tf.cli import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("saved_model", None, "Directory written by python -m crfgan_tf.export.")
+flags.DEFINE_string("saved_model", None, "Directory written by crfgan-export: a SavedModel, "
+                    "or a weights package alone (--format=weights; the name is historical).")
 flags.DEFINE_integer("num_samples", 1, "Volumes to generate.")
 flags.DEFINE_integer("seed", 0, "Sample i uses z drawn from (seed, i).")
 flags.DEFINE_string("output_dir", None, "Where the volumes and previews go.")
