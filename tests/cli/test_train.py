@@ -181,6 +181,7 @@ def test_a_refused_first_try_leaves_nothing_that_blocks_the_corrected_one(record
     assert os.path.exists(run / "checkpoints" / "ckpt-1.index")
 
 
+@pytest.mark.slow
 def test_the_demo_flagfile_with_a_users_records_makes_no_phantoms(records_64, tmp_path):
     """configs/demo.flags names --demo_data_dir; a user's own --train_records outside it
     means their data: nothing is written or converted there, and the log says why."""

@@ -139,6 +139,7 @@ def test_a_saved_model_is_audited_only_on_scans_it_never_saw(study_records, cond
     assert result["train"] == 10 and result["holdout"] == 6 and not result["pretrained"]
 
 
+@pytest.mark.slow
 def test_without_weights_the_error_names_the_installed_command_and_the_random_option(
         study_records, tmp_path):
     """The docs' audit line without --weights: the error names crfgan-import-medicalnet

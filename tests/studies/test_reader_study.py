@@ -300,6 +300,7 @@ def test_analyze_2afc_unwritable_plot_is_one_line(study, tmp_path):
     assert "a file is in the way" in res.stderr
 
 
+@pytest.mark.slow
 def test_one_model_the_refusal_names_section2_pairs_0_and_the_page_omits_section_2(tmp_path):
     """crfgan-make-2afc with --model_a alone: the refusal says how to ask for section 1
     alone; asked that way, the readers' page does not describe a section 2."""
