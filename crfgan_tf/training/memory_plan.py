@@ -373,7 +373,8 @@ def calibration_point(model: str, img_size: int, batch: int) -> tuple:
     return size, ref, kind
 
 
-_REFERENCE_STEPS = {}
+_REFERENCE_STEPS = {}  # (model, size) -> the traced full-width float32 step
+_REFERENCE_PLANS = {}  # (model, size, batch) -> its allocator peak
 
 
 def calibration(req: PlanRequest) -> dict:
@@ -382,10 +383,14 @@ def calibration(req: PlanRequest) -> dict:
     (its GPU figure less GPU_RESERVE_BYTES) at the calibration point (full width, float32,
     the reference's latent size), with the point and its kind."""
     size, batch, kind = calibration_point(req.model, req.img_size, req.batch_size)
-    ref = PlanRequest(model=req.model, img_size=size, batch_size=batch)
-    if (req.model, size) not in _REFERENCE_STEPS:  # one trace per (model, size) and process
-        _REFERENCE_STEPS[(req.model, size)] = trace(ref)
-    planned = plan(ref, _REFERENCE_STEPS[(req.model, size)])["gpu_bytes"] - GPU_RESERVE_BYTES
+    key = (req.model, size, batch)
+    if key not in _REFERENCE_PLANS:  # one trace per (model, size), one plan per point
+        ref = PlanRequest(model=req.model, img_size=size, batch_size=batch)
+        if (req.model, size) not in _REFERENCE_STEPS:
+            _REFERENCE_STEPS[(req.model, size)] = trace(ref)
+        _REFERENCE_PLANS[key] = plan(ref, _REFERENCE_STEPS[(req.model, size)])["gpu_bytes"] \
+            - GPU_RESERVE_BYTES
+    planned = _REFERENCE_PLANS[key]
     paper = PAPER_TABLE4_BYTES[(req.model, size)][batch]
     return {"ratio": paper / planned, "img_size": size, "batch_size": batch, "kind": kind,
             "paper_bytes": paper, "planned_bytes": planned, "source": PAPER_TABLE4}
