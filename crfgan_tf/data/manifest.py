@@ -162,6 +162,12 @@ def case_digest(case_id: str) -> str:
     return CASE_DIGEST_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def cases_among(case_ids, digests: set) -> list:
+    """The ids of `case_ids` whose digest is in `digests`, sorted, each once: which of
+    these scans a generator with those training digests has seen."""
+    return sorted(c for c in set(case_ids) if case_digest(c) in digests)
+
+
 def training_case_digests(meta: dict) -> Optional[set]:
     """The digests of the cases a generator was trained on, from its export metadata:
     `train_case_digests`, or an older export's `train_case_ids` digested here; None when

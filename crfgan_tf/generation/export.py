@@ -129,7 +129,7 @@ def training_metadata(config: config_lib.TrainConfig, model_dir: str, log=print)
     if config.num_classes:
         meta["class_names"] = data.get("class_names") or [str(k) for k in range(config.num_classes)]
     if "train_case_ids" in data:  # runs started before it was recorded have none
-        # digests, not the ids (file stems may name a patient): records.case_digest
+        # digests, not the ids (file stems may name a patient): manifest.case_digest
         from crfgan_tf.data import manifest
 
         meta["train_case_digests"] = sorted({manifest.case_digest(c)

@@ -190,7 +190,7 @@ def load_real(pattern: str, flag: str, input_size: int, label_table: Optional[di
 
 
 def generator_training_cases(meta: dict, generator_train_records: str) -> Optional[set]:
-    """The digests (records.case_digest) of the cases the generator was trained on: from
+    """The digests (manifest.case_digest) of the cases the generator was trained on: from
     `generator_train_records` when given, else from the export's metadata (exports of runs
     started before it was recorded have none: None)."""
     if generator_train_records:
@@ -210,7 +210,7 @@ def check_unseen(test: RealSet, train: RealSet, generator_cases: Optional[set]) 
             "the SavedModel does not say which cases its generator was trained on (exported "
             "from a run that started before that was recorded); pass its training records "
             "as `generator_train_records` so that the test scans can be checked")
-    seen = sorted(c for c in set(test.case_ids) if manifest.case_digest(c) in generator_cases)
+    seen = manifest.cases_among(test.case_ids, generator_cases)
     if seen:
         raise EvaluationError(
             f"{len(seen)} of the {len(test.case_ids)} `test_records` case(s) were in the "

@@ -181,12 +181,12 @@ def run_audit(config: AuditConfig, log=print) -> dict:
         _, meta = sample_lib.load(config.saved_model)
         trained_on = manifest.training_case_digests(meta)
         if trained_on is not None:  # compared by digest: an export never holds the ids
-            seen = sorted(c for c in set(hold_ids) if manifest.case_digest(c) in trained_on)
+            seen = manifest.cases_among(hold_ids, trained_on)
             if seen:
                 raise EvaluationError(
                     f"{len(seen)} `holdout_records` case(s) were in the generator's training "
                     f"data (e.g. {seen[0]}): the held-out scans must be ones it never saw")
-            missing = sum(manifest.case_digest(c) not in trained_on for c in set(train_ids))
+            missing = len(set(train_ids)) - len(manifest.cases_among(train_ids, trained_on))
             checked = {"generator_training_cases": len(trained_on),
                        "train_records_not_in_them": missing}
             if missing:

@@ -195,8 +195,12 @@ class Study:
     # ---- settings ------------------------------------------------------------------
     def finished_work(self) -> list:
         """What a start of this study left that depends on its settings: checkpoints of its
-        runs, measurements, exports (paths; [] for a study that finished nothing)."""
-        return sorted(glob.glob(os.path.join(self.dir, "runs", "*", "*", "ckpt-*.index"))
+        runs (their directories, by the run directory's own rule), measurements, exports
+        (paths; [] for a study that finished nothing)."""
+        from crfgan_tf.run import rundir
+
+        return sorted([d for d in glob.glob(os.path.join(self.dir, "runs", "*"))
+                       if rundir.has_checkpoint(d)]
                       + glob.glob(os.path.join(self.dir, "measure", "*.npz"))
                       + glob.glob(os.path.join(self.dir, "exports", "*", "*")))
 

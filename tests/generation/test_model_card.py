@@ -81,6 +81,8 @@ def test_the_case_digest_is_pinned_one_way_and_reads_older_exports():
                                                      manifest.case_digest("b")}
     assert manifest.training_case_digests({"train_case_digests": ["sha256:1"]}) == {"sha256:1"}
     assert manifest.training_case_digests({}) is None
+    seen = {manifest.case_digest("a"), manifest.case_digest("c")}
+    assert manifest.cases_among(["c", "b", "a", "a"], seen) == ["a", "c"]
 
 
 def test_the_licence_line_cites_only_terms_it_knows():
